@@ -1,0 +1,321 @@
+//! Types shared by the eBPF datapath and user space.
+//!
+//! Every key and value is `#[repr(C)]` with explicit padding and a size assertion, so the
+//! kernel and user space agree byte for byte. Fields in network byte order end in `_be`;
+//! everything else is in host order. Only user space's `maps.rs` converts between the two.
+#![no_std]
+
+pub mod csum;
+
+/// Map names: kernel object names are cut at 15 characters, and the pinned files under the
+/// pin directory carry these names. The `_vN` suffix changes whenever a layout changes, so an
+/// upgraded daemon never reads a map of an older layout as its own.
+pub mod map_names {
+    /// (VIP, port, proto) -> service.
+    pub const SERVICES: &str = "amb_svc4_v1";
+    /// (service id, slot) -> backend id.
+    pub const SLOTS: &str = "amb_slot_v1";
+    /// backend id -> backend address.
+    pub const BACKENDS: &str = "amb_be4_v1";
+    /// Forward conntrack: the client's original tuple -> chosen backend.
+    pub const CONNTRACK: &str = "amb_ct4_v1";
+    /// Reverse NAT: the backend's reply tuple -> frontend to restore.
+    pub const REVERSE_NAT: &str = "amb_rnat4_v1";
+    /// Per-CPU counters per service id.
+    pub const SERVICE_STATS: &str = "amb_sstat_v1";
+    /// Per-CPU counters per [`crate::Reason`].
+    pub const REASONS: &str = "amb_reason_v1";
+    /// service id -> service name; written and read by user space only.
+    pub const NAMES: &str = "amb_names_v1";
+    /// Every map, in a stable order (for status, uninstall and tests).
+    pub const ALL: [&str; 8] = [
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        CONNTRACK,
+        REVERSE_NAT,
+        SERVICE_STATS,
+        REASONS,
+        NAMES,
+    ];
+}
+
+/// Program names as the kernel shows them (`bpftool prog show`).
+pub mod program_names {
+    /// TC ingress on a client-facing interface: frontend -> backend.
+    pub const TC_DNAT: &str = "amb_tc_dnat";
+    /// TC egress on a client-facing interface: backend -> frontend on replies.
+    pub const TC_RNAT: &str = "amb_tc_rnat";
+}
+
+/// Capacity of each map. Service ids index per-CPU arrays, so they stay below `MAX_SERVICES`.
+pub mod limits {
+    /// Service entries, and the size of the per-service counter array.
+    pub const MAX_SERVICES: u32 = 65_536;
+    /// Backends over all services (active and terminating).
+    pub const MAX_BACKENDS: u32 = 262_144;
+    /// Slots over all services.
+    pub const MAX_SLOTS: u32 = 262_144;
+    /// Flows tracked at once; the least recently used entry is evicted beyond this.
+    pub const MAX_FLOWS: u32 = 262_144;
+    /// Longest service name (a DNS label).
+    pub const MAX_NAME_LEN: usize = 63;
+}
+
+/// IP protocol numbers the datapath handles.
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Why a packet took the path it took. Shared by kernel and user space: the kernel counts
+/// each verdict in the [`map_names::REASONS`] per-CPU array at this index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A packet to a frontend was rewritten to a backend.
+    Forwarded = 0,
+    /// A reply from a backend had its source restored to the frontend.
+    ReverseNat = 1,
+    /// Dropped: the frontend has no active backend.
+    NoBackend = 2,
+    /// Dropped: an IPv4 fragment addressed to a frontend (ports are unknowable).
+    Fragment = 3,
+    /// Dropped: a packet to a frontend whose L4 header is missing or truncated.
+    Malformed = 4,
+    /// Dropped: the conntrack entry for a new flow could not be written.
+    CtInsertFailed = 5,
+    /// Dropped: the chosen slot points at a backend that does not exist (a control-plane bug).
+    BackendMissing = 6,
+    /// Dropped: a kernel helper failed while rewriting the packet.
+    RewriteFailed = 7,
+}
+
+impl Reason {
+    /// Number of reasons (the size of the reasons array).
+    pub const COUNT: u32 = 8;
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::ReverseNat,
+        Reason::NoBackend,
+        Reason::Fragment,
+        Reason::Malformed,
+        Reason::CtInsertFailed,
+        Reason::BackendMissing,
+        Reason::RewriteFailed,
+    ];
+
+    /// Stable name for logs, status and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::ReverseNat => "reverse_nat",
+            Reason::NoBackend => "no_backend",
+            Reason::Fragment => "fragment",
+            Reason::Malformed => "malformed",
+            Reason::CtInsertFailed => "ct_insert_failed",
+            Reason::BackendMissing => "backend_missing",
+            Reason::RewriteFailed => "rewrite_failed",
+        }
+    }
+
+    /// Whether packets counted under this reason were dropped.
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Reason::Forwarded | Reason::ReverseNat)
+    }
+}
+
+/// Key of the service map: a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey4 {
+    /// Frontend (virtual) address, network byte order.
+    pub vip_be: u32,
+    /// Frontend port, network byte order.
+    pub port_be: u16,
+    /// IP protocol ([`proto::TCP`] or [`proto::UDP`]).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of the service map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue4 {
+    /// Index into the per-service counters and key of the slot and name maps.
+    pub service_id: u32,
+    /// Number of slots (0 means no active backend: packets are dropped and counted).
+    pub count: u32,
+}
+
+/// Key of the slot map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// Service the slot belongs to.
+    pub service_id: u32,
+    /// Slot index, `0..count`.
+    pub slot: u32,
+}
+
+/// Backend flag: the backend takes no new flows; its established flows continue.
+pub const BACKEND_TERMINATING: u32 = 1;
+
+/// Value of the backend map (keyed by a `u32` backend id that is never reused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend4 {
+    /// Backend address, network byte order.
+    pub addr_be: u32,
+    /// Backend port, network byte order.
+    pub port_be: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// Service that owns the backend.
+    pub service_id: u32,
+    /// `BACKEND_*` flags.
+    pub flags: u32,
+}
+
+/// Conntrack key: a flow's 5-tuple as seen in its packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    /// Source address, network byte order.
+    pub saddr_be: u32,
+    /// Destination address, network byte order.
+    pub daddr_be: u32,
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Conntrack flag: a FIN or RST was seen; the flow is closing.
+pub const CT_CLOSING: u32 = 1;
+
+/// Forward conntrack value: where the flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry4 {
+    /// Backend chosen when the flow started.
+    pub backend_id: u32,
+    /// Service the flow belongs to.
+    pub service_id: u32,
+    /// Backend address, network byte order (copied so the rewrite never changes mid-flow).
+    pub backend_addr_be: u32,
+    /// Backend port, network byte order.
+    pub backend_port_be: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// `CT_*` flags.
+    pub flags: u32,
+    /// Always zero.
+    pub pad2: u32,
+    /// `bpf_ktime_get_ns` when the flow started.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` when a packet of the flow was last seen (updated at most once a second).
+    pub last_seen_ns: u64,
+}
+
+/// Reverse NAT value: the frontend a reply must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNat4 {
+    /// Frontend address, network byte order.
+    pub vip_be: u32,
+    /// Frontend port, network byte order.
+    pub vport_be: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// Service the flow belongs to.
+    pub service_id: u32,
+    /// Backend of the flow.
+    pub backend_id: u32,
+}
+
+/// Per-service counters (one per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Packets rewritten frontend -> backend.
+    pub packets: u64,
+    /// IPv4 bytes (IP total length) of those packets.
+    pub bytes: u64,
+    /// Replies rewritten backend -> frontend.
+    pub reply_packets: u64,
+    /// IPv4 bytes of those replies.
+    pub reply_bytes: u64,
+    /// Flows started (conntrack entries created).
+    pub new_flows: u64,
+    /// Packets to this service that were dropped (see the reasons for why).
+    pub drops: u64,
+}
+
+/// Value of the name map: a service name, NUL padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// UTF-8 (in practice ASCII: a DNS label) padded with zeros.
+    pub bytes: [u8; 64],
+}
+
+impl ServiceName {
+    /// The name, if it is valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        let len = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.bytes.len());
+        core::str::from_utf8(&self.bytes[..len]).ok()
+    }
+
+    /// Encodes `name`; `None` if it does not fit.
+    pub fn new(name: &str) -> Option<Self> {
+        let src = name.as_bytes();
+        if src.len() > limits::MAX_NAME_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; 64];
+        bytes[..src.len()].copy_from_slice(src);
+        Some(Self { bytes })
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey4>() == 8);
+    assert!(core::mem::size_of::<ServiceValue4>() == 8);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<Backend4>() == 16);
+    assert!(core::mem::size_of::<CtKey4>() == 16);
+    assert!(core::mem::size_of::<CtEntry4>() == 40);
+    assert!(core::mem::size_of::<RevNat4>() == 16);
+    assert!(core::mem::size_of::<ServiceStats>() == 48);
+    assert!(core::mem::size_of::<ServiceName>() == 64);
+    assert!(Reason::ALL.len() == Reason::COUNT as usize);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], Copy, has explicit padding (no implicit holes; the
+    // size assertions above prove it) and every bit pattern is a valid value.
+    unsafe impl aya::Pod for ServiceKey4 {}
+    unsafe impl aya::Pod for ServiceValue4 {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for ServiceName {}
+}

@@ -1,0 +1,44 @@
+//! Every map of the datapath. Names and layouts are shared with user space through
+//! `ambassador_common`; all maps are pinned by name under the daemon's pin directory.
+
+use ambassador_common::{
+    limits, Backend4, CtEntry4, CtKey4, Reason, RevNat4, ServiceKey4, ServiceName, ServiceStats,
+    ServiceValue4, SlotKey,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+
+/// Frontends: (VIP, port, proto) -> service id and slot count.
+#[map(name = "amb_svc4_v1")]
+pub static SERVICES: HashMap<ServiceKey4, ServiceValue4> = HashMap::pinned(limits::MAX_SERVICES, 0);
+
+/// (service id, slot) -> backend id; slots `0..count` of each service are always filled.
+#[map(name = "amb_slot_v1")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(limits::MAX_SLOTS, 0);
+
+/// backend id -> address, owner service and flags (terminating backends stay until drained).
+#[map(name = "amb_be4_v1")]
+pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(limits::MAX_BACKENDS, 0);
+
+/// Client's original tuple -> the flow's backend.
+#[map(name = "amb_ct4_v1")]
+pub static CONNTRACK: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(limits::MAX_FLOWS, 0);
+
+/// Backend's reply tuple -> the frontend to restore.
+#[map(name = "amb_rnat4_v1")]
+pub static REVERSE_NAT: LruHashMap<CtKey4, RevNat4> = LruHashMap::pinned(limits::MAX_FLOWS, 0);
+
+/// Counters per service id.
+#[map(name = "amb_sstat_v1")]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(limits::MAX_SERVICES, 0);
+
+/// Counters per verdict reason.
+#[map(name = "amb_reason_v1")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// service id -> name. Only user space reads and writes it; it lives in the object so the
+/// loader creates and pins it with the others.
+#[map(name = "amb_names_v1")]
+pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::MAX_SERVICES, 0);

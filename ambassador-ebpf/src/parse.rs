@@ -1,0 +1,131 @@
+//! Bounds-checked header access. Offsets are named once here, so no rewrite can write a
+//! field through another field's offset.
+
+use ambassador_common::proto;
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+
+/// IPv4 header field offsets, relative to the start of the IPv4 header.
+pub const IP_TOT_LEN: usize = 2;
+pub const IP_FRAG_OFF: usize = 6;
+pub const IP_PROTO: usize = 9;
+pub const IP_CSUM: usize = 10;
+pub const IP_SADDR: usize = 12;
+pub const IP_DADDR: usize = 16;
+const IP_MIN_HLEN: usize = 20;
+
+/// L4 field offsets, relative to the start of the L4 header.
+pub const L4_SPORT: usize = 0;
+pub const L4_DPORT: usize = 2;
+pub const TCP_FLAGS: usize = 13;
+pub const TCP_CSUM: usize = 16;
+pub const UDP_CSUM: usize = 6;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The fields of an IPv4 packet the datapath reads. Addresses and ports are in network byte
+/// order, exactly as on the wire.
+pub struct Ipv4Packet {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub proto: u8,
+    /// IP total length (host order), used for byte counters.
+    pub tot_len: u16,
+    /// True for any fragment: more-fragments set or a non-zero offset.
+    pub fragment: bool,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_off: usize,
+}
+
+/// Ports and TCP flags; absent when the L4 header is truncated.
+pub struct L4 {
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub tcp_flags: u8,
+    /// Offset of the L4 checksum from the start of the frame.
+    pub csum_off: usize,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Parses Ethernet + IPv4 for TCP or UDP; `None` for anything else (which the datapath
+/// leaves alone, including IPv4 headers too broken for the stack to accept).
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
+    let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    // One read covers the fixed header, so the verifier sees a single bounds check.
+    let hdr: [u8; IP_MIN_HLEN] = read(ctx, ETH_HLEN)?;
+    let version = hdr[0] >> 4;
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if version != 4 || ihl < IP_MIN_HLEN {
+        return None;
+    }
+    let proto = hdr[IP_PROTO];
+    if proto != proto::TCP && proto != proto::UDP {
+        return None;
+    }
+    let frag = u16::from_be_bytes([hdr[IP_FRAG_OFF], hdr[IP_FRAG_OFF + 1]]);
+    Some(Ipv4Packet {
+        saddr_be: u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]),
+        daddr_be: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        proto,
+        tot_len: u16::from_be_bytes([hdr[IP_TOT_LEN], hdr[IP_TOT_LEN + 1]]),
+        // MF (0x2000) or a fragment offset (0x1fff).
+        fragment: frag & 0x3fff != 0,
+        l4_off: ETH_HLEN + ihl,
+    })
+}
+
+/// Reads ports (and TCP flags) through the kernel's bounds-checked copy: the L4 offset
+/// depends on the IP options, which direct packet access would make hard to verify.
+#[inline(always)]
+pub fn l4(ctx: &TcContext, ip: &Ipv4Packet) -> Option<L4> {
+    let off = ip.l4_off;
+    if ip.proto == proto::TCP {
+        let hdr: [u8; TCP_MIN_HLEN] = ctx.load(off).ok()?;
+        Some(L4 {
+            sport_be: u16::from_ne_bytes([hdr[L4_SPORT], hdr[L4_SPORT + 1]]),
+            dport_be: u16::from_ne_bytes([hdr[L4_DPORT], hdr[L4_DPORT + 1]]),
+            tcp_flags: hdr[TCP_FLAGS],
+            csum_off: off + TCP_CSUM,
+        })
+    } else {
+        let hdr: [u8; UDP_HLEN] = ctx.load(off).ok()?;
+        Some(L4 {
+            sport_be: u16::from_ne_bytes([hdr[L4_SPORT], hdr[L4_SPORT + 1]]),
+            dport_be: u16::from_ne_bytes([hdr[L4_DPORT], hdr[L4_DPORT + 1]]),
+            tcp_flags: 0,
+            csum_off: off + UDP_CSUM,
+        })
+    }
+}
+
+/// Reads the IPv4 header checksum (host order value of the wire field).
+#[inline(always)]
+pub fn ip_csum(ctx: &TcContext) -> Option<u16> {
+    read::<u16>(ctx, ETH_HLEN + IP_CSUM).map(u16::from_be)
+}

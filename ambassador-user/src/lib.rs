@@ -1,0 +1,6 @@
+//! ambassador's user space: the daemon, the status reader and their building blocks.
+pub mod reconcile;
+
+/// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambassador"));
