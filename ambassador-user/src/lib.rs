@@ -4,3 +4,11 @@ pub mod reconcile;
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambassador"));
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod gc;
+pub mod loader;
+pub mod maps;
+pub mod status;

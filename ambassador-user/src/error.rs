@@ -1,0 +1,133 @@
+//! Every error the daemon and the status reader report. Each says what went wrong and, where
+//! there is one, what to do about it: they are printed as one line before a non-zero exit.
+
+use std::{io, path::PathBuf};
+
+use crate::config::ConfigError;
+
+/// An error of ambassador's user space.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is unusable.
+    #[error("bad configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// An `--iface` does not exist.
+    #[error("interface {name:?} does not exist (check `ip link`, and that ambassador runs in the right network namespace)")]
+    NoSuchInterface {
+        /// The interface name.
+        name: String,
+    },
+    /// The pin directory is not on a BPF filesystem.
+    #[error("{path} is not on a bpf filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` (in a container: -v /sys/fs/bpf:/sys/fs/bpf)")]
+    NotBpffs {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Another daemon holds the pin directory.
+    #[error("another `ambassador run` is using {path}: stop it first, or give this one its own --pin-path")]
+    AlreadyRunning {
+        /// The pin directory.
+        path: PathBuf,
+    },
+    /// An interface already carries ambassador's programs from another instance.
+    #[error("interface {iface:?} already has ambassador's {program} attached (program id {id}) by another instance; stop that instance or detach it (`bpftool net`/`bpftool prog show name {program}`)")]
+    AlreadyAttached {
+        /// The interface.
+        iface: String,
+        /// The program name.
+        program: &'static str,
+        /// The kernel's id of the attached program.
+        id: u32,
+    },
+    /// The binary carries no eBPF object.
+    #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo build`")]
+    NoEbpfObject,
+    /// The kernel lacks a feature.
+    #[error("the kernel lacks {feature}, which needs Linux {needed} or later ({detail})")]
+    KernelFeature {
+        /// What is missing.
+        feature: &'static str,
+        /// The first kernel version that has it.
+        needed: &'static str,
+        /// What the kernel said.
+        detail: String,
+    },
+    /// Not privileged enough.
+    #[error("{what}: permission denied: ambassador needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    Permission {
+        /// What was attempted.
+        what: String,
+    },
+    /// Loading the eBPF object failed.
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// Loading or attaching a program failed.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {what}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The pinned maps are missing.
+    #[error(
+        "no ambassador maps pinned under {path}: is `ambassador run` running with this --pin-path?"
+    )]
+    NotRunning {
+        /// The pin directory.
+        path: PathBuf,
+    },
+    /// The desired state cannot be installed.
+    #[error(transparent)]
+    Plan(#[from] crate::reconcile::PlanError),
+    /// Some other I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let what = what.into();
+        move |source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                Error::Permission { what }
+            } else {
+                Error::Io { what, source }
+            }
+        }
+    }
+
+    /// Process exit code (sysexits.h): 64 usage/config, 69 unavailable, 71 OS error,
+    /// 75 temporary (another instance), 77 permission.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Plan(_) | Error::NoSuchInterface { .. } => 64,
+            Error::NotRunning { .. } | Error::NoEbpfObject | Error::KernelFeature { .. } => 69,
+            Error::AlreadyRunning { .. } | Error::AlreadyAttached { .. } => 75,
+            Error::Permission { .. } => 77,
+            _ => 71,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,124 @@
+//! Conntrack expiry and draining of terminating backends. Pure decisions here; the daemon
+//! applies them to the maps.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use crate::{
+    maps::Flow,
+    reconcile::{Installed, Proto},
+};
+
+/// How long an idle flow is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// An established TCP flow with no packet for this long is forgotten.
+    pub tcp: Duration,
+    /// A TCP flow that saw FIN or RST is forgotten this long after its last packet.
+    pub tcp_closing: Duration,
+    /// A UDP flow with no packet for this long is forgotten.
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: Duration::from_secs(6 * 3600),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Whether `flow` is over at monotonic time `now_ns`. The datapath refreshes last-seen at most
+/// once a second, so one second of slack is added.
+pub fn expired(flow: &Flow, now_ns: u64, t: &Timeouts) -> bool {
+    let limit = match (flow.proto, flow.closing) {
+        (Proto::Tcp, true) => t.tcp_closing,
+        (Proto::Tcp, false) => t.tcp,
+        (Proto::Udp, _) => t.udp,
+    } + Duration::from_secs(1);
+    now_ns.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
+}
+
+/// Terminating backends that no live flow uses any more: they can go.
+pub fn drained_backends(installed: &Installed, live: &[Flow]) -> Vec<u32> {
+    let used: BTreeSet<u32> = live.iter().map(|f| f.backend_id).collect();
+    installed
+        .backends
+        .iter()
+        .filter(|(id, b)| b.terminating && !used.contains(id))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::InstalledBackend;
+
+    fn flow(proto: Proto, closing: bool, last_seen_s: u64, backend_id: u32) -> Flow {
+        Flow {
+            client: "10.0.0.1:1234".parse().unwrap(),
+            frontend: "10.96.0.1:80".parse().unwrap(),
+            proto,
+            service_id: 1,
+            backend_id,
+            backend: "10.0.1.1:80".parse().unwrap(),
+            closing,
+            created_ns: 0,
+            last_seen_ns: last_seen_s * 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn expiry_follows_protocol_and_state() {
+        let t = Timeouts::default();
+        let now = 100_000 * 1_000_000_000;
+        assert!(!expired(
+            &flow(Proto::Tcp, false, 100_000 - 3600, 1),
+            now,
+            &t
+        ));
+        assert!(expired(
+            &flow(Proto::Tcp, false, 100_000 - 6 * 3600 - 2, 1),
+            now,
+            &t
+        ));
+        assert!(!expired(&flow(Proto::Tcp, true, 100_000 - 5, 1), now, &t));
+        assert!(expired(&flow(Proto::Tcp, true, 100_000 - 12, 1), now, &t));
+        assert!(!expired(&flow(Proto::Udp, false, 100_000 - 60, 1), now, &t));
+        assert!(expired(&flow(Proto::Udp, false, 100_000 - 122, 1), now, &t));
+        // A flow seen "in the future" (clock read before the packet) is live.
+        assert!(!expired(&flow(Proto::Udp, false, 100_001, 1), now, &t));
+    }
+
+    #[test]
+    fn only_terminating_backends_without_flows_drain() {
+        let mut inst = Installed::default();
+        for (id, terminating) in [(1, false), (2, true), (3, true)] {
+            inst.backends.insert(
+                id,
+                InstalledBackend {
+                    service_id: 1,
+                    addr: "10.0.1.1:80".parse().unwrap(),
+                    terminating,
+                },
+            );
+        }
+        assert_eq!(
+            drained_backends(&inst, &[flow(Proto::Tcp, false, 0, 2)]),
+            vec![3]
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Loads the datapath, pins its maps and attaches its programs.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use ambassador_common::program_names;
+use aya::{
+    programs::{tc, SchedClassifier, TcAttachType},
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use tracing::{debug, info};
+
+use crate::{
+    error::{Error, Result},
+    maps::Maps,
+    EBPF_OBJECT,
+};
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A loaded, attached datapath. Dropping it detaches the programs; the pinned maps stay.
+pub struct Datapath {
+    /// The maps, pinned under the pin directory.
+    pub maps: Maps,
+    /// Keeps the programs (and their links) alive.
+    _ebpf: Ebpf,
+    /// Held for the daemon's lifetime: one daemon per pin directory.
+    _lock: File,
+}
+
+/// Fails unless `name` is an existing interface.
+pub fn check_interface(name: &str) -> Result<()> {
+    let c = CString::new(name).map_err(|_| Error::NoSuchInterface { name: name.into() })?;
+    // SAFETY: a valid NUL-terminated string.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(Error::NoSuchInterface { name: name.into() });
+    }
+    Ok(())
+}
+
+/// Creates `dir` on a bpf filesystem (refusing any other filesystem) and locks it.
+fn prepare_pin_dir(dir: &Path) -> Result<File> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent)? {
+        return Err(Error::NotBpffs {
+            path: parent.to_owned(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let lock = File::open(dir).map_err(Error::io(format!("opening {}", dir.display())))?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::AlreadyRunning {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(lock)
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::NotBpffs {
+        path: path.to_owned(),
+    })?;
+    // SAFETY: statfs only writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(false);
+        }
+        return Err(Error::io(format!("statfs {}", path.display()))(e));
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libcs"
+    )]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Whether the kernel attaches TC programs through TCX links (Linux 6.6+).
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
+/// so counters, flows and services survive a restart) without attaching anything.
+pub fn load(pin_dir: &Path) -> Result<(Ebpf, Maps, File)> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::NoEbpfObject);
+    }
+    let lock = prepare_pin_dir(pin_dir)?;
+    raise_memlock();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .map_err(|e| match e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Error::Permission {
+                    what: "creating BPF maps".into(),
+                }
+            }
+            e => Error::Load(e),
+        })?;
+    for name in [program_names::TC_DNAT, program_names::TC_RNAT] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Program {
+                what: format!("program {name} is missing from the object"),
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                what: format!("program {name}"),
+                source,
+            })?;
+        prog.load().map_err(|source| Error::Program {
+            what: format!("loading {name} (the verifier's log follows)"),
+            source,
+        })?;
+    }
+    let maps = Maps::take_from(&mut ebpf)?;
+    Ok((ebpf, maps, lock))
+}
+
+/// Loads the datapath and attaches it to every interface in `ifaces`: DNAT on ingress,
+/// reverse NAT on egress.
+pub fn start(pin_dir: &Path, ifaces: &[String]) -> Result<Datapath> {
+    for iface in ifaces {
+        check_interface(iface)?;
+    }
+    let tcx = has_tcx();
+    if tcx {
+        for iface in ifaces {
+            refuse_foreign_attachments(iface)?;
+        }
+    }
+    let (mut ebpf, maps, lock) = load(pin_dir)?;
+    for iface in ifaces {
+        if !tcx {
+            // Before 6.6, TC programs hang off a clsact qdisc (it may exist already).
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                debug!(%iface, error = %e, "clsact qdisc not added (it may already exist)");
+            }
+        }
+        for (name, direction) in [
+            (program_names::TC_DNAT, TcAttachType::Ingress),
+            (program_names::TC_RNAT, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .expect("checked by load()");
+            prog.attach(iface, direction)
+                .map_err(|source| Error::Program {
+                    what: format!("attaching {name} to {iface} ({direction:?})"),
+                    source,
+                })?;
+        }
+        info!(%iface, mode = if tcx { "tcx" } else { "clsact" }, "datapath attached");
+    }
+    Ok(Datapath {
+        maps,
+        _ebpf: ebpf,
+        _lock: lock,
+    })
+}
+
+/// Refuses an interface where another instance's programs are attached already.
+fn refuse_foreign_attachments(iface: &str) -> Result<()> {
+    for (direction, program) in [
+        (TcAttachType::Ingress, program_names::TC_DNAT),
+        (TcAttachType::Egress, program_names::TC_RNAT),
+    ] {
+        let Ok((_, progs)) = SchedClassifier::query_tcx(iface, direction) else {
+            continue;
+        };
+        if let Some(p) = progs.iter().find(|p| p.name_as_str() == Some(program)) {
+            return Err(Error::AlreadyAttached {
+                iface: iface.into(),
+                program,
+                id: p.id(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless later).
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; fine on Linux 5.11+");
+    }
+}
+
+/// The default pin directory.
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/ambassador")
+}
