@@ -136,13 +136,15 @@ pub fn start(pin_dir: &Path, ifaces: &[String]) -> Result<Datapath> {
     for iface in ifaces {
         check_interface(iface)?;
     }
+    // Loading takes the pin directory's lock first: a second daemon on the same directory
+    // is told exactly that, before the interfaces are looked at.
+    let (mut ebpf, maps, lock) = load(pin_dir)?;
     let tcx = has_tcx();
     if tcx {
         for iface in ifaces {
             refuse_foreign_attachments(iface)?;
         }
     }
-    let (mut ebpf, maps, lock) = load(pin_dir)?;
     for iface in ifaces {
         if !tcx {
             // Before 6.6, TC programs hang off a clsact qdisc (it may exist already).

@@ -1,1 +1,539 @@
+//! Harness for ambassador's privileged tests: network namespaces, veth links, bpffs pin
+//! directories and daemon processes, each behind a Drop guard so a failing test cleans up too.
+//! Names are unique per process and call, so tests run in parallel.
 
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// True when the test may run; otherwise prints why it is skipped.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root (network namespaces, bpffs, TC attach); run as root");
+        return false;
+    }
+    ensure_bpffs();
+    true
+}
+
+/// Mounts a bpf filesystem at /sys/fs/bpf when none is there (a fresh machine has none).
+pub fn ensure_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return;
+    }
+    let st = Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status();
+    assert!(
+        st.is_ok_and(|s| s.success()),
+        "mounting bpffs on /sys/fs/bpf failed"
+    );
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface-name sized).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted (with its links) on drop.
+pub struct NetNs {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace with loopback up.
+    pub fn new(role: &str) -> Self {
+        let name = unique(&format!("amb{role}"));
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`; fine for tools that need no /sys).
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread that lives in this namespace. Sockets made there stay in it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
+    /// The namespace's SNMP counters (what `nstat` reads), e.g. ("Tcp", "InCsumErrors").
+    pub fn snmp(&self, group: &str, field: &str) -> u64 {
+        let text = self.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{group}:")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{group} not in /proc/net/snmp");
+        let names = lines[0].split_whitespace();
+        let values = lines[1].split_whitespace();
+        names
+            .zip(values)
+            .find(|(n, _)| *n == field)
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| panic!("{group}:{field} not in /proc/net/snmp"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Links `a` (as `a_if` with `a_addr`) to `b` (as `b_if` with `b_addr`) by a veth pair, both
+/// up, with transmit checksum offload off so every checksum on the wire is real.
+pub fn veth(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if !addr.is_empty() {
+            ns.ip(&["addr", "add", addr, "dev", ifname]);
+        }
+        ns.ip(&["link", "set", ifname, "up"]);
+        ns.exec(&["ethtool", "-K", ifname, "tx", "off"]);
+    }
+}
+
+/// A pin directory on bpffs, removed on drop.
+pub struct PinDir {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    /// A fresh, not yet created, directory name under /sys/fs/bpf.
+    pub fn new() -> Self {
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/{}", unique("amb-test-"))),
+        }
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The `ambassador` binary under test.
+pub fn ambassador_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AMBASSADOR_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/<test> -> target/debug/ambassador
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("ambassador");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build` (or `cargo xtask test`) first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `ambassador ARGS` to completion.
+pub fn ambassador(args: &[&str]) -> std::process::Output {
+    Command::new(ambassador_bin()).args(args).output().unwrap()
+}
+
+/// `ambassador status --json` for a pin directory.
+pub fn status(pin: &Path) -> serde_json::Value {
+    let out = ambassador(&["status", "--json", "--pin-path", pin.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The status entry of one service.
+pub fn service_status(pin: &Path, name: &str) -> Option<serde_json::Value> {
+    status(pin)["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A running `ambassador run`, stopped (SIGTERM, then SIGKILL) on drop. Its log is printed
+/// when the test fails.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `ambassador ARGS` inside `ns` (by nsenter: `ip netns exec` would hide bpffs).
+    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("ambassador-daemon-")));
+        let file = File::create(&log).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(ambassador_bin())
+            .args(args)
+            .env("AMBASSADOR_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the daemon logs `ready`; panics with its log if it exits or times out.
+    pub fn wait_ready(&mut self) {
+        let ok = wait_until(Duration::from_secs(10), || {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("daemon exited with {st}:\n{}", self.log());
+            }
+            self.log().contains(" ready ")
+        });
+        assert!(ok, "daemon not ready after 10 s:\n{}", self.log());
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the daemon to exit on its own and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}\n---- end ----", self.log());
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A TCP server that greets each connection with its identity line, then echoes.
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// Listens on `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: &str, ident: &str) -> Self {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ident = ident.to_owned();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let ident = ident.clone();
+                        std::thread::spawn(move || {
+                            conn.set_nonblocking(false).unwrap();
+                            let _ = writeln!(conn, "{ident}");
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `addr` and reads the server's identity line.
+pub fn tcp_connect(ns: &NetNs, addr: &str) -> std::io::Result<(BufReader<TcpStream>, String)> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let stream = ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream);
+    let mut ident = String::new();
+    reader.read_line(&mut ident)?;
+    Ok((reader, ident.trim().to_owned()))
+}
+
+/// Sends a line on an open connection and reads its echo.
+pub fn tcp_echo(conn: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<String> {
+    writeln!(conn.get_mut(), "{line}")?;
+    let mut back = String::new();
+    conn.read_line(&mut back)?;
+    Ok(back.trim().to_owned())
+}
+
+/// A UDP server that answers each datagram with `ident:` and the datagram.
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    received: Arc<AtomicU32>,
+}
+
+impl UdpServer {
+    /// Binds `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: &str, ident: &str) -> Self {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let sock = ns.run(move || UdpSocket::bind(addr).unwrap());
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU32::new(0));
+        let (stop2, received2, ident) = (stop.clone(), received.clone(), ident.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    received2.fetch_add(1, Ordering::Relaxed);
+                    let mut reply = format!("{ident}:").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+            received,
+        }
+    }
+
+    /// Datagrams received so far.
+    pub fn received(&self) -> u32 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP client socket in `ns`, connected to `addr`.
+pub fn udp_client(ns: &NetNs, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let sock = ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(addr).unwrap();
+        s
+    });
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock
+}
+
+/// The client -> forwarding host -> backends topology of the integration tests:
+///
+/// ```text
+/// client 10.200.0.2 --eth0/c0-- fwd 10.200.0.1 | 10.200.N.1 --bN/eth0-- backend N 10.200.N.2
+/// ```
+///
+/// The client's default route is the forwarding host, which forwards and runs ambassador with
+/// `--iface c0`. Every link has transmit checksum offload off.
+pub struct Topology {
+    /// The client.
+    pub client: NetNs,
+    /// The forwarding host.
+    pub fwd: NetNs,
+    /// The backends, `backends[i]` at `10.200.{i+1}.2`.
+    pub backends: Vec<NetNs>,
+}
+
+impl Topology {
+    /// Builds the topology with `n` backends.
+    pub fn new(n: usize) -> Self {
+        let client = NetNs::new("c");
+        let fwd = NetNs::new("f");
+        veth(
+            &client,
+            "eth0",
+            "10.200.0.2/24",
+            &fwd,
+            "c0",
+            "10.200.0.1/24",
+        );
+        client.ip(&["route", "add", "default", "via", "10.200.0.1"]);
+        fwd.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut backends = Vec::new();
+        for i in 1..=n {
+            let b = NetNs::new(&format!("b{i}"));
+            veth(
+                &fwd,
+                &format!("b{i}"),
+                &format!("10.200.{i}.1/24"),
+                &b,
+                "eth0",
+                &format!("10.200.{i}.2/24"),
+            );
+            b.ip(&["route", "add", "default", "via", &format!("10.200.{i}.1")]);
+            backends.push(b);
+        }
+        Self {
+            client,
+            fwd,
+            backends,
+        }
+    }
+
+    /// Address of backend `i` (1-based) on `port`.
+    pub fn backend_addr(i: usize, port: u16) -> String {
+        format!("10.200.{i}.2:{port}")
+    }
+}
+
+/// A temporary file, removed on drop.
+pub struct TempFile {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Creates it with `contents`.
+    pub fn new(contents: &str) -> Self {
+        let path = std::env::temp_dir().join(unique("ambassador-test-"));
+        std::fs::write(&path, contents).unwrap();
+        Self { path }
+    }
+
+    /// Replaces its contents (atomically, as an editor or config manager would).
+    pub fn write(&self, contents: &str) {
+        let tmp = self.path.with_extension("new");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// Its path as a string.
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,479 @@
+//! The TC programs run by the kernel on crafted packets (BPF_PROG_TEST_RUN), Katran style: a
+//! table of {description, program, input, expected verdict, expected output}. Every output
+//! has its checksums verified by an independent implementation (etherparse).
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use ambassador_common::program_names;
+use ambassador_tests::{require_root, PinDir};
+use ambassador_user::{config, daemon, loader};
+use etherparse::{
+    IpNumber, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader,
+    TransportHeader, UdpHeader,
+};
+
+const NEXT: i32 = -1;
+const SHOT: i32 = 2;
+
+const CLIENT: [u8; 4] = [10, 0, 0, 2];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+const VIP_EMPTY: [u8; 4] = [10, 96, 0, 11];
+const BACKEND: [u8; 4] = [10, 0, 1, 2];
+const OTHER: [u8; 4] = [192, 0, 2, 1];
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+const CONFIG: &str = r#"
+[[service]]
+name = "web"
+frontend = "10.96.0.10:80"
+endpoints = ["10.0.1.2:8080"]
+
+[[service]]
+name = "dns"
+frontend = "10.96.0.10:53"
+proto = "udp"
+endpoints = ["10.0.1.2:5353"]
+
+[[service]]
+name = "empty"
+frontend = "10.96.0.11:80"
+"#;
+
+/// Runs a program once on `input`; returns its verdict and the packet as it left.
+fn test_run(prog_fd: i32, input: &[u8]) -> (i32, Vec<u8>) {
+    /// The BPF_PROG_TEST_RUN member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; 4096];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: input.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: input.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: attr points at valid buffers that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN ({} bytes): {}",
+        input.len(),
+        std::io::Error::last_os_error()
+    );
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval as i32, out)
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// A UDP datagram whose sender did not compute a checksum (field zero).
+fn udp_no_checksum(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = udp(src, sport, dst, dport, payload);
+    v[14 + 20 + 6] = 0;
+    v[14 + 20 + 7] = 0;
+    v
+}
+
+/// A TCP SYN with 4 bytes of IPv4 options (ihl = 6).
+fn tcp_with_ip_options(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut t = TcpHeader::new(sport, dport, 1000, 64000);
+    t.syn = true;
+    let mut ip = Ipv4Header::new(t.header_len() as u16, 64, IpNumber::TCP, src, dst).unwrap();
+    ip.options = Ipv4Options::try_from(&[1u8, 1, 1, 0][..]).unwrap(); // NOP NOP NOP EOL
+    ip.total_len = (ip.header_len() + t.header_len()) as u16;
+    ip.header_checksum = ip.calc_header_checksum();
+    t.checksum = t.calc_checksum_ipv4(&ip, &[]).unwrap();
+    let mut v = Vec::new();
+    v.extend_from_slice(&MAC_B);
+    v.extend_from_slice(&MAC_A);
+    v.extend_from_slice(&0x0800u16.to_be_bytes());
+    ip.write(&mut v).unwrap();
+    t.write(&mut v).unwrap();
+    v
+}
+
+/// Sets IPv4 flags/fragment offset and fixes the header checksum.
+fn fragment(mut frame: Vec<u8>, more: bool, offset_units: u16) -> Vec<u8> {
+    let v = ((more as u16) << 13) | offset_units;
+    frame[14 + 6..14 + 8].copy_from_slice(&v.to_be_bytes());
+    frame[14 + 10] = 0;
+    frame[14 + 11] = 0;
+    let c = ambassador_common::csum::ipv4_header(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+fn with_byte(mut frame: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
+    frame[at] = value;
+    frame
+}
+
+fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.truncate(len);
+    frame
+}
+
+/// What the output of a case must look like.
+enum Expect {
+    /// Byte for byte the input.
+    Unchanged,
+    /// Dropped (the output is not inspected).
+    Dropped,
+    /// Rewritten: these endpoints, valid checksums, everything else as in the input.
+    Rewritten {
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+    },
+}
+
+struct Case {
+    what: &'static str,
+    program: &'static str,
+    input: Vec<u8>,
+    verdict: i32,
+    expect: Expect,
+}
+
+/// Endpoints and checksum validity of an IPv4 TCP/UDP frame, via etherparse.
+fn inspect(frame: &[u8]) -> (([u8; 4], u16), ([u8; 4], u16), Result<(), String>) {
+    let p = PacketHeaders::from_ethernet_slice(frame).expect("output parses");
+    let Some(NetHeaders::Ipv4(ip, _)) = &p.net else {
+        panic!("output is not IPv4")
+    };
+    let payload = p.payload.slice();
+    let mut ok = Ok(());
+    if ip.calc_header_checksum() != ip.header_checksum {
+        ok = Err(format!(
+            "bad IPv4 header checksum {:#06x}",
+            ip.header_checksum
+        ));
+    }
+    let (sport, dport) = match &p.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            let want = t.calc_checksum_ipv4(ip, payload).unwrap();
+            if want != t.checksum {
+                ok = Err(format!(
+                    "bad TCP checksum {:#06x}, want {want:#06x}",
+                    t.checksum
+                ));
+            }
+            (t.source_port, t.destination_port)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            if u.checksum != 0 {
+                let want =
+                    UdpHeader::with_ipv4_checksum(u.source_port, u.destination_port, ip, payload)
+                        .unwrap()
+                        .checksum;
+                if want != u.checksum {
+                    ok = Err(format!(
+                        "bad UDP checksum {:#06x}, want {want:#06x}",
+                        u.checksum
+                    ));
+                }
+            }
+            (u.source_port, u.destination_port)
+        }
+        _ => panic!("output is not TCP or UDP"),
+    };
+    ((ip.source, sport), (ip.destination, dport), ok)
+}
+
+#[test]
+fn programs_handle_the_fixture_table() {
+    if !require_root("programs_handle_the_fixture_table") {
+        return;
+    }
+    let pin = PinDir::new();
+    let (ebpf, mut maps, _lock) = loader::load(&pin.path).expect("load the datapath");
+    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let mut installed = maps.read_installed().unwrap();
+    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    let fd = |name: &str| {
+        ebpf.program(name)
+            .unwrap()
+            .fd()
+            .unwrap()
+            .as_fd()
+            .as_raw_fd()
+    };
+    let (dnat, rnat) = (program_names::TC_DNAT, program_names::TC_RNAT);
+
+    let cases = vec![
+        Case {
+            what: "TCP SYN to a frontend goes to its backend",
+            program: dnat,
+            input: tcp(CLIENT, 40000, VIP, 80, true, b""),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (CLIENT, 40000),
+                dst: (BACKEND, 8080),
+            },
+        },
+        Case {
+            what: "a later segment of the same flow, with payload, follows it",
+            program: dnat,
+            input: tcp(CLIENT, 40000, VIP, 80, false, b"GET / HTTP/1.0\r\n\r\n"),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (CLIENT, 40000),
+                dst: (BACKEND, 8080),
+            },
+        },
+        Case {
+            what: "the backend's reply appears to come from the frontend",
+            program: rnat,
+            input: tcp(BACKEND, 8080, CLIENT, 40000, false, b"HTTP/1.0 200 OK\r\n"),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (VIP, 80),
+                dst: (CLIENT, 40000),
+            },
+        },
+        Case {
+            what: "UDP to a frontend goes to its backend",
+            program: dnat,
+            input: udp(CLIENT, 41000, VIP, 53, b"query"),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (CLIENT, 41000),
+                dst: (BACKEND, 5353),
+            },
+        },
+        Case {
+            what: "the UDP reply appears to come from the frontend",
+            program: rnat,
+            input: udp(BACKEND, 5353, CLIENT, 41000, b"answer"),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (VIP, 53),
+                dst: (CLIENT, 41000),
+            },
+        },
+        Case {
+            what: "UDP without a checksum keeps none",
+            program: dnat,
+            input: udp_no_checksum(CLIENT, 41001, VIP, 53, b"query"),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (CLIENT, 41001),
+                dst: (BACKEND, 5353),
+            },
+        },
+        Case {
+            what: "IPv4 options move the L4 header; the rewrite follows it",
+            program: dnat,
+            input: tcp_with_ip_options(CLIENT, 40001, VIP, 80),
+            verdict: NEXT,
+            expect: Expect::Rewritten {
+                src: (CLIENT, 40001),
+                dst: (BACKEND, 8080),
+            },
+        },
+        Case {
+            what: "another port of the frontend address is not a frontend",
+            program: dnat,
+            input: tcp(CLIENT, 40002, VIP, 81, true, b""),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "traffic to other addresses passes untouched",
+            program: dnat,
+            input: tcp(CLIENT, 40003, OTHER, 80, true, b""),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "a reply of an untracked flow passes untouched",
+            program: rnat,
+            input: tcp(BACKEND, 8080, CLIENT, 49999, false, b""),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "ICMP to a frontend address passes (not a TCP/UDP frontend)",
+            program: dnat,
+            input: with_byte(fragment(udp(CLIENT, 1, VIP, 53, b"x"), false, 0), 14 + 9, 1),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "a first fragment to a frontend address is dropped",
+            program: dnat,
+            input: fragment(udp(CLIENT, 41002, VIP, 53, b"part one"), true, 0),
+            verdict: SHOT,
+            expect: Expect::Dropped,
+        },
+        Case {
+            what: "a later fragment to a frontend address is dropped",
+            program: dnat,
+            input: fragment(udp(CLIENT, 41002, VIP, 53, b"part two"), false, 185),
+            verdict: SHOT,
+            expect: Expect::Dropped,
+        },
+        Case {
+            what: "a fragment to another address passes",
+            program: dnat,
+            input: fragment(udp(CLIENT, 41003, OTHER, 53, b"frag"), true, 0),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "a truncated TCP header to a frontend is dropped",
+            program: dnat,
+            input: truncated(tcp(CLIENT, 40004, VIP, 80, true, b""), 14 + 20 + 10),
+            verdict: SHOT,
+            expect: Expect::Dropped,
+        },
+        // (BPF_PROG_TEST_RUN refuses frames shorter than an IPv4 header, so the shortest
+        // truncation it can feed is a header whose options run past the frame.)
+        Case {
+            what: "an IPv4 header whose options run past the frame, to a frontend, is dropped",
+            program: dnat,
+            input: with_byte(tcp(CLIENT, 40005, VIP, 80, true, b""), 14, 0x4f),
+            verdict: SHOT,
+            expect: Expect::Dropped,
+        },
+        Case {
+            what: "an IPv4 header length below 20 bytes passes",
+            program: dnat,
+            input: with_byte(tcp(CLIENT, 40006, VIP, 80, true, b""), 14, 0x44),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "an IPv6 ethertype passes",
+            program: dnat,
+            input: with_byte(tcp(CLIENT, 40007, VIP, 80, true, b""), 12, 0x86),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "a frontend without backends drops instead of leaking to the VIP",
+            program: dnat,
+            input: tcp(CLIENT, 40008, VIP_EMPTY, 80, true, b""),
+            verdict: SHOT,
+            expect: Expect::Dropped,
+        },
+    ];
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (verdict, out) = test_run(fd(case.program), &case.input);
+        if verdict != case.verdict {
+            failures.push(format!(
+                "{}: verdict {verdict}, want {}",
+                case.what, case.verdict
+            ));
+            continue;
+        }
+        match &case.expect {
+            Expect::Dropped => {}
+            Expect::Unchanged => {
+                if out != case.input {
+                    failures.push(format!("{}: packet was modified", case.what));
+                }
+            }
+            Expect::Rewritten { src, dst } => {
+                let (got_src, got_dst, csums) = inspect(&out);
+                if (got_src, got_dst) != (*src, *dst) {
+                    failures.push(format!(
+                        "{}: {got_src:?} -> {got_dst:?}, want {src:?} -> {dst:?}",
+                        case.what
+                    ));
+                }
+                if let Err(e) = csums {
+                    failures.push(format!("{}: {e}", case.what));
+                }
+                if out.len() != case.input.len() || out[..12] != case.input[..12] {
+                    failures.push(format!("{}: length or MACs changed", case.what));
+                }
+                let l4 = 14 + ((case.input[14] & 0xf) as usize) * 4;
+                let hdr = if case.input[14 + 9] == 6 { 20 } else { 8 };
+                if out[l4 + hdr..] != case.input[l4 + hdr..] {
+                    failures.push(format!("{}: payload changed", case.what));
+                }
+                if case.input[14 + 9] == 17
+                    && case.input[l4 + 6..l4 + 8] == [0, 0]
+                    && out[l4 + 6..l4 + 8] != [0, 0]
+                {
+                    failures.push(format!("{}: a zero UDP checksum was filled in", case.what));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n  {}",
+        failures.join("\n  ")
+    );
+
+    // Every verdict was counted under its reason.
+    let reasons = maps.reasons().unwrap();
+    let want: BTreeMap<&str, u64> = [
+        ("forwarded", 5),
+        ("reverse_nat", 2),
+        ("no_backend", 1),
+        ("fragment", 2),
+        ("malformed", 2),
+        ("ct_insert_failed", 0),
+        ("backend_missing", 0),
+        ("rewrite_failed", 0),
+    ]
+    .into();
+    assert_eq!(reasons, want);
+    let flows = maps.flows().unwrap();
+    assert_eq!(flows.len(), 4, "{flows:?}");
+}

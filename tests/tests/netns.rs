@@ -1,0 +1,486 @@
+//! The `tc` datapath end to end: a client namespace, a forwarding host running
+//! `ambassador run`, backend namespaces, real sockets.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use ambassador_tests::*;
+
+const VIP_TCP: &str = "10.96.0.10:80";
+const VIP_UDP: &str = "10.96.0.10:53";
+
+fn config(tcp_backends: &[String], udp_backends: &[String]) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{VIP_TCP}\"\nproto = \"tcp\"\nendpoints = [{}]\n\n\
+         [[service]]\nname = \"dns\"\nfrontend = \"{VIP_UDP}\"\nproto = \"udp\"\nendpoints = [{}]\n",
+        list(tcp_backends),
+        list(udp_backends)
+    )
+}
+
+fn start(topo: &Topology, pin: &PinDir, cfg: &TempFile) -> Daemon {
+    let mut d = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            cfg.as_str(),
+            "--pin-path",
+            pin.path.to_str().unwrap(),
+        ],
+    );
+    d.wait_ready();
+    d
+}
+
+#[test]
+fn tcp_and_udp_spread_over_backends_with_valid_checksums_and_exact_counters() {
+    if !require_root("tcp_and_udp_spread_over_backends_with_valid_checksums_and_exact_counters") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b = |i, p| Topology::backend_addr(i, p);
+    let _t1 = TcpServer::start(&topo.backends[0], &b(1, 8080), "b1");
+    let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
+    let u1 = UdpServer::start(&topo.backends[0], &b(1, 5353), "b1");
+    let u2 = UdpServer::start(&topo.backends[1], &b(2, 5353), "b2");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(
+        &[b(1, 8080), b(2, 8080)],
+        &[b(1, 5353), b(2, 5353)],
+    ));
+    let _d = start(&topo, &pin, &cfg);
+
+    // TCP: 40 short connections, each greeted by its backend and echoing through the VIP.
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..40 {
+        let (mut conn, ident) =
+            tcp_connect(&topo.client, VIP_TCP).expect("connect through the VIP");
+        assert_eq!(
+            tcp_echo(&mut conn, &format!("ping {i}")).unwrap(),
+            format!("ping {i}")
+        );
+        *seen.entry(ident).or_default() += 1;
+    }
+    assert_eq!(seen.values().sum::<u32>(), 40);
+    assert!(
+        seen.get("b1").is_some_and(|&n| n > 0) && seen.get("b2").is_some_and(|&n| n > 0),
+        "{seen:?}"
+    );
+
+    // UDP: 50 datagrams from 50 sockets (50 flows); the reply appears to come from the VIP
+    // (a connected socket only accepts datagrams from the address it connected to).
+    let payload = [7u8; 100];
+    let mut udp_seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..50 {
+        let sock = udp_client(&topo.client, VIP_UDP);
+        sock.send(&payload).unwrap();
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("UDP reply through the VIP");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (ident, rest) = reply.split_once(':').unwrap();
+        assert_eq!(rest.as_bytes(), &payload);
+        *udp_seen.entry(ident.to_owned()).or_default() += 1;
+    }
+    assert!(udp_seen.len() == 2, "UDP flows not spread: {udp_seen:?}");
+    assert_eq!(u1.received() + u2.received(), 50);
+
+    // Counters match the traffic: 50 UDP packets of 20 + 8 + 100 bytes each way.
+    let dns = service_status(&pin.path, "dns").unwrap();
+    let c = &dns["counters"];
+    assert_eq!(c["packets"], 50, "{dns}");
+    assert_eq!(c["bytes"], 50 * 128, "{dns}");
+    assert_eq!(c["reply_packets"], 50, "{dns}");
+    assert_eq!(c["reply_bytes"], 50 * (128 + 3), "{dns}"); // "bN:" prefix
+    assert_eq!(c["new_flows"], 50, "{dns}");
+    assert_eq!(c["drops"], 0, "{dns}");
+    let web = service_status(&pin.path, "web").unwrap();
+    assert_eq!(web["counters"]["new_flows"], 40, "{web}");
+    assert!(
+        web["counters"]["packets"].as_u64().unwrap() >= 40 * 4,
+        "{web}"
+    );
+    assert_eq!(web["backends"].as_array().unwrap().len(), 2);
+
+    // Checksums: offload is off on every link, so a wrong rewrite would be counted here.
+    for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
+        assert_eq!(
+            ns.snmp("Tcp", "InCsumErrors"),
+            0,
+            "TCP checksum errors in {}",
+            ns.name
+        );
+        assert_eq!(
+            ns.snmp("Udp", "InCsumErrors"),
+            0,
+            "UDP checksum errors in {}",
+            ns.name
+        );
+        assert_eq!(
+            ns.snmp("Ip", "InHdrErrors"),
+            0,
+            "IP header errors in {}",
+            ns.name
+        );
+    }
+}
+
+#[test]
+fn established_stream_survives_removal_of_its_backend_while_new_flows_move() {
+    if !require_root("established_stream_survives_removal_of_its_backend_while_new_flows_move") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b = |i, p| Topology::backend_addr(i, p);
+    let _t1 = TcpServer::start(&topo.backends[0], &b(1, 8080), "b1");
+    let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[b(1, 8080), b(2, 8080)], &[]));
+    let d = start(&topo, &pin, &cfg);
+
+    // A long-lived stream, on whichever backend it lands.
+    let (mut long, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    let (keep, keep_ident) = if ident == "b1" {
+        (b(2, 8080), "b2")
+    } else {
+        (b(1, 8080), "b1")
+    };
+    assert_eq!(tcp_echo(&mut long, "before").unwrap(), "before");
+
+    // Take its backend out of the service.
+    cfg.write(&config(&[keep.clone()], &[]));
+    d.signal(libc::SIGHUP);
+    let removed = if ident == "b1" {
+        b(1, 8080)
+    } else {
+        b(2, 8080)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let web = service_status(&pin.path, "web").unwrap();
+            web["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|be| be["addr"] == removed.as_str() && be["state"] == "terminating")
+        }),
+        "backend never became terminating:\n{}",
+        d.log()
+    );
+
+    // New connections all go to the remaining backend, while the old stream keeps working.
+    for i in 0..20 {
+        let (mut conn, id) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+        assert_eq!(
+            id, keep_ident,
+            "new flow {i} went to the terminating backend"
+        );
+        assert_eq!(tcp_echo(&mut conn, "x").unwrap(), "x");
+        assert_eq!(
+            tcp_echo(&mut long, &format!("during {i}")).unwrap(),
+            format!("during {i}")
+        );
+    }
+    let web = service_status(&pin.path, "web").unwrap();
+    let term = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|be| be["addr"] == removed.as_str())
+        .cloned();
+    let term = term.expect("terminating backend listed");
+    assert_eq!(
+        term["flows"], 1,
+        "the long stream is the terminating backend's one live flow: {web}"
+    );
+    assert_eq!(term["weight"], 0, "{web}");
+    assert_eq!(tcp_echo(&mut long, "after").unwrap(), "after");
+}
+
+#[test]
+fn frontend_without_backends_drops_and_counts_instead_of_leaking() {
+    if !require_root("frontend_without_backends_drops_and_counts_instead_of_leaking") {
+        return;
+    }
+    let topo = Topology::new(1);
+    // The leak detector: backend 1 owns the VIP itself and the forwarding host routes the VIP
+    // to it, so a packet that escaped the datapath untranslated would arrive there.
+    topo.backends[0].ip(&["addr", "add", "10.96.0.10/32", "dev", "lo"]);
+    topo.fwd
+        .ip(&["route", "add", "10.96.0.10/32", "via", "10.200.1.2"]);
+    let detector = UdpServer::start(&topo.backends[0], VIP_UDP, "leak");
+    let sock = udp_client(&topo.client, VIP_UDP);
+
+    // Without ambassador, the detector does see the traffic (so it can see a leak).
+    sock.send(b"probe").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || detector.received() == 1),
+        "detector is blind"
+    );
+
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[], &[]));
+    let _d = start(&topo, &pin, &cfg);
+    for _ in 0..10 {
+        sock.send(b"must not leak").unwrap();
+    }
+    // A datagram larger than the MTU leaves the client as fragments: the datapath cannot see
+    // ports in them, so fragments to a frontend address are dropped rather than leaked.
+    sock.send(&[0u8; 3000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        detector.received(),
+        1,
+        "a packet to a backend-less frontend leaked to the VIP"
+    );
+    let dns = service_status(&pin.path, "dns").unwrap();
+    assert_eq!(dns["counters"]["drops"], 10, "{dns}");
+    assert_eq!(dns["counters"]["packets"], 0, "{dns}");
+    let st = status(&pin.path);
+    assert_eq!(st["reasons"]["no_backend"], 10, "{st}");
+    assert_eq!(
+        st["reasons"]["fragment"], 3,
+        "3000 bytes over a 1500 MTU make 3 fragments: {st}"
+    );
+}
+
+#[test]
+fn bridge_covers_clients_that_join_later() {
+    if !require_root("bridge_covers_clients_that_join_later") {
+        return;
+    }
+    // The forwarding host has a bridge (as docker0); ambassador attaches to the bridge, and a
+    // client plugged into the bridge after the daemon started is served too.
+    let fwd = NetNs::new("f");
+    let backend = NetNs::new("b");
+    fwd.ip(&["link", "add", "br0", "type", "bridge"]);
+    fwd.ip(&["addr", "add", "10.201.0.1/24", "dev", "br0"]);
+    fwd.ip(&["link", "set", "br0", "up"]);
+    fwd.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    veth(
+        &fwd,
+        "b1",
+        "10.201.1.1/24",
+        &backend,
+        "eth0",
+        "10.201.1.2/24",
+    );
+    backend.ip(&["route", "add", "default", "via", "10.201.1.1"]);
+    let _srv = TcpServer::start(&backend, "10.201.1.2:8080", "b1");
+
+    let pin = PinDir::new();
+    let cfg = TempFile::new(
+        "[[service]]\nname = \"web\"\nfrontend = \"10.96.0.10:80\"\nendpoints = [\"10.201.1.2:8080\"]\n",
+    );
+    let mut d = Daemon::start(
+        &fwd,
+        &[
+            "run",
+            "--iface",
+            "br0",
+            "--config",
+            cfg.as_str(),
+            "--pin-path",
+            pin.path.to_str().unwrap(),
+        ],
+    );
+    d.wait_ready();
+
+    let mut clients = Vec::new();
+    for i in 2..4 {
+        let c = NetNs::new("c");
+        let port = format!("p{i}");
+        veth(&c, "eth0", &format!("10.201.0.{i}/24"), &fwd, &port, "");
+        fwd.ip(&["link", "set", &port, "master", "br0"]);
+        c.ip(&["route", "add", "default", "via", "10.201.0.1"]);
+        let (mut conn, ident) =
+            tcp_connect(&c, VIP_TCP).expect("client on the bridge reaches the VIP");
+        assert_eq!(ident, "b1");
+        assert_eq!(tcp_echo(&mut conn, "hi").unwrap(), "hi");
+        clients.push(c);
+    }
+    assert_eq!(
+        service_status(&pin.path, "web").unwrap()["counters"]["new_flows"],
+        2
+    );
+}
+
+#[test]
+fn reload_applies_only_the_difference_and_refuses_a_bad_file() {
+    if !require_root("reload_applies_only_the_difference_and_refuses_a_bad_file") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b = |i, p| Topology::backend_addr(i, p);
+    let _t1 = TcpServer::start(&topo.backends[0], &b(1, 8080), "b1");
+    let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[b(1, 8080)], &[]));
+    let d = start(&topo, &pin, &cfg);
+    let (mut long, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+
+    // A broken file: the daemon says where, and the running state stays.
+    cfg.write(
+        "[[service]]\nname = \"web\"\nfrontend = \"10.96.0.10:80\"\nendpoints = [\"10.200.2.2\"]\n",
+    );
+    d.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log()
+            .contains("configuration not reloaded")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains(&format!("{}:4:", cfg.as_str())),
+        "the error names the line:\n{}",
+        d.log()
+    );
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+
+    // Adding a backend keeps the existing backend's id and flows: only the difference applies.
+    let before = service_status(&pin.path, "web").unwrap();
+    cfg.write(&config(&[b(1, 8080), b(2, 8080)], &[]));
+    d.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(5), || {
+        service_status(&pin.path, "web").unwrap()["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    }));
+    let after = service_status(&pin.path, "web").unwrap();
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(
+        after["backends"][0]["id"], before["backends"][0]["id"],
+        "{before}\n{after}"
+    );
+    assert!(after["counters"]["packets"].as_u64() >= before["counters"]["packets"].as_u64());
+    assert_eq!(tcp_echo(&mut long, "still").unwrap(), "still");
+}
+
+#[test]
+fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
+    if !require_root("startup_errors_are_one_clear_line_and_a_nonzero_exit") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let pin = PinDir::new();
+    let good = TempFile::new(&config(&[Topology::backend_addr(1, 8080)], &[]));
+    let pin_s = pin.path.to_str().unwrap();
+
+    let mut d = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "nope0",
+            "--config",
+            good.as_str(),
+            "--pin-path",
+            pin_s,
+        ],
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(64));
+    assert!(
+        d.log().contains("interface \"nope0\" does not exist"),
+        "{}",
+        d.log()
+    );
+
+    let bad = TempFile::new(
+        "[[service]]\nname = \"web\"\nfrontend = \"10.96.0.10:80\"\nproto = \"sctp\"\n",
+    );
+    let mut d = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            bad.as_str(),
+            "--pin-path",
+            pin_s,
+        ],
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(64));
+    assert!(
+        d.log().contains(&format!("{}:4:", bad.as_str())) && d.log().contains("sctp"),
+        "{}",
+        d.log()
+    );
+
+    let mut first = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            good.as_str(),
+            "--pin-path",
+            pin_s,
+        ],
+    );
+    first.wait_ready();
+    let mut second = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            good.as_str(),
+            "--pin-path",
+            pin_s,
+        ],
+    );
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(75));
+    assert!(
+        second.log().contains("another `ambassador run` is using"),
+        "{}",
+        second.log()
+    );
+
+    // Another pin directory does not help: the interface is taken.
+    let pin2 = PinDir::new();
+    let mut third = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            good.as_str(),
+            "--pin-path",
+            pin2.path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(third.wait_exit(Duration::from_secs(10)), Some(75));
+    assert!(
+        third.log().contains("already has ambassador's"),
+        "{}",
+        third.log()
+    );
+
+    let out = ambassador(&["run", "--config", good.as_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing flag is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--iface"));
+
+    let out = ambassador(&["status", "--pin-path", "/sys/fs/bpf/amb-does-not-exist"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ambassador maps pinned"));
+}
