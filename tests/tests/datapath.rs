@@ -164,6 +164,9 @@ fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame
 }
 
+/// An IPv4 address and port.
+type Endpoint = ([u8; 4], u16);
+
 /// What the output of a case must look like.
 enum Expect {
     /// Byte for byte the input.
@@ -186,7 +189,7 @@ struct Case {
 }
 
 /// Endpoints and checksum validity of an IPv4 TCP/UDP frame, via etherparse.
-fn inspect(frame: &[u8]) -> (([u8; 4], u16), ([u8; 4], u16), Result<(), String>) {
+fn inspect(frame: &[u8]) -> (Endpoint, Endpoint, Result<(), String>) {
     let p = PacketHeaders::from_ethernet_slice(frame).expect("output parses");
     let Some(NetHeaders::Ipv4(ip, _)) = &p.net else {
         panic!("output is not IPv4")

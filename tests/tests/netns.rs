@@ -155,7 +155,7 @@ fn established_stream_survives_removal_of_its_backend_while_new_flows_move() {
     assert_eq!(tcp_echo(&mut long, "before").unwrap(), "before");
 
     // Take its backend out of the service.
-    cfg.write(&config(&[keep.clone()], &[]));
+    cfg.write(&config(std::slice::from_ref(&keep), &[]));
     d.signal(libc::SIGHUP);
     let removed = if ident == "b1" {
         b(1, 8080)
