@@ -83,6 +83,22 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
+/// Refuses kernels older than the datapath needs (LRU maps, TC direct packet access,
+/// bpf_skb_store_bytes and the checksum helpers with BPF_F_MARK_MANGLED_0 are all in 5.10).
+fn check_kernel() -> Result<()> {
+    let Ok(v) = KernelVersion::current() else {
+        return Ok(()); // Unknown: let the loader be the judge.
+    };
+    if v < KernelVersion::new(5, 10, 0) {
+        return Err(Error::KernelFeature {
+            feature: "the TC datapath (LRU hash maps, TC direct packet access, checksum helpers)",
+            needed: "5.10",
+            detail: format!("this kernel is {v:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// Whether the kernel attaches TC programs through TCX links (Linux 6.6+).
 fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
@@ -94,6 +110,7 @@ pub fn load(pin_dir: &Path) -> Result<(Ebpf, Maps, File)> {
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoEbpfObject);
     }
+    check_kernel()?;
     let lock = prepare_pin_dir(pin_dir)?;
     raise_memlock();
     let mut ebpf = EbpfLoader::new()

@@ -19,8 +19,10 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets per verdict reason, over all services.
     pub reasons: BTreeMap<&'static str, u64>,
-    /// Live flows over all services.
+    /// Established flows over all services.
     pub flows: usize,
+    /// Flows that saw FIN or RST and are kept a little longer for their last packets.
+    pub closing_flows: usize,
 }
 
 /// One service.
@@ -36,7 +38,7 @@ pub struct ServiceStatus {
     pub proto: Proto,
     /// Backends, active first.
     pub backends: Vec<BackendStatus>,
-    /// Live flows.
+    /// Established flows.
     pub flows: usize,
     /// Counters.
     pub counters: Counters,
@@ -53,7 +55,7 @@ pub struct BackendStatus {
     pub state: &'static str,
     /// Slots (share of new flows); 0 when terminating.
     pub weight: u32,
-    /// Live flows.
+    /// Established flows.
     pub flows: usize,
 }
 
@@ -86,9 +88,10 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         .filter(|f| !gc::expired(f, now, &timeouts))
         .collect();
     let mut flows_by_backend: BTreeMap<u32, usize> = BTreeMap::new();
-    for f in &live {
+    for f in live.iter().filter(|f| !f.closing) {
         *flows_by_backend.entry(f.backend_id).or_default() += 1;
     }
+    let closing_flows = live.iter().filter(|f| f.closing).count();
 
     let mut services = Vec::new();
     for (&(frontend, proto), &(id, count)) in &installed.frontends {
@@ -142,7 +145,8 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     Ok(Status {
         services,
         reasons: maps.reasons()?,
-        flows: live.len(),
+        flows: live.len() - closing_flows,
+        closing_flows,
     })
 }
 
@@ -196,7 +200,7 @@ pub fn render(status: &Status) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let _ = writeln!(out, "live flows: {}", status.flows);
+    let _ = writeln!(out, "flows: {} established, {} closing", status.flows, status.closing_flows);
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
     out
 }
