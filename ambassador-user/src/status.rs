@@ -200,7 +200,11 @@ pub fn render(status: &Status) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let _ = writeln!(out, "flows: {} established, {} closing", status.flows, status.closing_flows);
+    let _ = writeln!(
+        out,
+        "flows: {} established, {} closing",
+        status.flows, status.closing_flows
+    );
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
     out
 }

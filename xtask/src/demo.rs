@@ -39,11 +39,16 @@ struct Phase {
 
 /// Short connections for `secs`, with an echo on the long-lived stream every 100 ms.
 fn drive(topo: &Topology, long: &mut BufReader<TcpStream>, name: &str, secs: u64) -> Phase {
-    let mut phase = Phase { name: name.into(), ..Default::default() };
+    let mut phase = Phase {
+        name: name.into(),
+        ..Default::default()
+    };
     let start = Instant::now();
     let (mut last_print, mut last_long) = (Instant::now(), Instant::now());
     while start.elapsed() < Duration::from_secs(secs) {
-        match tcp_connect(&topo.client, VIP).and_then(|(mut c, id)| tcp_echo(&mut c, "req").map(|_| id)) {
+        match tcp_connect(&topo.client, VIP)
+            .and_then(|(mut c, id)| tcp_echo(&mut c, "req").map(|_| id))
+        {
             Ok(id) => *phase.by_backend.entry(id).or_default() += 1,
             Err(_) => phase.failures += 1,
         }
@@ -84,7 +89,9 @@ pub fn run(bin: &Path) -> Result<()> {
     }
     std::env::set_var("AMBASSADOR_BIN", bin);
     println!("ambassador demo: client -> [forwarding host: ambassador, TC eBPF] -> backends");
-    println!("  building namespaces: client 10.200.0.2, backend-1 10.200.1.2, backend-2 10.200.2.2");
+    println!(
+        "  building namespaces: client 10.200.0.2, backend-1 10.200.1.2, backend-2 10.200.2.2"
+    );
     let topo = Topology::new(2);
     let b1 = Topology::backend_addr(1, 8080);
     let b2 = Topology::backend_addr(2, 8080);
@@ -94,33 +101,59 @@ pub fn run(bin: &Path) -> Result<()> {
     let cfg = TempFile::new(&config(&[&b1, &b2]));
     let mut daemon = Daemon::start(
         &topo.fwd,
-        &["run", "--iface", "c0", "--config", cfg.as_str(), "--pin-path", pin.path.to_str().unwrap()],
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--config",
+            cfg.as_str(),
+            "--pin-path",
+            pin.path.to_str().unwrap(),
+        ],
     );
     daemon.wait_ready();
     println!("  ambassador is running; frontend {VIP} -> {b1}, {b2}\n");
 
     let (mut long, long_backend) = tcp_connect(&topo.client, VIP)?;
     println!("  a long-lived connection landed on {long_backend}");
-    let (gone, stay) = if long_backend == "backend-1" { (&b1, &b2) } else { (&b2, &b1) };
+    let (gone, stay) = if long_backend == "backend-1" {
+        (&b1, &b2)
+    } else {
+        (&b2, &b1)
+    };
 
     let mut phases = vec![drive(&topo, &mut long, "both backends", 3)];
     println!("  -> taking {long_backend} ({gone}) out of the service (SIGHUP)");
     cfg.write(&config(&[stay]));
     daemon.signal(libc::SIGHUP);
-    phases.push(drive(&topo, &mut long, &format!("{long_backend} terminating"), 3));
+    phases.push(drive(
+        &topo,
+        &mut long,
+        &format!("{long_backend} terminating"),
+        3,
+    ));
     println!("  -> bringing {gone} back");
     cfg.write(&config(&[&b1, &b2]));
     daemon.signal(libc::SIGHUP);
     phases.push(drive(&topo, &mut long, "both backends again", 3));
 
     println!("\n`ambassador status` on the forwarding host:");
-    let out = Command::new(bin).args(["status", "--pin-path", pin.path.to_str().unwrap()]).output()?;
+    let out = Command::new(bin)
+        .args(["status", "--pin-path", pin.path.to_str().unwrap()])
+        .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
-    println!("\n{:<28} {:>9} {:>7} {:>22} {:>16}", "PHASE", "REQUESTS", "FAILED", "SPLIT", "LONG STREAM");
+    println!(
+        "\n{:<28} {:>9} {:>7} {:>22} {:>16}",
+        "PHASE", "REQUESTS", "FAILED", "SPLIT", "LONG STREAM"
+    );
     let (mut failed, mut long_failed) = (0, 0);
     for p in &phases {
-        let split: Vec<String> = p.by_backend.iter().map(|(k, v)| format!("{}={v}", &k[8..])).collect();
+        let split: Vec<String> = p
+            .by_backend
+            .iter()
+            .map(|(k, v)| format!("{}={v}", &k[8..]))
+            .collect();
         println!(
             "{:<28} {:>9} {:>7} {:>22} {:>16}",
             p.name,
