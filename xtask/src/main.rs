@@ -2,7 +2,11 @@
 
 mod demo;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -60,13 +64,55 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--bins"]))
 }
 
+/// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries.
+fn test(args: &[String]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!! not root: the privileged tests (kernel datapath, namespaces) will SKIP !!!");
+    }
+    let mut child = cargo()
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .split_whitespace()
+                            .last()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Build => build(),
         Task::Test { args } => {
             build()?;
-            run(cargo().arg("test").args(&args))
+            test(&args)
         }
         Task::Run => {
             build()?;
