@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{daemon::RunConfig, gc::Timeouts};
+use crate::{daemon::RunConfig, gc::Timeouts, loader::TcAttach};
 
 /// A kernel-accelerated dynamic ambassador: clients dial a stable frontend VIP:port, eBPF
 /// rewrites it to a current backend.
@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Seconds a closing TCP flow (FIN or RST seen) is kept.
     #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_closing_timeout: u64,
+    /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
+    #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
+    pub tc_attach: TcAttach,
     /// Seconds a UDP flow may stay idle.
     #[arg(long, env = "AMBASSADOR_UDP_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub udp_timeout: u64,
@@ -71,6 +74,7 @@ impl From<RunArgs> for RunConfig {
             config: a.config,
             pin_dir: a.pin_path,
             gc_interval: Duration::from_secs(a.gc_interval),
+            tc_attach: a.tc_attach,
             timeouts: Timeouts {
                 tcp: Duration::from_secs(a.tcp_timeout),
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),

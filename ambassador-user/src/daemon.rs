@@ -27,6 +27,8 @@ pub struct RunConfig {
     pub gc_interval: Duration,
     /// Flow timeouts.
     pub timeouts: Timeouts,
+    /// How the TC programs attach.
+    pub tc_attach: loader::TcAttach,
 }
 
 /// Installs `desired` op by op, keeping `installed` equal to the maps. Returns the op count.
@@ -78,7 +80,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let mut dp = loader::start(&cfg.pin_dir, &cfg.ifaces)?;
+    let mut dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
     let mut installed = dp.maps.read_installed()?;
     let ops = converge(&mut dp.maps, &mut installed, &desired)?;
     info!(

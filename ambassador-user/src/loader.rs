@@ -9,7 +9,10 @@ use std::{
 
 use ambassador_common::program_names;
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
@@ -99,9 +102,35 @@ fn check_kernel() -> Result<()> {
     Ok(())
 }
 
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// TCX links on Linux 6.6+, a clsact qdisc before.
+    #[default]
+    Auto,
+    /// TCX links (Linux 6.6+).
+    Tcx,
+    /// Filters on a clsact qdisc (any kernel; the only way before 6.6).
+    Clsact,
+}
+
 /// Whether the kernel attaches TC programs through TCX links (Linux 6.6+).
 fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Resolves `Auto` and refuses `Tcx` where the kernel has none. True means TCX.
+fn use_tcx(mode: TcAttach) -> Result<bool> {
+    match mode {
+        TcAttach::Auto => Ok(has_tcx()),
+        TcAttach::Clsact => Ok(false),
+        TcAttach::Tcx if has_tcx() => Ok(true),
+        TcAttach::Tcx => Err(Error::KernelFeature {
+            feature: "TCX attachment (--tc-attach tcx)",
+            needed: "6.6",
+            detail: "use --tc-attach clsact or auto".into(),
+        }),
+    }
 }
 
 /// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
@@ -149,15 +178,15 @@ pub fn load(pin_dir: &Path) -> Result<(Ebpf, Maps, File)> {
 
 /// Loads the datapath and attaches it to every interface in `ifaces`: DNAT on ingress,
 /// reverse NAT on egress.
-pub fn start(pin_dir: &Path, ifaces: &[String]) -> Result<Datapath> {
+pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapath> {
     for iface in ifaces {
         check_interface(iface)?;
     }
+    let tcx = use_tcx(mode)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
     let (mut ebpf, maps, lock) = load(pin_dir)?;
-    let tcx = has_tcx();
-    if tcx {
+    if has_tcx() {
         for iface in ifaces {
             refuse_foreign_attachments(iface)?;
         }
@@ -177,7 +206,12 @@ pub fn start(pin_dir: &Path, ifaces: &[String]) -> Result<Datapath> {
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .expect("checked by load()");
-            prog.attach(iface, direction)
+            let options = if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            prog.attach_with_options(iface, direction, options)
                 .map_err(|source| Error::Program {
                     what: format!("attaching {name} to {iface} ({direction:?})"),
                     source,

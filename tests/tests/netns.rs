@@ -24,18 +24,22 @@ fn config(tcp_backends: &[String], udp_backends: &[String]) -> String {
 }
 
 fn start(topo: &Topology, pin: &PinDir, cfg: &TempFile) -> Daemon {
-    let mut d = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--config",
-            cfg.as_str(),
-            "--pin-path",
-            pin.path.to_str().unwrap(),
-        ],
-    );
+    start_with(topo, pin, cfg, &[])
+}
+
+fn start_with(topo: &Topology, pin: &PinDir, cfg: &TempFile, extra: &[&str]) -> Daemon {
+    let pin = pin.path.to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--iface",
+        "c0",
+        "--config",
+        cfg.as_str(),
+        "--pin-path",
+        pin,
+    ];
+    args.extend_from_slice(extra);
+    let mut d = Daemon::start(&topo.fwd, &args);
     d.wait_ready();
     d
 }
@@ -143,7 +147,12 @@ fn established_stream_survives_removal_of_its_backend_while_new_flows_move() {
     let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(&[b(1, 8080), b(2, 8080)], &[]));
-    let d = start(&topo, &pin, &cfg);
+    let d = start_with(
+        &topo,
+        &pin,
+        &cfg,
+        &["--gc-interval", "1", "--tcp-closing-timeout", "1"],
+    );
 
     // A long-lived stream, on whichever backend it lands.
     let (mut long, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
@@ -202,6 +211,103 @@ fn established_stream_survives_removal_of_its_backend_while_new_flows_move() {
     );
     assert_eq!(term["weight"], 0, "{web}");
     assert_eq!(tcp_echo(&mut long, "after").unwrap(), "after");
+
+    // Once its last flow has closed, the terminating backend is drained away.
+    drop(long);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let web = service_status(&pin.path, "web").unwrap();
+            web["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|be| be["addr"] != removed.as_str())
+        }),
+        "terminating backend never drained:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn clsact_attachment_forwards_like_tcx() {
+    if !require_root("clsact_attachment_forwards_like_tcx") {
+        return;
+    }
+    // Kernels before 6.6 only have clsact; forcing it here tests that path on this kernel.
+    let topo = Topology::new(1);
+    let b = |p| Topology::backend_addr(1, p);
+    let _t = TcpServer::start(&topo.backends[0], &b(8080), "b1");
+    let _u = UdpServer::start(&topo.backends[0], &b(5353), "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[b(8080)], &[b(5353)]));
+    let d = start_with(&topo, &pin, &cfg, &["--tc-attach", "clsact"]);
+    assert!(d.log().contains("clsact"), "{}", d.log());
+    let filters = topo
+        .fwd
+        .exec(&["tc", "filter", "show", "dev", "c0", "ingress"]);
+    assert!(
+        filters.contains("amb_tc_dnat"),
+        "no clsact filter: {filters}"
+    );
+
+    let (mut conn, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+    assert_eq!(tcp_echo(&mut conn, "hello").unwrap(), "hello");
+    let sock = udp_client(&topo.client, VIP_UDP);
+    sock.send(b"q").unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"b1:q");
+    assert_eq!(topo.client.snmp("Tcp", "InCsumErrors"), 0);
+    assert_eq!(topo.backends[0].snmp("Tcp", "InCsumErrors"), 0);
+
+    // Stopping the daemon removes its filters (nothing is left on the interface).
+    drop(d);
+    let filters = topo
+        .fwd
+        .exec(&["tc", "filter", "show", "dev", "c0", "ingress"]);
+    assert!(
+        !filters.contains("amb_tc_dnat"),
+        "filter left behind: {filters}"
+    );
+}
+
+#[test]
+fn a_restarted_daemon_adopts_the_pinned_state() {
+    if !require_root("a_restarted_daemon_adopts_the_pinned_state") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let b = |p| Topology::backend_addr(1, p);
+    let _t = TcpServer::start(&topo.backends[0], &b(8080), "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[b(8080)], &[]));
+    let d = start(&topo, &pin, &cfg);
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+    let before = service_status(&pin.path, "web").unwrap();
+    drop(d);
+    // Status still reads the pinned maps with no daemon running.
+    assert_eq!(
+        service_status(&pin.path, "web").unwrap()["counters"],
+        before["counters"]
+    );
+
+    let d = start(&topo, &pin, &cfg);
+    assert!(
+        d.log().contains("changes=0"),
+        "a restart with the same file changes nothing:\n{}",
+        d.log()
+    );
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+    let after = service_status(&pin.path, "web").unwrap();
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["backends"][0]["id"], before["backends"][0]["id"]);
+    assert_eq!(
+        after["counters"]["new_flows"], 2,
+        "counters carry over: {after}"
+    );
 }
 
 #[test]
