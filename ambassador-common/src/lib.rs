@@ -27,8 +27,10 @@ pub mod map_names {
     pub const REASONS: &str = "amb_reason_v1";
     /// service id -> service name; written and read by user space only.
     pub const NAMES: &str = "amb_names_v1";
+    /// The daemon's control-plane state (one entry); user space only.
+    pub const INFO: &str = "amb_info_v1";
     /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -37,6 +39,7 @@ pub mod map_names {
         SERVICE_STATS,
         REASONS,
         NAMES,
+        INFO,
     ];
 }
 
@@ -291,7 +294,44 @@ impl ServiceName {
     }
 }
 
+/// Where the daemon's desired state comes from.
+pub mod source {
+    /// No daemon has written its state yet.
+    pub const NONE: u32 = 0;
+    /// A static configuration file.
+    pub const FILE: u32 = 1;
+    /// etcd.
+    pub const ETCD: u32 = 2;
+}
+
+/// The daemon's control-plane state, so `status` can report it from the pinned maps alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// The daemon's process id (in its own pid namespace).
+    pub pid: u32,
+    /// A `source::*` value.
+    pub source: u32,
+    /// 1 while the etcd watch is established.
+    pub etcd_connected: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// Last etcd revision applied.
+    pub etcd_revision: u64,
+    /// Unix time (ms) when `etcd_connected` last changed.
+    pub state_since_unix_ms: u64,
+    /// Unix time (ms) of the daemon's last write here (a heartbeat).
+    pub heartbeat_unix_ms: u64,
+    /// Values skipped because they did not parse, since the daemon started.
+    pub malformed: u64,
+    /// Services left out because another service holds their frontend.
+    pub conflicts: u64,
+    /// Unix time (ms) when a desired state was last applied to the maps.
+    pub applied_unix_ms: u64,
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<DaemonInfo>() == 64);
     assert!(core::mem::size_of::<ServiceKey4>() == 8);
     assert!(core::mem::size_of::<ServiceValue4>() == 8);
     assert!(core::mem::size_of::<SlotKey>() == 8);
@@ -318,4 +358,5 @@ mod pod {
     unsafe impl aya::Pod for RevNat4 {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for DaemonInfo {}
 }

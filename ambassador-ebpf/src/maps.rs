@@ -2,12 +2,12 @@
 //! `ambassador_common`; all maps are pinned by name under the daemon's pin directory.
 
 use ambassador_common::{
-    limits, Backend4, CtEntry4, CtKey4, Reason, RevNat4, ServiceKey4, ServiceName, ServiceStats,
-    ServiceValue4, SlotKey,
+    limits, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4, ServiceName,
+    ServiceStats, ServiceValue4, SlotKey,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 
 /// Frontends: (VIP, port, proto) -> service id and slot count.
@@ -42,3 +42,7 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 /// loader creates and pins it with the others.
 #[map(name = "amb_names_v1")]
 pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::MAX_SERVICES, 0);
+
+/// The daemon's control-plane state, for `status`. User space only, like `NAMES`.
+#[map(name = "amb_info_v1")]
+pub static INFO: Array<DaemonInfo> = Array::pinned(1, 0);

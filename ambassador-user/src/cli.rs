@@ -1,10 +1,15 @@
 //! Command line. Every flag can also be set through an `AMBASSADOR_*` environment variable.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{daemon::RunConfig, gc::Timeouts, loader::TcAttach};
+use crate::{
+    daemon::{RunConfig, Source},
+    etcd::EtcdOptions,
+    gc::Timeouts,
+    loader::TcAttach,
+};
 
 /// A kernel-accelerated dynamic ambassador: clients dial a stable frontend VIP:port, eBPF
 /// rewrites it to a current backend.
@@ -22,10 +27,68 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the datapath on this host and keep its maps equal to the configuration.
+    /// Run the datapath on this host and keep its maps equal to etcd (or to a file).
     Run(RunArgs),
-    /// Show services, backends, flows and counters from the pinned maps.
+    /// Show services, backends, flows, counters and the control plane, from the pinned maps.
     Status(StatusArgs),
+    /// Define, show and remove services (frontends) in etcd.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Add, list and remove endpoints (backends) in etcd by hand.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Register this host's labelled Docker containers as endpoints in etcd.
+    Register(RegisterArgs),
+}
+
+/// How to reach etcd (shared by every command that talks to it).
+#[derive(Clone, Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long = "etcd",
+        env = "AMBASSADOR_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix of the contract.
+    #[arg(long, env = "AMBASSADOR_PREFIX", default_value = "/ambassador")]
+    pub prefix: String,
+    /// CA certificate (PEM) that signed etcd's server certificates.
+    #[arg(long, env = "AMBASSADOR_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM), with --etcd-key.
+    #[arg(long, env = "AMBASSADOR_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM), with --etcd-cert.
+    #[arg(long, env = "AMBASSADOR_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, env = "AMBASSADOR_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password (prefer the environment variable: command lines are visible to all).
+    #[arg(
+        long,
+        env = "AMBASSADOR_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl From<EtcdArgs> for EtcdOptions {
+    fn from(a: EtcdArgs) -> Self {
+        EtcdOptions {
+            endpoints: a.endpoints,
+            prefix: a.prefix,
+            cacert: a.etcd_cacert,
+            cert: a.etcd_cert,
+            key: a.etcd_key,
+            user: a.etcd_user,
+            password: a.etcd_password,
+        }
+    }
 }
 
 /// `ambassador run`.
@@ -40,9 +103,12 @@ pub struct RunArgs {
         required = true
     )]
     pub ifaces: Vec<String>,
-    /// Static configuration (TOML). SIGHUP re-reads it.
+    /// Take the services from this TOML file instead of etcd. SIGHUP re-reads it.
     #[arg(long, env = "AMBASSADOR_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// etcd connection (used unless --config is given).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Directory on a bpf filesystem where the maps are pinned; one per daemon.
     #[arg(
         long,
@@ -71,7 +137,10 @@ impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
         RunConfig {
             ifaces: a.ifaces,
-            config: a.config,
+            source: match a.config {
+                Some(path) => Source::File(path),
+                None => Source::Etcd(a.etcd.into()),
+            },
             pin_dir: a.pin_path,
             gc_interval: Duration::from_secs(a.gc_interval),
             tc_attach: a.tc_attach,
@@ -97,4 +166,145 @@ pub struct StatusArgs {
     /// Print JSON for scripts instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Output format of the operator commands.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Output {
+    /// Print JSON for scripts instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Transport protocol of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `ambassador service ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create or change a service.
+    Set {
+        /// Service name (a DNS label).
+        name: String,
+        /// Frontend IPv4:port that clients dial.
+        #[arg(long)]
+        frontend: String,
+        /// Protocol.
+        #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+        proto: ProtoArg,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Show one service with its endpoints.
+    Get {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Remove a service (its endpoints stay unless --endpoints is given).
+    Rm {
+        /// Service name.
+        name: String,
+        /// Also remove the service's endpoints.
+        #[arg(long)]
+        endpoints: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// List services.
+    Ls {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `ambassador endpoint ...`.
+#[derive(Debug, Subcommand)]
+pub enum EndpointCmd {
+    /// Add (or replace) an endpoint of a service.
+    Add {
+        /// Service name.
+        service: String,
+        /// Backend IPv4:port.
+        addr: String,
+        /// Endpoint id (default: derived from the address).
+        #[arg(long)]
+        id: Option<String>,
+        /// Share of new flows, 1-256.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        weight: u32,
+        /// Remove the endpoint automatically this many seconds later (an etcd lease).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Remove an endpoint.
+    Rm {
+        /// Service name.
+        service: String,
+        /// Endpoint id.
+        id: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// List endpoints (of one service, or of all).
+    Ls {
+        /// Service name.
+        service: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// How the register computes an endpoint's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AddressMode {
+    /// `--advertise-ip` and the port Docker published on the host.
+    Published,
+    /// The container's own IP and port (routed or overlay networks).
+    Container,
+}
+
+/// `ambassador register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Docker engine socket.
+    #[arg(
+        long,
+        env = "AMBASSADOR_DOCKER",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker: String,
+    /// The address at which other hosts reach this host's published ports (required in
+    /// published mode: guessing it was the most common registrator bug).
+    #[arg(long, env = "AMBASSADOR_ADVERTISE_IP")]
+    pub advertise_ip: Option<Ipv4Addr>,
+    /// Seconds the endpoints outlive this register if it dies (the etcd lease's TTL).
+    #[arg(long, env = "AMBASSADOR_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600))]
+    pub ttl: i64,
+    /// This host's id, used in endpoint ids and values (default: the hostname).
+    #[arg(long, env = "AMBASSADOR_HOST_ID")]
+    pub host_id: Option<String>,
+    /// Which address to register.
+    #[arg(long, env = "AMBASSADOR_ADDRESS_MODE", value_enum, default_value_t = AddressMode::Published)]
+    pub address_mode: AddressMode,
+    /// Seconds between full reconciliations with Docker (heals missed events).
+    #[arg(long, env = "AMBASSADOR_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub reconcile_interval: u64,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }

@@ -1,26 +1,46 @@
-//! `ambassador run`: keeps the maps equal to the configuration and the conntrack tidy.
+//! `ambassador run`: keeps the maps equal to the desired state (from a file or from etcd),
+//! keeps the conntrack tidy, and records its own state for `status`.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use tokio::signal::unix::{signal, SignalKind};
+use ambassador_common::{source, DaemonInfo};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     config,
     error::{Error, Result},
+    etcd::{self, EtcdOptions, Snapshot},
     gc::{self, Timeouts},
     loader,
     maps::Maps,
     reconcile::{self, Desired, Installed, Op},
 };
 
+/// Where the desired state comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A static TOML file; SIGHUP re-reads it.
+    File(PathBuf),
+    /// etcd, watched continuously.
+    Etcd(EtcdOptions),
+}
+
 /// Validated settings of `ambassador run`.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     /// Client-facing interfaces.
     pub ifaces: Vec<String>,
-    /// The static configuration file.
-    pub config: PathBuf,
+    /// Where the desired state comes from.
+    pub source: Source,
     /// Where maps are pinned.
     pub pin_dir: PathBuf,
     /// How often expired flows and drained backends are removed.
@@ -30,6 +50,9 @@ pub struct RunConfig {
     /// How the TC programs attach.
     pub tc_attach: loader::TcAttach,
 }
+
+/// How often the daemon refreshes its heartbeat in the info map.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Installs `desired` op by op, keeping `installed` equal to the maps. Returns the op count.
 pub fn converge(maps: &mut Maps, installed: &mut Installed, desired: &Desired) -> Result<usize> {
@@ -68,11 +91,69 @@ pub fn collect_garbage(
     Ok((removed_flows, drained.len()))
 }
 
-/// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives). SIGHUP re-reads the
-/// configuration: a bad file is reported and the running state stays as it was.
+/// Unix time in milliseconds.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The daemon's state between events.
+struct State {
+    maps: Maps,
+    installed: Installed,
+    info: DaemonInfo,
+    applied: Option<Arc<Desired>>,
+}
+
+impl State {
+    fn apply(&mut self, desired: &Desired, why: &str) {
+        match converge(&mut self.maps, &mut self.installed, desired) {
+            Ok(changes) => {
+                self.info.applied_unix_ms = unix_ms(SystemTime::now());
+                info!(services = desired.len(), changes, "{why}");
+            }
+            Err(e) => error!("{why}: applying failed, the maps keep what was applied before: {e}"),
+        }
+    }
+
+    fn follow_etcd(&mut self, snap: &Snapshot) {
+        self.info.etcd_connected = snap.connected as u32;
+        self.info.state_since_unix_ms = unix_ms(snap.since);
+        self.info.etcd_revision = snap.revision.max(0) as u64;
+        self.info.malformed = snap.malformed;
+        self.info.conflicts = snap.conflicts;
+        if let Some(desired) = &snap.desired {
+            if !self
+                .applied
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a, desired))
+            {
+                self.apply(desired, &format!("etcd revision {} applied", snap.revision));
+                self.applied = Some(desired.clone());
+            }
+        }
+        self.write_info();
+    }
+
+    fn write_info(&mut self) {
+        self.info.heartbeat_unix_ms = unix_ms(SystemTime::now());
+        if let Err(e) = self.maps.set_info(&self.info) {
+            warn!("recording the daemon's state failed: {e}");
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives).
+///
+/// With a file, SIGHUP re-reads it: a bad file is reported and the running state stays. With
+/// etcd, the state follows etcd; while etcd is unreachable the last applied state stays in
+/// force (also across a restart: the pinned maps keep it).
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     // Validate everything before touching the kernel.
-    let desired = config::load(&cfg.config)?;
+    let initial = match &cfg.source {
+        Source::File(path) => Some(config::load(path)?),
+        Source::Etcd(_) => None,
+    };
     let mut hup =
         signal(SignalKind::hangup()).map_err(Error::io("installing the SIGHUP handler"))?;
     let mut term =
@@ -80,40 +161,83 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let mut dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
-    let mut installed = dp.maps.read_installed()?;
-    let ops = converge(&mut dp.maps, &mut installed, &desired)?;
-    info!(
-        services = desired.len(),
-        changes = ops,
-        pin_dir = %cfg.pin_dir.display(),
-        "ready"
-    );
+    let loader::Datapath { maps, ebpf, lock } =
+        loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
+    let installed = maps.read_installed()?;
+    let info = DaemonInfo {
+        pid: std::process::id(),
+        source: match cfg.source {
+            Source::File(_) => source::FILE,
+            Source::Etcd(_) => source::ETCD,
+        },
+        state_since_unix_ms: unix_ms(SystemTime::now()),
+        ..DaemonInfo::default()
+    };
+    let mut state = State {
+        maps,
+        installed,
+        info,
+        applied: None,
+    };
+    if let Some(desired) = &initial {
+        state.apply(desired, "configuration applied");
+    }
+    state.write_info();
+
+    let (tx, mut rx) = watch::channel(Snapshot::default());
+    let follower = match &cfg.source {
+        Source::Etcd(opts) => {
+            info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "following etcd");
+            Some(tokio::spawn(etcd::follow(opts.clone(), tx)))
+        }
+        Source::File(_) => {
+            drop(tx);
+            None
+        }
+    };
+    info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
     let mut gc_tick = tokio::time::interval(cfg.gc_interval);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
-            _ = hup.recv() => match config::load(&cfg.config) {
-                Ok(desired) => match converge(&mut dp.maps, &mut installed, &desired) {
-                    Ok(n) => info!(services = desired.len(), changes = n, "configuration reloaded"),
-                    Err(e) => error!("applying the reloaded configuration failed: {e}"),
+            changed = rx.changed(), if follower.is_some() => {
+                if changed.is_err() {
+                    error!("the etcd follower stopped");
+                    break;
+                }
+                let snap = rx.borrow_and_update().clone();
+                state.follow_etcd(&snap);
+            }
+            _ = hup.recv() => match &cfg.source {
+                Source::File(path) => match config::load(path) {
+                    Ok(desired) => state.apply(&desired, "configuration reloaded"),
+                    Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
                 },
-                Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
+                Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
             },
-            _ = gc_tick.tick() => match collect_garbage(&mut dp.maps, &mut installed, &cfg.timeouts) {
+            _ = gc_tick.tick() => match collect_garbage(&mut state.maps, &mut state.installed, &cfg.timeouts) {
                 Ok((0, 0)) => {}
                 Ok((flows, backends)) => info!(flows, backends, "expired flows and drained backends removed"),
                 Err(e) => warn!("garbage collection failed: {e}"),
             },
+            _ = heartbeat.tick() => state.write_info(),
         }
     }
-    // Dropping the datapath detaches the programs; the maps stay pinned for `status` and for
-    // the next start, which adopts them.
-    drop(dp);
+    if let Some(f) = follower {
+        f.abort();
+    }
+    // The programs go with `ebpf`; the maps stay pinned for `status` and for the next start,
+    // which adopts them.
+    state.info.heartbeat_unix_ms = 0;
+    state.info.etcd_connected = 0;
+    let _ = state.maps.set_info(&state.info);
+    drop(ebpf);
+    drop(lock);
     info!("stopped");
     Ok(())
 }

@@ -92,6 +92,36 @@ pub enum Error {
     /// The desired state cannot be installed.
     #[error(transparent)]
     Plan(#[from] crate::reconcile::PlanError),
+    /// An etcd request failed.
+    #[error("etcd: {what}: {source}")]
+    Etcd {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// An etcd request took too long.
+    #[error("etcd: {what}: no answer within the timeout (is etcd running and reachable?)")]
+    EtcdTimeout {
+        /// What was attempted.
+        what: String,
+    },
+    /// A Docker engine request failed.
+    #[error("docker: {what}: {source}")]
+    Docker {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A command was used wrongly (beyond what the argument parser can see).
+    #[error("{0}")]
+    Usage(String),
+    /// Something asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Some other I/O failed.
     #[error("{what}: {source}")]
     Io {
@@ -120,8 +150,16 @@ impl Error {
     /// 75 temporary (another instance), 77 permission.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Plan(_) | Error::NoSuchInterface { .. } => 64,
-            Error::NotRunning { .. } | Error::NoEbpfObject | Error::KernelFeature { .. } => 69,
+            Error::Config(_) | Error::Plan(_) | Error::NoSuchInterface { .. } | Error::Usage(_) => {
+                64
+            }
+            Error::NotRunning { .. }
+            | Error::NoEbpfObject
+            | Error::KernelFeature { .. }
+            | Error::Etcd { .. }
+            | Error::EtcdTimeout { .. }
+            | Error::Docker { .. }
+            | Error::NotFound(_) => 69,
             Error::AlreadyRunning { .. } | Error::AlreadyAttached { .. } => 75,
             Error::Permission { .. } => 77,
             _ => 71,

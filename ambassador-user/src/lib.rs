@@ -1,14 +1,18 @@
 //! ambassador's user space: the daemon, the status reader and their building blocks.
-pub mod reconcile;
 
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambassador"));
 pub mod cli;
 pub mod config;
+pub mod contract;
+pub mod ctl;
 pub mod daemon;
 pub mod error;
+pub mod etcd;
 pub mod gc;
 pub mod loader;
 pub mod maps;
+pub mod reconcile;
+pub mod register;
 pub mod status;

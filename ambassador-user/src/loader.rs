@@ -31,10 +31,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct Datapath {
     /// The maps, pinned under the pin directory.
     pub maps: Maps,
-    /// Keeps the programs (and their links) alive.
-    _ebpf: Ebpf,
-    /// Held for the daemon's lifetime: one daemon per pin directory.
-    _lock: File,
+    /// The programs and their links: dropping it detaches them.
+    pub ebpf: Ebpf,
+    /// The pin directory's lock, held for the daemon's lifetime (one daemon per directory).
+    pub lock: File,
 }
 
 /// Fails unless `name` is an existing interface.
@@ -219,11 +219,7 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
         }
         info!(%iface, mode = if tcx { "tcx" } else { "clsact" }, "datapath attached");
     }
-    Ok(Datapath {
-        maps,
-        _ebpf: ebpf,
-        _lock: lock,
-    })
+    Ok(Datapath { maps, ebpf, lock })
 }
 
 /// Refuses an interface where another instance's programs are attached already.

@@ -1,11 +1,28 @@
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use ambassador_user::{
     cli::{Cli, Command},
-    daemon, status,
+    ctl, daemon,
+    error::{Error, Result},
+    register::{self, RegisterConfig},
+    status,
 };
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the runtime"))?
+        .block_on(f)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,11 +37,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ambassador_user::error::Error::io("starting the runtime"))
-            .and_then(|rt| rt.block_on(daemon::run(args.into(), std::future::pending()))),
+        Command::Run(args) => block_on(daemon::run(args.into(), std::future::pending())),
         Command::Status(args) => status::read(&args.pin_path).map(|s| {
             if args.json {
                 println!(
@@ -35,6 +48,17 @@ fn main() -> ExitCode {
                 print!("{}", status::render(&s));
             }
         }),
+        Command::Service(cmd) => block_on(ctl::service(cmd)),
+        Command::Endpoint(cmd) => block_on(ctl::endpoint(cmd)),
+        Command::Register(a) => block_on(register::run(RegisterConfig {
+            docker: a.docker,
+            advertise_ip: a.advertise_ip,
+            ttl: a.ttl,
+            host_id: a.host_id.unwrap_or_else(hostname),
+            address_mode: a.address_mode,
+            reconcile_interval: Duration::from_secs(a.reconcile_interval),
+            etcd: a.etcd.into(),
+        })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

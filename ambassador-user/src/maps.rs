@@ -8,11 +8,11 @@ use std::{
 };
 
 use ambassador_common::{
-    map_names as names, Backend4, CtEntry4, CtKey4, Reason, RevNat4, ServiceKey4, ServiceName,
-    ServiceStats, ServiceValue4, SlotKey, BACKEND_TERMINATING, CT_CLOSING,
+    map_names as names, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4,
+    ServiceName, ServiceStats, ServiceValue4, SlotKey, BACKEND_TERMINATING, CT_CLOSING,
 };
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
@@ -76,6 +76,7 @@ pub struct Maps {
     service_stats: PerCpuArray<MapData, ServiceStats>,
     reasons: PerCpuArray<MapData, u64>,
     names: HashMap<MapData, u32, ServiceName>,
+    info: Array<MapData, DaemonInfo>,
 }
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Error {
@@ -112,6 +113,7 @@ impl Maps {
             service_stats: typed(names::SERVICE_STATS, &mut take)?,
             reasons: typed(names::REASONS, &mut take)?,
             names: typed(names::NAMES, &mut take)?,
+            info: typed(names::INFO, &mut take)?,
         })
     }
 
@@ -305,6 +307,20 @@ impl Maps {
             )
             .map_err(map_err(names::SERVICES, format!("unmarking {vip}/{proto}"))),
         }
+    }
+
+    /// The daemon's control-plane state.
+    pub fn info(&self) -> Result<DaemonInfo> {
+        self.info
+            .get(&0, 0)
+            .map_err(map_err(names::INFO, "reading"))
+    }
+
+    /// Records the daemon's control-plane state.
+    pub fn set_info(&mut self, info: &DaemonInfo) -> Result<()> {
+        self.info
+            .set(0, info, 0)
+            .map_err(map_err(names::INFO, "writing"))
     }
 
     /// Every tracked flow.

@@ -5,16 +5,44 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
+use ambassador_common::source;
+
 use crate::{
+    daemon::{unix_ms, HEARTBEAT},
     error::Result,
     gc::{self, Timeouts},
     maps::Maps,
     reconcile::Proto,
 };
 
+/// The daemon and where its state comes from.
+#[derive(Debug, Serialize)]
+pub struct ControlPlane {
+    /// "etcd", "file", or "none" (no daemon ever recorded itself here).
+    pub source: &'static str,
+    /// Whether the daemon's heartbeat is recent.
+    pub daemon_running: bool,
+    /// The daemon's pid (in its pid namespace).
+    pub pid: u32,
+    /// Whether the etcd watch is established (etcd source only).
+    pub etcd_connected: bool,
+    /// For how long (ms) the connection has been in its current state.
+    pub state_age_ms: u64,
+    /// The etcd revision last applied.
+    pub etcd_revision: u64,
+    /// Malformed etcd values skipped since the daemon started.
+    pub malformed: u64,
+    /// Services left out because another holds their frontend.
+    pub conflicts: u64,
+    /// How long ago (ms) a desired state was last applied (absent if never).
+    pub applied_age_ms: Option<u64>,
+}
+
 /// The whole status report.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// The daemon and its source of truth.
+    pub control_plane: ControlPlane,
     /// Services, by name.
     pub services: Vec<ServiceStatus>,
     /// Packets per verdict reason, over all services.
@@ -142,7 +170,28 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         });
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
+    let info = maps.info()?;
+    let now_ms = unix_ms(std::time::SystemTime::now());
+    let control_plane = ControlPlane {
+        source: match info.source {
+            source::ETCD => "etcd",
+            source::FILE => "file",
+            _ => "none",
+        },
+        daemon_running: info.heartbeat_unix_ms != 0
+            && now_ms.saturating_sub(info.heartbeat_unix_ms)
+                < 3 * HEARTBEAT.as_millis() as u64 + 1000,
+        pid: info.pid,
+        etcd_connected: info.etcd_connected != 0,
+        state_age_ms: now_ms.saturating_sub(info.state_since_unix_ms),
+        etcd_revision: info.etcd_revision,
+        malformed: info.malformed,
+        conflicts: info.conflicts,
+        applied_age_ms: (info.applied_unix_ms != 0)
+            .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
+    };
     Ok(Status {
+        control_plane,
         services,
         reasons: maps.reasons()?,
         flows: live.len() - closing_flows,
@@ -150,9 +199,44 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     })
 }
 
+fn secs(ms: u64) -> String {
+    format!("{:.0} s", ms as f64 / 1000.0)
+}
+
+fn render_control_plane(c: &ControlPlane) -> String {
+    let daemon = if c.daemon_running {
+        format!("daemon running (pid {})", c.pid)
+    } else {
+        "daemon NOT running: the maps are kept, but nothing is attached".to_owned()
+    };
+    let mut line = match (c.source, c.etcd_connected) {
+        ("etcd", true) => format!(
+            "control plane: etcd, connected for {}, revision {}; {daemon}",
+            secs(c.state_age_ms),
+            c.etcd_revision
+        ),
+        ("etcd", false) if c.daemon_running => format!(
+            "control plane: etcd UNREACHABLE for {}: forwarding continues with the last known state (revision {}); {daemon}",
+            secs(c.state_age_ms),
+            c.etcd_revision
+        ),
+        ("etcd", false) => format!("control plane: etcd (revision {}); {daemon}", c.etcd_revision),
+        ("file", _) => format!("control plane: configuration file; {daemon}"),
+        _ => "control plane: no daemon has used these maps yet".to_owned(),
+    };
+    line.push('\n');
+    if c.malformed > 0 || c.conflicts > 0 {
+        line.push_str(&format!(
+            "skipped: {} malformed etcd values, {} services whose frontend another service holds\n",
+            c.malformed, c.conflicts
+        ));
+    }
+    line
+}
+
 /// Renders the report as tables for people.
 pub fn render(status: &Status) -> String {
-    let mut out = String::new();
+    let mut out = render_control_plane(&status.control_plane);
     if status.services.is_empty() {
         out.push_str("no services\n");
     } else {

@@ -1,0 +1,469 @@
+//! The etcd contract, v1 (DESIGN.md), as pure functions: keys and values in, a [`Desired`]
+//! state out. Other tools and people write these keys too, so everything is validated here and
+//! anything that does not parse is skipped (with a reason), never applied.
+//!
+//! ```text
+//! <prefix>/v1/services/<service>                 {"frontend":"10.96.0.10:3306","proto":"tcp"}
+//! <prefix>/v1/endpoints/<service>/<endpoint-id>  {"addr":"10.48.134.223:32769","weight":1,
+//!                                                 "host":"host2","container":"<id>"}
+//!                                                or a bare 10.48.134.223:32769 (quoted or not)
+//! ```
+
+use std::{collections::BTreeMap, net::SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{check_service_name, parse_addr, parse_proto},
+    reconcile::{Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT},
+};
+
+/// Longest value accepted (a sane bound against hostile writers).
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Longest endpoint id.
+pub const MAX_ID_LEN: usize = 253;
+
+/// A service definition as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceValue {
+    /// `IPv4:port` clients dial.
+    pub frontend: String,
+    /// `tcp` or `udp` (default tcp).
+    #[serde(default = "default_proto", skip_serializing_if = "is_tcp")]
+    pub proto: String,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+
+fn is_tcp(p: &str) -> bool {
+    p == "tcp"
+}
+
+/// An endpoint as stored (the object form).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointValue {
+    /// `IPv4:port` of the backend.
+    pub addr: String,
+    /// Share of new flows (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    /// The host that registered it (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The container it belongs to (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// What one key under the prefix is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A service definition.
+    Service {
+        name: String,
+        frontend: SocketAddrV4,
+        proto: Proto,
+    },
+    /// An endpoint of a service.
+    Endpoint {
+        service: String,
+        id: String,
+        endpoint: Endpoint,
+    },
+}
+
+/// The key of a service.
+pub fn service_key(prefix: &str, name: &str) -> String {
+    format!("{}/v1/services/{name}", prefix.trim_end_matches('/'))
+}
+
+/// The key of an endpoint.
+pub fn endpoint_key(prefix: &str, service: &str, id: &str) -> String {
+    format!(
+        "{}/v1/endpoints/{service}/{id}",
+        prefix.trim_end_matches('/')
+    )
+}
+
+/// The key prefix of a service's endpoints (or of all endpoints when `service` is None).
+pub fn endpoints_prefix(prefix: &str, service: Option<&str>) -> String {
+    match service {
+        Some(s) => format!("{}/v1/endpoints/{s}/", prefix.trim_end_matches('/')),
+        None => format!("{}/v1/endpoints/", prefix.trim_end_matches('/')),
+    }
+}
+
+/// The key prefix of all services.
+pub fn services_prefix(prefix: &str) -> String {
+    format!("{}/v1/services/", prefix.trim_end_matches('/'))
+}
+
+/// The key prefix the daemon watches.
+pub fn watch_prefix(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
+}
+
+/// Endpoint ids: 1 to 253 printable ASCII characters without `/` or spaces.
+pub fn check_endpoint_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+    {
+        return Err(format!(
+            "endpoint id {id:?} must be 1-{MAX_ID_LEN} printable ASCII characters without '/'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses one key and value. `Ok(None)` for keys outside the v1 contract (other versions or
+/// tools may share the prefix); `Err` for a v1 key whose key or value is malformed.
+pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, String> {
+    let Ok(key) = std::str::from_utf8(key) else {
+        return Err("key is not UTF-8".into());
+    };
+    let Some(rest) = key.strip_prefix(&watch_prefix(prefix)) else {
+        return Ok(None);
+    };
+    let Some(rest) = rest.strip_prefix("v1/") else {
+        return Ok(None);
+    };
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "value of {} bytes exceeds {MAX_VALUE_LEN}",
+            value.len()
+        ));
+    }
+    let value = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_owned())?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        ["services", name] => {
+            check_service_name(name)?;
+            let v: ServiceValue = serde_json::from_str(value).map_err(|e| {
+                format!(
+                    "service value is not {{\"frontend\":\"IP:PORT\",\"proto\":\"tcp|udp\"}}: {e}"
+                )
+            })?;
+            Ok(Some(Entry::Service {
+                name: (*name).to_owned(),
+                frontend: parse_addr(&v.frontend).map_err(|m| format!("frontend: {m}"))?,
+                proto: parse_proto(&v.proto)?,
+            }))
+        }
+        ["endpoints", service, id] => {
+            check_service_name(service)?;
+            check_endpoint_id(id)?;
+            Ok(Some(Entry::Endpoint {
+                service: (*service).to_owned(),
+                id: (*id).to_owned(),
+                endpoint: parse_endpoint(value)?,
+            }))
+        }
+        _ => Err("not a v1 services/<name> or endpoints/<service>/<id> key".into()),
+    }
+}
+
+fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
+    let trimmed = value.trim();
+    let v: EndpointValue = if trimmed.starts_with('{') {
+        serde_json::from_str(trimmed).map_err(|e| format!("endpoint value: {e}"))?
+    } else if trimmed.starts_with('"') {
+        let addr: String =
+            serde_json::from_str(trimmed).map_err(|e| format!("endpoint value: {e}"))?;
+        EndpointValue {
+            addr,
+            ..Default::default()
+        }
+    } else {
+        EndpointValue {
+            addr: trimmed.to_owned(),
+            ..Default::default()
+        }
+    };
+    let weight = match v.weight {
+        None => 1,
+        Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => w as u32,
+        Some(w) => return Err(format!("weight {w} is out of range 1..={MAX_WEIGHT}")),
+    };
+    Ok(Endpoint {
+        addr: parse_addr(&v.addr).map_err(|m| format!("endpoint: {m}"))?,
+        weight,
+    })
+}
+
+/// The contract's contents as last seen: what was parsed, by key.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    services: BTreeMap<String, (SocketAddrV4, Proto)>,
+    endpoints: BTreeMap<(String, String), Endpoint>,
+    /// Keys whose current value is malformed, with the reason.
+    pub malformed: BTreeMap<String, String>,
+}
+
+/// What a `put` did to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Parsed and stored.
+    Stored,
+    /// Not part of the v1 contract; ignored.
+    Ignored,
+    /// Malformed: skipped (the key's previous value, if any, is dropped too).
+    Malformed(String),
+}
+
+impl Store {
+    /// Records a key's new value.
+    pub fn put(&mut self, prefix: &str, key: &[u8], value: &[u8]) -> PutOutcome {
+        let key_str = String::from_utf8_lossy(key).into_owned();
+        self.remove_key(prefix, key);
+        match parse(prefix, key, value) {
+            Ok(Some(Entry::Service {
+                name,
+                frontend,
+                proto,
+            })) => {
+                self.services.insert(name, (frontend, proto));
+                PutOutcome::Stored
+            }
+            Ok(Some(Entry::Endpoint {
+                service,
+                id,
+                endpoint,
+            })) => {
+                self.endpoints.insert((service, id), endpoint);
+                PutOutcome::Stored
+            }
+            Ok(None) => PutOutcome::Ignored,
+            Err(reason) => {
+                self.malformed.insert(key_str, reason.clone());
+                PutOutcome::Malformed(reason)
+            }
+        }
+    }
+
+    /// Records a key's deletion.
+    pub fn delete(&mut self, prefix: &str, key: &[u8]) {
+        self.remove_key(prefix, key);
+    }
+
+    fn remove_key(&mut self, prefix: &str, key: &[u8]) {
+        let key_str = String::from_utf8_lossy(key);
+        self.malformed.remove(key_str.as_ref());
+        let Some(rest) = key_str
+            .strip_prefix(&watch_prefix(prefix))
+            .and_then(|r| r.strip_prefix("v1/"))
+        else {
+            return;
+        };
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["services", name] => {
+                self.services.remove(*name);
+            }
+            ["endpoints", service, id] => {
+                self.endpoints
+                    .remove(&((*service).to_owned(), (*id).to_owned()));
+            }
+            _ => {}
+        }
+    }
+
+    /// The desired state, and the services left out because another service (first by name)
+    /// already claims their frontend.
+    pub fn desired(&self) -> (Desired, Vec<String>) {
+        let mut desired = Desired::new();
+        let mut claimed: BTreeMap<(SocketAddrV4, Proto), &str> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for (name, &(frontend, proto)) in &self.services {
+            if let Some(owner) = claimed.get(&(frontend, proto)) {
+                conflicts.push(format!(
+                    "service {name:?} left out: frontend {frontend}/{proto} already belongs to {owner:?}"
+                ));
+                continue;
+            }
+            claimed.insert((frontend, proto), name);
+            let endpoints = self
+                .endpoints
+                .range((name.clone(), String::new())..)
+                .take_while(|((s, _), _)| s == name)
+                .map(|(_, e)| e.clone())
+                .collect();
+            desired.insert(
+                name.clone(),
+                ServiceSpec {
+                    frontend,
+                    proto,
+                    endpoints,
+                },
+            );
+        }
+        (desired, conflicts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/ambassador";
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let e = parse(
+            P,
+            b"/ambassador/v1/services/db",
+            br#"{"frontend":"10.96.0.10:3306","proto":"tcp"}"#,
+        );
+        assert_eq!(
+            e,
+            Ok(Some(Entry::Service {
+                name: "db".into(),
+                frontend: "10.96.0.10:3306".parse().unwrap(),
+                proto: Proto::Tcp
+            }))
+        );
+        let full = br#"{"addr":"10.48.134.223:32769","weight":2,"host":"host2","container":"abc"}"#;
+        for (value, weight) in [
+            (&full[..], 2),
+            (&b"10.48.134.223:32769"[..], 1),
+            (&b"\"10.48.134.223:32769\""[..], 1),
+            (&b" 10.48.134.223:32769\n"[..], 1),
+        ] {
+            let e = parse(P, b"/ambassador/v1/endpoints/db/h2-abc", value)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                e,
+                Entry::Endpoint {
+                    service: "db".into(),
+                    id: "h2-abc".into(),
+                    endpoint: Endpoint {
+                        addr: "10.48.134.223:32769".parse().unwrap(),
+                        weight
+                    }
+                },
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // Proto defaults to tcp; a trailing slash on the prefix changes nothing.
+        assert!(matches!(
+            parse(
+                "/ambassador/",
+                b"/ambassador/v1/services/dns",
+                br#"{"frontend":"10.96.0.53:53"}"#
+            ),
+            Ok(Some(Entry::Service {
+                proto: Proto::Tcp,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn other_versions_and_prefixes_are_ignored() {
+        assert_eq!(
+            parse(P, b"/ambassador/v2/services/db", b"anything"),
+            Ok(None)
+        );
+        assert_eq!(parse(P, b"/other/v1/services/db", b"anything"), Ok(None));
+        assert_eq!(parse(P, b"/ambassadorx/v1/services/db", b"x"), Ok(None));
+    }
+
+    #[test]
+    fn hostile_values_are_refused_with_a_reason() {
+        let bad: &[(&[u8], &[u8])] = &[
+            (
+                b"/ambassador/v1/services/DB",
+                br#"{"frontend":"10.96.0.10:1"}"#,
+            ),
+            (
+                b"/ambassador/v1/services/db",
+                br#"{"frontend":"10.96.0.10"}"#,
+            ),
+            (
+                b"/ambassador/v1/services/db",
+                br#"{"frontend":"10.96.0.10:1","proto":"sctp"}"#,
+            ),
+            (
+                b"/ambassador/v1/services/db",
+                br#"{"frontend":"10.96.0.10:1","extra":1}"#,
+            ),
+            (b"/ambassador/v1/services/db", b"not json"),
+            (b"/ambassador/v1/services/db", b"\xff\xfe"),
+            (b"/ambassador/v1/endpoints/db/x", b"10.0.0.1"),
+            (b"/ambassador/v1/endpoints/db/x", b"10.0.0.1:0"),
+            (b"/ambassador/v1/endpoints/db/x", b"[::1]:80"),
+            (
+                b"/ambassador/v1/endpoints/db/x",
+                br#"{"addr":"10.0.0.1:1","weight":0}"#,
+            ),
+            (
+                b"/ambassador/v1/endpoints/db/x",
+                br#"{"addr":"10.0.0.1:1","weight":100000}"#,
+            ),
+            (b"/ambassador/v1/endpoints/db/x", br#"{"weight":1}"#),
+            (b"/ambassador/v1/endpoints/db/", b"10.0.0.1:1"),
+            (b"/ambassador/v1/endpoints/db/a/b", b"10.0.0.1:1"),
+            (b"/ambassador/v1/endpoints/db", b"10.0.0.1:1"),
+            (b"/ambassador/v1/nonsense", b"x"),
+            (b"/ambassador/v1/services/\xff", b"x"),
+        ];
+        for (k, v) in bad {
+            assert!(
+                parse(P, k, v).is_err(),
+                "{} = {}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v)
+            );
+        }
+        let huge = vec![b' '; MAX_VALUE_LEN + 1];
+        assert!(parse(P, b"/ambassador/v1/endpoints/db/x", &huge).is_err());
+    }
+
+    #[test]
+    fn store_follows_puts_and_deletes_and_resolves_frontend_conflicts() {
+        let mut s = Store::default();
+        assert_eq!(
+            s.put(
+                P,
+                b"/ambassador/v1/services/b",
+                br#"{"frontend":"10.96.0.1:80"}"#
+            ),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            s.put(
+                P,
+                b"/ambassador/v1/services/a",
+                br#"{"frontend":"10.96.0.1:80"}"#
+            ),
+            PutOutcome::Stored
+        );
+        s.put(P, b"/ambassador/v1/endpoints/a/1", b"10.0.0.1:80");
+        s.put(P, b"/ambassador/v1/endpoints/b/1", b"10.0.0.2:80");
+        s.put(P, b"/ambassador/v1/endpoints/ab/1", b"10.0.0.9:80"); // a prefix of neither
+        let (d, conflicts) = s.desired();
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(d["a"].endpoints.len(), 1);
+        assert_eq!(conflicts.len(), 1);
+        assert!(conflicts[0].contains("\"b\""));
+
+        // A malformed update replaces the good value: the key is skipped, not half-applied.
+        assert!(matches!(
+            s.put(P, b"/ambassador/v1/endpoints/a/1", b"garbage"),
+            PutOutcome::Malformed(_)
+        ));
+        assert!(s.desired().0["a"].endpoints.is_empty());
+        assert_eq!(s.malformed.len(), 1);
+        s.delete(P, b"/ambassador/v1/endpoints/a/1");
+        assert!(s.malformed.is_empty());
+        s.delete(P, b"/ambassador/v1/services/a");
+        let (d, conflicts) = s.desired();
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(conflicts.is_empty());
+        assert_eq!(s.put(P, b"/ambassador/v2/x", b"y"), PutOutcome::Ignored);
+    }
+}

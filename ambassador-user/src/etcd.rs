@@ -1,0 +1,312 @@
+//! etcd as the source of the desired state: connect (TLS, user/password), list the prefix,
+//! watch it from the listed revision, and on any failure or compaction reconnect with backoff
+//! and list again. What was last listed stays in force while etcd is away.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    contract::{self, PutOutcome, Store},
+    error::{Error, Result},
+    reconcile::Desired,
+};
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the contract (default `/ambassador`).
+    pub prefix: String,
+    /// CA certificate (PEM) to verify the servers with.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+    /// User name for etcd authentication.
+    pub user: Option<String>,
+    /// Password for etcd authentication (never logged).
+    pub password: Option<String>,
+}
+
+/// How long one request (not a watch) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl EtcdOptions {
+    /// Connects (and authenticates, when a user is set).
+    pub async fn connect(&self) -> Result<Client> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            // HTTP/2 pings notice a dead member within a few seconds even on an idle watch.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum fails the watch instead of going silent.
+            .with_require_leader(true);
+        if let Some(user) = &self.user {
+            opts = opts.with_user(user.clone(), self.password.clone().unwrap_or_default());
+        }
+        if self.cacert.is_some() || self.cert.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.cacert {
+                let pem =
+                    std::fs::read(ca).map_err(Error::io(format!("reading {}", ca.display())))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    let c = std::fs::read(cert)
+                        .map_err(Error::io(format!("reading {}", cert.display())))?;
+                    let k = std::fs::read(key)
+                        .map_err(Error::io(format!("reading {}", key.display())))?;
+                    tls = tls.identity(Identity::from_pem(c, k));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Usage(
+                        "--etcd-cert and --etcd-key go together".into(),
+                    ))
+                }
+            }
+            opts = opts.with_tls(tls);
+        }
+        let connect = Client::connect(&self.endpoints, Some(opts));
+        match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
+            Ok(r) => r.map_err(|source| Error::Etcd {
+                what: format!("connecting to {}", self.endpoints.join(",")),
+                source,
+            }),
+            Err(_) => Err(Error::EtcdTimeout {
+                what: format!("connecting to {}", self.endpoints.join(",")),
+            }),
+        }
+    }
+}
+
+/// What the watcher knows, published to the daemon after every change.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The desired state; `None` until the first successful listing.
+    pub desired: Option<Arc<Desired>>,
+    /// The etcd revision it reflects.
+    pub revision: i64,
+    /// Whether the watch is established right now.
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: SystemTime,
+    /// Malformed values skipped so far (each key and revision counted once).
+    pub malformed: u64,
+    /// Services currently left out for claiming another service's frontend.
+    pub conflicts: u64,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            desired: None,
+            revision: 0,
+            connected: false,
+            since: SystemTime::now(),
+            malformed: 0,
+            conflicts: 0,
+        }
+    }
+}
+
+/// Follows etcd forever, publishing into `tx`. Returns only when every receiver is gone.
+pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
+    let mut warned: HashSet<(Vec<u8>, i64)> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut failures: u64 = 0;
+    loop {
+        let result = session(&opts, &tx, &mut warned).await;
+        if tx.borrow().connected {
+            // The session got as far as a listing: a new outage starts now.
+            backoff = Duration::from_millis(100);
+            failures = 0;
+        }
+        if let Err(e) = result {
+            // The first failure of an outage, then every tenth: enough to follow, not a flood.
+            if failures.is_multiple_of(10) {
+                warn!(
+                    "{e}; forwarding continues with the last known state, retrying in {backoff:?}"
+                );
+            } else {
+                debug!("{e}; retrying in {backoff:?} (attempt {})", failures + 1);
+            }
+            failures += 1;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tx.send_if_modified(|s| {
+            let changed = s.connected;
+            if changed {
+                s.connected = false;
+                s.since = SystemTime::now();
+            }
+            changed
+        });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection: list, then watch until something breaks. `Ok` means the watch was
+/// cancelled by etcd (compaction) and should be re-listed at once.
+async fn session(
+    opts: &EtcdOptions,
+    tx: &watch::Sender<Snapshot>,
+    warned: &mut HashSet<(Vec<u8>, i64)>,
+) -> Result<()> {
+    let mut client = opts.connect().await?;
+    let root = contract::watch_prefix(&opts.prefix);
+    let listing = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.get(root.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| Error::EtcdTimeout {
+        what: format!("listing {root}"),
+    })?
+    .map_err(|source| Error::Etcd {
+        what: format!("listing {root}"),
+        source,
+    })?;
+    let mut revision = listing.header().map_or(0, |h| h.revision());
+    let mut store = Store::default();
+    let mut malformed = tx.borrow().malformed;
+    let mut conflicts = Vec::new();
+    for kv in listing.kvs() {
+        note(
+            &opts.prefix,
+            &mut store,
+            kv.key(),
+            kv.value(),
+            kv.mod_revision(),
+            warned,
+            &mut malformed,
+        );
+    }
+    info!(revision, keys = listing.kvs().len(), "etcd: listed {root}");
+    publish(tx, &store, revision, malformed, &mut conflicts);
+
+    let mut stream = client
+        .watch(
+            root.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1)
+                    .with_progress_notify(),
+            ),
+        )
+        .await
+        .map_err(|source| Error::Etcd {
+            what: format!("watching {root}"),
+            source,
+        })?;
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                return Err(Error::EtcdTimeout {
+                    what: "the watch stream closed".into(),
+                })
+            }
+            Err(source) => {
+                return Err(Error::Etcd {
+                    what: "watching".into(),
+                    source,
+                })
+            }
+        };
+        if resp.canceled() {
+            info!(
+                compact_revision = resp.compact_revision(),
+                reason = resp.cancel_reason(),
+                "etcd: watch cancelled; listing again"
+            );
+            return Ok(());
+        }
+        if resp.events().is_empty() {
+            continue; // created or progress notification
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => note(
+                    &opts.prefix,
+                    &mut store,
+                    kv.key(),
+                    kv.value(),
+                    kv.mod_revision(),
+                    warned,
+                    &mut malformed,
+                ),
+                EventType::Delete => store.delete(&opts.prefix, kv.key()),
+            }
+            revision = revision.max(kv.mod_revision());
+        }
+        if let Some(h) = resp.header() {
+            revision = revision.max(h.revision());
+        }
+        debug!(revision, events = resp.events().len(), "etcd: changes");
+        publish(tx, &store, revision, malformed, &mut conflicts);
+    }
+}
+
+/// Applies one put to the store, warning once per malformed key and revision.
+fn note(
+    prefix: &str,
+    store: &mut Store,
+    key: &[u8],
+    value: &[u8],
+    mod_revision: i64,
+    warned: &mut HashSet<(Vec<u8>, i64)>,
+    malformed: &mut u64,
+) {
+    if let PutOutcome::Malformed(reason) = store.put(prefix, key, value) {
+        if warned.insert((key.to_vec(), mod_revision)) {
+            *malformed += 1;
+            warn!(key = %String::from_utf8_lossy(key), "etcd: skipping a malformed value: {reason}");
+        }
+    }
+}
+
+/// Publishes the store's desired state; warns about frontend conflicts when they change.
+fn publish(
+    tx: &watch::Sender<Snapshot>,
+    store: &Store,
+    revision: i64,
+    malformed: u64,
+    last_conflicts: &mut Vec<String>,
+) {
+    let (desired, conflicts) = store.desired();
+    if conflicts != *last_conflicts {
+        for c in conflicts.iter().filter(|c| !last_conflicts.contains(c)) {
+            warn!("etcd: {c}");
+        }
+        *last_conflicts = conflicts.clone();
+    }
+    tx.send_modify(|s| {
+        if !s.connected {
+            s.connected = true;
+            s.since = SystemTime::now();
+        }
+        s.desired = Some(Arc::new(desired));
+        s.revision = revision;
+        s.malformed = malformed;
+        s.conflicts = conflicts.len() as u64;
+    });
+}

@@ -1,0 +1,692 @@
+//! `ambassador register`: writes this host's labelled Docker containers into etcd, one entry
+//! per container, all under one lease that this process keeps alive. If the process or its
+//! host dies, the lease expires and every entry goes with it (registrator's stale entries).
+//!
+//! It lists the containers, then follows the event stream; a periodic reconcile heals missed
+//! events; a closed stream is reopened and re-listed; a lost lease is re-granted and every
+//! entry rewritten.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use bollard::{
+    models::ContainerInspectResponse,
+    query_parameters::{EventsOptions, ListContainersOptions},
+    Docker, API_DEFAULT_VERSION,
+};
+use etcd_client::{Client, PutOptions};
+use futures_util::StreamExt as _;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cli::AddressMode,
+    config::check_service_name,
+    contract::{self, EndpointValue},
+    error::{Error, Result},
+    etcd::{EtcdOptions, REQUEST_TIMEOUT},
+    reconcile::MAX_WEIGHT,
+};
+
+/// Container labels of the Docker contract.
+pub mod labels {
+    /// The service a container backs.
+    pub const SERVICE: &str = "ambassador.service";
+    /// Which container port to register when several are published.
+    pub const PORT: &str = "ambassador.port";
+    /// Share of new flows.
+    pub const WEIGHT: &str = "ambassador.weight";
+}
+
+/// Validated settings of `ambassador register`.
+#[derive(Clone, Debug)]
+pub struct RegisterConfig {
+    /// Docker socket path.
+    pub docker: String,
+    /// Address other hosts reach this host's published ports at.
+    pub advertise_ip: Option<Ipv4Addr>,
+    /// Lease TTL in seconds.
+    pub ttl: i64,
+    /// This host's id.
+    pub host_id: String,
+    /// Which address to register.
+    pub address_mode: AddressMode,
+    /// Full reconcile period.
+    pub reconcile_interval: Duration,
+    /// etcd connection.
+    pub etcd: EtcdOptions,
+}
+
+/// One container's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The service.
+    pub service: String,
+    /// The endpoint id (`<host-id>-<container id, 12 characters>`).
+    pub id: String,
+    /// The address other hosts dial.
+    pub addr: SocketAddrV4,
+    /// The weight.
+    pub weight: u32,
+}
+
+/// What the register writes for `c`: `Ok(None)` when it is not labelled (not ours),
+/// `Err(why)` when it is labelled but unusable.
+pub fn registration(
+    c: &ContainerInspectResponse,
+    cfg: &RegisterConfig,
+) -> Result<Option<Registration>, String> {
+    let labels = c.config.as_ref().and_then(|cfg| cfg.labels.as_ref());
+    let Some(service) = labels.and_then(|l| l.get(labels::SERVICE)) else {
+        return Ok(None);
+    };
+    check_service_name(service)?;
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let weight = match label(labels::WEIGHT) {
+        None => 1,
+        Some(w) => match w.parse::<u32>() {
+            Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+            _ => {
+                return Err(format!(
+                    "label {}={w:?} is not a weight in 1..={MAX_WEIGHT}",
+                    labels::WEIGHT
+                ))
+            }
+        },
+    };
+    let wanted_port = label(labels::PORT);
+    let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    let addr = match cfg.address_mode {
+        AddressMode::Published => {
+            let advertise = cfg
+                .advertise_ip
+                .ok_or("published mode needs --advertise-ip")?;
+            let published: BTreeMap<&str, u16> = ports
+                .into_iter()
+                .flatten()
+                .filter_map(|(cport, bindings)| {
+                    let host_port = bindings
+                        .as_ref()?
+                        .iter()
+                        .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
+                    Some((cport.as_str(), host_port))
+                })
+                .collect();
+            let host_port = pick(&published, wanted_port, "published")?;
+            SocketAddrV4::new(advertise, host_port)
+        }
+        AddressMode::Container => {
+            let ip = c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|nets| {
+                    let mut names: Vec<&String> = nets.keys().collect();
+                    names.sort();
+                    names
+                        .into_iter()
+                        .find_map(|n| nets[n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok())
+                })
+                .ok_or("the container has no IPv4 address on any network")?;
+            let mut exposed: BTreeMap<&str, u16> = BTreeMap::new();
+            let from_config = c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_ref());
+            for p in from_config
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .chain(ports.into_iter().flatten().map(|(k, _)| k.as_str()))
+            {
+                if let Some(n) = p.split('/').next().and_then(|n| n.parse().ok()) {
+                    exposed.insert(p, n);
+                }
+            }
+            SocketAddrV4::new(ip, pick(&exposed, wanted_port, "exposed")?)
+        }
+    };
+    let container_id = c.id.as_deref().ok_or("the container has no id")?;
+    let short = &container_id[..container_id.len().min(12)];
+    Ok(Some(Registration {
+        service: service.clone(),
+        id: format!("{}-{short}", cfg.host_id),
+        addr,
+        weight,
+    }))
+}
+
+/// Picks the port: the labelled one, else the only one.
+fn pick(ports: &BTreeMap<&str, u16>, wanted: Option<&str>, kind: &str) -> Result<u16, String> {
+    match wanted {
+        Some(w) => {
+            let w_full = if w.contains('/') {
+                w.to_owned()
+            } else {
+                format!("{w}/tcp")
+            };
+            let w_udp = format!("{w}/udp");
+            ports
+                .get(w_full.as_str())
+                .or_else(|| ports.get(w_udp.as_str()))
+                .copied()
+                .ok_or_else(|| {
+                    format!(
+                        "label {}={w} names no {kind} port (have: {})",
+                        labels::PORT,
+                        list(ports)
+                    )
+                })
+        }
+        None => match ports.len() {
+            1 => Ok(*ports.values().next().expect("one")),
+            0 => Err(format!(
+                "no {kind} port (publish one with -p, or use --address-mode container)"
+            )),
+            _ => Err(format!(
+                "several {kind} ports ({}): pick one with the label {}",
+                list(ports),
+                labels::PORT
+            )),
+        },
+    }
+}
+
+fn list(ports: &BTreeMap<&str, u16>) -> String {
+    if ports.is_empty() {
+        return "none".into();
+    }
+    ports.keys().copied().collect::<Vec<_>>().join(", ")
+}
+
+/// The etcd key and value of a registration.
+fn entry(cfg: &RegisterConfig, r: &Registration, container_id: &str) -> (String, String) {
+    let value = EndpointValue {
+        addr: r.addr.to_string(),
+        weight: Some(r.weight as i64),
+        host: Some(cfg.host_id.clone()),
+        container: Some(container_id.to_owned()),
+    };
+    (
+        contract::endpoint_key(&cfg.etcd.prefix, &r.service, &r.id),
+        serde_json::to_string(&value).expect("serializable"),
+    )
+}
+
+/// Connects to the Docker engine, agreeing on an API version it speaks.
+pub async fn connect_docker(path: &str) -> Result<Docker> {
+    let docker = Docker::connect_with_unix(path, 30, API_DEFAULT_VERSION).map_err(|source| {
+        Error::Docker {
+            what: format!("connecting to {path}"),
+            source,
+        }
+    })?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|source| Error::Docker {
+            what: format!("talking to {path}"),
+            source,
+        })
+}
+
+/// The register's state: what it wrote, under which lease.
+struct Register {
+    cfg: RegisterConfig,
+    etcd: Client,
+    lease: i64,
+    /// key -> value written under the current lease, by container id.
+    written: HashMap<String, (String, String)>,
+    /// Containers already reported as unusable (reported once).
+    reported: HashSet<String>,
+}
+
+impl Register {
+    async fn grant(&mut self) -> Result<()> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.etcd.lease_grant(self.cfg.ttl, None))
+            .await
+            .map_err(|_| Error::EtcdTimeout {
+                what: "granting a lease".into(),
+            })?
+            .map_err(|source| Error::Etcd {
+                what: "granting a lease".into(),
+                source,
+            })?;
+        self.lease = resp.id();
+        self.written.clear();
+        info!(
+            lease = format!("{:x}", self.lease),
+            ttl = self.cfg.ttl,
+            "etcd lease granted"
+        );
+        Ok(())
+    }
+
+    /// Makes etcd hold exactly `wanted` (container id -> (key, value)) under our lease.
+    async fn sync(&mut self, wanted: HashMap<String, (String, String)>) -> Result<()> {
+        let stale: Vec<String> = self
+            .written
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.remove(&id).await?;
+        }
+        for (id, kv) in wanted {
+            self.put(&id, kv).await?;
+        }
+        Ok(())
+    }
+
+    async fn put(&mut self, container: &str, (key, value): (String, String)) -> Result<()> {
+        if self.written.get(container) == Some(&(key.clone(), value.clone())) {
+            return Ok(());
+        }
+        if let Some((old_key, _)) = self.written.get(container) {
+            if *old_key != key {
+                let old_key = old_key.clone();
+                self.delete(&old_key).await?;
+            }
+        }
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.etcd.put(
+                key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            ),
+        )
+        .await
+        .map_err(|_| Error::EtcdTimeout {
+            what: format!("writing {key}"),
+        })?
+        .map_err(|source| Error::Etcd {
+            what: format!("writing {key}"),
+            source,
+        })?;
+        info!(%key, %value, "registered");
+        self.written.insert(container.to_owned(), (key, value));
+        Ok(())
+    }
+
+    async fn remove(&mut self, container: &str) -> Result<()> {
+        if let Some((key, _)) = self.written.remove(container) {
+            self.delete(&key).await?;
+            info!(%key, "deregistered");
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<()> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.etcd.delete(key, None))
+            .await
+            .map_err(|_| Error::EtcdTimeout {
+                what: format!("deleting {key}"),
+            })?
+            .map_err(|source| Error::Etcd {
+                what: format!("deleting {key}"),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// The entry for one container, reporting an unusable label once.
+    fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
+        let id = c.id.clone().unwrap_or_default();
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            return None;
+        }
+        match registration(c, &self.cfg) {
+            Ok(Some(r)) => {
+                self.reported.remove(&id);
+                Some(entry(&self.cfg, &r, &id))
+            }
+            Ok(None) => None,
+            Err(why) => {
+                if self.reported.insert(id.clone()) {
+                    warn!(container = %&id[..id.len().min(12)], "not registered: {why}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Lists the labelled running containers and syncs etcd with them.
+    async fn reconcile(&mut self, docker: &Docker) -> Result<usize> {
+        let filters = HashMap::from([("label".to_owned(), vec![labels::SERVICE.to_owned()])]);
+        let list = docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| Error::Docker {
+                what: "listing containers".into(),
+                source,
+            })?;
+        let mut wanted = HashMap::new();
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            match docker.inspect_container(&id, None).await {
+                Ok(c) => {
+                    if let Some(kv) = self.entry_of(&c) {
+                        wanted.insert(id, kv);
+                    }
+                }
+                // Gone between the list and the inspect: not running any more.
+                Err(e) => debug!(container = %id, "inspect failed: {e}"),
+            }
+        }
+        let n = wanted.len();
+        self.sync(wanted).await?;
+        Ok(n)
+    }
+
+    /// Handles one container event.
+    async fn event(&mut self, docker: &Docker, action: &str, id: &str) -> Result<()> {
+        match action {
+            "start" | "unpause" | "restart" => match docker.inspect_container(id, None).await {
+                Ok(c) => match self.entry_of(&c) {
+                    Some(kv) => self.put(id, kv).await?,
+                    None => self.remove(id).await?,
+                },
+                Err(e) => debug!(container = %id, "inspect failed: {e}"),
+            },
+            "die" | "stop" | "pause" | "destroy" | "oom" => self.remove(id).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs the register until SIGTERM/SIGINT. Entries stay in etcd until the lease expires, so a
+/// restarted (or upgraded) register takes them over without a gap.
+pub async fn run(cfg: RegisterConfig) -> Result<()> {
+    if cfg.address_mode == AddressMode::Published && cfg.advertise_ip.is_none() {
+        return Err(Error::Usage(
+            "--advertise-ip is required in published mode: the address other hosts reach this host at".into(),
+        ));
+    }
+    let mut term =
+        signal(SignalKind::terminate()).map_err(Error::io("installing the SIGTERM handler"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
+    let mut backoff = Duration::from_millis(200);
+    let mut reg: Option<Register> = None;
+    loop {
+        let outcome = tokio::select! {
+            result = attempt(&cfg, &mut reg) => Some(result),
+            _ = term.recv() => None,
+            _ = int.recv() => None,
+        };
+        match outcome {
+            None => {
+                info!("stopping; the entries stay until the lease expires, so a restarted register takes them over");
+                return Ok(());
+            }
+            // A new lease: start over at once.
+            Some(Ok(())) => {
+                backoff = Duration::from_millis(200);
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!("{e}; retrying in {backoff:?}");
+                if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
+                    reg = None; // reconnect and re-grant
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Connects to etcd and grants a lease if needed, then runs one Docker session.
+async fn attempt(cfg: &RegisterConfig, reg: &mut Option<Register>) -> Result<()> {
+    if reg.is_none() {
+        let etcd = cfg.etcd.connect().await?;
+        let mut r = Register {
+            cfg: cfg.clone(),
+            etcd,
+            lease: 0,
+            written: HashMap::new(),
+            reported: HashSet::new(),
+        };
+        r.grant().await?;
+        *reg = Some(r);
+    }
+    session(reg.as_mut().expect("set above")).await
+}
+
+/// One Docker session: list, then follow events, with keep-alives and periodic reconciles.
+/// Returns on any failure; the caller retries.
+async fn session(r: &mut Register) -> Result<()> {
+    let docker = connect_docker(&r.cfg.docker).await?;
+    let (mut keeper, mut keep_stream) =
+        r.etcd
+            .lease_keep_alive(r.lease)
+            .await
+            .map_err(|source| Error::Etcd {
+                what: "starting lease keep-alives".into(),
+                source,
+            })?;
+    // Subscribe before listing, so nothing between the two is missed.
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["container".to_owned()]),
+        ("label".to_owned(), vec![labels::SERVICE.to_owned()]),
+    ]);
+    let mut events = docker.events(Some(EventsOptions {
+        filters: Some(filters),
+        ..Default::default()
+    }));
+    let n = r.reconcile(&docker).await?;
+    info!(containers = n, docker = %r.cfg.docker, "registered the labelled containers; following Docker events");
+
+    let mut keepalive = tokio::time::interval(Duration::from_millis(
+        (r.cfg.ttl as u64 * 1000 / 3).max(500),
+    ));
+    let mut reconcile = tokio::time::interval(r.cfg.reconcile_interval);
+    reconcile.tick().await; // the first tick is immediate: we just reconciled
+    loop {
+        tokio::select! {
+            _ = keepalive.tick() => {
+                keeper.keep_alive().await.map_err(|source| Error::Etcd { what: "lease keep-alive".into(), source })?;
+            }
+            resp = keep_stream.message() => match resp {
+                Ok(Some(resp)) if resp.ttl() > 0 => {}
+                Ok(Some(_)) => {
+                    warn!("etcd lease {:x} expired: granting a new one and rewriting every entry", r.lease);
+                    r.grant().await?;
+                    return Ok(()); // restart the session under the new lease
+                }
+                Ok(None) => return Err(Error::EtcdTimeout { what: "the lease keep-alive stream closed".into() }),
+                Err(source) => return Err(Error::Etcd { what: "lease keep-alive".into(), source }),
+            },
+            _ = reconcile.tick() => {
+                r.reconcile(&docker).await?;
+            }
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => {
+                    let action = ev.action.as_deref().unwrap_or("");
+                    let Some(id) = ev.actor.as_ref().and_then(|a| a.id.as_deref()) else { continue };
+                    // "exec_start: sh" and the like carry a suffix.
+                    let action = action.split(':').next().unwrap_or("");
+                    debug!(action, container = %id, "docker event");
+                    r.event(&docker, action, id).await?;
+                }
+                Some(Err(source)) => return Err(Error::Docker { what: "the event stream failed".into(), source }),
+                None => return Err(Error::Usage("the Docker event stream closed; reconnecting".into())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{
+        ContainerConfig, ContainerState, EndpointSettings, NetworkSettings, PortBinding,
+    };
+
+    use super::*;
+
+    fn cfg(mode: AddressMode) -> RegisterConfig {
+        RegisterConfig {
+            docker: "/x".into(),
+            advertise_ip: Some("192.0.2.7".parse().unwrap()),
+            ttl: 10,
+            host_id: "h2".into(),
+            address_mode: mode,
+            reconcile_interval: Duration::from_secs(30),
+            etcd: EtcdOptions {
+                endpoints: vec![],
+                prefix: "/ambassador".into(),
+                cacert: None,
+                cert: None,
+                key: None,
+                user: None,
+                password: None,
+            },
+        }
+    }
+
+    fn container(
+        labels: &[(&str, &str)],
+        ports: &[(&str, Option<&str>)],
+    ) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            id: Some("0123456789abcdef0123".into()),
+            state: Some(ContainerState {
+                running: Some(true),
+                ..Default::default()
+            }),
+            config: Some(ContainerConfig {
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                exposed_ports: Some(ports.iter().map(|(p, _)| p.to_string()).collect()),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(p, host)| {
+                            let b = host.map(|h| {
+                                vec![PortBinding {
+                                    host_ip: Some("0.0.0.0".into()),
+                                    host_port: Some(h.into()),
+                                }]
+                            });
+                            (p.to_string(), b)
+                        })
+                        .collect(),
+                ),
+                networks: Some(HashMap::from([(
+                    "bridge".to_owned(),
+                    EndpointSettings {
+                        ip_address: Some("10.250.0.5".into()),
+                        ..Default::default()
+                    },
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn published_mode_uses_the_advertised_ip_and_host_port() {
+        let c = container(
+            &[("ambassador.service", "db")],
+            &[("3306/tcp", Some("32769"))],
+        );
+        let r = registration(&c, &cfg(AddressMode::Published))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            Registration {
+                service: "db".into(),
+                id: "h2-0123456789ab".into(),
+                addr: "192.0.2.7:32769".parse().unwrap(),
+                weight: 1
+            }
+        );
+    }
+
+    #[test]
+    fn container_mode_uses_the_container_ip_and_port() {
+        let c = container(
+            &[("ambassador.service", "db"), ("ambassador.weight", "3")],
+            &[("3306/tcp", None)],
+        );
+        let r = registration(&c, &cfg(AddressMode::Container))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.addr, "10.250.0.5:3306".parse().unwrap());
+        assert_eq!(r.weight, 3);
+    }
+
+    #[test]
+    fn the_port_label_picks_among_several() {
+        let ports = [("8080/tcp", Some("32001")), ("9090/tcp", Some("32002"))];
+        let c = container(&[("ambassador.service", "web")], &ports);
+        let err = registration(&c, &cfg(AddressMode::Published)).unwrap_err();
+        assert!(
+            err.contains("several") && err.contains("ambassador.port"),
+            "{err}"
+        );
+        let c = container(
+            &[("ambassador.service", "web"), ("ambassador.port", "9090")],
+            &ports,
+        );
+        assert_eq!(
+            registration(&c, &cfg(AddressMode::Published))
+                .unwrap()
+                .unwrap()
+                .addr
+                .port(),
+            32002
+        );
+        let c = container(
+            &[("ambassador.service", "web"), ("ambassador.port", "7070")],
+            &ports,
+        );
+        assert!(registration(&c, &cfg(AddressMode::Published))
+            .unwrap_err()
+            .contains("7070"));
+    }
+
+    #[test]
+    fn unlabelled_containers_are_not_ours_and_bad_labels_are_errors() {
+        let c = container(&[("other", "x")], &[("80/tcp", Some("1"))]);
+        assert_eq!(registration(&c, &cfg(AddressMode::Published)), Ok(None));
+        for labels in [
+            &[("ambassador.service", "Bad_Name")][..],
+            &[("ambassador.service", "db"), ("ambassador.weight", "0")][..],
+            &[("ambassador.service", "db"), ("ambassador.weight", "x")][..],
+        ] {
+            assert!(registration(
+                &container(labels, &[("80/tcp", Some("1"))]),
+                &cfg(AddressMode::Published)
+            )
+            .is_err());
+        }
+        let unpublished = container(&[("ambassador.service", "db")], &[("80/tcp", None)]);
+        assert!(registration(&unpublished, &cfg(AddressMode::Published))
+            .unwrap_err()
+            .contains("no published port"));
+        let mut no_ip = cfg(AddressMode::Published);
+        no_ip.advertise_ip = None;
+        assert!(registration(&container(&[("ambassador.service", "db")], &[]), &no_ip).is_err());
+    }
+}
