@@ -215,8 +215,8 @@ pub enum ServiceCmd {
         /// Service name.
         name: String,
         /// Also remove the service's endpoints.
-        #[arg(long)]
-        endpoints: bool,
+        #[arg(long = "endpoints")]
+        with_endpoints: bool,
         #[command(flatten)]
         etcd: EtcdArgs,
     },
@@ -307,4 +307,47 @@ pub struct RegisterArgs {
     pub reconcile_interval: u64,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        fn walk(cmd: &clap::Command, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let is_flag_with_value = arg.get_long().is_some()
+                    && !matches!(
+                        arg.get_action(),
+                        clap::ArgAction::SetTrue | clap::ArgAction::Help | clap::ArgAction::Version
+                    );
+                if is_flag_with_value && arg.get_env().is_none() {
+                    missing.push(format!("{} --{}", cmd.get_name(), arg.get_long().unwrap()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), &mut missing);
+        // Per-invocation operator inputs are arguments of one command, not settings.
+        missing.retain(|m| {
+            !["--frontend", "--proto", "--id", "--weight", "--ttl"]
+                .iter()
+                .any(|f| m.ends_with(f))
+        });
+        assert!(
+            missing.is_empty(),
+            "flags without AMBASSADOR_* variables: {missing:?}"
+        );
+    }
 }

@@ -259,7 +259,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
         }
         ServiceCmd::Rm {
             name,
-            endpoints,
+            with_endpoints,
             etcd,
         } => {
             check_service_name(&name).map_err(Error::Usage)?;
@@ -268,7 +268,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             let key = contract::service_key(&opts.prefix, &name);
             let resp = timed(&format!("deleting {key}"), client.delete(key, None)).await?;
             let mut removed_eps = 0;
-            if endpoints {
+            if with_endpoints {
                 let p = contract::endpoints_prefix(&opts.prefix, Some(&name));
                 removed_eps = timed(
                     "deleting endpoints",

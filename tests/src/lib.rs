@@ -238,79 +238,57 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A running `ambassador run`, stopped (SIGTERM, then SIGKILL) on drop. Its log is printed
-/// when the test fails.
+/// A running `ambassador` (run or register), stopped (SIGTERM, then SIGKILL) on drop. Its log
+/// is printed when the test fails.
 pub struct Daemon {
-    child: Child,
-    log: PathBuf,
+    proc: Proc,
 }
 
 impl Daemon {
     /// Starts `ambassador ARGS` inside `ns` (by nsenter: `ip netns exec` would hide bpffs).
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("ambassador-daemon-")));
-        let file = File::create(&log).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(ambassador_bin())
-            .args(args)
-            .env("AMBASSADOR_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self { child, log }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self {
+            proc: Proc::spawn(&ns.name, "ambassador", &ambassador_bin(), &args),
+        }
     }
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
-    /// Waits until the daemon logs `ready`; panics with its log if it exits or times out.
+    /// Waits until the process logs `ready`; panics with its log if it exits or times out.
     pub fn wait_ready(&mut self) {
-        let ok = wait_until(Duration::from_secs(10), || {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("daemon exited with {st}:\n{}", self.log());
-            }
-            self.log().contains(" ready ")
+        self.wait_log(" ready ", Duration::from_secs(10));
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if it exits or times out.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            assert!(self.proc.running(), "ambassador exited:\n{}", self.log());
+            self.log().contains(needle)
         });
-        assert!(ok, "daemon not ready after 10 s:\n{}", self.log());
+        assert!(
+            ok,
+            "no {needle:?} in the log after {timeout:?}:\n{}",
+            self.log()
+        );
     }
 
     /// Sends a signal.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.proc.signal(sig);
     }
 
-    /// Waits for the daemon to exit on its own and returns its exit code.
+    /// Waits for the process to exit by itself and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.proc.wait_exit(timeout)
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- daemon log ----\n{}\n---- end ----", self.log());
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal(libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        self.proc.kill();
     }
 }
 
@@ -536,4 +514,328 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A process started inside a namespace (by nsenter), killed on drop. Its output goes to a
+/// log file, printed when the test fails.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+    what: String,
+}
+
+impl Proc {
+    /// Starts `program ARGS` in the namespace named `ns`.
+    pub fn spawn(ns: &str, what: &str, program: &Path, args: &[String]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("{what}-"))));
+        let file = File::create(&log).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(program)
+            .args(args)
+            .env("AMBASSADOR_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Self {
+            child,
+            log,
+            what: what.to_owned(),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; its exit code, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns the exit code if it exited by itself.
+    pub fn stop(&mut self, grace: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(grace);
+        if code.is_none() {
+            self.kill();
+        }
+        code
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}\n---- end ----", self.what, self.log());
+        }
+        if self.running() {
+            self.stop(Duration::from_secs(3));
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates it.
+    pub fn new(what: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(&format!("{what}-")));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One etcd member (Debian's etcd-server) inside a test namespace.
+pub struct EtcdMember {
+    /// Member name.
+    pub name: String,
+    /// Its client URL (inside the namespace).
+    pub url: String,
+    args: Vec<String>,
+    ns: String,
+    /// The running process (None while stopped).
+    pub proc: Option<Proc>,
+    _data: TempDir,
+}
+
+impl EtcdMember {
+    /// Starts (or restarts, keeping its data) the member.
+    pub fn start(&mut self) {
+        self.proc = Some(Proc::spawn(
+            &self.ns,
+            &self.name,
+            Path::new("/usr/bin/etcd"),
+            &self.args,
+        ));
+    }
+
+    /// Kills the member (SIGKILL: no goodbye to its peers).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// etcd for a test: one member, or a cluster of members on 127.0.0.1 inside `ns` (clients in
+/// other namespaces reach a single member on the namespace's addresses, port 2379).
+pub struct Etcd {
+    /// The members.
+    pub members: Vec<EtcdMember>,
+    ns: String,
+}
+
+impl Etcd {
+    /// A single member listening on every address of `ns`, port 2379.
+    pub fn single(ns: &NetNs) -> Self {
+        Self::build(ns, 1)
+    }
+
+    /// A cluster of `n` members on 127.0.0.1 inside `ns`.
+    pub fn cluster(ns: &NetNs, n: usize) -> Self {
+        Self::build(ns, n)
+    }
+
+    fn build(ns: &NetNs, n: usize) -> Self {
+        let cluster_token = unique("etcd-");
+        let peers: Vec<(String, u16, u16)> = (0..n)
+            .map(|i| {
+                (
+                    format!("m{i}"),
+                    2379 + 10000 * i as u16,
+                    2380 + 10000 * i as u16,
+                )
+            })
+            .collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect();
+        let members = peers
+            .iter()
+            .map(|(name, client, peer)| {
+                let data = TempDir::new("etcd-data");
+                let listen = if n == 1 {
+                    format!("http://0.0.0.0:{client}")
+                } else {
+                    format!("http://127.0.0.1:{client}")
+                };
+                let args = vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", data.path.display()),
+                    format!("--listen-client-urls={listen}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-cluster={}", initial.join(",")),
+                    format!("--initial-cluster-token={cluster_token}"),
+                    "--heartbeat-interval=50".into(),
+                    "--election-timeout=500".into(),
+                ];
+                EtcdMember {
+                    name: name.clone(),
+                    url: format!("http://127.0.0.1:{client}"),
+                    args,
+                    ns: ns.name.clone(),
+                    proc: None,
+                    _data: data,
+                }
+            })
+            .collect();
+        let mut etcd = Self {
+            members,
+            ns: ns.name.clone(),
+        };
+        for m in &mut etcd.members {
+            m.start();
+        }
+        etcd.wait_healthy(Duration::from_secs(15));
+        etcd
+    }
+
+    /// The client URLs of the members, comma-separated.
+    pub fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `etcdctl ARGS` against the running members, inside the namespace.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let urls: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.proc.is_some())
+            .map(|m| m.url.clone())
+            .collect();
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args([
+                "etcdctl",
+                "--command-timeout=3s",
+                "--endpoints",
+                &urls.join(","),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Waits until a quorum answers.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            self.ctl(&["put", "/health-probe", "ok"]).status.success()
+        });
+        if !ok {
+            let logs: Vec<String> = self
+                .members
+                .iter()
+                .filter_map(|m| m.proc.as_ref().map(|p| format!("{}:\n{}", m.name, p.log())))
+                .collect();
+            panic!("etcd not healthy after {timeout:?}:\n{}", logs.join("\n"));
+        }
+    }
+
+    /// Index of the current leader.
+    pub fn leader(&self) -> usize {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("endpoint status json");
+        let entries = v.as_array().expect("array");
+        let leader_id = entries[0]["Status"]["leader"].as_u64().expect("leader id");
+        let endpoint = entries
+            .iter()
+            .find(|e| e["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
+            .and_then(|e| e["Endpoint"].as_str())
+            .expect("leader endpoint")
+            .to_owned();
+        self.members
+            .iter()
+            .position(|m| m.url == endpoint)
+            .expect("leader is a member")
+    }
+}
+
+/// Runs `ambassador ARGS` inside `ns` to completion.
+pub fn ambassador_in(ns: &NetNs, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg(ambassador_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Like [`ambassador_in`], panicking with the output unless it succeeds.
+pub fn ambassador_ok(ns: &NetNs, args: &[&str]) -> String {
+    let out = ambassador_in(ns, args);
+    assert!(
+        out.status.success(),
+        "ambassador {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The active backend addresses of a service in `status`.
+pub fn active_backends(pin: &Path, service: &str) -> Vec<String> {
+    service_status(pin, service)
+        .map(|s| {
+            s["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["state"] == "active")
+                .map(|b| b["addr"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,0 +1,296 @@
+//! The etcd control plane end to end, with Debian's etcd-server started by the tests inside
+//! the forwarding host's namespace: the operator commands write the v1 contract, the daemon
+//! follows it, and the datapath forwards accordingly.
+
+use std::time::{Duration, Instant};
+
+use ambassador_tests::*;
+
+const VIP: &str = "10.96.0.10:80";
+
+struct Bed {
+    topo: Topology,
+    etcd: Etcd,
+    pin: PinDir,
+    _servers: Vec<TcpServer>,
+}
+
+impl Bed {
+    fn new(backends: usize, cluster: usize) -> Self {
+        let topo = Topology::new(backends);
+        let etcd = if cluster == 1 {
+            Etcd::single(&topo.fwd)
+        } else {
+            Etcd::cluster(&topo.fwd, cluster)
+        };
+        let servers = (1..=backends)
+            .map(|i| {
+                TcpServer::start(
+                    &topo.backends[i - 1],
+                    &Topology::backend_addr(i, 8080),
+                    &format!("b{i}"),
+                )
+            })
+            .collect();
+        Self {
+            topo,
+            etcd,
+            pin: PinDir::new(),
+            _servers: servers,
+        }
+    }
+
+    fn daemon(&self) -> Daemon {
+        let urls = self.etcd.urls();
+        let mut d = Daemon::start(
+            &self.topo.fwd,
+            &[
+                "run",
+                "--iface",
+                "c0",
+                "--etcd",
+                &urls,
+                "--pin-path",
+                self.pin.path.to_str().unwrap(),
+                "--gc-interval",
+                "1",
+            ],
+        );
+        d.wait_ready();
+        d
+    }
+
+    /// `ambassador ARGS --etcd URLS` in the forwarding host.
+    fn ctl(&self, args: &[&str]) -> String {
+        let urls = self.etcd.urls();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend_from_slice(&["--etcd", &urls]);
+        ambassador_ok(&self.topo.fwd, &full)
+    }
+
+    fn wait_backends(&self, want: &[String]) {
+        let mut want = want.to_vec();
+        want.sort();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let mut have = active_backends(&self.pin.path, "web");
+            have.sort();
+            have == want
+        });
+        assert!(
+            ok,
+            "active backends never became {want:?}: {:?}",
+            active_backends(&self.pin.path, "web")
+        );
+    }
+
+    fn idents(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                tcp_connect(&self.topo.client, VIP)
+                    .expect("connect through the VIP")
+                    .1
+            })
+            .collect()
+    }
+}
+
+fn b(i: usize) -> String {
+    Topology::backend_addr(i, 8080)
+}
+
+#[test]
+fn etcd_drives_forwarding_and_a_removed_endpoint_drains_gracefully() {
+    if !require_root("etcd_drives_forwarding_and_a_removed_endpoint_drains_gracefully") {
+        return;
+    }
+    let bed = Bed::new(2, 1);
+    let _d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+    let (mut long, ident) = tcp_connect(&bed.topo.client, VIP).unwrap();
+    assert_eq!(ident, "b1");
+
+    bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);
+    bed.wait_backends(&[b(1), b(2)]);
+    let seen = bed.idents(30);
+    assert!(
+        seen.contains(&"b1".into()) && seen.contains(&"b2".into()),
+        "{seen:?}"
+    );
+
+    bed.ctl(&["endpoint", "rm", "web", "b1"]);
+    bed.wait_backends(&[b(2)]);
+    assert!(
+        bed.idents(20).iter().all(|i| i == "b2"),
+        "a new flow went to the removed endpoint"
+    );
+    assert_eq!(tcp_echo(&mut long, "still here").unwrap(), "still here");
+
+    let ls: serde_json::Value =
+        serde_json::from_str(&bed.ctl(&["service", "ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["name"], "web");
+    assert_eq!(ls[0]["endpoints"].as_array().unwrap().len(), 1);
+    let cp = &status(&bed.pin.path)["control_plane"];
+    assert_eq!(cp["source"], "etcd");
+    assert_eq!(cp["etcd_connected"], true);
+    assert_eq!(cp["daemon_running"], true);
+
+    // Removing the service removes its frontend.
+    bed.ctl(&["service", "rm", "web", "--endpoints"]);
+    assert!(wait_until(Duration::from_secs(10), || service_status(
+        &bed.pin.path,
+        "web"
+    )
+    .is_none()));
+}
+
+#[test]
+fn malformed_and_hostile_values_are_skipped_and_counted_without_harming_other_services() {
+    if !require_root(
+        "malformed_and_hostile_values_are_skipped_and_counted_without_harming_other_services",
+    ) {
+        return;
+    }
+    let bed = Bed::new(2, 1);
+    let d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+
+    let huge = "9".repeat(5000);
+    let bad: [(&str, &str); 6] = [
+        ("/ambassador/v1/services/broken", "{not json"),
+        (
+            "/ambassador/v1/services/Upper",
+            r#"{"frontend":"10.96.0.20:80"}"#,
+        ),
+        ("/ambassador/v1/endpoints/web/port-zero", "10.200.2.2:0"),
+        (
+            "/ambassador/v1/endpoints/web/negative",
+            r#"{"addr":"10.200.2.2:8080","weight":-3}"#,
+        ),
+        ("/ambassador/v1/endpoints/web/huge", &huge),
+        ("/ambassador/v1/endpoints/web/v6", "[::1]:8080"),
+    ];
+    for (k, v) in bad {
+        let out = bed.etcd.ctl(&["put", k, v]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A second service claiming web's frontend is left out (web keeps it: first by name).
+    bed.ctl(&["service", "set", "zzz", "--frontend", VIP]);
+    // Good changes after the garbage still apply: the watch goes on.
+    bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);
+    bed.wait_backends(&[b(1), b(2)]);
+    let seen = bed.idents(30);
+    assert!(
+        seen.contains(&"b1".into()) && seen.contains(&"b2".into()),
+        "{seen:?}"
+    );
+
+    let cp = &status(&bed.pin.path)["control_plane"];
+    assert_eq!(cp["malformed"], 6, "{cp}");
+    assert_eq!(cp["conflicts"], 1, "{cp}");
+    for (k, _) in bad {
+        assert!(d.log().contains(k), "no warning names {k}:\n{}", d.log());
+    }
+    // Each malformed value is warned about once, even when listed again after a reconnect.
+    assert_eq!(
+        d.log()
+            .matches("/ambassador/v1/endpoints/web/port-zero")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
+    // The operator sees them too.
+    let ls = bed.ctl(&["endpoint", "ls", "web"]);
+    assert_eq!(ls.matches("(malformed)").count(), 4, "{ls}");
+}
+
+#[test]
+fn forwarding_survives_an_etcd_outage_and_a_daemon_restart_during_it_then_catches_up() {
+    if !require_root(
+        "forwarding_survives_an_etcd_outage_and_a_daemon_restart_during_it_then_catches_up",
+    ) {
+        return;
+    }
+    let mut bed = Bed::new(2, 1);
+    let mut d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+    let (mut long, _) = tcp_connect(&bed.topo.client, VIP).unwrap();
+
+    bed.etcd.members[0].kill();
+    assert!(
+        wait_until(Duration::from_secs(15), || status(&bed.pin.path)
+            ["control_plane"]["etcd_connected"]
+            == false),
+        "status never noticed the outage:\n{}",
+        d.log()
+    );
+    let text = String::from_utf8_lossy(
+        &ambassador(&["status", "--pin-path", bed.pin.path.to_str().unwrap()]).stdout,
+    )
+    .into_owned();
+    assert!(text.contains("etcd UNREACHABLE"), "{text}");
+    assert!(bed.idents(10).iter().all(|i| i == "b1"));
+    assert_eq!(
+        tcp_echo(&mut long, "during the outage").unwrap(),
+        "during the outage"
+    );
+
+    // A daemon restarted while etcd is away adopts the pinned state and forwards with it.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), Some(0));
+    let _d2 = bed.daemon();
+    assert!(bed.idents(10).iter().all(|i| i == "b1"));
+
+    bed.etcd.members[0].start();
+    bed.etcd.wait_healthy(Duration::from_secs(15));
+    assert!(
+        wait_until(Duration::from_secs(15), || status(&bed.pin.path)
+            ["control_plane"]["etcd_connected"]
+            == true),
+        "the daemon never reconnected"
+    );
+    bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);
+    bed.wait_backends(&[b(1), b(2)]);
+}
+
+#[test]
+fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
+    if !require_root("a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working") {
+        return;
+    }
+    let mut bed = Bed::new(2, 3);
+    let d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+
+    let leader = bed.etcd.leader();
+    bed.etcd.members[leader].kill();
+    let killed = Instant::now();
+    // Writes resume once the survivors elect a leader; the daemon (connected to all three)
+    // follows them.
+    let ok = wait_until(Duration::from_secs(20), || {
+        bed.etcd
+            .ctl(&["put", "/ambassador/v1/endpoints/web/b2", &b(2)])
+            .status
+            .success()
+    });
+    assert!(ok, "the surviving members never accepted a write");
+    bed.wait_backends(&[b(1), b(2)]);
+    eprintln!(
+        "leader killed -> new endpoint forwarding: {:?}",
+        killed.elapsed()
+    );
+    let seen = bed.idents(30);
+    assert!(seen.contains(&"b2".into()), "{seen:?}\n{}", d.log());
+}
