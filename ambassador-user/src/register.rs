@@ -19,7 +19,10 @@ use bollard::{
 };
 use etcd_client::{Client, PutOptions};
 use futures_util::StreamExt as _;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -230,7 +233,8 @@ pub async fn connect_docker(path: &str) -> Result<Docker> {
         })
 }
 
-/// The register's state: what it wrote, under which lease.
+/// The register's state: what it wrote, under which lease. Dropping it stops the lease's
+/// keep-alives (the entries then expire with the lease unless a new one takes them over).
 struct Register {
     cfg: RegisterConfig,
     etcd: Client,
@@ -239,11 +243,23 @@ struct Register {
     written: HashMap<String, (String, String)>,
     /// Containers already reported as unusable (reported once).
     reported: HashSet<String>,
+    /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
+    keepalive: tokio::task::JoinHandle<()>,
+    /// Becomes true when the lease is lost.
+    lost: watch::Receiver<bool>,
+}
+
+impl Drop for Register {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
 }
 
 impl Register {
-    async fn grant(&mut self) -> Result<()> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.etcd.lease_grant(self.cfg.ttl, None))
+    /// Connects to etcd, grants a lease and starts keeping it alive.
+    async fn new(cfg: &RegisterConfig) -> Result<Self> {
+        let mut etcd = cfg.etcd.connect().await?;
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, etcd.lease_grant(cfg.ttl, None))
             .await
             .map_err(|_| Error::EtcdTimeout {
                 what: "granting a lease".into(),
@@ -252,14 +268,23 @@ impl Register {
                 what: "granting a lease".into(),
                 source,
             })?;
-        self.lease = resp.id();
-        self.written.clear();
+        let lease = resp.id();
         info!(
-            lease = format!("{:x}", self.lease),
-            ttl = self.cfg.ttl,
+            lease = format!("{lease:x}"),
+            ttl = cfg.ttl,
             "etcd lease granted"
         );
-        Ok(())
+        let (tx, lost) = watch::channel(false);
+        let keepalive = tokio::spawn(keep_lease(etcd.clone(), lease, cfg.ttl, tx));
+        Ok(Self {
+            cfg: cfg.clone(),
+            etcd,
+            lease,
+            written: HashMap::new(),
+            reported: HashSet::new(),
+            keepalive,
+            lost,
+        })
     }
 
     /// Makes etcd hold exactly `wanted` (container id -> (key, value)) under our lease.
@@ -426,7 +451,6 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
                 info!("stopping; the entries stay until the lease expires, so a restarted register takes them over");
                 return Ok(());
             }
-            // A new lease: start over at once.
             Some(Ok(())) => {
                 backoff = Duration::from_millis(200);
                 continue;
@@ -450,32 +474,43 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
 /// Connects to etcd and grants a lease if needed, then runs one Docker session.
 async fn attempt(cfg: &RegisterConfig, reg: &mut Option<Register>) -> Result<()> {
     if reg.is_none() {
-        let etcd = cfg.etcd.connect().await?;
-        let mut r = Register {
-            cfg: cfg.clone(),
-            etcd,
-            lease: 0,
-            written: HashMap::new(),
-            reported: HashSet::new(),
-        };
-        r.grant().await?;
-        *reg = Some(r);
+        *reg = Some(Register::new(cfg).await?);
     }
     session(reg.as_mut().expect("set above")).await
 }
 
-/// One Docker session: list, then follow events, with keep-alives and periodic reconciles.
+/// Keeps `lease` alive every third of its TTL; sets `lost` when it cannot.
+async fn keep_lease(mut client: Client, lease: i64, ttl: i64, lost: watch::Sender<bool>) {
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    let result: Result<(), String> = async {
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            keeper.keep_alive().await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(ttl as u64), stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return Err("the lease expired".into()),
+                Ok(Ok(None)) => return Err("the keep-alive stream closed".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("no keep-alive answer within the TTL".into()),
+            }
+        }
+    }
+    .await;
+    if let Err(why) = result {
+        warn!("etcd lease {lease:x} lost ({why}): reconnecting, granting a new lease and rewriting every entry");
+    }
+    let _ = lost.send(true);
+}
+
+/// One Docker session: list, then follow events, with periodic reconciles.
 /// Returns on any failure; the caller retries.
 async fn session(r: &mut Register) -> Result<()> {
     let docker = connect_docker(&r.cfg.docker).await?;
-    let (mut keeper, mut keep_stream) =
-        r.etcd
-            .lease_keep_alive(r.lease)
-            .await
-            .map_err(|source| Error::Etcd {
-                what: "starting lease keep-alives".into(),
-                source,
-            })?;
     // Subscribe before listing, so nothing between the two is missed.
     let filters = HashMap::from([
         ("type".to_owned(), vec!["container".to_owned()]),
@@ -488,26 +523,11 @@ async fn session(r: &mut Register) -> Result<()> {
     let n = r.reconcile(&docker).await?;
     info!(containers = n, docker = %r.cfg.docker, "registered the labelled containers; following Docker events");
 
-    let mut keepalive = tokio::time::interval(Duration::from_millis(
-        (r.cfg.ttl as u64 * 1000 / 3).max(500),
-    ));
     let mut reconcile = tokio::time::interval(r.cfg.reconcile_interval);
     reconcile.tick().await; // the first tick is immediate: we just reconciled
     loop {
         tokio::select! {
-            _ = keepalive.tick() => {
-                keeper.keep_alive().await.map_err(|source| Error::Etcd { what: "lease keep-alive".into(), source })?;
-            }
-            resp = keep_stream.message() => match resp {
-                Ok(Some(resp)) if resp.ttl() > 0 => {}
-                Ok(Some(_)) => {
-                    warn!("etcd lease {:x} expired: granting a new one and rewriting every entry", r.lease);
-                    r.grant().await?;
-                    return Ok(()); // restart the session under the new lease
-                }
-                Ok(None) => return Err(Error::EtcdTimeout { what: "the lease keep-alive stream closed".into() }),
-                Err(source) => return Err(Error::Etcd { what: "lease keep-alive".into(), source }),
-            },
+            _ = r.lost.changed() => return Err(Error::EtcdTimeout { what: "keeping the lease alive".into() }),
             _ = reconcile.tick() => {
                 r.reconcile(&docker).await?;
             }
@@ -521,7 +541,10 @@ async fn session(r: &mut Register) -> Result<()> {
                     r.event(&docker, action, id).await?;
                 }
                 Some(Err(source)) => return Err(Error::Docker { what: "the event stream failed".into(), source }),
-                None => return Err(Error::Usage("the Docker event stream closed; reconnecting".into())),
+                None => return Err(Error::Docker {
+                    what: "following events".into(),
+                    source: bollard::errors::Error::IOError { err: std::io::Error::other("the event stream closed") },
+                }),
             },
         }
     }

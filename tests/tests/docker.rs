@@ -1,0 +1,261 @@
+//! The Docker register end to end: Debian's dockerd runs inside the backend host's namespace
+//! (images made with `docker import`, no registry), `ambassador register` writes its labelled
+//! containers into Debian's etcd, and `ambassador run` on the forwarding host sends a client's
+//! connections to them through the VIP.
+
+use std::time::{Duration, Instant};
+
+use ambassador_tests::*;
+
+const VIP: &str = "10.96.0.10:80";
+const IMAGE: &str = "amb-test/busybox:1";
+const TTL: &str = "3";
+
+/// client -- fwd (etcd, ambassador run) -- h2 (dockerd, ambassador register)
+///                                       \- b2 (a static backend answering "b2")
+struct Bed {
+    topo: Topology,
+    pin: PinDir,
+    etcd: Etcd,
+    dockerd: Dockerd,
+    _daemon: Daemon,
+    _b2: TcpServer,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let topo = Topology::new(2);
+        let etcd = Etcd::single(&topo.fwd);
+        let dockerd = Dockerd::start(&topo.backends[0], "10.250.1.1/24");
+        dockerd.import_busybox(IMAGE);
+        let b2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+        let pin = PinDir::new();
+        let mut daemon = Daemon::start(
+            &topo.fwd,
+            &[
+                "run",
+                "--iface",
+                "c0",
+                "--etcd",
+                &etcd.urls(),
+                "--pin-path",
+                pin.path.to_str().unwrap(),
+            ],
+        );
+        daemon.wait_ready();
+        let urls = etcd.urls();
+        ambassador_ok(
+            &topo.fwd,
+            &["service", "set", "web", "--frontend", VIP, "--etcd", &urls],
+        );
+        let b2_addr = Topology::backend_addr(2, 8080);
+        ambassador_ok(
+            &topo.fwd,
+            &[
+                "endpoint",
+                "add",
+                "web",
+                &b2_addr,
+                "--id",
+                "static-b2",
+                "--etcd",
+                &urls,
+            ],
+        );
+        Self {
+            topo,
+            pin,
+            etcd,
+            dockerd,
+            _daemon: daemon,
+            _b2: b2,
+        }
+    }
+
+    /// `ambassador register` on h2, reaching etcd on the forwarding host's address.
+    fn register(&self) -> Daemon {
+        let mut r = Daemon::start(
+            &self.topo.backends[0],
+            &[
+                "register",
+                "--docker",
+                &self.dockerd.socket,
+                "--advertise-ip",
+                "10.200.1.2",
+                "--ttl",
+                TTL,
+                "--host-id",
+                "h2",
+                "--reconcile-interval",
+                "2",
+                "--etcd",
+                "http://10.200.1.1:2379",
+            ],
+        );
+        r.wait_log("following Docker events", Duration::from_secs(15));
+        r
+    }
+
+    /// Active backends registered from h2 (advertised at 10.200.1.2).
+    fn docker_backends(&self) -> Vec<String> {
+        active_backends(&self.pin.path, "web")
+            .into_iter()
+            .filter(|a| a.starts_with("10.200.1.2:"))
+            .collect()
+    }
+
+    /// Who answers through the VIP, on one connection: a container's name (busybox httpd
+    /// answers the request) or "b2" (the static backend greets first).
+    fn who(&self) -> String {
+        identify(&self.topo.client, VIP).unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    fn wait_docker_backends(&self, n: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let ok = wait_until(timeout, || self.docker_backends().len() == n);
+        assert!(
+            ok,
+            "expected {n} Docker backends, have {:?}",
+            self.docker_backends()
+        );
+        start.elapsed()
+    }
+}
+
+#[test]
+fn labelled_containers_come_and_go_and_clients_follow_them_through_the_vip() {
+    if !require_root("labelled_containers_come_and_go_and_clients_follow_them_through_the_vip") {
+        return;
+    }
+    let bed = Bed::new();
+    let reg = bed.register();
+
+    // Unlabelled and unusable containers are ignored (the unusable one is reported once).
+    bed.dockerd.run_web(IMAGE, "plain", &["-p", "8080"]);
+    bed.dockerd
+        .run_web(IMAGE, "unpublished", &["--label", "ambassador.service=web"]);
+
+    let started = Instant::now();
+    bed.dockerd.run_web(
+        IMAGE,
+        "c1",
+        &["--label", "ambassador.service=web", "-p", "8080"],
+    );
+    bed.wait_docker_backends(1, Duration::from_secs(10));
+    eprintln!(
+        "docker run -> map updated: {:?} (includes the docker CLI)",
+        started.elapsed()
+    );
+    let answers: Vec<String> = (0..40).map(|_| bed.who()).collect();
+    assert!(answers.contains(&"c1".to_owned()), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a == "c1" || a == "b2"),
+        "{answers:?}"
+    );
+    assert!(reg.log().contains("no published port"), "{}", reg.log());
+    assert_eq!(
+        reg.log().matches("no published port").count(),
+        1,
+        "reported once:\n{}",
+        reg.log()
+    );
+
+    // Stopping it removes it; new connections go to the remaining backend.
+    bed.dockerd.docker(&["stop", "-t", "1", "c1"]);
+    bed.wait_docker_backends(0, Duration::from_secs(10));
+    assert!((0..20).map(|_| bed.who()).all(|a| a == "b2"));
+
+    // A weighted container, registered with its weight.
+    bed.dockerd.run_web(
+        IMAGE,
+        "c2",
+        &[
+            "--label",
+            "ambassador.service=web",
+            "--label",
+            "ambassador.weight=3",
+            "-p",
+            "8080",
+        ],
+    );
+    bed.wait_docker_backends(1, Duration::from_secs(10));
+    let web = service_status(&bed.pin.path, "web").unwrap();
+    let c2 = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"].as_str().unwrap().starts_with("10.200.1.2:"))
+        .cloned();
+    assert_eq!(c2.unwrap()["weight"], 3, "{web}");
+    let ls = ambassador_ok(
+        &bed.topo.fwd,
+        &[
+            "endpoint",
+            "ls",
+            "web",
+            "--json",
+            "--etcd",
+            &bed.etcd.urls(),
+        ],
+    );
+    let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"].as_str().unwrap().starts_with("h2-") && e["lease"] != 0),
+        "{ls}"
+    );
+}
+
+#[test]
+fn a_killed_register_expires_with_its_lease_and_a_restarted_one_or_dockerd_is_followed_again() {
+    if !require_root(
+        "a_killed_register_expires_with_its_lease_and_a_restarted_one_or_dockerd_is_followed_again",
+    ) {
+        return;
+    }
+    let bed = Bed::new();
+    let mut reg = bed.register();
+    bed.dockerd.run_web(
+        IMAGE,
+        "c1",
+        &[
+            "--label",
+            "ambassador.service=web",
+            "-p",
+            "8080",
+            "--restart",
+            "always",
+        ],
+    );
+    bed.wait_docker_backends(1, Duration::from_secs(10));
+
+    // SIGKILL: no cleanup; the lease expires within its TTL and the entry goes with it.
+    reg.kill();
+    let gone = bed.wait_docker_backends(0, Duration::from_secs(3 + 5));
+    eprintln!("register SIGKILLed -> entry gone after {gone:?} (TTL {TTL} s)");
+    assert!((0..10).map(|_| bed.who()).all(|a| a == "b2"));
+
+    // A restarted register registers the running container again.
+    let _reg = bed.register();
+    bed.wait_docker_backends(1, Duration::from_secs(10));
+
+    // dockerd restarts (its containers stop and, with --restart always, start again, on a new
+    // host port): the register reconnects, lists again, and follows.
+    let before = bed.docker_backends();
+    let mut dockerd = bed.dockerd;
+    dockerd.stop();
+    dockerd.restart();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let now = active_backends(&bed.pin.path, "web")
+            .into_iter()
+            .filter(|a| a.starts_with("10.200.1.2:"))
+            .collect::<Vec<_>>();
+        now.len() == 1 && (0..10).any(|_| http_get(&bed.topo.client, VIP).is_ok_and(|b| b == "c1"))
+    });
+    assert!(
+        ok,
+        "not followed after the dockerd restart (before: {before:?})"
+    );
+}
