@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's developer tasks. Each sets up what it needs first.
 
+mod bench;
 mod demo;
 
 use std::{
@@ -32,6 +33,12 @@ enum Task {
     },
     /// Set up, build, then play the demo: clients reach moving backends through a VIP.
     Run,
+    /// Set up, build, then measure (results in target/bench/).
+    Bench {
+        /// Fewer repetitions: a smoke run of every measurement.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -117,6 +124,11 @@ fn main() -> Result<()> {
         Task::Run => {
             build()?;
             demo::run(&root().join("target/debug/ambassador"))
+        }
+        Task::Bench { quick } => {
+            setup()?;
+            run(cargo().args(["build", "--release", "--bins"]))?;
+            bench::run(&root().join("target/release/ambassador"), quick)
         }
     }
 }
