@@ -247,9 +247,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `ambassador ARGS` inside `ns` (by nsenter: `ip netns exec` would hide bpffs).
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        Self::start_env(ns, args, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_env(ns: &NetNs, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         Self {
-            proc: Proc::spawn(&ns.name, "ambassador", &ambassador_bin(), &args),
+            proc: Proc::spawn_env(&ns.name, "ambassador", &ambassador_bin(), &args, envs),
         }
     }
 
@@ -527,6 +532,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `program ARGS` in the namespace named `ns`.
     pub fn spawn(ns: &str, what: &str, program: &Path, args: &[String]) -> Self {
+        Self::spawn_env(ns, what, program, args, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_env(
+        ns: &str,
+        what: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique(&format!("{what}-"))));
         let file = File::create(&log).unwrap();
         let child = Command::new("nsenter")
@@ -534,6 +550,7 @@ impl Proc {
             .arg(program)
             .args(args)
             .env("AMBASSADOR_LOG", "debug")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -661,26 +678,117 @@ impl EtcdMember {
     }
 }
 
+/// Certificates for TLS tests, made with openssl: a CA, a server certificate for 127.0.0.1 and
+/// a client certificate (CN `root`).
+pub struct Certs {
+    /// Where the PEM files are.
+    pub dir: TempDir,
+}
+
+impl Certs {
+    /// Generates the CA, server and client certificates (P-256 keys: fast to make).
+    pub fn new() -> Self {
+        let dir = TempDir::new("certs");
+        let d = dir.path.to_str().unwrap().to_owned();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "openssl",
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ambassador-test-ca",
+        ];
+        ca.extend_from_slice(&ec);
+        let (ca_key, ca_crt) = (format!("{d}/ca.key"), format!("{d}/ca.crt"));
+        ca.extend_from_slice(&["-keyout", &ca_key, "-out", &ca_crt]);
+        sh(&ca);
+        for (name, cn, ext) in [
+            ("server", "etcd", "subjectAltName=IP:127.0.0.1"),
+            ("client", "root", "extendedKeyUsage=clientAuth"),
+        ] {
+            let (key, csr, crt, extfile) = (
+                format!("{d}/{name}.key"),
+                format!("{d}/{name}.csr"),
+                format!("{d}/{name}.crt"),
+                format!("{d}/{name}.ext"),
+            );
+            std::fs::write(&extfile, format!("{ext}\n")).unwrap();
+            let subj = format!("/CN={cn}");
+            let mut req = vec![
+                "openssl", "req", "-subj", &subj, "-keyout", &key, "-out", &csr,
+            ];
+            req.extend_from_slice(&ec);
+            sh(&req);
+            sh(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-extfile",
+                &extfile,
+            ]);
+        }
+        Self { dir }
+    }
+
+    /// Path of one PEM file (`ca.crt`, `server.key`, `client.crt`...).
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path.join(file).to_str().unwrap().to_owned()
+    }
+}
+
+impl Default for Certs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// etcd for a test: one member, or a cluster of members on 127.0.0.1 inside `ns` (clients in
 /// other namespaces reach a single member on the namespace's addresses, port 2379).
 pub struct Etcd {
     /// The members.
     pub members: Vec<EtcdMember>,
     ns: String,
+    /// etcdctl's TLS flags, when the members serve TLS.
+    tls_flags: Vec<String>,
 }
 
 impl Etcd {
     /// A single member listening on every address of `ns`, port 2379.
     pub fn single(ns: &NetNs) -> Self {
-        Self::build(ns, 1)
+        Self::build(ns, 1, None)
+    }
+
+    /// A single member serving TLS and requiring client certificates signed by `certs`' CA.
+    pub fn single_tls(ns: &NetNs, certs: &Certs) -> Self {
+        Self::build(ns, 1, Some(certs))
     }
 
     /// A cluster of `n` members on 127.0.0.1 inside `ns`.
     pub fn cluster(ns: &NetNs, n: usize) -> Self {
-        Self::build(ns, n)
+        Self::build(ns, n, None)
     }
 
-    fn build(ns: &NetNs, n: usize) -> Self {
+    fn build(ns: &NetNs, n: usize, tls: Option<&Certs>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let cluster_token = unique("etcd-");
         let peers: Vec<(String, u16, u16)> = (0..n)
             .map(|i| {
@@ -700,15 +808,15 @@ impl Etcd {
             .map(|(name, client, peer)| {
                 let data = TempDir::new("etcd-data");
                 let listen = if n == 1 {
-                    format!("http://0.0.0.0:{client}")
+                    format!("{scheme}://0.0.0.0:{client}")
                 } else {
-                    format!("http://127.0.0.1:{client}")
+                    format!("{scheme}://127.0.0.1:{client}")
                 };
-                let args = vec![
+                let mut args = vec![
                     format!("--name={name}"),
                     format!("--data-dir={}", data.path.display()),
                     format!("--listen-client-urls={listen}"),
-                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                    format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
                     format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
                     format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
                     format!("--initial-cluster={}", initial.join(",")),
@@ -716,9 +824,17 @@ impl Etcd {
                     "--heartbeat-interval=50".into(),
                     "--election-timeout=500".into(),
                 ];
+                if let Some(c) = tls {
+                    args.extend([
+                        format!("--cert-file={}", c.path("server.crt")),
+                        format!("--key-file={}", c.path("server.key")),
+                        format!("--trusted-ca-file={}", c.path("ca.crt")),
+                        "--client-cert-auth".to_owned(),
+                    ]);
+                }
                 EtcdMember {
                     name: name.clone(),
-                    url: format!("http://127.0.0.1:{client}"),
+                    url: format!("{scheme}://127.0.0.1:{client}"),
                     args,
                     ns: ns.name.clone(),
                     proc: None,
@@ -726,9 +842,19 @@ impl Etcd {
                 }
             })
             .collect();
+        let tls_flags = tls
+            .map(|c| {
+                vec![
+                    format!("--cacert={}", c.path("ca.crt")),
+                    format!("--cert={}", c.path("client.crt")),
+                    format!("--key={}", c.path("client.key")),
+                ]
+            })
+            .unwrap_or_default();
         let mut etcd = Self {
             members,
             ns: ns.name.clone(),
+            tls_flags,
         };
         for m in &mut etcd.members {
             m.start();
@@ -762,6 +888,7 @@ impl Etcd {
                 "--endpoints",
                 &urls.join(","),
             ])
+            .args(&self.tls_flags)
             .args(args)
             .output()
             .unwrap()

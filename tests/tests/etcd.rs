@@ -294,3 +294,159 @@ fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
     let seen = bed.idents(30);
     assert!(seen.contains(&"b2".into()), "{seen:?}\n{}", d.log());
 }
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    if !require_root("etcd_over_tls_with_client_certificates") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let _b1 = TcpServer::start(&topo.backends[0], &b(1), "b1");
+    let certs = Certs::new();
+    let etcd = Etcd::single_tls(&topo.fwd, &certs);
+    let url = etcd.urls();
+    assert!(url.starts_with("https://"));
+    let (ca, cert, key) = (
+        certs.path("ca.crt"),
+        certs.path("client.crt"),
+        certs.path("client.key"),
+    );
+    let tls = [
+        "--etcd",
+        url.as_str(),
+        "--etcd-cacert",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+    ];
+    let pin = PinDir::new();
+    let mut args = vec![
+        "run",
+        "--iface",
+        "c0",
+        "--pin-path",
+        pin.path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&tls);
+    let mut d = Daemon::start(&topo.fwd, &args);
+    d.wait_ready();
+
+    let ctl = |cmd: &[&str]| {
+        let mut full = cmd.to_vec();
+        full.extend_from_slice(&tls);
+        ambassador_ok(&topo.fwd, &full)
+    };
+    ctl(&["service", "set", "web", "--frontend", VIP]);
+    ctl(&["endpoint", "add", "web", &b(1)]);
+    assert!(
+        wait_until(Duration::from_secs(10), || active_backends(
+            &pin.path, "web"
+        ) == [b(1)]),
+        "{}",
+        d.log()
+    );
+    assert_eq!(tcp_connect(&topo.client, VIP).unwrap().1, "b1");
+
+    // Without a client certificate the server refuses; without the CA the client refuses.
+    for partial in [&["--etcd-cacert", ca.as_str()][..], &[][..]] {
+        let mut cmd = vec!["service", "ls", "--etcd", url.as_str()];
+        cmd.extend_from_slice(partial);
+        let out = ambassador_in(&topo.fwd, &cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("ambassador: etcd:"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn etcd_user_and_password_auth_and_the_password_never_shows() {
+    if !require_root("etcd_user_and_password_auth_and_the_password_never_shows") {
+        return;
+    }
+    const PASSWORD: &str = "Sup3r-Secret-pw";
+    let bed = Bed::new(1, 1);
+    for args in [
+        &[
+            "user",
+            "add",
+            &format!("root:{PASSWORD}"),
+            "--interactive=false",
+        ][..],
+        &["auth", "enable"][..],
+    ] {
+        let out = bed.etcd.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let urls = bed.etcd.urls();
+    let mut d = Daemon::start_env(
+        &bed.topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--etcd",
+            &urls,
+            "--etcd-user",
+            "root",
+            "--pin-path",
+            bed.pin.path.to_str().unwrap(),
+        ],
+        &[("AMBASSADOR_ETCD_PASSWORD", PASSWORD)],
+    );
+    d.wait_ready();
+    let auth = [
+        "--etcd",
+        urls.as_str(),
+        "--etcd-user",
+        "root",
+        "--etcd-password",
+        PASSWORD,
+    ];
+    for cmd in [
+        &["service", "set", "web", "--frontend", VIP][..],
+        &["endpoint", "add", "web", &b(1)][..],
+    ] {
+        let mut full = cmd.to_vec();
+        full.extend_from_slice(&auth);
+        ambassador_ok(&bed.topo.fwd, &full);
+    }
+    bed.wait_backends(&[b(1)]);
+    assert_eq!(tcp_connect(&bed.topo.client, VIP).unwrap().1, "b1");
+
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &[
+            "service",
+            "ls",
+            "--etcd",
+            &urls,
+            "--etcd-user",
+            "root",
+            "--etcd-password",
+            "wrong",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("wrong"), "the password was echoed: {err}");
+    assert!(
+        !d.log().contains(PASSWORD),
+        "the password appears in the daemon's log"
+    );
+    assert!(!status(&bed.pin.path).to_string().contains(PASSWORD));
+}
