@@ -215,7 +215,7 @@ fn a_killed_register_expires_with_its_lease_and_a_restarted_one_or_dockerd_is_fo
     ) {
         return;
     }
-    let bed = Bed::new();
+    let mut bed = Bed::new();
     let mut reg = bed.register();
     bed.dockerd.run_web(
         IMAGE,
@@ -230,6 +230,22 @@ fn a_killed_register_expires_with_its_lease_and_a_restarted_one_or_dockerd_is_fo
         ],
     );
     bed.wait_docker_backends(1, Duration::from_secs(10));
+
+    // etcd away for longer than the TTL: the register loses its lease, and when etcd is back
+    // it grants a new one and writes its entries again.
+    bed.etcd.members[0].kill();
+    std::thread::sleep(Duration::from_secs(5));
+    bed.etcd.members[0].start();
+    bed.etcd.wait_healthy(Duration::from_secs(15));
+    reg.wait_log("lost", Duration::from_secs(15));
+    let ok = wait_until(Duration::from_secs(20), || {
+        reg.log().matches("etcd lease granted").count() >= 2 && bed.docker_backends().len() == 1
+    });
+    assert!(
+        ok,
+        "not re-registered after the lease was lost:\n{}",
+        reg.log()
+    );
 
     // SIGKILL: no cleanup; the lease expires within its TTL and the entry goes with it.
     reg.kill();
