@@ -16,6 +16,7 @@ APT_PACKAGES=(
   protobuf-compiler libprotobuf-dev                    # protoc and its well-known types, for etcd-client
   socat iperf3 sockperf openssl                        # traffic tools; openssl makes the TLS tests' certificates
   etcd-server etcd-client docker.io busybox-static     # the control plane's real components
+  redis-server                                         # the database the migration testbed moves
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -99,7 +99,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 /// The daemon's state between events.
 struct State {
-    maps: Maps,
+    dp: loader::Datapath,
     installed: Installed,
     info: DaemonInfo,
     applied: Option<Arc<Desired>>,
@@ -107,7 +107,7 @@ struct State {
 
 impl State {
     fn apply(&mut self, desired: &Desired, why: &str) {
-        match converge(&mut self.maps, &mut self.installed, desired) {
+        match converge(&mut self.dp.maps, &mut self.installed, desired) {
             Ok(changes) => {
                 self.info.applied_unix_ms = unix_ms(SystemTime::now());
                 info!(services = desired.len(), changes, "{why}");
@@ -137,7 +137,7 @@ impl State {
 
     fn write_info(&mut self) {
         self.info.heartbeat_unix_ms = unix_ms(SystemTime::now());
-        if let Err(e) = self.maps.set_info(&self.info) {
+        if let Err(e) = self.dp.maps.set_info(&self.info) {
             warn!("recording the daemon's state failed: {e}");
         }
     }
@@ -161,9 +161,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let loader::Datapath { maps, ebpf, lock } =
-        loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
-    let installed = maps.read_installed()?;
+    let dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
+    let installed = dp.maps.read_installed()?;
     let info = DaemonInfo {
         pid: std::process::id(),
         source: match cfg.source {
@@ -174,7 +173,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         ..DaemonInfo::default()
     };
     let mut state = State {
-        maps,
+        dp,
         installed,
         info,
         applied: None,
@@ -198,6 +197,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
     let mut gc_tick = tokio::time::interval(cfg.gc_interval);
+    // Bridge ports come and go with containers; new ones are attached within this period.
+    let mut ports = tokio::time::interval(Duration::from_millis(200));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     tokio::pin!(shutdown);
     loop {
@@ -220,24 +221,24 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 },
                 Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
             },
-            _ = gc_tick.tick() => match collect_garbage(&mut state.maps, &mut state.installed, &cfg.timeouts) {
+            _ = gc_tick.tick() => match collect_garbage(&mut state.dp.maps, &mut state.installed, &cfg.timeouts) {
                 Ok((0, 0)) => {}
                 Ok((flows, backends)) => info!(flows, backends, "expired flows and drained backends removed"),
                 Err(e) => warn!("garbage collection failed: {e}"),
             },
             _ = heartbeat.tick() => state.write_info(),
+            _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
         }
     }
     if let Some(f) = follower {
         f.abort();
     }
-    // The programs go with `ebpf`; the maps stay pinned for `status` and for the next start,
-    // which adopts them.
+    // The programs go with the datapath; the maps stay pinned for `status` and for the next
+    // start, which adopts them.
     state.info.heartbeat_unix_ms = 0;
     state.info.etcd_connected = 0;
-    let _ = state.maps.set_info(&state.info);
-    drop(ebpf);
-    drop(lock);
+    let _ = state.dp.maps.set_info(&state.info);
+    drop(state);
     info!("stopped");
     Ok(())
 }

@@ -48,8 +48,9 @@ impl EtcdOptions {
     pub async fn connect(&self) -> Result<Client> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            // HTTP/2 pings notice a dead member within a few seconds even on an idle watch.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // HTTP/2 pings notice a dead member within ~10 s even on an idle watch. etcd
+            // closes connections that ping more often than every 5 s (--grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(4))
             .with_keep_alive_while_idle(true)
             // A member cut off from the quorum fails the watch instead of going silent.
             .with_require_leader(true);

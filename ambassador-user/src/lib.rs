@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod gc;
 pub mod loader;
 pub mod maps;
+pub mod netlink;
 pub mod reconcile;
 pub mod register;
 pub mod status;

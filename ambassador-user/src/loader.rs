@@ -1,6 +1,7 @@
 //! Loads the datapath, pins its maps and attaches its programs.
 
 use std::{
+    collections::BTreeMap,
     ffi::CString,
     fs::File,
     os::fd::AsRawFd,
@@ -10,18 +11,18 @@ use std::{
 use ambassador_common::program_names;
 use aya::{
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, Result},
     maps::Maps,
-    EBPF_OBJECT,
+    netlink, EBPF_OBJECT,
 };
 
 /// `statfs` magic of a bpf filesystem.
@@ -35,6 +36,12 @@ pub struct Datapath {
     pub ebpf: Ebpf,
     /// The pin directory's lock, held for the daemon's lifetime (one daemon per directory).
     pub lock: File,
+    /// TCX (true) or clsact.
+    tcx: bool,
+    /// Interface -> its two links.
+    attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// The `--iface` interfaces that are bridges.
+    bridges: Vec<String>,
 }
 
 /// Fails unless `name` is an existing interface.
@@ -185,41 +192,134 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
     let tcx = use_tcx(mode)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
-    let (mut ebpf, maps, lock) = load(pin_dir)?;
+    let (ebpf, maps, lock) = load(pin_dir)?;
     if has_tcx() {
         for iface in ifaces {
             refuse_foreign_attachments(iface)?;
         }
     }
+    let mut dp = Datapath {
+        maps,
+        ebpf,
+        lock,
+        tcx,
+        attached: BTreeMap::new(),
+        bridges: Vec::new(),
+    };
     for iface in ifaces {
-        if !tcx {
+        dp.attach(iface)?;
+        if is_bridge(iface) {
+            dp.bridges.push(iface.clone());
+        }
+    }
+    dp.sync_bridge_ports();
+    Ok(dp)
+}
+
+/// Whether `iface` is a Linux bridge.
+fn is_bridge(iface: &str) -> bool {
+    netlink::links().is_ok_and(|links| {
+        links
+            .iter()
+            .any(|l| l.name == iface && l.kind.as_deref() == Some("bridge"))
+    })
+}
+
+impl Datapath {
+    /// Attaches DNAT on `iface`'s ingress and reverse NAT on its egress.
+    pub fn attach(&mut self, iface: &str) -> Result<()> {
+        if !self.tcx {
             // Before 6.6, TC programs hang off a clsact qdisc (it may exist already).
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 debug!(%iface, error = %e, "clsact qdisc not added (it may already exist)");
             }
         }
+        let mut links = Vec::new();
         for (name, direction) in [
             (program_names::TC_DNAT, TcAttachType::Ingress),
             (program_names::TC_RNAT, TcAttachType::Egress),
         ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .expect("checked by load()");
-            let options = if tcx {
+            let prog = classifier(&mut self.ebpf, name);
+            let options = if self.tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             } else {
                 TcAttachOptions::Netlink(NlOptions::default())
             };
-            prog.attach_with_options(iface, direction, options)
+            let id = prog
+                .attach_with_options(iface, direction, options)
                 .map_err(|source| Error::Program {
                     what: format!("attaching {name} to {iface} ({direction:?})"),
                     source,
                 })?;
+            links.push((name, id));
         }
-        info!(%iface, mode = if tcx { "tcx" } else { "clsact" }, "datapath attached");
+        info!(%iface, mode = if self.tcx { "tcx" } else { "clsact" }, "datapath attached");
+        self.attached.insert(iface.to_owned(), links);
+        Ok(())
     }
-    Ok(Datapath { maps, ebpf, lock })
+
+    /// Detaches from `iface` (quietly: a deleted interface took its attachments along).
+    fn detach(&mut self, iface: &str) {
+        for (name, id) in self.attached.remove(iface).unwrap_or_default() {
+            let _ = classifier(&mut self.ebpf, name).detach(id);
+        }
+        debug!(%iface, "datapath detached");
+    }
+
+    /// Attaches to ports that joined the `--iface` bridges and forgets ports that left.
+    ///
+    /// Why the ports: with br_netfilter (which Docker enables), netfilter's conntrack sees a
+    /// container's packet while it crosses the bridge, before the bridge device's own TC hook.
+    /// Rewritten only there, the flow's conntrack entry would still expect replies from the
+    /// VIP, and masqueraded replies would never be translated back. On the port, the rewrite
+    /// happens before the bridge, so conntrack records the real backend.
+    pub fn sync_bridge_ports(&mut self) {
+        let links = match netlink::links() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("listing interfaces failed: {e}");
+                return;
+            }
+        };
+        let bridge_ids: Vec<u32> = links
+            .iter()
+            .filter(|l| self.bridges.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        let ports: Vec<&str> = links
+            .iter()
+            .filter(|l| l.master.is_some_and(|m| bridge_ids.contains(&m)))
+            .map(|l| l.name.as_str())
+            .collect();
+        for port in &ports {
+            if !self.attached.contains_key(*port) {
+                if let Err(e) = self.attach(port) {
+                    warn!(%port, "attaching to a bridge port failed: {e}");
+                }
+            }
+        }
+        let existing: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .attached
+            .keys()
+            .filter(|i| !existing.contains(&i.as_str()))
+            .cloned()
+            .collect();
+        for port in gone {
+            self.detach(&port);
+        }
+    }
+
+    /// Whether some `--iface` is a bridge whose ports need following.
+    pub fn has_bridges(&self) -> bool {
+        !self.bridges.is_empty()
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("checked by load()")
 }
 
 /// Refuses an interface where another instance's programs are attached already.

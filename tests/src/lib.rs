@@ -2,6 +2,9 @@
 //! directories and daemon processes, each behind a Drop guard so a failing test cleans up too.
 //! Names are unique per process and call, so tests run in parallel.
 
+pub mod image;
+pub mod testbed;
+
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},

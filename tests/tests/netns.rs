@@ -362,14 +362,48 @@ fn bridge_covers_clients_that_join_later() {
     if !require_root("bridge_covers_clients_that_join_later") {
         return;
     }
-    // The forwarding host has a bridge (as docker0); ambassador attaches to the bridge, and a
-    // client plugged into the bridge after the daemon started is served too.
+    // The forwarding host has a bridge set up the way Docker sets up docker0: br_netfilter on
+    // (netfilter sees packets while they cross the bridge), containers masqueraded on the way
+    // out, and forwarding dropped unless conntrack knows the flow. Ambassador attaches to the
+    // bridge, and a client plugged into it after the daemon started is served too.
     let fwd = NetNs::new("f");
     let backend = NetNs::new("b");
     fwd.ip(&["link", "add", "br0", "type", "bridge"]);
     fwd.ip(&["addr", "add", "10.201.0.1/24", "dev", "br0"]);
     fwd.ip(&["link", "set", "br0", "up"]);
     fwd.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    fwd.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    fwd.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.201.0.0/24",
+        "!",
+        "-o",
+        "br0",
+        "-j",
+        "MASQUERADE",
+    ]);
+    fwd.exec(&["iptables", "-P", "FORWARD", "DROP"]);
+    fwd.exec(&[
+        "iptables", "-A", "FORWARD", "-i", "br0", "!", "-o", "br0", "-j", "ACCEPT",
+    ]);
+    fwd.exec(&[
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-o",
+        "br0",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-j",
+        "ACCEPT",
+    ]);
     veth(
         &fwd,
         "b1",
@@ -405,6 +439,10 @@ fn bridge_covers_clients_that_join_later() {
         let port = format!("p{i}");
         veth(&c, "eth0", &format!("10.201.0.{i}/24"), &fwd, &port, "");
         fwd.ip(&["link", "set", &port, "master", "br0"]);
+        d.wait_log(
+            &format!("datapath attached iface={port}"),
+            Duration::from_secs(5),
+        );
         c.ip(&["route", "add", "default", "via", "10.201.0.1"]);
         let (mut conn, ident) =
             tcp_connect(&c, VIP_TCP).expect("client on the bridge reaches the VIP");

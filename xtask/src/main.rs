@@ -33,6 +33,18 @@ enum Task {
     },
     /// Set up, build, then play the demo: clients reach moving backends through a VIP.
     Run,
+    /// The multi-host testbed (network namespaces; see tests/src/testbed.rs).
+    Testbed {
+        #[command(subcommand)]
+        action: TestbedAction,
+    },
+    /// Build the project's container image offline (target/image/ambassador.tar), and import it
+    /// into a Docker engine when one is given.
+    Image {
+        /// Docker engine to import into, e.g. unix:///var/run/docker.sock.
+        #[arg(long)]
+        docker: Option<String>,
+    },
     /// Set up, build, then measure (results in target/bench/).
     Bench {
         /// Fewer repetitions: a smoke run of every measurement.
@@ -40,6 +52,23 @@ enum Task {
         quick: bool,
     },
 }
+
+#[derive(Subcommand)]
+enum TestbedAction {
+    /// Build it (removing any leftover first) and leave it running.
+    Up {
+        /// Registers' lease TTL in seconds.
+        #[arg(long, default_value_t = 3)]
+        ttl: u32,
+    },
+    /// Remove everything it made (works after a crash too).
+    Down,
+    /// Show the hosts and their containers.
+    Status,
+}
+
+/// Name prefix of the testbed that `cargo xtask testbed` and `cargo xtask run` manage.
+const TESTBED: &str = "ambtb";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +93,16 @@ fn cargo() -> Command {
 
 fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+}
+
+/// Set up, then build the release binaries.
+fn release() -> Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "--bins"]))
+}
+
+fn release_bin() -> PathBuf {
+    root().join("target/release/ambassador")
 }
 
 fn build() -> Result<()> {
@@ -125,10 +164,38 @@ fn main() -> Result<()> {
             build()?;
             demo::run(&root().join("target/debug/ambassador"))
         }
+        Task::Testbed { action } => match action {
+            TestbedAction::Up { ttl } => {
+                release()?;
+                ambassador_tests::testbed::up(TESTBED, &release_bin(), ttl, &|m| println!("  {m}"));
+                print!("{}", ambassador_tests::testbed::status(TESTBED));
+                println!("explore: ip netns exec {TESTBED}-h1 target/release/ambassador status --pin-path /sys/fs/bpf/{TESTBED}-h1");
+                Ok(())
+            }
+            TestbedAction::Down => {
+                ambassador_tests::testbed::down(TESTBED);
+                println!("testbed {TESTBED} removed");
+                Ok(())
+            }
+            TestbedAction::Status => {
+                print!("{}", ambassador_tests::testbed::status(TESTBED));
+                Ok(())
+            }
+        },
+        Task::Image { docker } => {
+            release()?;
+            let img =
+                ambassador_tests::image::ambassador(&release_bin(), &root().join("target/image"));
+            println!("built {} ({})", img.tag, img.tar.display());
+            if let Some(socket) = docker {
+                img.import(&socket);
+                println!("imported into {socket}");
+            }
+            Ok(())
+        }
         Task::Bench { quick } => {
-            setup()?;
-            run(cargo().args(["build", "--release", "--bins"]))?;
-            bench::run(&root().join("target/release/ambassador"), quick)
+            release()?;
+            bench::run(&release_bin(), quick)
         }
     }
 }

@@ -1,0 +1,614 @@
+//! The multi-host testbed of the seed experiment, built from network namespaces:
+//!
+//! ```text
+//!                 switch (bridge br0, 10.210.1.0/24)
+//!      ┌───────────┬───────────┬───────────┬──────────────┐
+//!   h1 .1       h2 .2       h3 .3       nat .254 (public) ─ NAT ─ 10.210.4.0/24: h4 .2
+//!  client      backend     backend                                 backend "in another cloud"
+//! ```
+//!
+//! Every host runs its own dockerd; h1-h3 run etcd as a container (one 3-member cluster); every
+//! host runs `ambassador run` (attached to its docker0, with the capabilities it needs) and
+//! `ambassador register` as containers of the project's image. h4 is only reachable through the NAT's public address and
+//! a forwarded port, and its register advertises exactly that.
+//!
+//! Everything is named after a prefix (namespaces, /var/tmp/PREFIX, /sys/fs/bpf/PREFIX-*), so
+//! [`down`] finds and removes all of it even after a crash, and tests can run beside the demo.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::{image, sh, wait_until};
+
+/// The frontend of the testbed's database service.
+pub const DB_VIP: &str = "10.96.0.10:6379";
+/// The host port every backend host publishes the database on (and the NAT forwards).
+pub const DB_PORT: u16 = 16379;
+/// Debian's Docker client.
+const DOCKER: &str = "/usr/bin/docker";
+
+/// One testbed host.
+#[derive(Clone, Copy, Debug)]
+pub struct Host {
+    /// Its name (h1..h4).
+    pub name: &'static str,
+    /// Its own address and prefix length.
+    pub addr: &'static str,
+    /// The address other hosts reach it at (its own, or its NAT's public address).
+    pub advertise: Ipv4Addr,
+    /// Its default gateway, if any.
+    pub gateway: Option<&'static str>,
+}
+
+/// The hosts.
+pub const HOSTS: [Host; 4] = [
+    Host {
+        name: "h1",
+        addr: "10.210.1.1/24",
+        advertise: Ipv4Addr::new(10, 210, 1, 1),
+        gateway: None,
+    },
+    Host {
+        name: "h2",
+        addr: "10.210.1.2/24",
+        advertise: Ipv4Addr::new(10, 210, 1, 2),
+        gateway: None,
+    },
+    Host {
+        name: "h3",
+        addr: "10.210.1.3/24",
+        advertise: Ipv4Addr::new(10, 210, 1, 3),
+        gateway: None,
+    },
+    Host {
+        name: "h4",
+        addr: "10.210.4.2/24",
+        advertise: Ipv4Addr::new(10, 210, 1, 254),
+        gateway: Some("10.210.4.1"),
+    },
+];
+
+/// The etcd members' client URLs (etcd runs on h1-h3).
+pub const ETCD: &str = "http://10.210.1.1:2379,http://10.210.1.2:2379,http://10.210.1.3:2379";
+
+/// A testbed, by prefix.
+#[derive(Clone, Debug)]
+pub struct Testbed {
+    /// Names of everything start with it.
+    pub prefix: String,
+    /// Lease TTL of the registers (seconds).
+    pub ttl: u32,
+}
+
+impl Testbed {
+    /// The namespace of `host` (h1..h4, sw, nat).
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// The testbed's directory.
+    pub fn dir(&self) -> PathBuf {
+        Path::new("/var/tmp").join(&self.prefix)
+    }
+
+    /// The Docker socket of `host`.
+    pub fn socket(&self, host: &str) -> String {
+        format!("unix://{}/{host}/docker.sock", self.dir().display())
+    }
+
+    /// The pin directory of `host`'s `ambassador run`.
+    pub fn pin(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}-{host}", self.prefix))
+    }
+
+    /// `docker ARGS` on `host`; panics unless it succeeds; returns stdout.
+    pub fn docker(&self, host: &str, args: &[&str]) -> String {
+        let out = Command::new(DOCKER)
+            .args(["-H", &self.socket(host)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{host}: docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `docker ARGS` on `host`, whatever the outcome.
+    pub fn docker_try(&self, host: &str, args: &[&str]) -> bool {
+        Command::new(DOCKER)
+            .args(["-H", &self.socket(host)])
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `ambassador ARGS --etcd ETCD` inside h1, with the host's binary.
+    pub fn ctl(&self, bin: &Path, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns("h1")))
+            .arg(bin)
+            .args(args)
+            .args(["--etcd", ETCD])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ambassador {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The network namespace of a container (for joining it).
+    pub fn container_netns(&self, host: &str, name: &str) -> String {
+        let pid = self.docker(host, &["inspect", "-f", "{{.State.Pid}}", name]);
+        format!("/proc/{pid}/ns/net")
+    }
+
+    /// Starts the database on `host` (a labelled container publishing [`DB_PORT`]).
+    pub fn start_db(&self, host: &str) {
+        let name = format!("db-{host}");
+        let _ = self.docker_try(host, &["rm", "-f", &name]);
+        let port = format!("{DB_PORT}:6379");
+        let env = format!("HOST_ID={host}");
+        self.docker(
+            host,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "ambassador.service=db",
+                "-p",
+                &port,
+                "-e",
+                &env,
+                image::REDIS,
+            ],
+        );
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "-n", ns];
+    full.extend_from_slice(args);
+    sh(&full);
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full);
+}
+
+/// Builds the testbed (after removing any leftover of the same prefix). `bin` is the
+/// `ambassador` binary that goes into the image.
+pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
+    down(prefix);
+    let tb = Testbed {
+        prefix: prefix.to_owned(),
+        ttl,
+    };
+    let dir = tb.dir();
+    std::fs::create_dir_all(&dir).unwrap();
+
+    log("building images (docker import of rootfs tarballs: no registry needed)");
+    let images_dir = dir.join("images");
+    let images = [
+        image::ambassador(bin, &images_dir),
+        image::etcd(&images_dir),
+        image::redis(&images_dir),
+        image::busybox(&images_dir),
+    ];
+
+    log("building the network: switch, four hosts, a NAT router in front of h4");
+    for n in ["sw", "nat", "h1", "h2", "h3", "h4"] {
+        sh(&["ip", "netns", "add", &tb.ns(n)]);
+        ip(&tb.ns(n), &["link", "set", "lo", "up"]);
+    }
+    let sw = tb.ns("sw");
+    ip(&sw, &["link", "add", "br0", "type", "bridge"]);
+    ip(&sw, &["link", "set", "br0", "up"]);
+    for (n, addr) in [
+        ("h1", "10.210.1.1/24"),
+        ("h2", "10.210.1.2/24"),
+        ("h3", "10.210.1.3/24"),
+        ("nat", "10.210.1.254/24"),
+    ] {
+        let port = format!("p-{n}");
+        ip(
+            &tb.ns(n),
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &sw,
+            ],
+        );
+        ip(&sw, &["link", "set", &port, "master", "br0", "up"]);
+        ip(&tb.ns(n), &["addr", "add", addr, "dev", "eth0"]);
+        ip(&tb.ns(n), &["link", "set", "eth0", "up"]);
+    }
+    let nat = tb.ns("nat");
+    ip(
+        &nat,
+        &[
+            "link",
+            "add",
+            "lan0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &tb.ns("h4"),
+        ],
+    );
+    ip(&nat, &["addr", "add", "10.210.4.1/24", "dev", "lan0"]);
+    ip(&nat, &["link", "set", "lan0", "up"]);
+    ip(
+        &tb.ns("h4"),
+        &["addr", "add", "10.210.4.2/24", "dev", "eth0"],
+    );
+    ip(&tb.ns("h4"), &["link", "set", "eth0", "up"]);
+    ip(
+        &tb.ns("h4"),
+        &["route", "add", "default", "via", "10.210.4.1"],
+    );
+    in_ns(&nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    in_ns(
+        &nat,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "10.210.4.0/24",
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    let port = DB_PORT.to_string();
+    let to = format!("10.210.4.2:{DB_PORT}");
+    in_ns(
+        &nat,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "eth0",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ],
+    );
+
+    for (i, h) in HOSTS.iter().enumerate() {
+        log(&format!(
+            "{}: starting dockerd and importing the images",
+            h.name
+        ));
+        start_dockerd(&tb, h.name, i + 1);
+        for img in &images {
+            img.import(&tb.socket(h.name));
+        }
+    }
+
+    log("etcd: one member per host on h1-h3, as containers (the seed's way)");
+    let cluster: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{h}=http://10.210.1.{}:2380", i + 1))
+        .collect();
+    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        let me = format!("10.210.1.{}", i + 1);
+        tb.docker(
+            h,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "etcd",
+                "--network",
+                "host",
+                "--restart",
+                "always",
+                image::ETCD,
+                &format!("--name={h}"),
+                "--data-dir=/var/lib/etcd",
+                &format!("--listen-client-urls=http://{me}:2379,http://127.0.0.1:2379"),
+                &format!("--advertise-client-urls=http://{me}:2379"),
+                &format!("--listen-peer-urls=http://{me}:2380"),
+                &format!("--initial-advertise-peer-urls=http://{me}:2380"),
+                &format!("--initial-cluster={}", cluster.join(",")),
+                &format!("--initial-cluster-token={prefix}"),
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ],
+        );
+    }
+    let healthy = wait_until(Duration::from_secs(30), || {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", tb.ns("h1")))
+            .args([
+                "etcdctl",
+                "--endpoints",
+                ETCD,
+                "--command-timeout=2s",
+                "put",
+                "/testbed",
+                "up",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(healthy, "the etcd cluster did not form");
+
+    log("ambassador: `run` and `register` on every host, as containers of ambassador:dev");
+    for h in HOSTS {
+        let pin = tb.pin(h.name);
+        let pin_s = pin.to_str().unwrap();
+        tb.docker(
+            h.name,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "ambassador-run",
+                "--network",
+                "host",
+                "--restart",
+                "always",
+                // What the datapath needs (see the README), rather than --privileged: Docker's
+                // --privileged asks for every capability and fails where the host's bounding set
+                // lacks one (CAP_SYS_RESOURCE on these machines). Docker 20.10 knows no CAP_BPF
+                // or CAP_PERFMON; the kernel accepts CAP_SYS_ADMIN for both.
+                "--cap-add",
+                "SYS_ADMIN",
+                "--cap-add",
+                "NET_ADMIN",
+                "--security-opt",
+                "seccomp=unconfined",
+                "-v",
+                "/sys/fs/bpf:/sys/fs/bpf",
+                image::AMBASSADOR,
+                "run",
+                "--iface",
+                "docker0",
+                "--pin-path",
+                pin_s,
+                "--etcd",
+                ETCD,
+            ],
+        );
+        let sock = format!(
+            "{}:/var/run/docker.sock",
+            tb.socket(h.name).trim_start_matches("unix://")
+        );
+        let advertise = h.advertise.to_string();
+        let ttl = ttl.to_string();
+        tb.docker(
+            h.name,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "ambassador-register",
+                "--network",
+                "host",
+                "--restart",
+                "always",
+                "-v",
+                &sock,
+                image::AMBASSADOR,
+                "register",
+                "--advertise-ip",
+                &advertise,
+                "--host-id",
+                h.name,
+                "--ttl",
+                &ttl,
+                "--etcd",
+                ETCD,
+            ],
+        );
+    }
+    tb.docker("h1", &["run", "-d", "--name", "client", image::BUSYBOX]);
+    let ready = wait_until(Duration::from_secs(20), || {
+        HOSTS.iter().all(|h| {
+            Command::new(bin)
+                .args([
+                    "status",
+                    "--json",
+                    "--pin-path",
+                    tb.pin(h.name).to_str().unwrap(),
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    });
+    assert!(
+        ready,
+        "ambassador run did not come up on every host:\n{}",
+        tb.docker("h1", &["logs", "ambassador-run"])
+    );
+    tb
+}
+
+fn start_dockerd(tb: &Testbed, host: &str, index: usize) {
+    let dir = tb.dir().join(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+    // Detached on purpose: the testbed outlives `cargo xtask testbed up`; `down` stops it by the
+    // pid in its pidfile.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "dockerd outlives this process; `down` stops it"
+    )]
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", tb.ns(host)))
+        .arg("/usr/sbin/dockerd")
+        .arg(format!("--data-root={}/data", dir.display()))
+        .arg(format!("--exec-root={}/exec", dir.display()))
+        .arg(format!("--pidfile={}/docker.pid", dir.display()))
+        .arg(format!("--host={}", tb.socket(host)))
+        .arg("--storage-driver=overlay2")
+        .arg(format!("--bip=10.251.{index}.1/24"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || tb.docker_try(host, &["info"]));
+    assert!(
+        ok,
+        "{host}: dockerd did not start; see {}/dockerd.log",
+        dir.display()
+    );
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Removes everything of the testbed named `prefix`: containers, dockerds, processes left in
+/// its namespaces, mounts, namespaces, pinned maps and files. Idempotent; works after a crash.
+pub fn down(prefix: &str) {
+    let tb = Testbed {
+        prefix: prefix.to_owned(),
+        ttl: 0,
+    };
+    for h in HOSTS {
+        let dir = tb.dir().join(h.name);
+        let Some(pid) = read_pid(&dir.join("docker.pid")).filter(|p| pid_alive(*p)) else {
+            continue;
+        };
+        let ids = Command::new(DOCKER)
+            .args(["-H", &tb.socket(h.name), "ps", "-aq"])
+            .output();
+        if let Ok(out) = ids {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new(DOCKER)
+                    .args(["-H", &tb.socket(h.name), "rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+        // SAFETY: a dockerd this testbed started (its pidfile).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if !wait_until(Duration::from_secs(15), || !pid_alive(pid)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // Whatever still runs inside the testbed's namespaces was started by it (a crashed dockerd's
+    // containerd and shims, containers with host networking).
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ours: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_owned)
+        .collect();
+    for ns in &ours {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: a process inside this testbed's own namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    // Mounts left under the testbed's directory (overlay layers, netns bind mounts), deepest first.
+    let dir = tb.dir();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut ours_m: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .collect();
+    ours_m.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours_m {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+    for ns in &ours {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{prefix}-"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A one-screen description of a running testbed.
+pub fn status(prefix: &str) -> String {
+    let tb = Testbed {
+        prefix: prefix.to_owned(),
+        ttl: 0,
+    };
+    let mut out = String::new();
+    for h in HOSTS {
+        let ps = Command::new(DOCKER)
+            .args([
+                "-H",
+                &tb.socket(h.name),
+                "ps",
+                "--format",
+                "{{.Names}} ({{.Status}})",
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .replace('\n', ", ")
+            })
+            .unwrap_or_default();
+        let state = if ps.is_empty() { "down".to_owned() } else { ps };
+        out.push_str(&format!(
+            "{} {:<15} advertised as {:<13} {state}\n",
+            h.name, h.addr, h.advertise
+        ));
+    }
+    out
+}
