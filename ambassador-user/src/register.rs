@@ -13,7 +13,7 @@ use std::{
 };
 
 use bollard::{
-    models::ContainerInspectResponse,
+    models::{ContainerInspectResponse, HealthStatusEnum},
     query_parameters::{EventsOptions, ListContainersOptions},
     Docker, API_DEFAULT_VERSION,
 };
@@ -157,6 +157,20 @@ pub fn registration(
         addr,
         weight,
     }))
+}
+
+/// Whether a container may take traffic: running, and healthy if it has a health check
+/// (registered before it listens, its first clients would be refused).
+pub fn ready(c: &ContainerInspectResponse) -> bool {
+    let Some(state) = c.state.as_ref() else {
+        return false;
+    };
+    let health = state.health.as_ref().and_then(|h| h.status);
+    state.running.unwrap_or(false)
+        && !matches!(
+            health,
+            Some(HealthStatusEnum::STARTING) | Some(HealthStatusEnum::UNHEALTHY)
+        )
 }
 
 /// Picks the port: the labelled one, else the only one.
@@ -359,8 +373,7 @@ impl Register {
     /// The entry for one container, reporting an unusable label once.
     fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
         let id = c.id.clone().unwrap_or_default();
-        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-        if !running {
+        if !ready(c) {
             return None;
         }
         match registration(c, &self.cfg) {
@@ -412,14 +425,19 @@ impl Register {
     /// Handles one container event.
     async fn event(&mut self, docker: &Docker, action: &str, id: &str) -> Result<()> {
         match action {
-            "start" | "unpause" | "restart" => match docker.inspect_container(id, None).await {
-                Ok(c) => match self.entry_of(&c) {
-                    Some(kv) => self.put(id, kv).await?,
-                    None => self.remove(id).await?,
-                },
-                Err(e) => debug!(container = %id, "inspect failed: {e}"),
-            },
-            "die" | "stop" | "pause" | "destroy" | "oom" => self.remove(id).await?,
+            "start" | "unpause" | "restart" | "health_status" => {
+                match docker.inspect_container(id, None).await {
+                    Ok(c) => match self.entry_of(&c) {
+                        Some(kv) => self.put(id, kv).await?,
+                        None => self.remove(id).await?,
+                    },
+                    Err(e) => debug!(container = %id, "inspect failed: {e}"),
+                }
+            }
+            // `docker stop` first sends the stop signal ("kill" with signal=15), then the
+            // container dies: leaving at the signal gives a container that drains on SIGTERM
+            // (see the README) time to finish while clients already go elsewhere.
+            "stopping" | "die" | "stop" | "pause" | "destroy" | "oom" => self.remove(id).await?,
             _ => {}
         }
         Ok(())
@@ -469,6 +487,15 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Signals that stop a container (a `kill` event with another signal, e.g. SIGHUP for a
+/// reload, leaves the endpoint alone).
+fn is_stop_signal(signal: &str) -> bool {
+    matches!(
+        signal,
+        "15" | "2" | "3" | "9" | "SIGTERM" | "SIGINT" | "SIGQUIT" | "SIGKILL"
+    )
 }
 
 /// Connects to etcd and grants a lease if needed, then runs one Docker session.
@@ -538,6 +565,8 @@ async fn session(r: &mut Register) -> Result<()> {
                     // "exec_start: sh" and the like carry a suffix.
                     let action = action.split(':').next().unwrap_or("");
                     debug!(action, container = %id, "docker event");
+                    let signal = ev.actor.as_ref().and_then(|a| a.attributes.as_ref()).and_then(|a| a.get("signal"));
+                    let action = if action == "kill" && signal.is_some_and(|s| is_stop_signal(s)) { "stopping" } else { action };
                     r.event(&docker, action, id).await?;
                 }
                 Some(Err(source)) => return Err(Error::Docker { what: "the event stream failed".into(), source }),
@@ -624,6 +653,27 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_running_and_not_unhealthy_containers_are_ready() {
+        use bollard::models::Health;
+        let mut c = container(&[("ambassador.service", "db")], &[]);
+        assert!(ready(&c), "no health check: running is enough");
+        for (status, want) in [
+            (HealthStatusEnum::STARTING, false),
+            (HealthStatusEnum::UNHEALTHY, false),
+            (HealthStatusEnum::HEALTHY, true),
+            (HealthStatusEnum::NONE, true),
+        ] {
+            c.state.as_mut().unwrap().health = Some(Health {
+                status: Some(status),
+                ..Default::default()
+            });
+            assert_eq!(ready(&c), want, "{status:?}");
+        }
+        c.state.as_mut().unwrap().running = Some(false);
+        assert!(!ready(&c));
     }
 
     #[test]

@@ -182,13 +182,17 @@ wait $pid
     Rootfs::new()
         .binary(Path::new("/usr/bin/redis-server"), "/usr/bin/redis-server")
         .binary(Path::new("/usr/bin/redis-cli"), "/usr/bin/redis-cli")
-        .busybox(&["sh", "sleep"])
+        .busybox(&["sh", "sleep", "test", "["])
         .file("/start.sh", start, 0o755)
         .tar(&tar);
     Image {
         tag: REDIS,
         tar,
-        changes: vec![r#"CMD ["/start.sh"]"#.into()],
+        changes: vec![
+            r#"CMD ["/start.sh"]"#.into(),
+            // Healthy once it answers with its host name: the register waits for that.
+            r#"HEALTHCHECK --interval=200ms --timeout=1s --retries=1 CMD ["sh", "-c", "[ \"$(redis-cli -p 6379 exists host)\" = 1 ]"]"#.into(),
+        ],
     }
 }
 

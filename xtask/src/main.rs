@@ -31,8 +31,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then play the demo: clients reach moving backends through a VIP.
-    Run,
+    /// Set up, build, then play the seed experiment on the multi-host testbed.
+    Run {
+        /// Leave the testbed up afterwards (remove it with `cargo xtask testbed down`).
+        #[arg(long)]
+        keep: bool,
+    },
     /// The multi-host testbed (network namespaces; see tests/src/testbed.rs).
     Testbed {
         #[command(subcommand)]
@@ -160,9 +164,9 @@ fn main() -> Result<()> {
             build()?;
             test(&args)
         }
-        Task::Run => {
-            build()?;
-            demo::run(&root().join("target/debug/ambassador"))
+        Task::Run { keep } => {
+            release()?;
+            demo::run(&release_bin(), TESTBED, keep)
         }
         Task::Testbed { action } => match action {
             TestbedAction::Up { ttl } => {
