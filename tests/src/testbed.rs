@@ -496,6 +496,35 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Removes `host`'s containers and stops its dockerd (by the pid in its pidfile).
+fn stop_dockerd(tb: &Testbed, host: &str) {
+    let dir = tb.dir().join(host);
+    let Some(pid) = read_pid(&dir.join("docker.pid")).filter(|p| pid_alive(*p)) else {
+        return;
+    };
+    let ids = Command::new(DOCKER)
+        .args(["-H", &tb.socket(host), "ps", "-aq"])
+        .output();
+    if let Ok(out) = ids {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new(DOCKER)
+                .args(["-H", &tb.socket(host), "rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+    // SAFETY: a dockerd this testbed started (its pidfile).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if !wait_until(Duration::from_secs(15), || !pid_alive(pid)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// Removes everything of the testbed named `prefix`: containers, dockerds, processes left in
 /// its namespaces, mounts, namespaces, pinned maps and files. Idempotent; works after a crash.
 pub fn down(prefix: &str) {
@@ -503,32 +532,13 @@ pub fn down(prefix: &str) {
         prefix: prefix.to_owned(),
         ttl: 0,
     };
-    for h in HOSTS {
-        let dir = tb.dir().join(h.name);
-        let Some(pid) = read_pid(&dir.join("docker.pid")).filter(|p| pid_alive(*p)) else {
-            continue;
-        };
-        let ids = Command::new(DOCKER)
-            .args(["-H", &tb.socket(h.name), "ps", "-aq"])
-            .output();
-        if let Ok(out) = ids {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new(DOCKER)
-                    .args(["-H", &tb.socket(h.name), "rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
+    // The engines stop in parallel: each takes a few seconds.
+    std::thread::scope(|scope| {
+        for h in HOSTS {
+            let tb = &tb;
+            scope.spawn(move || stop_dockerd(tb, h.name));
         }
-        // SAFETY: a dockerd this testbed started (its pidfile).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        if !wait_until(Duration::from_secs(15), || !pid_alive(pid)) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
+    });
     // Whatever still runs inside the testbed's namespaces was started by it (a crashed dockerd's
     // containerd and shims, containers with host networking).
     let list = Command::new("ip")

@@ -1,0 +1,50 @@
+//! The seed experiment in CI: the four-host testbed, the database moved h2 -> h3 -> h4 under
+//! load with zero failed requests, then the hard failure with a window bounded by the lease.
+
+use std::time::Duration;
+
+use ambassador_tests::{ambassador_bin, require_root, scenario, testbed};
+
+/// Tears the testbed down when the test ends, failed or not.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        testbed::down(&self.0);
+    }
+}
+
+#[test]
+fn the_database_moves_across_hosts_and_clouds_without_a_failed_request() {
+    if !require_root("the_database_moves_across_hosts_and_clouds_without_a_failed_request") {
+        return;
+    }
+    let prefix = format!("amt{}", std::process::id());
+    let _down = Down(prefix.clone());
+    let bin = ambassador_bin();
+    let tb = testbed::up(&prefix, &bin, 3, &|m| eprintln!("testbed: {m}"));
+    let report = scenario::run(&tb, &bin, &|_| {});
+    let text = scenario::render(&report);
+    eprintln!("{text}");
+
+    assert!(report.requests > 300, "the load ran: {text}");
+    assert_eq!(
+        report.failed, 0,
+        "graceful moves must not fail a request: {text}"
+    );
+    assert_eq!(report.moves.len(), 2);
+    for m in &report.moves {
+        assert!(m.takeover < Duration::from_secs(10), "{text}");
+    }
+    // The long-lived connection lived on every host in turn and is still open on h4.
+    let hosts: Vec<&str> = report.long.iter().map(|l| l.backend.as_str()).collect();
+    assert_eq!(hosts, ["h2", "h3", "h4"], "{text}");
+    assert!(report.long.last().unwrap().ended.is_none(), "{text}");
+    // The hard failure: some requests fail (h2 is dead but still registered), and only until
+    // the lease expires.
+    assert!(report.hard.failed > 0, "{text}");
+    assert!(
+        report.hard.window <= report.hard.ttl + Duration::from_secs(2),
+        "{text}"
+    );
+}
