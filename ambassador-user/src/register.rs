@@ -257,6 +257,8 @@ struct Register {
     written: HashMap<String, (String, String)>,
     /// Containers already reported as unusable (reported once).
     reported: HashSet<String>,
+    /// Containers that were sent their stop signal: draining, not to be registered again.
+    stopping: HashSet<String>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
@@ -296,6 +298,7 @@ impl Register {
             lease,
             written: HashMap::new(),
             reported: HashSet::new(),
+            stopping: HashSet::new(),
             keepalive,
             lost,
         })
@@ -328,22 +331,13 @@ impl Register {
                 self.delete(&old_key).await?;
             }
         }
-        tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.etcd.put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(self.lease)),
-            ),
-        )
-        .await
-        .map_err(|_| Error::EtcdTimeout {
-            what: format!("writing {key}"),
-        })?
-        .map_err(|source| Error::Etcd {
-            what: format!("writing {key}"),
-            source,
-        })?;
+        let opts = PutOptions::new().with_lease(self.lease);
+        retry(&format!("writing {key}"), || {
+            // A client is a cheap handle on a shared channel.
+            let (mut etcd, k, v, o) = (self.etcd.clone(), key.clone(), value.clone(), opts.clone());
+            async move { etcd.put(k, v, Some(o)).await }
+        })
+        .await?;
         info!(%key, %value, "registered");
         self.written.insert(container.to_owned(), (key, value));
         Ok(())
@@ -358,22 +352,18 @@ impl Register {
     }
 
     async fn delete(&mut self, key: &str) -> Result<()> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.etcd.delete(key, None))
-            .await
-            .map_err(|_| Error::EtcdTimeout {
-                what: format!("deleting {key}"),
-            })?
-            .map_err(|source| Error::Etcd {
-                what: format!("deleting {key}"),
-                source,
-            })?;
+        retry(&format!("deleting {key}"), || {
+            let (mut etcd, k) = (self.etcd.clone(), key.to_owned());
+            async move { etcd.delete(k, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// The entry for one container, reporting an unusable label once.
     fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
         let id = c.id.clone().unwrap_or_default();
-        if !ready(c) {
+        if !ready(c) || self.stopping.contains(&id) {
             return None;
         }
         match registration(c, &self.cfg) {
@@ -426,6 +416,9 @@ impl Register {
     async fn event(&mut self, docker: &Docker, action: &str, id: &str) -> Result<()> {
         match action {
             "start" | "unpause" | "restart" | "health_status" => {
+                if action != "health_status" {
+                    self.stopping.remove(id);
+                }
                 match docker.inspect_container(id, None).await {
                     Ok(c) => match self.entry_of(&c) {
                         Some(kv) => self.put(id, kv).await?,
@@ -436,8 +429,18 @@ impl Register {
             }
             // `docker stop` first sends the stop signal ("kill" with signal=15), then the
             // container dies: leaving at the signal gives a container that drains on SIGTERM
-            // (see the README) time to finish while clients already go elsewhere.
-            "stopping" | "die" | "stop" | "pause" | "destroy" | "oom" => self.remove(id).await?,
+            // (see the README) time to finish while clients already go elsewhere. It stays out
+            // (even if a reconcile sees it still running and healthy) until it starts again.
+            "stopping" => {
+                self.stopping.insert(id.to_owned());
+                self.remove(id).await?;
+            }
+            "die" | "stop" | "pause" | "destroy" | "oom" => {
+                if matches!(action, "die" | "destroy") {
+                    self.stopping.remove(id);
+                }
+                self.remove(id).await?;
+            }
             _ => {}
         }
         Ok(())
@@ -458,9 +461,10 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
     let mut backoff = Duration::from_millis(200);
     let mut reg: Option<Register> = None;
+    let mut memory: (HashSet<String>, HashSet<String>) = Default::default();
     loop {
         let outcome = tokio::select! {
-            result = attempt(&cfg, &mut reg) => Some(result),
+            result = attempt(&cfg, &mut reg, &mut memory) => Some(result),
             _ = term.recv() => None,
             _ = int.recv() => None,
         };
@@ -476,7 +480,11 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
             Some(Err(e)) => {
                 warn!("{e}; retrying in {backoff:?}");
                 if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
-                    reg = None; // reconnect and re-grant
+                    // Reconnect and re-grant, but remember what was learnt about containers
+                    // (a draining one must not come back with the next listing).
+                    if let Some(old) = reg.take() {
+                        memory = (old.stopping.clone(), old.reported.clone());
+                    }
                 }
             }
         }
@@ -498,10 +506,44 @@ fn is_stop_signal(signal: &str) -> bool {
     )
 }
 
+/// Runs an etcd request up to three times: with several members, a request that met a member
+/// going away succeeds on another.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match tokio::time::timeout(REQUEST_TIMEOUT, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(source)) => Error::Etcd {
+                what: what.to_owned(),
+                source,
+            },
+            Err(_) => Error::EtcdTimeout {
+                what: what.to_owned(),
+            },
+        };
+        if attempt == 3 {
+            return Err(err);
+        }
+        debug!("{err}; trying again");
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    }
+}
+
 /// Connects to etcd and grants a lease if needed, then runs one Docker session.
-async fn attempt(cfg: &RegisterConfig, reg: &mut Option<Register>) -> Result<()> {
+async fn attempt(
+    cfg: &RegisterConfig,
+    reg: &mut Option<Register>,
+    memory: &mut (HashSet<String>, HashSet<String>),
+) -> Result<()> {
     if reg.is_none() {
-        *reg = Some(Register::new(cfg).await?);
+        let mut r = Register::new(cfg).await?;
+        (r.stopping, r.reported) = std::mem::take(memory);
+        *reg = Some(r);
     }
     session(reg.as_mut().expect("set above")).await
 }

@@ -177,14 +177,31 @@ impl Testbed {
     }
 }
 
-fn ip(ns: &str, args: &[&str]) {
-    let mut full = vec!["ip", "-n", ns];
-    full.extend_from_slice(args);
-    sh(&full);
+/// Runs `scripts/NAME` (inside namespace `ns`, if given) with `env`: the provisioning shared
+/// with the Vagrantfile.
+fn script(ns: Option<&str>, name: &str, env: &[(&str, &str)]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "sh"]);
+            c
+        }
+        None => Command::new("sh"),
+    };
+    let out = cmd.arg(&path).envs(env.iter().copied()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-fn in_ns(ns: &str, args: &[&str]) {
-    let mut full = vec!["ip", "netns", "exec", ns];
+fn ip(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "-n", ns];
     full.extend_from_slice(args);
     sh(&full);
 }
@@ -261,43 +278,14 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         &tb.ns("h4"),
         &["route", "add", "default", "via", "10.210.4.1"],
     );
-    in_ns(&nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    in_ns(
-        &nat,
+    script(
+        Some(&nat),
+        "testbed-nat.sh",
         &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.210.4.0/24",
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ],
-    );
-    let port = DB_PORT.to_string();
-    let to = format!("10.210.4.2:{DB_PORT}");
-    in_ns(
-        &nat,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "eth0",
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &to,
+            ("PUBLIC_IF", "eth0"),
+            ("PRIVATE_NET", "10.210.4.0/24"),
+            ("H4", "10.210.4.2"),
+            ("PORT", &DB_PORT.to_string()),
         ],
     );
 
@@ -312,38 +300,38 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         }
     }
 
-    log("etcd: one member per host on h1-h3, as containers (the seed's way)");
-    let cluster: Vec<String> = ["h1", "h2", "h3"]
+    log("etcd (one member per host on h1-h3, as containers, the seed's way) and ambassador `run` and `register` containers on every host");
+    let cluster: Vec<String> = HOSTS[..3]
         .iter()
-        .enumerate()
-        .map(|(i, h)| format!("{h}=http://10.210.1.{}:2380", i + 1))
+        .map(|h| format!("{}=http://{}:2380", h.name, h.advertise))
         .collect();
-    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
-        let me = format!("10.210.1.{}", i + 1);
-        tb.docker(
-            h,
-            &[
-                "run",
-                "-d",
-                "--name",
-                "etcd",
-                "--network",
-                "host",
-                "--restart",
-                "always",
-                image::ETCD,
-                &format!("--name={h}"),
-                "--data-dir=/var/lib/etcd",
-                &format!("--listen-client-urls=http://{me}:2379,http://127.0.0.1:2379"),
-                &format!("--advertise-client-urls=http://{me}:2379"),
-                &format!("--listen-peer-urls=http://{me}:2380"),
-                &format!("--initial-advertise-peer-urls=http://{me}:2380"),
-                &format!("--initial-cluster={}", cluster.join(",")),
-                &format!("--initial-cluster-token={prefix}"),
-                "--heartbeat-interval=50",
-                "--election-timeout=500",
-            ],
-        );
+    let cluster = cluster.join(",");
+    let ttl = ttl.to_string();
+    for (i, h) in HOSTS.iter().enumerate() {
+        let pin = tb.pin(h.name);
+        let socket = tb.socket(h.name);
+        let advertise = h.advertise.to_string();
+        let mut env = vec![
+            ("DOCKER_HOST", socket.as_str()),
+            ("DOCKER_SOCK", socket.trim_start_matches("unix://")),
+            ("HOST_ID", h.name),
+            ("ADVERTISE_IP", advertise.as_str()),
+            ("ETCD", ETCD),
+            ("TTL", ttl.as_str()),
+            ("PIN_DIR", pin.to_str().unwrap()),
+            ("IFACE", "docker0"),
+            // Every second, so reconciles certainly meet draining containers in the scenario.
+            ("RECONCILE", "1"),
+            ("LOG", "info,ambassador_user::register=debug"),
+        ];
+        if i < 3 {
+            env.extend([
+                ("ETCD_SELF", advertise.as_str()),
+                ("ETCD_CLUSTER", cluster.as_str()),
+                ("ETCD_TOKEN", prefix),
+            ]);
+        }
+        script(None, "testbed-host.sh", &env);
     }
     let healthy = wait_until(Duration::from_secs(30), || {
         Command::new("nsenter")
@@ -363,76 +351,6 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             .is_ok_and(|s| s.success())
     });
     assert!(healthy, "the etcd cluster did not form");
-
-    log("ambassador: `run` and `register` on every host, as containers of ambassador:dev");
-    for h in HOSTS {
-        let pin = tb.pin(h.name);
-        let pin_s = pin.to_str().unwrap();
-        tb.docker(
-            h.name,
-            &[
-                "run",
-                "-d",
-                "--name",
-                "ambassador-run",
-                "--network",
-                "host",
-                "--restart",
-                "always",
-                // What the datapath needs (see the README), rather than --privileged: Docker's
-                // --privileged asks for every capability and fails where the host's bounding set
-                // lacks one (CAP_SYS_RESOURCE on these machines). Docker 20.10 knows no CAP_BPF
-                // or CAP_PERFMON; the kernel accepts CAP_SYS_ADMIN for both.
-                "--cap-add",
-                "SYS_ADMIN",
-                "--cap-add",
-                "NET_ADMIN",
-                "--security-opt",
-                "seccomp=unconfined",
-                "-v",
-                "/sys/fs/bpf:/sys/fs/bpf",
-                image::AMBASSADOR,
-                "run",
-                "--iface",
-                "docker0",
-                "--pin-path",
-                pin_s,
-                "--etcd",
-                ETCD,
-            ],
-        );
-        let sock = format!(
-            "{}:/var/run/docker.sock",
-            tb.socket(h.name).trim_start_matches("unix://")
-        );
-        let advertise = h.advertise.to_string();
-        let ttl = ttl.to_string();
-        tb.docker(
-            h.name,
-            &[
-                "run",
-                "-d",
-                "--name",
-                "ambassador-register",
-                "--network",
-                "host",
-                "--restart",
-                "always",
-                "-v",
-                &sock,
-                image::AMBASSADOR,
-                "register",
-                "--advertise-ip",
-                &advertise,
-                "--host-id",
-                h.name,
-                "--ttl",
-                &ttl,
-                "--etcd",
-                ETCD,
-            ],
-        );
-    }
     tb.docker("h1", &["run", "-d", "--name", "client", image::BUSYBOX]);
     let ready = wait_until(Duration::from_secs(20), || {
         HOSTS.iter().all(|h| {

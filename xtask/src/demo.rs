@@ -56,6 +56,19 @@ pub fn run(bin: &Path, prefix: &str, keep: bool) -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&st.stdout));
     println!("\n{}", scenario::render(&report));
+    if report.failed > 0 {
+        for h in ["h2", "h3"] {
+            let log = Command::new("/usr/bin/docker")
+                .args(["-H", &tb.socket(h), "logs", "ambassador-register"])
+                .output()?;
+            let text = String::from_utf8_lossy(&log.stderr);
+            let relevant: Vec<&str> = text.lines().filter(|l| !l.contains("exec_")).collect();
+            println!(
+                "---- {h} register log (last 40 lines) ----\n{}",
+                relevant[relevant.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
     if keep {
         println!("the testbed stays up: `cargo xtask testbed status`, `{} status --pin-path {}`, then `cargo xtask testbed down`", bin.display(), tb.pin("h1").display());
     } else {
