@@ -48,6 +48,9 @@ enum Task {
         /// Docker engine to import into, e.g. unix:///var/run/docker.sock.
         #[arg(long)]
         docker: Option<String>,
+        /// Also build the testbed's images (etcd, redis, busybox), as the Vagrantfile needs.
+        #[arg(long)]
+        testbed: bool,
     },
     /// Set up, build, then measure (results in target/bench/).
     Bench {
@@ -186,14 +189,20 @@ fn main() -> Result<()> {
                 Ok(())
             }
         },
-        Task::Image { docker } => {
+        Task::Image { docker, testbed } => {
+            use ambassador_tests::image;
             release()?;
-            let img =
-                ambassador_tests::image::ambassador(&release_bin(), &root().join("target/image"));
-            println!("built {} ({})", img.tag, img.tar.display());
-            if let Some(socket) = docker {
-                img.import(&socket);
-                println!("imported into {socket}");
+            let dir = root().join("target/image");
+            let mut images = vec![image::ambassador(&release_bin(), &dir)];
+            if testbed {
+                images.extend([image::etcd(&dir), image::redis(&dir), image::busybox(&dir)]);
+            }
+            for img in &images {
+                println!("built {} ({})", img.tag, img.tar.display());
+                if let Some(socket) = &docker {
+                    img.import(socket);
+                    println!("  imported into {socket}");
+                }
             }
             Ok(())
         }
