@@ -94,16 +94,8 @@ pub fn parse(path: &str, text: &str) -> Result<Desired, ConfigError> {
             };
             let addr =
                 parse_addr(addr).map_err(|m| err(Some(raw_ep.span()), format!("endpoint: {m}")))?;
-            let weight = match weight {
-                None => 1,
-                Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => w as u32,
-                Some(w) => {
-                    return Err(err(
-                        Some(raw_ep.span()),
-                        format!("endpoint weight {w} is out of range 1..={MAX_WEIGHT}"),
-                    ))
-                }
-            };
+            let weight = parse_weight(weight)
+                .map_err(|m| err(Some(raw_ep.span()), format!("endpoint {m}")))?;
             endpoints.push(Endpoint { addr, weight });
         }
         desired.insert(
@@ -148,6 +140,15 @@ pub fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
         Err(_) => Err(format!(
             "{s:?} is not an IPv4 address and port like \"10.96.0.10:80\""
         )),
+    }
+}
+
+/// An endpoint weight: absent means 1; otherwise `1..=MAX_WEIGHT`.
+pub fn parse_weight(w: Option<i64>) -> Result<u32, String> {
+    match w {
+        None => Ok(1),
+        Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => Ok(w as u32),
+        Some(w) => Err(format!("weight {w} is out of range 1..={MAX_WEIGHT}")),
     }
 }
 

@@ -14,8 +14,8 @@ use std::{collections::BTreeMap, net::SocketAddrV4};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{check_service_name, parse_addr, parse_proto},
-    reconcile::{Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT},
+    config::{check_service_name, parse_addr, parse_proto, parse_weight},
+    reconcile::{Desired, Endpoint, Proto, ServiceSpec},
 };
 
 /// Longest value accepted (a sane bound against hostile writers).
@@ -183,11 +183,7 @@ fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
             ..Default::default()
         }
     };
-    let weight = match v.weight {
-        None => 1,
-        Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => w as u32,
-        Some(w) => return Err(format!("weight {w} is out of range 1..={MAX_WEIGHT}")),
-    };
+    let weight = parse_weight(v.weight)?;
     Ok(Endpoint {
         addr: parse_addr(&v.addr).map_err(|m| format!("endpoint: {m}"))?,
         weight,

@@ -27,11 +27,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cli::AddressMode,
-    config::check_service_name,
+    config::{check_service_name, parse_weight},
     contract::{self, EndpointValue},
     error::{Error, Result},
     etcd::{EtcdOptions, REQUEST_TIMEOUT},
-    reconcile::MAX_WEIGHT,
 };
 
 /// Container labels of the Docker contract.
@@ -90,15 +89,11 @@ pub fn registration(
     let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
     let weight = match label(labels::WEIGHT) {
         None => 1,
-        Some(w) => match w.parse::<u32>() {
-            Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
-            _ => {
-                return Err(format!(
-                    "label {}={w:?} is not a weight in 1..={MAX_WEIGHT}",
-                    labels::WEIGHT
-                ))
-            }
-        },
+        Some(w) => w
+            .parse::<i64>()
+            .map_err(|_| format!("label {}={w:?} is not a number", labels::WEIGHT))
+            .and_then(|n| parse_weight(Some(n)))
+            .map_err(|m| format!("label {}: {m}", labels::WEIGHT))?,
     };
     let wanted_port = label(labels::PORT);
     let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
@@ -257,8 +252,9 @@ struct Register {
     written: HashMap<String, (String, String)>,
     /// Containers already reported as unusable (reported once).
     reported: HashSet<String>,
-    /// Containers that were sent their stop signal: draining, not to be registered again.
-    stopping: HashSet<String>,
+    /// Containers that were sent their stop signal, with the start time of the run being
+    /// stopped: that run drains and is not registered again; a later run is.
+    stopping: HashMap<String, String>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
@@ -298,7 +294,7 @@ impl Register {
             lease,
             written: HashMap::new(),
             reported: HashSet::new(),
-            stopping: HashSet::new(),
+            stopping: HashMap::new(),
             keepalive,
             lost,
         })
@@ -363,7 +359,19 @@ impl Register {
     /// The entry for one container, reporting an unusable label once.
     fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
         let id = c.id.clone().unwrap_or_default();
-        if !ready(c) || self.stopping.contains(&id) {
+        let started = c
+            .state
+            .as_ref()
+            .and_then(|s| s.started_at.clone())
+            .unwrap_or_default();
+        match self.stopping.get(&id) {
+            Some(run) if *run == started => return None, // draining
+            Some(_) => {
+                self.stopping.remove(&id); // started again since
+            }
+            None => {}
+        }
+        if !ready(c) {
             return None;
         }
         match registration(c, &self.cfg) {
@@ -432,7 +440,11 @@ impl Register {
             // (see the README) time to finish while clients already go elsewhere. It stays out
             // (even if a reconcile sees it still running and healthy) until it starts again.
             "stopping" => {
-                self.stopping.insert(id.to_owned());
+                let started = match docker.inspect_container(id, None).await {
+                    Ok(c) => c.state.and_then(|s| s.started_at).unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                self.stopping.insert(id.to_owned(), started);
                 self.remove(id).await?;
             }
             "die" | "stop" | "pause" | "destroy" | "oom" => {
@@ -461,7 +473,7 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
     let mut backoff = Duration::from_millis(200);
     let mut reg: Option<Register> = None;
-    let mut memory: (HashSet<String>, HashSet<String>) = Default::default();
+    let mut memory: Memory = Default::default();
     loop {
         let outcome = tokio::select! {
             result = attempt(&cfg, &mut reg, &mut memory) => Some(result),
@@ -506,6 +518,10 @@ fn is_stop_signal(signal: &str) -> bool {
     )
 }
 
+/// What a register knows about containers, carried across reconnects: draining runs and
+/// containers already reported as unusable.
+type Memory = (HashMap<String, String>, HashSet<String>);
+
 /// Runs an etcd request up to three times: with several members, a request that met a member
 /// going away succeeds on another.
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
@@ -538,7 +554,7 @@ where
 async fn attempt(
     cfg: &RegisterConfig,
     reg: &mut Option<Register>,
-    memory: &mut (HashSet<String>, HashSet<String>),
+    memory: &mut Memory,
 ) -> Result<()> {
     if reg.is_none() {
         let mut r = Register::new(cfg).await?;

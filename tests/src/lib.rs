@@ -974,6 +974,21 @@ pub fn active_backends(pin: &Path, service: &str) -> Vec<String> {
 /// Debian's Docker client (the engine is Debian's 20.10).
 const DOCKER: &str = "/usr/bin/docker";
 
+/// `docker ARGS` against the engine at `socket`; panics unless it succeeds; returns stdout.
+pub fn docker_at(socket: &str, args: &[&str]) -> String {
+    let out = Command::new(DOCKER)
+        .args(["-H", socket])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker -H {socket} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A Docker engine (Debian's dockerd) running inside a test namespace, with its own data,
 /// exec root and socket; stopped and cleaned on drop.
 pub struct Dockerd {
@@ -1040,17 +1055,7 @@ impl Dockerd {
 
     /// `docker ARGS` against this engine; panics unless it succeeds; returns stdout.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new(DOCKER)
-            .args(["-H", &self.socket])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        docker_at(&self.socket, args)
     }
 
     /// Imports a ~2 MB busybox image (from busybox-static; no registry is reachable) as `tag`.

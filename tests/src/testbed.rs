@@ -107,17 +107,7 @@ impl Testbed {
 
     /// `docker ARGS` on `host`; panics unless it succeeds; returns stdout.
     pub fn docker(&self, host: &str, args: &[&str]) -> String {
-        let out = Command::new(DOCKER)
-            .args(["-H", &self.socket(host)])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{host}: docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        crate::docker_at(&self.socket(host), args)
     }
 
     /// `docker ARGS` on `host`, whatever the outcome.
