@@ -15,15 +15,18 @@
 #   RECONCILE      (optional) seconds between the register's full reconciles (default 30)
 #   LOG            (optional) log filter of both containers (default info)
 #   ETCD_SELF      (optional) this host's etcd member address; with ETCD_CLUSTER and ETCD_TOKEN
+#   ETCD_ADVERTISE (optional) the address other members reach it at (default ETCD_SELF; behind
+#                  NAT, the router's public address, with ports 2379 and 2380 forwarded)
 set -eu
 
 if [ -n "${ETCD_SELF:-}" ]; then
+  ETCD_ADVERTISE="${ETCD_ADVERTISE:-$ETCD_SELF}"
   docker run -d --name etcd --network host --restart always ambassador-testbed/etcd:dev \
     --name="$HOST_ID" --data-dir=/var/lib/etcd \
     --listen-client-urls="http://$ETCD_SELF:2379,http://127.0.0.1:2379" \
-    --advertise-client-urls="http://$ETCD_SELF:2379" \
+    --advertise-client-urls="http://$ETCD_ADVERTISE:2379" \
     --listen-peer-urls="http://$ETCD_SELF:2380" \
-    --initial-advertise-peer-urls="http://$ETCD_SELF:2380" \
+    --initial-advertise-peer-urls="http://$ETCD_ADVERTISE:2380" \
     --initial-cluster="$ETCD_CLUSTER" --initial-cluster-token="$ETCD_TOKEN" \
     --heartbeat-interval=50 --election-timeout=500 >/dev/null
 fi

@@ -7,7 +7,8 @@
 //!  client      backend     backend                                 backend "in another cloud"
 //! ```
 //!
-//! Every host runs its own dockerd; h1-h3 run etcd as a container (one 3-member cluster); every
+//! Every host runs its own dockerd and an etcd member as a container (one 4-member cluster; h4's
+//! peers reach it through its NAT's forwarded ports); every
 //! host runs `ambassador run` (attached to its docker0, with the capabilities it needs) and
 //! `ambassador register` as containers of the project's image. h4 is only reachable through the NAT's public address and
 //! a forwarded port, and its register advertises exactly that.
@@ -275,7 +276,7 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             ("PUBLIC_IF", "eth0"),
             ("PRIVATE_NET", "10.210.4.0/24"),
             ("H4", "10.210.4.2"),
-            ("PORT", &DB_PORT.to_string()),
+            ("PORTS", &format!("{DB_PORT} 2379 2380")),
         ],
     );
 
@@ -290,17 +291,18 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         }
     }
 
-    log("etcd (one member per host on h1-h3, as containers, the seed's way) and ambassador `run` and `register` containers on every host");
-    let cluster: Vec<String> = HOSTS[..3]
+    log("etcd (one member per host, as containers, the seed's way; h4's through its NAT) and ambassador `run` and `register` containers on every host");
+    let cluster: Vec<String> = HOSTS
         .iter()
         .map(|h| format!("{}=http://{}:2380", h.name, h.advertise))
         .collect();
     let cluster = cluster.join(",");
     let ttl = ttl.to_string();
-    for (i, h) in HOSTS.iter().enumerate() {
+    for h in HOSTS {
         let pin = tb.pin(h.name);
         let socket = tb.socket(h.name);
         let advertise = h.advertise.to_string();
+        let own = h.addr.split('/').next().expect("address");
         let mut env = vec![
             ("DOCKER_HOST", socket.as_str()),
             ("DOCKER_SOCK", socket.trim_start_matches("unix://")),
@@ -314,13 +316,12 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             ("RECONCILE", "1"),
             ("LOG", "info,ambassador_user::register=debug"),
         ];
-        if i < 3 {
-            env.extend([
-                ("ETCD_SELF", advertise.as_str()),
-                ("ETCD_CLUSTER", cluster.as_str()),
-                ("ETCD_TOKEN", prefix),
-            ]);
-        }
+        env.extend([
+            ("ETCD_SELF", own),
+            ("ETCD_ADVERTISE", advertise.as_str()),
+            ("ETCD_CLUSTER", cluster.as_str()),
+            ("ETCD_TOKEN", prefix),
+        ]);
         script(None, "testbed-host.sh", &env);
     }
     let healthy = wait_until(Duration::from_secs(30), || {
