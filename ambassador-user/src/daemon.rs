@@ -197,8 +197,30 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
     let mut gc_tick = tokio::time::interval(cfg.gc_interval);
-    // Bridge ports come and go with containers; new ones are attached within this period.
-    let mut ports = tokio::time::interval(Duration::from_millis(200));
+    // Bridge ports come and go with containers: a link event attaches a new port at once; the
+    // periodic sweep is the safety net (a lost event, an overflowing socket).
+    let mut ports = tokio::time::interval(Duration::from_secs(1));
+    let link_events = if state.dp.has_bridges() {
+        let registered = crate::netlink::LinkEvents::subscribe().and_then(|events| {
+            // SAFETY: LinkEvents owns its descriptor and always returns that same one.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    events,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        match registered {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!("link events unavailable ({e}); bridge ports are followed every second");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     tokio::pin!(shutdown);
     loop {
@@ -228,6 +250,14 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             },
             _ = heartbeat.tick() => state.write_info(),
             _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
+            ready = async { link_events.as_ref().expect("guarded").readable().await }, if link_events.is_some() => {
+                if let Ok(mut guard) = ready {
+                    if guard.get_inner().drain() {
+                        state.dp.sync_bridge_ports();
+                    }
+                    guard.clear_ready();
+                }
+            }
         }
     }
     if let Some(f) = follower {

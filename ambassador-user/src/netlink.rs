@@ -151,6 +151,75 @@ fn dump(fd: i32) -> io::Result<Vec<Link>> {
     }
 }
 
+/// A socket that becomes readable whenever an interface appears, changes or goes (the
+/// RTMGRP_LINK multicast group), so bridge ports are attached as soon as they join.
+pub struct LinkEvents {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkEvents {
+    /// Subscribes to link events of this network namespace.
+    pub fn subscribe() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket syscalls; the descriptor is owned by the returned value.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Reads and discards every pending event; true if there was at least one (or the queue
+    /// overflowed, which also means "something changed").
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let mut any = false;
+        loop {
+            // SAFETY: receiving into a buffer we own, without blocking.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            return any || err.raw_os_error() == Some(libc::ENOBUFS);
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for LinkEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
