@@ -152,11 +152,36 @@ fn parse_rfc3339_ns(s: &str) -> Option<i128> {
 
 const IMAGE: &str = "amb-bench/busybox:1";
 
-pub fn run(bin: &Path, quick: bool) -> Result<()> {
+/// Which benchmarks to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// direct / ambassador-tc / socat / haproxy / iptables side by side.
+    Datapath,
+    /// etcd and Docker to the maps.
+    ControlPlane,
+}
+
+pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     if !require_root("cargo xtask bench") {
         bail!("benchmarks need root: they build network namespaces and load eBPF programs");
     }
     std::env::set_var("AMBASSADOR_BIN", bin);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    if only != Some(Only::ControlPlane) {
+        println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
+        let (md, json) = crate::bench_datapath::run(quick)?;
+        println!("\n{md}");
+        std::fs::write(dir.join("datapath.md"), &md)?;
+        std::fs::write(
+            dir.join("datapath.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        println!("written to target/bench/datapath.{{md,json}}\n");
+    }
+    if only == Some(Only::Datapath) {
+        return Ok(());
+    }
     let (n_etcd, n_docker) = if quick { (20, 3) } else { (200, 20) };
     println!("control plane: building the testbed (etcd, dockerd, ambassador run and register)");
     let topo = Topology::new(2);
@@ -217,8 +242,6 @@ pub fn run(bin: &Path, quick: bool) -> Result<()> {
         let _ = writeln!(md, "{}", s.row());
     }
     println!("\n{md}");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("control-plane.md"), &md)?;
     std::fs::write(
         dir.join("control-plane.json"),

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's developer tasks. Each sets up what it needs first.
 
 mod bench;
+mod bench_datapath;
 mod demo;
 
 use std::{
@@ -57,6 +58,9 @@ enum Task {
         /// Fewer repetitions: a smoke run of every measurement.
         #[arg(long)]
         quick: bool,
+        /// Run only one group.
+        #[arg(long, value_enum)]
+        only: Option<bench::Only>,
     },
 }
 
@@ -206,9 +210,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             release()?;
-            bench::run(&release_bin(), quick)
+            bench::run(&release_bin(), quick, only)
         }
     }
 }
