@@ -14,7 +14,7 @@ APT_PACKAGES=(
   bpftool tcpdump                                      # inspection
   llvm-22-dev                                          # bpf-linker's LLVM (never /usr/bin/llvm-config: LLVM 14)
   protobuf-compiler libprotobuf-dev                    # protoc and its well-known types, for etcd-client
-  socat iperf3 sockperf openssl                        # traffic tools; openssl makes the TLS tests' certificates
+  socat haproxy iperf3 sockperf openssl                # traffic tools and peers; openssl makes the TLS tests' certificates
   etcd-server etcd-client docker.io busybox-static     # the control plane's real components
   redis-server                                         # the database the migration testbed moves
 )
