@@ -254,6 +254,23 @@ impl Daemon {
         Self::start_env(ns, args, &[])
     }
 
+    /// `ambassador run --iface IFACE --config CONFIG --pin-path PIN EXTRA...` inside `ns`
+    /// (not waited for: call [`Daemon::wait_ready`] or [`Daemon::wait_exit`]).
+    pub fn run_file(ns: &NetNs, iface: &str, config: &str, pin: &Path, extra: &[&str]) -> Self {
+        let pin = pin.to_str().expect("UTF-8 pin path");
+        let mut args = vec![
+            "run",
+            "--iface",
+            iface,
+            "--config",
+            config,
+            "--pin-path",
+            pin,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(ns, &args)
+    }
+
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_env(ns: &NetNs, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

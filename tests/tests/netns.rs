@@ -28,18 +28,7 @@ fn start(topo: &Topology, pin: &PinDir, cfg: &TempFile) -> Daemon {
 }
 
 fn start_with(topo: &Topology, pin: &PinDir, cfg: &TempFile, extra: &[&str]) -> Daemon {
-    let pin = pin.path.to_str().unwrap();
-    let mut args = vec![
-        "run",
-        "--iface",
-        "c0",
-        "--config",
-        cfg.as_str(),
-        "--pin-path",
-        pin,
-    ];
-    args.extend_from_slice(extra);
-    let mut d = Daemon::start(&topo.fwd, &args);
+    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, extra);
     d.wait_ready();
     d
 }
@@ -419,18 +408,7 @@ fn bridge_covers_clients_that_join_later() {
     let cfg = TempFile::new(
         "[[service]]\nname = \"web\"\nfrontend = \"10.96.0.10:80\"\nendpoints = [\"10.201.1.2:8080\"]\n",
     );
-    let mut d = Daemon::start(
-        &fwd,
-        &[
-            "run",
-            "--iface",
-            "br0",
-            "--config",
-            cfg.as_str(),
-            "--pin-path",
-            pin.path.to_str().unwrap(),
-        ],
-    );
+    let mut d = Daemon::run_file(&fwd, "br0", cfg.as_str(), &pin.path, &[]);
     d.wait_ready();
 
     let mut clients = Vec::new();
@@ -520,20 +498,8 @@ fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
     let topo = Topology::new(1);
     let pin = PinDir::new();
     let good = TempFile::new(&config(&[Topology::backend_addr(1, 8080)], &[]));
-    let pin_s = pin.path.to_str().unwrap();
 
-    let mut d = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "nope0",
-            "--config",
-            good.as_str(),
-            "--pin-path",
-            pin_s,
-        ],
-    );
+    let mut d = Daemon::run_file(&topo.fwd, "nope0", good.as_str(), &pin.path, &[]);
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(64));
     assert!(
         d.log().contains("interface \"nope0\" does not exist"),
@@ -544,18 +510,7 @@ fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
     let bad = TempFile::new(
         "[[service]]\nname = \"web\"\nfrontend = \"10.96.0.10:80\"\nproto = \"sctp\"\n",
     );
-    let mut d = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--config",
-            bad.as_str(),
-            "--pin-path",
-            pin_s,
-        ],
-    );
+    let mut d = Daemon::run_file(&topo.fwd, "c0", bad.as_str(), &pin.path, &[]);
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(64));
     assert!(
         d.log().contains(&format!("{}:4:", bad.as_str())) && d.log().contains("sctp"),
@@ -563,31 +518,9 @@ fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
         d.log()
     );
 
-    let mut first = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--config",
-            good.as_str(),
-            "--pin-path",
-            pin_s,
-        ],
-    );
+    let mut first = Daemon::run_file(&topo.fwd, "c0", good.as_str(), &pin.path, &[]);
     first.wait_ready();
-    let mut second = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--config",
-            good.as_str(),
-            "--pin-path",
-            pin_s,
-        ],
-    );
+    let mut second = Daemon::run_file(&topo.fwd, "c0", good.as_str(), &pin.path, &[]);
     assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(75));
     assert!(
         second.log().contains("another `ambassador run` is using"),
@@ -597,18 +530,7 @@ fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
 
     // Another pin directory does not help: the interface is taken.
     let pin2 = PinDir::new();
-    let mut third = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--config",
-            good.as_str(),
-            "--pin-path",
-            pin2.path.to_str().unwrap(),
-        ],
-    );
+    let mut third = Daemon::run_file(&topo.fwd, "c0", good.as_str(), &pin2.path, &[]);
     assert_eq!(third.wait_exit(Duration::from_secs(10)), Some(75));
     assert!(
         third.log().contains("already has ambassador's"),

@@ -115,18 +115,7 @@ fn start(
     let active = match mode {
         Mode::Direct => Active::None,
         Mode::AmbassadorTc => {
-            let mut d = Daemon::start(
-                &topo.fwd,
-                &[
-                    "run",
-                    "--iface",
-                    "c0",
-                    "--config",
-                    cfg.as_str(),
-                    "--pin-path",
-                    pin.path.to_str().unwrap(),
-                ],
-            );
+            let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
             d.wait_ready();
             Active::Daemon(d)
         }
