@@ -39,6 +39,21 @@ pub enum Command {
     Endpoint(EndpointCmd),
     /// Register this host's labelled Docker containers as endpoints in etcd.
     Register(RegisterArgs),
+    /// Remove the datapath a stopped `run` left in place: program links (detaching it from
+    /// every interface) and maps. Forwarding through this host stops.
+    Uninstall(UninstallArgs),
+}
+
+/// `ambassador uninstall`.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Pin directory of the datapath to remove.
+    #[arg(
+        long,
+        env = "AMBASSADOR_PIN_PATH",
+        default_value = "/sys/fs/bpf/ambassador"
+    )]
+    pub pin_path: PathBuf,
 }
 
 /// How to reach etcd (shared by every command that talks to it).

@@ -39,6 +39,14 @@ pub enum Error {
         /// The kernel's id of the attached program.
         id: u32,
     },
+    /// A link could not be pinned.
+    #[error("pinning the program link at {path}: {detail}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// What the kernel said.
+        detail: String,
+    },
     /// The binary carries no eBPF object.
     #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo build`")]
     NoEbpfObject,

@@ -1,4 +1,9 @@
 //! Loads the datapath, pins its maps and attaches its programs.
+//!
+//! With TCX (Linux 6.6+) the program links are pinned too, under `<pin dir>/links/`: the
+//! datapath stays attached when the daemon stops or dies, and the next daemon adopts each
+//! pinned link, swapping its own program in with one atomic `bpf_link_update`. Forwarding
+//! never stops across a restart or an upgrade. `ambassador uninstall` removes it all.
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +16,8 @@ use std::{
 use ambassador_common::program_names;
 use aya::{
     programs::{
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
@@ -28,7 +34,16 @@ use crate::{
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// A loaded, attached datapath. Dropping it detaches the programs; the pinned maps stay.
+/// Where one program is attached.
+enum Attachment {
+    /// A TCX link pinned at this path: removing the pin detaches it.
+    Pinned(PathBuf),
+    /// A clsact filter, owned by the loaded object: dropping the object detaches it.
+    Filter(&'static str, SchedClassifierLinkId),
+}
+
+/// A loaded, attached datapath. With TCX the links are pinned and outlive it; with clsact,
+/// dropping it detaches the programs. The pinned maps always stay.
 pub struct Datapath {
     /// The maps, pinned under the pin directory.
     pub maps: Maps,
@@ -38,8 +53,10 @@ pub struct Datapath {
     pub lock: File,
     /// TCX (true) or clsact.
     tcx: bool,
-    /// Interface -> its two links.
-    attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// Where TCX links are pinned.
+    links_dir: PathBuf,
+    /// Interface -> its two attachments.
+    attached: BTreeMap<String, Vec<Attachment>>,
     /// The `--iface` interfaces that are bridges.
     bridges: Vec<String>,
 }
@@ -193,9 +210,15 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
     let (ebpf, maps, lock) = load(pin_dir)?;
+    let links_dir = pin_dir.join("links");
+    if tcx {
+        std::fs::create_dir_all(&links_dir)
+            .map_err(Error::io(format!("creating {}", links_dir.display())))?;
+    }
     if has_tcx() {
+        let ours = pinned_program_ids(&links_dir);
         for iface in ifaces {
-            refuse_foreign_attachments(iface)?;
+            refuse_foreign_attachments(iface, &ours)?;
         }
     }
     let mut dp = Datapath {
@@ -203,6 +226,7 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
         ebpf,
         lock,
         tcx,
+        links_dir,
         attached: BTreeMap::new(),
         bridges: Vec::new(),
     };
@@ -213,7 +237,39 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
         }
     }
     dp.sync_bridge_ports();
+    dp.remove_stale_links();
     Ok(dp)
+}
+
+/// Program ids behind the links pinned in `links_dir`: attachments of an earlier daemon on
+/// this pin directory, which this one adopts.
+fn pinned_program_ids(links_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| PinnedLink::from_pin(e.ok()?.path()).ok())
+        .filter_map(|p| FdLink::from(p).info().ok())
+        .map(|i| i.program_id())
+        .collect()
+}
+
+/// File name of `iface`'s link for `direction` in the links directory. bpffs refuses names
+/// with a dot (EPERM: "reserved for future use"), and interface names may hold one (VLANs:
+/// `eth0.100`), so `%` and `.` are percent-encoded.
+fn link_file(iface: &str, direction: &str) -> String {
+    let name = iface.replace('%', "%25").replace('.', "%2e");
+    format!("{name}_{direction}")
+}
+
+/// Swaps `prog` into the TCX link pinned at `path` (one atomic `bpf_link_update`).
+fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    // Only the pin holds the link from here on.
+    drop(prog.take_link(id));
+    Ok(())
 }
 
 /// Whether `iface` is a Linux bridge.
@@ -226,7 +282,8 @@ fn is_bridge(iface: &str) -> bool {
 }
 
 impl Datapath {
-    /// Attaches DNAT on `iface`'s ingress and reverse NAT on its egress.
+    /// Attaches DNAT on `iface`'s ingress and reverse NAT on its egress (adopting links an
+    /// earlier daemon pinned).
     pub fn attach(&mut self, iface: &str) -> Result<()> {
         if !self.tcx {
             // Before 6.6, TC programs hang off a clsact qdisc (it may exist already).
@@ -235,35 +292,114 @@ impl Datapath {
             }
         }
         let mut links = Vec::new();
-        for (name, direction) in [
-            (program_names::TC_DNAT, TcAttachType::Ingress),
-            (program_names::TC_RNAT, TcAttachType::Egress),
+        let mut adopted = 0;
+        for (name, direction, suffix) in [
+            (program_names::TC_DNAT, TcAttachType::Ingress, "ingress"),
+            (program_names::TC_RNAT, TcAttachType::Egress, "egress"),
         ] {
+            let what = || format!("attaching {name} to {iface} ({direction:?})");
             let prog = classifier(&mut self.ebpf, name);
-            let options = if self.tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
-            } else {
-                TcAttachOptions::Netlink(NlOptions::default())
-            };
+            if !self.tcx {
+                let options = TcAttachOptions::Netlink(NlOptions::default());
+                let id = prog
+                    .attach_with_options(iface, direction, options)
+                    .map_err(|source| Error::Program {
+                        what: what(),
+                        source,
+                    })?;
+                links.push(Attachment::Filter(name, id));
+                continue;
+            }
+            let path = self.links_dir.join(link_file(iface, suffix));
+            if path.exists() {
+                match adopt(prog, &path) {
+                    Ok(()) => {
+                        adopted += 1;
+                        links.push(Attachment::Pinned(path));
+                        continue;
+                    }
+                    Err(e) => {
+                        // Typically the interface was deleted (and maybe re-created): the
+                        // link died with it.
+                        debug!(%iface, error = %e, "pinned link not adoptable; attaching anew");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
             let id = prog
-                .attach_with_options(iface, direction, options)
+                .attach_with_options(
+                    iface,
+                    direction,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .map_err(|source| Error::Program {
-                    what: format!("attaching {name} to {iface} ({direction:?})"),
+                    what: what(),
                     source,
                 })?;
-            links.push((name, id));
+            let link = prog.take_link(id).map_err(|source| Error::Program {
+                what: what(),
+                source,
+            })?;
+            let fd = FdLink::try_from(link).map_err(|e| Error::Program {
+                what: format!("{}: {e}", what()),
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
+            // The pin keeps the link attached after this descriptor closes.
+            fd.pin(&path).map_err(|e| Error::Pin {
+                path: path.clone(),
+                detail: match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
+            })?;
+            links.push(Attachment::Pinned(path));
         }
-        info!(%iface, mode = if self.tcx { "tcx" } else { "clsact" }, "datapath attached");
+        let mode = if self.tcx { "tcx" } else { "clsact" };
+        if adopted > 0 {
+            info!(%iface, mode, adopted, "datapath adopted (program replaced in the pinned links)");
+        } else {
+            info!(%iface, mode, "datapath attached");
+        }
         self.attached.insert(iface.to_owned(), links);
         Ok(())
     }
 
     /// Detaches from `iface` (quietly: a deleted interface took its attachments along).
     fn detach(&mut self, iface: &str) {
-        for (name, id) in self.attached.remove(iface).unwrap_or_default() {
-            let _ = classifier(&mut self.ebpf, name).detach(id);
+        for a in self.attached.remove(iface).unwrap_or_default() {
+            match a {
+                Attachment::Pinned(path) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                Attachment::Filter(name, id) => {
+                    let _ = classifier(&mut self.ebpf, name).detach(id);
+                }
+            }
         }
         debug!(%iface, "datapath detached");
+    }
+
+    /// Removes pinned links this daemon did not adopt: interfaces it no longer serves (no
+    /// longer in `--iface`, or bridge ports that left while no daemon ran).
+    fn remove_stale_links(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.links_dir) else {
+            return;
+        };
+        let ours: Vec<&PathBuf> = self
+            .attached
+            .values()
+            .flatten()
+            .filter_map(|a| match a {
+                Attachment::Pinned(p) => Some(p),
+                Attachment::Filter(..) => None,
+            })
+            .collect();
+        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+            if !ours.contains(&&path) {
+                info!(link = %path.display(), "removing a pinned link no interface here needs");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     /// Attaches to ports that joined the `--iface` bridges and forgets ports that left.
@@ -322,8 +458,9 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
         .expect("checked by load()")
 }
 
-/// Refuses an interface where another instance's programs are attached already.
-fn refuse_foreign_attachments(iface: &str) -> Result<()> {
+/// Refuses an interface where another instance's programs are attached already (programs
+/// behind this pin directory's own links, `ours`, are adopted instead).
+fn refuse_foreign_attachments(iface: &str, ours: &[u32]) -> Result<()> {
     for (direction, program) in [
         (TcAttachType::Ingress, program_names::TC_DNAT),
         (TcAttachType::Egress, program_names::TC_RNAT),
@@ -331,7 +468,10 @@ fn refuse_foreign_attachments(iface: &str) -> Result<()> {
         let Ok((_, progs)) = SchedClassifier::query_tcx(iface, direction) else {
             continue;
         };
-        if let Some(p) = progs.iter().find(|p| p.name_as_str() == Some(program)) {
+        if let Some(p) = progs
+            .iter()
+            .find(|p| p.name_as_str() == Some(program) && !ours.contains(&p.id()))
+        {
             return Err(Error::AlreadyAttached {
                 iface: iface.into(),
                 program,
@@ -340,6 +480,64 @@ fn refuse_foreign_attachments(iface: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Pinned program links (each one detached a program from an interface).
+    pub links: Vec<String>,
+    /// Pinned maps.
+    pub maps: usize,
+}
+
+/// Removes everything a daemon left pinned under `pin_dir`: its program links (which
+/// detaches the datapath) and its maps, then the directory. Refuses while a daemon runs there.
+pub fn uninstall(pin_dir: &Path) -> Result<Removed> {
+    let mut removed = Removed::default();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    let lock = File::open(pin_dir).map_err(Error::io(format!("opening {}", pin_dir.display())))?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::AlreadyRunning {
+            path: pin_dir.to_owned(),
+        });
+    }
+    let rm = |path: &Path| {
+        std::fs::remove_file(path).map_err(Error::io(format!("removing {}", path.display())))
+    };
+    let links_dir = pin_dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links_dir) {
+        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+            rm(&path)?;
+            removed.links.push(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        std::fs::remove_dir(&links_dir)
+            .map_err(Error::io(format!("removing {}", links_dir.display())))?;
+    }
+    let entries =
+        std::fs::read_dir(pin_dir).map_err(Error::io(format!("reading {}", pin_dir.display())))?;
+    for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+        if path.is_dir() {
+            return Err(Error::Usage(format!(
+                "{} holds a directory ({}) that ambassador did not make; remove it by hand",
+                pin_dir.display(),
+                path.display()
+            )));
+        }
+        rm(&path)?;
+        removed.maps += 1;
+    }
+    std::fs::remove_dir(pin_dir).map_err(Error::io(format!("removing {}", pin_dir.display())))?;
+    removed.links.sort();
+    Ok(removed)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless later).
@@ -357,4 +555,17 @@ fn raise_memlock() {
 /// The default pin directory.
 pub fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/ambassador")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_files_have_no_dots_and_stay_distinct() {
+        assert_eq!(link_file("c0", "ingress"), "c0_ingress");
+        assert_eq!(link_file("eth0.100", "egress"), "eth0%2e100_egress");
+        assert_ne!(link_file("a%2eb", "egress"), link_file("a.b", "egress"));
+        assert!(!link_file("a.b.c", "ingress").contains('.'));
+    }
 }

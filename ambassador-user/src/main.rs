@@ -4,6 +4,7 @@ use ambassador_user::{
     cli::{Cli, Command},
     ctl, daemon,
     error::{Error, Result},
+    loader,
     register::{self, RegisterConfig},
     status,
 };
@@ -46,6 +47,19 @@ fn main() -> ExitCode {
                 );
             } else {
                 print!("{}", status::render(&s));
+            }
+        }),
+        Command::Uninstall(args) => loader::uninstall(&args.pin_path).map(|r| {
+            if r.links.is_empty() && r.maps == 0 {
+                println!("nothing installed at {}", args.pin_path.display());
+            } else {
+                println!(
+                    "removed {} program links ({}) and {} maps; {} is gone",
+                    r.links.len(),
+                    r.links.join(", "),
+                    r.maps,
+                    args.pin_path.display()
+                );
             }
         }),
         Command::Service(cmd) => block_on(ctl::service(cmd)),

@@ -105,6 +105,14 @@ impl NetNs {
 
     /// Runs `f` on a thread that lives in this namespace. Sockets made there stay in it.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("thread in namespace panicked")
+    }
+
+    /// Starts `f` on a thread that lives in this namespace, without waiting for it.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -113,8 +121,6 @@ impl NetNs {
             assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("thread in namespace panicked")
     }
 
     /// The namespace's SNMP counters (what `nstat` reads), e.g. ("Tcp", "InCsumErrors").
@@ -273,9 +279,14 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_env(ns: &NetNs, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_bin(ns, &ambassador_bin(), args, envs)
+    }
+
+    /// Like [`Daemon::start_env`], running the binary at `bin` (an upgrade, say).
+    pub fn start_bin(ns: &NetNs, bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         Self {
-            proc: Proc::spawn_env(&ns.name, "ambassador", &ambassador_bin(), &args, envs),
+            proc: Proc::spawn_env(&ns.name, "ambassador", bin, &args, envs),
         }
     }
 

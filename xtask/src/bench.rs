@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: measurements, written to `target/bench/`. For now the control plane:
-//! etcd put -> BPF map updated, and Docker container start -> BPF map updated on another host.
+//! `cargo xtask bench`: measurements, written to `target/bench/`: the datapath against its peers
+//! (bench_datapath), scale (bench_scale), and here the control plane: etcd and Docker to the
+//! maps and to the first connection, and loading 10,000 services from etcd.
 
 use std::{
     fmt::Write as _,
@@ -11,11 +12,7 @@ use ambassador_tests::{ambassador_ok, require_root, Daemon, Dockerd, Etcd, PinDi
 use ambassador_user::maps::Maps;
 use anyhow::{bail, Context as _, Result};
 
-/// Percentile of sorted samples.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+use crate::stats::pct;
 
 struct Series {
     name: &'static str,
@@ -150,6 +147,252 @@ fn parse_rfc3339_ns(s: &str) -> Option<i128> {
     Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) as i128) * 1_000_000_000 + frac_ns)
 }
 
+/// Writes `services` services with `per` endpoints each under `prefix`, in transactions of
+/// 128 operations (etcd's default limit); returns the revision of the last write.
+async fn fill_etcd(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    services: usize,
+    per: usize,
+) -> Result<i64> {
+    use ambassador_user::contract::{endpoint_key, service_key};
+    use etcd_client::{Txn, TxnOp};
+    let mut ops = Vec::new();
+    for s in 0..services {
+        ops.push(TxnOp::put(
+            service_key(prefix, &format!("s{s}")),
+            format!(
+                "{{\"frontend\":\"10.98.{}.{}:80\",\"proto\":\"tcp\"}}",
+                s / 250,
+                s % 250 + 1
+            ),
+            None,
+        ));
+        for e in 0..per {
+            ops.push(TxnOp::put(
+                endpoint_key(prefix, &format!("s{s}"), &format!("e{e}")),
+                format!("10.{}.{}.{}:8080", 100 + e, s / 250, s % 250 + 1),
+                None,
+            ));
+        }
+    }
+    let mut rev = 0;
+    let mut rest = ops.as_slice();
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(rest.len().min(128));
+        let resp = client.txn(Txn::new().and_then(now.to_vec())).await?;
+        rev = resp.header().map_or(rev, |h| h.revision());
+        rest = later;
+    }
+    Ok(rev)
+}
+
+/// Waits until the daemon pinned at `pin` has applied etcd revision `rev`.
+fn wait_applied(pin: &Path, rev: i64, timeout: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(maps) = Maps::open_pinned(pin) {
+            if let Ok(info) = maps.info() {
+                if info.etcd_revision >= rev as u64 && info.applied_unix_ms > 0 {
+                    return Ok(Instant::now());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("revision {rev} never applied");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Bytes per pinned map, by name.
+type MapMemory = Vec<(String, u64)>;
+
+/// Memory the kernel charges for the maps pinned in `pin` (bpftool's bytes_memlock), in bytes.
+fn map_memory(pin: &Path) -> Result<MapMemory> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(pin)? {
+        let path = entry?.path();
+        let o = std::process::Command::new("bpftool")
+            .args(["map", "show", "pinned"])
+            .arg(&path)
+            .arg("-j")
+            .output()?;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+            if let Some(b) = v["bytes_memlock"].as_u64() {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                out.push((name.into_owned(), b));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loading 10,000 services x 4 endpoints from etcd: into a daemon that starts with them already
+/// in etcd (list), and into a running daemon as they are written (watch); then the map memory.
+fn load_from_etcd(
+    topo: &Topology,
+    etcd: &Etcd,
+    services: usize,
+) -> Result<(Vec<Series>, MapMemory)> {
+    let url = etcd.members[0].url.clone();
+    let per = 4;
+    let fill = |prefix: &'static str| -> Result<i64> {
+        let url = url.clone();
+        topo.fwd.run(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let mut c = etcd_client::Client::connect([url], None).await?;
+                    fill_etcd(&mut c, prefix, services, per).await
+                })
+        })
+    };
+    let start = |prefix: &str, pin: &PinDir| {
+        Daemon::start(
+            &topo.fwd,
+            &[
+                "run",
+                "--iface",
+                "c0",
+                "--etcd",
+                &etcd.urls(),
+                "--prefix",
+                prefix,
+                "--pin-path",
+                pin.path.to_str().unwrap(),
+            ],
+        )
+    };
+    let count = |pin: &PinDir| -> Result<usize> {
+        Ok(Maps::open_pinned(&pin.path)?
+            .read_installed()?
+            .backends
+            .len())
+    };
+
+    let rev = fill("/amb-load-list")?;
+    let pin = PinDir::new();
+    let t0 = Instant::now();
+    let d = start("/amb-load-list", &pin);
+    let done = wait_applied(&pin.path, rev, Duration::from_secs(120))?;
+    let list_ms = (done - t0).as_secs_f64() * 1000.0;
+    let n = count(&pin)?;
+    if n != services * per {
+        bail!(
+            "list: {n} backends in the maps, expected {}",
+            services * per
+        );
+    }
+    let memory = map_memory(&pin.path)?;
+    // One datapath per interface: this one goes (daemon, then its pinned links) before the
+    // next starts.
+    drop(d);
+    drop(pin);
+
+    let pin2 = PinDir::new();
+    let mut d2 = start("/amb-load-watch", &pin2);
+    d2.wait_ready();
+    let t0 = Instant::now();
+    let rev = fill("/amb-load-watch")?;
+    let done = wait_applied(&pin2.path, rev, Duration::from_secs(120))?;
+    let watch_ms = (done - t0).as_secs_f64() * 1000.0;
+    let n = count(&pin2)?;
+    if n != services * per {
+        bail!(
+            "watch: {n} backends in the maps, expected {}",
+            services * per
+        );
+    }
+    let series = vec![
+        Series {
+            name: "10,000 services x 4 in etcd -> daemon start -> all in maps",
+            samples_ms: vec![list_ms],
+        },
+        Series {
+            name: "10,000 services x 4 written to etcd -> all in maps (running daemon)",
+            samples_ms: vec![watch_ms],
+        },
+    ];
+    Ok((series, memory))
+}
+
+/// etcd put -> the first new connection that lands on the new backend, `n` times: the service
+/// moves between two identifying servers with one transaction (put the new, delete the old);
+/// the client dials the VIP in a loop until the new one answers.
+fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
+    use ambassador_tests::TcpServer;
+    use ambassador_user::contract::{endpoint_key, service_key};
+    use etcd_client::{Txn, TxnOp};
+    use std::io::{BufRead as _, BufReader};
+    let _servers = [
+        TcpServer::start(&topo.backends[0], "10.200.1.2:7000", "b1"),
+        TcpServer::start(&topo.backends[1], "10.200.2.2:7000", "b2"),
+    ];
+    // Runs in the client's namespace: connect, read the server's identity line.
+    let ident = |addr: &str| -> std::io::Result<String> {
+        let addr: std::net::SocketAddr = addr.parse().expect("address");
+        let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        c.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line)?;
+        Ok(line.trim().to_owned())
+    };
+    let samples = topo.client.run(move || -> Result<Vec<f64>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut etcd = etcd_client::Client::connect(["http://10.200.0.1:2379"], None).await?;
+            let p = "/ambassador";
+            etcd.put(
+                service_key(p, "move"),
+                "{\"frontend\":\"10.96.0.11:7000\",\"proto\":\"tcp\"}",
+                None,
+            )
+            .await?;
+            let mut out = Vec::new();
+            for i in 0..=n {
+                let (new, old) = if i % 2 == 0 {
+                    ("b1", "b2")
+                } else {
+                    ("b2", "b1")
+                };
+                let addr = if new == "b1" {
+                    "10.200.1.2:7000"
+                } else {
+                    "10.200.2.2:7000"
+                };
+                let t0 = Instant::now();
+                etcd.txn(Txn::new().and_then([
+                    TxnOp::put(endpoint_key(p, "move", new), addr, None),
+                    TxnOp::delete(endpoint_key(p, "move", old), None),
+                ]))
+                .await?;
+                loop {
+                    if ident("10.96.0.11:7000").is_ok_and(|who| who == new) {
+                        break;
+                    }
+                    if t0.elapsed() > Duration::from_secs(5) {
+                        bail!("{new} never answered on the VIP");
+                    }
+                }
+                // The first round only sets the service up.
+                if i > 0 {
+                    out.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(out)
+        })
+    })?;
+    Ok(Series {
+        name: "etcd put -> first new connection on the new backend",
+        samples_ms: samples,
+    })
+}
+
 const IMAGE: &str = "amb-bench/busybox:1";
 
 /// Which benchmarks to run.
@@ -157,8 +400,37 @@ const IMAGE: &str = "amb-bench/busybox:1";
 pub enum Only {
     /// direct / ambassador-tc / socat / haproxy / iptables side by side.
     Datapath,
-    /// etcd and Docker to the maps.
+    /// 1, 1,000 and 10,000 services: ambassador maps against iptables rules.
+    Scale,
+    /// etcd and Docker to the maps, and loading 10,000 services from etcd.
     ControlPlane,
+}
+
+/// Writes `name.md` and `name.json` under `dir` and prints the table.
+fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    println!("\n{md}");
+    std::fs::write(dir.join(format!("{name}.md")), md)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("written to target/bench/{name}.{{md,json}}\n");
+    Ok(())
+}
+
+/// One line about the machine, for the reports.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
 }
 
 pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
@@ -168,24 +440,41 @@ pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     std::env::set_var("AMBASSADOR_BIN", bin);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
-    if only != Some(Only::ControlPlane) {
+    let wanted = |o: Only| only.is_none_or(|x| x == o);
+    let mode = if quick { "quick" } else { "full" };
+    println!("machine: {}; {mode} run", machine());
+    if wanted(Only::Datapath) {
         println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
-        let (md, json) = crate::bench_datapath::run(quick)?;
-        println!("\n{md}");
-        std::fs::write(dir.join("datapath.md"), &md)?;
-        std::fs::write(
-            dir.join("datapath.json"),
-            serde_json::to_string_pretty(&json)?,
-        )?;
-        println!("written to target/bench/datapath.{{md,json}}\n");
+        let r = crate::bench_datapath::run(quick)?;
+        write(&dir, "datapath", &r.md, &r.json)?;
+        let svg = crate::chart::datapath(
+            &r.chart,
+            &format!(
+                "cargo xtask bench ({mode}); {}; bars: median, whiskers: min-max",
+                machine()
+            ),
+        );
+        std::fs::write(dir.join("datapath.svg"), svg)?;
+        println!("chart: target/bench/datapath.svg\n");
     }
-    if only == Some(Only::Datapath) {
-        return Ok(());
+    if wanted(Only::Scale) {
+        println!("scale: 1, 1,000 and 10,000 services, ambassador maps against iptables rules");
+        let (md, json) = crate::bench_scale::run(quick)?;
+        write(&dir, "scale", &md, &json)?;
     }
+    if wanted(Only::ControlPlane) {
+        control_plane(&dir, quick)?;
+    }
+    Ok(())
+}
+
+fn control_plane(dir: &Path, quick: bool) -> Result<()> {
     let (n_etcd, n_docker) = if quick { (20, 3) } else { (200, 20) };
     println!("control plane: building the testbed (etcd, dockerd, ambassador run and register)");
     let topo = Topology::new(2);
     let etcd = Etcd::single(&topo.fwd);
+    println!("  loading 10,000 services x 4 endpoints from etcd");
+    let (load, memory) = load_from_etcd(&topo, &etcd, 10_000)?;
     let dockerd = Dockerd::start(&topo.backends[0], "10.250.1.1/24");
     dockerd.import_busybox(IMAGE);
     let pin = PinDir::new();
@@ -232,25 +521,41 @@ pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
 
     println!("  etcd put -> map updated, {n_etcd} times");
     let a = etcd_to_map(&topo, etcd.members[0].url.clone(), &pin.path, n_etcd)?;
+    println!("  etcd put -> first new connection on the new backend, {n_etcd} times");
+    let b = etcd_to_conn(&topo, n_etcd)?;
     println!("  docker start -> map updated, {n_docker} times");
-    let b = docker_to_map(&dockerd, &pin.path, n_docker)?;
+    let c = docker_to_map(&dockerd, &pin.path, n_docker)?;
 
     let mut md = String::from(
         "| measurement | n | min ms | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n",
     );
-    for s in [&a, &b] {
+    let all = [&a, &b, &c, &load[0], &load[1]];
+    for s in all {
         let _ = writeln!(md, "{}", s.row());
     }
-    println!("\n{md}");
-    std::fs::write(dir.join("control-plane.md"), &md)?;
-    std::fs::write(
-        dir.join("control-plane.json"),
-        serde_json::to_string_pretty(
-            &serde_json::json!({ "quick": quick, "series": [a.json(), b.json()] }),
-        )?,
-    )?;
-    println!("written to target/bench/control-plane.{{md,json}}");
-    Ok(())
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    let _ = writeln!(
+        md,
+        "\nMap memory with 10,000 services x 4 endpoints (bpftool bytes_memlock; the maps are preallocated, so this is also their size when empty): {:.1} MiB in all",
+        total as f64 / (1 << 20) as f64
+    );
+    for (name, b) in &memory {
+        let _ = writeln!(md, "- {name}: {:.1} MiB", *b as f64 / (1 << 20) as f64);
+    }
+    let mem: Vec<_> = memory
+        .iter()
+        .map(|(n, b)| serde_json::json!({"map": n, "bytes": b}))
+        .collect();
+    write(
+        dir,
+        "control-plane",
+        &md,
+        &serde_json::json!({
+            "quick": quick,
+            "series": all.iter().map(|s| s.json()).collect::<Vec<_>>(),
+            "map_memory": mem,
+        }),
+    )
 }
 
 #[cfg(test)]

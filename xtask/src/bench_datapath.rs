@@ -2,14 +2,31 @@
 //! against the same backend in the same run, repetitions interleaved (the machine is noisy:
 //! only ratios to `direct` from the same run carry over).
 
-use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Context as _, Result};
 
-const BACKEND: &str = "10.200.1.2";
-const LAT_PORT: u16 = 11111;
-const TPUT_PORT: u16 = 5201;
+use crate::stats::{cpu_seconds, median, pct, spread};
+
+pub const BACKEND: &str = "10.200.1.2";
+pub const LAT_PORT: u16 = 11111;
+pub const CONN_PORT: u16 = 12222;
+pub const TPUT_PORT: u16 = 5201;
+/// Size of every request and response (latency and connection rate).
+const MSG: usize = 64;
 
 /// A way from the client to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,14 +57,15 @@ impl Mode {
         }
     }
 
-    /// Where the client dials for the latency and throughput servers.
-    fn target(self) -> (&'static str, u16, u16) {
+    /// Where the client dials: the address, then the ports for latency, connection rate and
+    /// throughput.
+    fn target(self) -> (&'static str, [u16; 3]) {
         match self {
-            Mode::Direct => (BACKEND, LAT_PORT, TPUT_PORT),
-            Mode::AmbassadorTc => ("10.96.0.10", LAT_PORT, TPUT_PORT),
-            Mode::Socat => ("10.200.0.1", 21111, 25201),
-            Mode::Haproxy => ("10.200.0.1", 31111, 35201),
-            Mode::Iptables => ("10.96.0.20", LAT_PORT, TPUT_PORT),
+            Mode::Direct => (BACKEND, [LAT_PORT, CONN_PORT, TPUT_PORT]),
+            Mode::AmbassadorTc => ("10.96.0.10", [LAT_PORT, CONN_PORT, TPUT_PORT]),
+            Mode::Socat => ("10.200.0.1", [21111, 22222, 25201]),
+            Mode::Haproxy => ("10.200.0.1", [31111, 32222, 35201]),
+            Mode::Iptables => ("10.96.0.20", [LAT_PORT, CONN_PORT, TPUT_PORT]),
         }
     }
 }
@@ -56,100 +74,123 @@ impl Mode {
 #[allow(dead_code, reason = "the values are held for their Drop")]
 enum Active {
     None,
-    Daemon(Daemon),
+    /// The daemon, and its pin directory: removing that detaches the programs, whose links
+    /// are pinned and outlive the daemon.
+    Daemon(Daemon, PinDir),
     Procs(Vec<Proc>),
     Iptables(String),
 }
 
-fn iptables_rules(ns: &str, op: &str) -> Result<()> {
-    for (port, to) in [(LAT_PORT, LAT_PORT), (TPUT_PORT, TPUT_PORT)] {
-        let st = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "iptables",
-                "-t",
-                "nat",
-                op,
-                "PREROUTING",
-                "-d",
-                "10.96.0.20",
-                "-p",
-                "tcp",
-            ])
-            .args([
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{BACKEND}:{to}"),
-            ])
-            .status()?;
-        if !st.success() {
-            bail!("iptables {op} failed");
-        }
+/// `iptables-restore --noflush` input: `op` (`-A`/`-D`) DNAT rules in PREROUTING for
+/// `frontend`'s ports, to the same ports on `backend`.
+pub fn dnat_rules(op: &str, frontend: &str, backend: &str, ports: &[u16]) -> String {
+    let mut s = String::new();
+    for port in ports {
+        let _ = writeln!(
+            s,
+            "{op} PREROUTING -d {frontend}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {backend}:{port}"
+        );
+    }
+    s
+}
+
+/// Applies nat-table rules in `ns` with one `iptables-restore --noflush` (fast for 10,000).
+pub fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
+    use std::process::Stdio;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("*nat\n{rules}COMMIT\n").as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("iptables-restore in {ns} failed");
     }
     Ok(())
 }
 
+const PORTS: [u16; 3] = [LAT_PORT, CONN_PORT, TPUT_PORT];
+
 impl Drop for Active {
     fn drop(&mut self) {
         if let Active::Iptables(ns) = self {
-            let _ = iptables_rules(ns, "-D");
+            let _ = iptables_restore(ns, &dnat_rules("-D", "10.96.0.20", BACKEND, &PORTS));
         }
     }
 }
 
-fn start(
-    mode: Mode,
-    topo: &Topology,
-    pin: &PinDir,
-    cfg: &TempFile,
-    haproxy_cfg: &TempFile,
-) -> Result<Active> {
+fn start(mode: Mode, topo: &Topology, cfg: &TempFile, haproxy_cfg: &TempFile) -> Result<Active> {
     let fwd = &topo.fwd.name;
     let spawn =
         |what: &str, prog: &str, args: &[String]| Proc::spawn(fwd, what, Path::new(prog), args);
-    let active = match mode {
+    let mut active = match mode {
         Mode::Direct => Active::None,
         Mode::AmbassadorTc => {
+            let pin = PinDir::new();
             let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
             d.wait_ready();
-            Active::Daemon(d)
+            Active::Daemon(d, pin)
         }
-        Mode::Socat => Active::Procs(
-            [(21111, LAT_PORT), (25201, TPUT_PORT)]
-                .iter()
-                .map(|(from, to)| {
-                    spawn(
-                        "socat",
-                        "/usr/bin/socat",
-                        &[
-                            format!("TCP-LISTEN:{from},bind=10.200.0.1,fork,reuseaddr,nodelay"),
-                            format!("TCP:{BACKEND}:{to},nodelay"),
-                        ],
-                    )
-                })
-                .collect(),
-        ),
+        Mode::Socat => {
+            let (_, ports) = mode.target();
+            Active::Procs(
+                ports
+                    .iter()
+                    .zip(PORTS)
+                    .map(|(from, to)| {
+                        spawn(
+                            "socat",
+                            "/usr/bin/socat",
+                            &[
+                                format!("TCP-LISTEN:{from},bind=10.200.0.1,fork,reuseaddr,nodelay,backlog=1024"),
+                                format!("TCP:{BACKEND}:{to},nodelay"),
+                            ],
+                        )
+                    })
+                    .collect(),
+            )
+        }
         Mode::Haproxy => Active::Procs(vec![spawn(
             "haproxy",
             "/usr/sbin/haproxy",
             &["-db".into(), "-f".into(), haproxy_cfg.as_str().into()],
         )]),
         Mode::Iptables => {
-            iptables_rules(fwd, "-A")?;
+            iptables_restore(fwd, &dnat_rules("-A", "10.96.0.20", BACKEND, &PORTS))?;
             Active::Iptables(fwd.clone())
         }
     };
     std::thread::sleep(Duration::from_millis(300));
+    if let Active::Procs(procs) = &mut active {
+        for p in procs {
+            if !p.running() {
+                bail!("{} exited at start: {}", mode.name(), p.log());
+            }
+        }
+    }
     Ok(active)
 }
 
+fn haproxy_config() -> String {
+    let mut s = String::from(
+        "global\n  maxconn 2000\ndefaults\n  mode tcp\n  option tcp-smart-connect\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+    );
+    let (_, ports) = Mode::Haproxy.target();
+    for (from, to) in ports.iter().zip(PORTS) {
+        let _ = write!(
+            s,
+            "listen p{from}\n  bind 10.200.0.1:{from}\n  server s {BACKEND}:{to}\n"
+        );
+    }
+    s
+}
+
 /// sockperf TCP ping-pong, 64 B: half round trip p50, p99, p99.9 in microseconds.
-fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3]> {
+pub fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3]> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -159,7 +200,7 @@ fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3]> {
             "ping-pong",
             "--tcp",
             "-m",
-            "64",
+            &MSG.to_string(),
         ])
         .args(["-i", ip, "-p", &port.to_string(), "-t", &secs.to_string()])
         .output()?;
@@ -179,8 +220,15 @@ fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3]> {
     }
 }
 
-/// iperf3 with `streams` parallel streams: received Gbit/s.
-fn throughput(client: &NetNs, ip: &str, port: u16, secs: u32, streams: u32) -> Result<f64> {
+/// One iperf3 run: received Gbit/s, and the whole machine's CPU seconds per GB received.
+pub struct Throughput {
+    pub gbps: f64,
+    pub cpu_s_per_gb: f64,
+}
+
+/// iperf3 with `streams` parallel streams.
+fn throughput(client: &NetNs, ip: &str, port: u16, secs: u32, streams: u32) -> Result<Throughput> {
+    let (busy0, _) = cpu_seconds();
     let out = Command::new("ip")
         .args([
             "netns",
@@ -195,133 +243,407 @@ fn throughput(client: &NetNs, ip: &str, port: u16, secs: u32, streams: u32) -> R
         ])
         .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
         .output()?;
+    let (busy1, _) = cpu_seconds();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .with_context(|| format!("iperf3 to {ip}:{port}: {}", v["error"]))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn spread(v: &[f64]) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(0.0, f64::max);
-    format!("{min:.1}-{max:.1}")
-}
-
-/// Runs every mode `reps` times, interleaved; returns the markdown table and the JSON.
-pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
-    let (reps, secs) = if quick { (1, 1) } else { (3, 4) };
-    let topo = Topology::new(1);
-    // Checksum offload back on: the benchmark measures forwarding, not software checksums.
-    for (ns, dev) in [
-        (&topo.client, "eth0"),
-        (&topo.fwd, "c0"),
-        (&topo.fwd, "b1"),
-        (&topo.backends[0], "eth0"),
-    ] {
-        ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(bps), Some(bytes)) if bytes > 0.0 => Ok(Throughput {
+            gbps: bps / 1e9,
+            cpu_s_per_gb: (busy1 - busy0) / (bytes / 1e9),
+        }),
+        _ => bail!("iperf3 to {ip}:{port}: {}", v["error"]),
     }
-    let backend = &topo.backends[0].name;
-    let _servers = [
-        Proc::spawn(
-            backend,
-            "sockperf",
-            Path::new("/usr/bin/sockperf"),
-            &[
-                "server".into(),
-                "--tcp".into(),
-                "-i".into(),
-                BACKEND.into(),
-                "-p".into(),
-                LAT_PORT.to_string(),
-            ],
-        ),
-        Proc::spawn(
-            backend,
-            "iperf3",
-            Path::new("/usr/bin/iperf3"),
-            &[
-                "-s".into(),
-                "-B".into(),
-                BACKEND.into(),
-                "-p".into(),
-                TPUT_PORT.to_string(),
-            ],
-        ),
-    ];
-    std::thread::sleep(Duration::from_millis(500));
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"lat\"\nfrontend = \"10.96.0.10:{LAT_PORT}\"\nendpoints = [\"{BACKEND}:{LAT_PORT}\"]\n\n\
-         [[service]]\nname = \"tput\"\nfrontend = \"10.96.0.10:{TPUT_PORT}\"\nendpoints = [\"{BACKEND}:{TPUT_PORT}\"]\n"
-    ));
-    let haproxy_cfg = TempFile::new(&format!(
-        "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend lat\n  bind 10.200.0.1:31111\n  default_backend lat\nbackend lat\n  server s {BACKEND}:{LAT_PORT}\n\
-         frontend tput\n  bind 10.200.0.1:35201\n  default_backend tput\nbackend tput\n  server s {BACKEND}:{TPUT_PORT}\n"
-    ));
+}
 
-    // mode -> [p50s], [p99s], [p999s], [1-stream], [4-stream]
-    let mut results: Vec<[Vec<f64>; 5]> = Mode::ALL.iter().map(|_| Default::default()).collect();
-    for rep in 0..reps {
-        for (i, mode) in Mode::ALL.iter().enumerate() {
-            println!("  rep {}/{reps}: {}", rep + 1, mode.name());
-            let _active = start(*mode, &topo, &pin, &cfg, &haproxy_cfg)?;
-            let (ip, lp, tp) = mode.target();
-            let [p50, p99, p999] = latency(&topo.client, ip, lp, secs)?;
+/// A server that answers one request per connection: read 64 B, write 64 B, wait for the
+/// client to close.
+pub struct RrServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RrServer {
+    pub fn start(ns: &NetNs, addr: &str) -> Self {
+        let addr: SocketAddr = addr.parse().expect("address");
+        let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; MSG];
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_nodelay(true);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                        if conn.read_exact(&mut buf).is_ok() && conn.write_all(&buf).is_ok() {
+                            // The client closes first, so TIME_WAIT stays on its side (where
+                            // tcp_tw_reuse recycles it) and no SYN meets a backend in
+                            // TIME_WAIT: otherwise port reuse stalls connections for a
+                            // retransmission timeout, unevenly between modes.
+                            let _ = conn.read(&mut buf);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RrServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// New connections, one at a time, for `secs`: connect, send 64 B, read 64 B, close.
+pub struct ConnRate {
+    pub per_sec: f64,
+    /// Median time of one whole connection, microseconds.
+    pub p50_us: f64,
+    pub failed: u64,
+}
+
+pub fn conn_rate(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<ConnRate> {
+    let addr: SocketAddr = format!("{ip}:{port}").parse()?;
+    client.run(move || {
+        let one = || -> std::io::Result<()> {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            c.set_nodelay(true)?;
+            c.set_read_timeout(Some(Duration::from_secs(1)))?;
+            c.write_all(&[7u8; MSG])?;
+            let mut buf = [0u8; MSG];
+            c.read_exact(&mut buf)
+        };
+        let start = Instant::now();
+        let end = start + Duration::from_secs(secs.into());
+        let (mut times, mut failed) = (Vec::new(), 0u64);
+        while Instant::now() < end {
+            let t0 = Instant::now();
+            match one() {
+                Ok(()) => times.push(t0.elapsed().as_secs_f64() * 1e6),
+                Err(_) => failed += 1,
+            }
+        }
+        if times.is_empty() {
+            bail!("no connection to {addr} succeeded ({failed} failed)");
+        }
+        let per_sec = times.len() as f64 / start.elapsed().as_secs_f64();
+        times.sort_by(f64::total_cmp);
+        Ok(ConnRate {
+            per_sec,
+            p50_us: pct(&times, 0.5),
+            failed,
+        })
+    })
+}
+
+/// Average run time per packet of the newest loaded program called `name` (needs
+/// `kernel.bpf_stats_enabled`): (runs, ns per run).
+fn prog_ns_per_run(name: &str) -> Option<(u64, f64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let p = v
+        .as_array()?
+        .iter()
+        .filter(|p| p["name"] == name)
+        .max_by_key(|p| p["id"].as_u64())?;
+    let (ns, cnt) = (p["run_time_ns"].as_u64()?, p["run_cnt"].as_u64()?);
+    (cnt > 0).then(|| (cnt, ns as f64 / cnt as f64))
+}
+
+/// Sets `kernel.bpf_stats_enabled` for as long as it lives, then restores the old value.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Self {
+        const P: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(P).unwrap_or_else(|_| "0".into());
+        let _ = std::fs::write(P, "1");
+        Self(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", self.0.trim());
+    }
+}
+
+/// The topology with its servers on the backend: sockperf, iperf3 and the one-request server.
+pub struct Bed {
+    pub topo: Topology,
+    _servers: Vec<Proc>,
+    _rr: RrServer,
+}
+
+impl Bed {
+    pub fn new() -> Result<Self> {
+        let topo = Topology::new(1);
+        // Checksum offload back on: the benchmark measures forwarding, not software checksums.
+        for (ns, dev) in [
+            (&topo.client, "eth0"),
+            (&topo.fwd, "c0"),
+            (&topo.fwd, "b1"),
+            (&topo.backends[0], "eth0"),
+        ] {
+            ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
+        }
+        // Many short connections: a wide port range and TIME_WAIT reuse everywhere.
+        for ns in [&topo.client, &topo.fwd, &topo.backends[0]] {
+            ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+            ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+        }
+        // Netfilter conntrack active on the forwarding host in every mode, as on any Docker
+        // host (otherwise only the modes that run after the first iptables one would pay it).
+        iptables_restore(&topo.fwd.name, "-A POSTROUTING -d 192.0.2.1/32 -j RETURN\n")?;
+        let backend = &topo.backends[0].name;
+        let servers = vec![
+            Proc::spawn(
+                backend,
+                "sockperf",
+                Path::new("/usr/bin/sockperf"),
+                &[
+                    "server".into(),
+                    "--tcp".into(),
+                    "-i".into(),
+                    BACKEND.into(),
+                    "-p".into(),
+                    LAT_PORT.to_string(),
+                ],
+            ),
+            Proc::spawn(
+                backend,
+                "iperf3",
+                Path::new("/usr/bin/iperf3"),
+                &[
+                    "-s".into(),
+                    "-B".into(),
+                    BACKEND.into(),
+                    "-p".into(),
+                    TPUT_PORT.to_string(),
+                ],
+            ),
+        ];
+        let rr = RrServer::start(&topo.backends[0], &format!("{BACKEND}:{CONN_PORT}"));
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self {
+            topo,
+            _servers: servers,
+            _rr: rr,
+        })
+    }
+}
+
+/// Every figure of one mode, one entry per repetition.
+#[derive(Default)]
+struct Samples {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    p999: Vec<f64>,
+    gbps1: Vec<f64>,
+    gbps4: Vec<f64>,
+    cpu_per_gb: Vec<f64>,
+    conn_per_sec: Vec<f64>,
+    conn_p50: Vec<f64>,
+    conn_failed: u64,
+}
+
+/// What the datapath run produced: the markdown table, the JSON, and the medians per mode for
+/// the chart: (mode, p50 us, p50 min, p50 max, Gbit/s 1 stream, min, max).
+pub struct Report {
+    pub md: String,
+    pub json: serde_json::Value,
+    pub chart: Vec<(String, [f64; 6])>,
+}
+
+/// How long and how often: latency is the noisiest figure on a small machine, so it gets
+/// many short repetitions; throughput and connection rate get fewer, longer ones.
+struct Plan {
+    reps: usize,
+    lat_secs: u32,
+    /// The first `heavy_reps` repetitions also measure throughput and connection rate.
+    heavy_reps: usize,
+    heavy_secs: u32,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                reps: 1,
+                lat_secs: 1,
+                heavy_reps: 1,
+                heavy_secs: 1,
+            }
+        } else {
+            Self {
+                reps: 10,
+                lat_secs: 2,
+                heavy_reps: 3,
+                heavy_secs: 3,
+            }
+        }
+    }
+}
+
+/// Runs every mode `plan.reps` times, interleaved, the order rotated each repetition so no
+/// mode always follows the same one.
+pub fn run(quick: bool) -> Result<Report> {
+    let plan = Plan::new(quick);
+    let bed = Bed::new()?;
+    let topo = &bed.topo;
+    let mut cfg = String::new();
+    for (name, port) in [("lat", LAT_PORT), ("conn", CONN_PORT), ("tput", TPUT_PORT)] {
+        let _ = write!(
+            cfg,
+            "[[service]]\nname = \"{name}\"\nfrontend = \"10.96.0.10:{port}\"\nendpoints = [\"{BACKEND}:{port}\"]\n\n"
+        );
+    }
+    let cfg = TempFile::new(&cfg);
+    let haproxy_cfg = TempFile::new(&haproxy_config());
+
+    let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
+    let mut prog_ns: Vec<(String, u64, f64)> = Vec::new();
+    for rep in 0..plan.reps {
+        let heavy = rep < plan.heavy_reps;
+        for k in 0..Mode::ALL.len() {
+            let i = (rep + k) % Mode::ALL.len();
+            let mode = Mode::ALL[i];
+            println!("  rep {}/{}: {}", rep + 1, plan.reps, mode.name());
+            let stats = (heavy && mode == Mode::AmbassadorTc).then(BpfStats::enable);
+            let active = start(mode, topo, &cfg, &haproxy_cfg)?;
+            let (ip, [lp, cp, tp]) = mode.target();
             let r = &mut results[i];
-            r[0].push(p50);
-            r[1].push(p99);
-            r[2].push(p999);
-            r[3].push(throughput(&topo.client, ip, tp, secs, 1)?);
-            r[4].push(throughput(&topo.client, ip, tp, secs, 4)?);
+            let [p50, p99, p999] = latency(&topo.client, ip, lp, plan.lat_secs)?;
+            r.p50.push(p50);
+            r.p99.push(p99);
+            r.p999.push(p999);
+            if heavy {
+                let secs = plan.heavy_secs;
+                let t1 = throughput(&topo.client, ip, tp, secs, 1)?;
+                r.gbps1.push(t1.gbps);
+                r.cpu_per_gb.push(t1.cpu_s_per_gb);
+                r.gbps4
+                    .push(throughput(&topo.client, ip, tp, secs, 4)?.gbps);
+                let c = conn_rate(&topo.client, ip, cp, secs)?;
+                r.conn_per_sec.push(c.per_sec);
+                r.conn_p50.push(c.p50_us);
+                r.conn_failed += c.failed;
+            }
+            if stats.is_some() {
+                for prog in ["amb_tc_dnat", "amb_tc_rnat"] {
+                    if let Some((runs, ns)) = prog_ns_per_run(prog) {
+                        prog_ns.push((prog.to_owned(), runs, ns));
+                    }
+                }
+            }
+            drop(active);
         }
     }
 
-    let mut med: Vec<[f64; 5]> = Vec::new();
-    for r in &mut results {
-        med.push([
-            median(&mut r[0]),
-            median(&mut r[1]),
-            median(&mut r[2]),
-            median(&mut r[3]),
-            median(&mut r[4]),
-        ]);
-    }
-    let d = med[0];
+    let meds: Vec<[f64; 8]> = results
+        .iter()
+        .map(|r| {
+            [
+                median(&mut r.p50.clone()),
+                median(&mut r.p99.clone()),
+                median(&mut r.p999.clone()),
+                median(&mut r.gbps1.clone()),
+                median(&mut r.gbps4.clone()),
+                median(&mut r.cpu_per_gb.clone()),
+                median(&mut r.conn_per_sec.clone()),
+                median(&mut r.conn_p50.clone()),
+            ]
+        })
+        .collect();
+    let d = meds[0];
     let mut md = String::from(
-        "| mode | p50 us (spread) | p99 us | p99.9 us | p50 vs direct | 1 stream Gbit/s (spread) | vs direct | 4 streams Gbit/s | vs direct |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | p50 us (spread) | p99 us | p99.9 us | p50 vs direct | 1 stream Gbit/s (spread) | vs direct | 4 streams Gbit/s | vs direct | CPU s/GB | vs direct | conn/s (spread) | vs direct | conn p50 us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
+    let mut chart = Vec::new();
     for (i, mode) in Mode::ALL.iter().enumerate() {
-        let m = med[i];
+        let (m, r) = (meds[i], &results[i]);
         let _ = writeln!(
             md,
-            "| {} | {:.1} ({}) | {:.1} | {:.1} | {:.2}x | {:.2} ({}) | {:.0}% | {:.2} | {:.0}% |",
+            "| {} | {:.1} ({}) | {:.1} | {:.1} | {:.2}x | {:.2} ({}) | {:.0}% | {:.2} | {:.0}% | {:.2} | {:.2}x | {:.0} ({}) | {:.0}% | {:.0} |",
             mode.name(),
             m[0],
-            spread(&results[i][0]),
+            spread(&r.p50, 1),
             m[1],
             m[2],
             m[0] / d[0],
             m[3],
-            spread(&results[i][3]),
+            spread(&r.gbps1, 1),
             100.0 * m[3] / d[3],
             m[4],
-            100.0 * m[4] / d[4]
+            100.0 * m[4] / d[4],
+            m[5],
+            m[5] / d[5],
+            m[6],
+            spread(&r.conn_per_sec, 0),
+            100.0 * m[6] / d[6],
+            m[7],
         );
         json.push(serde_json::json!({
-            "mode": mode.name(), "p50_us": results[i][0], "p99_us": results[i][1], "p999_us": results[i][2],
-            "gbps_1_stream": results[i][3], "gbps_4_streams": results[i][4],
+            "mode": mode.name(), "p50_us": r.p50, "p99_us": r.p99, "p999_us": r.p999,
+            "gbps_1_stream": r.gbps1, "gbps_4_streams": r.gbps4, "cpu_s_per_gb": r.cpu_per_gb,
+            "conn_per_sec": r.conn_per_sec, "conn_p50_us": r.conn_p50, "conn_failed": r.conn_failed,
         }));
+        let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        chart.push((
+            mode.name().to_owned(),
+            [
+                m[0],
+                lo(&r.p50),
+                hi(&r.p50),
+                m[3],
+                lo(&r.gbps1),
+                hi(&r.gbps1),
+            ],
+        ));
     }
-    Ok((
+    let failed: u64 = results.iter().map(|r| r.conn_failed).sum();
+    if failed > 0 {
+        let _ = writeln!(
+            md,
+            "\nFailed connections during the connection-rate runs: {failed}."
+        );
+    }
+    if !prog_ns.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nambassador-tc's programs (kernel.bpf_stats_enabled, every packet of a repetition):"
+        );
+        for (prog, runs, ns) in &prog_ns {
+            let _ = writeln!(md, "- {prog}: {ns:.0} ns per packet over {runs} packets");
+        }
+    }
+    let progs: Vec<_> = prog_ns
+        .iter()
+        .map(|(p, runs, ns)| serde_json::json!({"program": p, "runs": runs, "ns_per_run": ns}))
+        .collect();
+    Ok(Report {
         md,
-        serde_json::json!({ "reps": reps, "seconds": secs, "modes": json }),
-    ))
+        json: serde_json::json!({
+            "latency_reps": plan.reps, "latency_seconds": plan.lat_secs,
+            "heavy_reps": plan.heavy_reps, "heavy_seconds": plan.heavy_secs,
+            "modes": json, "programs": progs,
+        }),
+        chart,
+    })
 }

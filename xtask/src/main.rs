@@ -2,7 +2,10 @@
 
 mod bench;
 mod bench_datapath;
+mod bench_scale;
+mod chart;
 mod demo;
+mod stats;
 
 use std::{
     io::{BufRead as _, BufReader},

@@ -1,0 +1,60 @@
+//! Small statistics over benchmark samples.
+
+/// The median (upper median for an even count); `v` is sorted in place.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Nearest-rank percentile `p` (0..=1) of sorted samples.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// `min-max` with `digits` decimals.
+pub fn spread(v: &[f64], digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.digits$}-{max:.digits$}")
+}
+
+/// Busy and total CPU time of the whole machine so far, in seconds (from /proc/stat).
+pub fn cpu_seconds() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((total - idle) / hz, total / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_median() {
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(pct(&s, 0.0), 1.0);
+        assert_eq!(pct(&s, 0.5), 3.0);
+        assert_eq!(pct(&s, 1.0), 5.0);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(spread(&[2.0, 1.25, 3.0], 1), "1.2-3.0");
+    }
+
+    #[test]
+    fn cpu_seconds_grow() {
+        let (busy, total) = cpu_seconds();
+        assert!(total > 0.0 && busy <= total, "{busy} {total}");
+    }
+}
