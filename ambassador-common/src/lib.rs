@@ -314,8 +314,8 @@ pub struct DaemonInfo {
     pub source: u32,
     /// 1 while the etcd watch is established.
     pub etcd_connected: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// Endpoints the backend policy currently leaves out (`--allow-backend`, refused ranges).
+    pub refused: u32,
     /// Last etcd revision applied.
     pub etcd_revision: u64,
     /// Unix time (ms) when `etcd_connected` last changed.

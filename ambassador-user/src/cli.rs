@@ -141,6 +141,11 @@ pub struct RunArgs {
     #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_closing_timeout: u64,
     /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
+    /// Allow backends only in this IPv4 range (repeatable, or comma-separated in the
+    /// environment). Loopback, link-local, multicast, broadcast and frontend addresses are
+    /// refused whatever this says.
+    #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = clap::value_parser!(crate::policy::Cidr))]
+    pub allow_backend: Vec<crate::policy::Cidr>,
     #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
     /// Seconds a UDP flow may stay idle.
@@ -159,6 +164,9 @@ impl From<RunArgs> for RunConfig {
             pin_dir: a.pin_path,
             gc_interval: Duration::from_secs(a.gc_interval),
             tc_attach: a.tc_attach,
+            policy: crate::policy::BackendPolicy {
+                allow: a.allow_backend,
+            },
             timeouts: Timeouts {
                 tcp: Duration::from_secs(a.tcp_timeout),
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),

@@ -2,6 +2,7 @@
 //! keeps the conntrack tidy, and records its own state for `status`.
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     path::PathBuf,
     sync::Arc,
@@ -22,6 +23,7 @@ use crate::{
     gc::{self, Timeouts},
     loader,
     maps::Maps,
+    policy::{BackendPolicy, Refusal},
     reconcile::{self, Desired, Installed, Op},
 };
 
@@ -49,6 +51,8 @@ pub struct RunConfig {
     pub timeouts: Timeouts,
     /// How the TC programs attach.
     pub tc_attach: loader::TcAttach,
+    /// Where backends may point.
+    pub policy: BackendPolicy,
 }
 
 /// How often the daemon refreshes its heartbeat in the info map.
@@ -103,10 +107,22 @@ struct State {
     installed: Installed,
     info: DaemonInfo,
     applied: Option<Arc<Desired>>,
+    policy: BackendPolicy,
+    /// Endpoints refused by the policy at the last apply (each warned about once).
+    refused: BTreeSet<Refusal>,
 }
 
 impl State {
     fn apply(&mut self, desired: &Desired, why: &str) {
+        let (desired, refused) = self.policy.filter(desired);
+        for r in &refused {
+            if !self.refused.contains(r) {
+                warn!("{r}");
+            }
+        }
+        self.refused = refused.into_iter().collect();
+        self.info.refused = self.refused.len() as u32;
+        let desired = &desired;
         match converge(&mut self.dp.maps, &mut self.installed, desired) {
             Ok(changes) => {
                 self.info.applied_unix_ms = unix_ms(SystemTime::now());
@@ -177,6 +193,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         installed,
         info,
         applied: None,
+        policy: cfg.policy.clone(),
+        refused: BTreeSet::new(),
     };
     if let Some(desired) = &initial {
         state.apply(desired, "configuration applied");

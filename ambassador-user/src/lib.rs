@@ -14,6 +14,7 @@ pub mod gc;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
+pub mod policy;
 pub mod reconcile;
 pub mod register;
 pub mod status;

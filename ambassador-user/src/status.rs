@@ -34,6 +34,10 @@ pub struct ControlPlane {
     pub malformed: u64,
     /// Services left out because another holds their frontend.
     pub conflicts: u64,
+    /// Endpoints the backend policy leaves out (refused ranges, `--allow-backend`).
+    pub refused_endpoints: u32,
+    /// Program links pinned (TCX): the datapath stays attached while no daemon runs.
+    pub links_pinned: usize,
     /// How long ago (ms) a desired state was last applied (absent if never).
     pub applied_age_ms: Option<u64>,
 }
@@ -187,6 +191,8 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         etcd_revision: info.etcd_revision,
         malformed: info.malformed,
         conflicts: info.conflicts,
+        refused_endpoints: info.refused,
+        links_pinned: std::fs::read_dir(pin_dir.join("links")).map_or(0, |d| d.count()),
         applied_age_ms: (info.applied_unix_ms != 0)
             .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
     };
@@ -206,6 +212,11 @@ fn secs(ms: u64) -> String {
 fn render_control_plane(c: &ControlPlane) -> String {
     let daemon = if c.daemon_running {
         format!("daemon running (pid {})", c.pid)
+    } else if c.links_pinned > 0 {
+        format!(
+            "daemon NOT running: the datapath stays attached ({} pinned links) and forwards with the last state; nothing follows changes until `ambassador run` starts again",
+            c.links_pinned
+        )
     } else {
         "daemon NOT running: the maps are kept, but nothing is attached".to_owned()
     };
@@ -229,6 +240,12 @@ fn render_control_plane(c: &ControlPlane) -> String {
         line.push_str(&format!(
             "skipped: {} malformed etcd values, {} services whose frontend another service holds\n",
             c.malformed, c.conflicts
+        ));
+    }
+    if c.refused_endpoints > 0 {
+        line.push_str(&format!(
+            "refused: {} endpoints the backend policy leaves out (the daemon's log says which and why)\n",
+            c.refused_endpoints
         ));
     }
     line

@@ -550,3 +550,61 @@ fn startup_errors_are_one_clear_line_and_a_nonzero_exit() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no ambassador maps pinned"));
 }
+
+#[test]
+fn backends_outside_the_policy_are_refused_counted_and_never_reached() {
+    if !require_root("backends_outside_the_policy_are_refused_counted_and_never_reached") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b = |i, p| Topology::backend_addr(i, p);
+    let _t1 = TcpServer::start(&topo.backends[0], &b(1, 8080), "b1");
+    let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
+    let pin = PinDir::new();
+    // b2 is outside --allow-backend; loopback and the frontend itself are never backends.
+    let cfg = TempFile::new(&config(
+        &[
+            b(1, 8080),
+            b(2, 8080),
+            "127.0.0.1:8080".into(),
+            "10.96.0.10:8080".into(),
+        ],
+        &[],
+    ));
+    let d = start_with(&topo, &pin, &cfg, &["--allow-backend", "10.200.1.0/24"]);
+    for needle in [
+        "endpoint 10.200.2.2:8080 refused: outside --allow-backend 10.200.1.0/24",
+        "endpoint 127.0.0.1:8080 refused: loopback",
+        "endpoint 10.96.0.10:8080 refused: it is a frontend address",
+    ] {
+        assert!(d.log().contains(needle), "{needle:?} not in:\n{}", d.log());
+    }
+    let st = status(&pin.path);
+    assert_eq!(st["control_plane"]["refused_endpoints"], 3, "{st}");
+    assert_eq!(active_backends(&pin.path, "web"), vec![b(1, 8080)]);
+    for _ in 0..20 {
+        let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+        assert_eq!(ident, "b1");
+    }
+    let text = ambassador_in(
+        &topo.fwd,
+        &["status", "--pin-path", pin.path.to_str().unwrap()],
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("refused: 3 endpoints"),
+        "{text:?}"
+    );
+
+    // A bad range is a usage error, before anything is loaded.
+    let out = ambassador(&[
+        "run",
+        "--iface",
+        "c0",
+        "--config",
+        cfg.as_str(),
+        "--allow-backend",
+        "10.1.2.3/16",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean 10.1.0.0/16"));
+}
