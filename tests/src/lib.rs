@@ -384,7 +384,23 @@ impl Drop for TcpServer {
 pub fn tcp_connect(ns: &NetNs, addr: &str) -> std::io::Result<(BufReader<TcpStream>, String)> {
     let addr: SocketAddr = addr.parse().unwrap();
     let stream = ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    read_ident(stream, Duration::from_secs(2))
+}
+
+/// Connects from the calling thread's namespace (inside [`NetNs::run`] or [`NetNs::spawn`])
+/// and reads the server's identity line; `timeout` bounds the connect and each read.
+pub fn tcp_connect_here(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<(BufReader<TcpStream>, String)> {
+    read_ident(TcpStream::connect_timeout(&addr, timeout)?, timeout)
+}
+
+fn read_ident(
+    stream: TcpStream,
+    timeout: Duration,
+) -> std::io::Result<(BufReader<TcpStream>, String)> {
+    stream.set_read_timeout(Some(timeout))?;
     let mut reader = BufReader::new(stream);
     let mut ident = String::new();
     reader.read_line(&mut ident)?;

@@ -2,7 +2,7 @@
 //! while no daemon runs, and the next daemon swaps its program into the same links.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::BufReader,
     net::{SocketAddr, TcpStream},
     path::Path,
     sync::{
@@ -28,19 +28,13 @@ struct Traffic {
 }
 
 fn connect(addr: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, String)> {
-    let c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    c.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut r = BufReader::new(c);
-    let mut ident = String::new();
-    r.read_line(&mut ident)?;
-    Ok((r, ident.trim().to_owned()))
+    tcp_connect_here(addr, Duration::from_secs(1))
 }
 
+/// One echo that must come back unchanged.
 fn echo(c: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<()> {
-    writeln!(c.get_mut(), "{line}")?;
-    let mut back = String::new();
-    c.read_line(&mut back)?;
-    if back.trim() != line {
+    let back = tcp_echo(c, line)?;
+    if back != line {
         return Err(std::io::Error::other(format!("echo {back:?} for {line:?}")));
     }
     Ok(())

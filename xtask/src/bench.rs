@@ -229,6 +229,25 @@ fn map_memory(pin: &Path) -> Result<MapMemory> {
     Ok(out)
 }
 
+/// `ambassador run` on the forwarding host's `c0`, following `etcd` under `prefix` (not waited
+/// for).
+fn run_on_etcd(topo: &Topology, etcd: &Etcd, prefix: &str, pin: &PinDir) -> Daemon {
+    Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--etcd",
+            &etcd.urls(),
+            "--prefix",
+            prefix,
+            "--pin-path",
+            pin.path.to_str().unwrap(),
+        ],
+    )
+}
+
 /// Loading 10,000 services x 4 endpoints from etcd: into a daemon that starts with them already
 /// in etcd (list), and into a running daemon as they are written (watch); then the map memory.
 fn load_from_etcd(
@@ -250,22 +269,7 @@ fn load_from_etcd(
                 })
         })
     };
-    let start = |prefix: &str, pin: &PinDir| {
-        Daemon::start(
-            &topo.fwd,
-            &[
-                "run",
-                "--iface",
-                "c0",
-                "--etcd",
-                &etcd.urls(),
-                "--prefix",
-                prefix,
-                "--pin-path",
-                pin.path.to_str().unwrap(),
-            ],
-        )
-    };
+    let start = |prefix: &str, pin: &PinDir| run_on_etcd(topo, etcd, prefix, pin);
     let count = |pin: &PinDir| -> Result<usize> {
         Ok(Maps::open_pinned(&pin.path)?
             .read_installed()?
@@ -323,23 +327,16 @@ fn load_from_etcd(
 /// moves between two identifying servers with one transaction (put the new, delete the old);
 /// the client dials the VIP in a loop until the new one answers.
 fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
-    use ambassador_tests::TcpServer;
+    use ambassador_tests::{tcp_connect_here, TcpServer};
     use ambassador_user::contract::{endpoint_key, service_key};
     use etcd_client::{Txn, TxnOp};
-    use std::io::{BufRead as _, BufReader};
     let _servers = [
         TcpServer::start(&topo.backends[0], "10.200.1.2:7000", "b1"),
         TcpServer::start(&topo.backends[1], "10.200.2.2:7000", "b2"),
     ];
+    let vip: std::net::SocketAddr = "10.96.0.11:7000".parse()?;
     // Runs in the client's namespace: connect, read the server's identity line.
-    let ident = |addr: &str| -> std::io::Result<String> {
-        let addr: std::net::SocketAddr = addr.parse().expect("address");
-        let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        c.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let mut line = String::new();
-        BufReader::new(c).read_line(&mut line)?;
-        Ok(line.trim().to_owned())
-    };
+    let ident = move || tcp_connect_here(vip, Duration::from_millis(500)).map(|(_, who)| who);
     let samples = topo.client.run(move || -> Result<Vec<f64>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -372,7 +369,7 @@ fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
                 ]))
                 .await?;
                 loop {
-                    if ident("10.96.0.11:7000").is_ok_and(|who| who == new) {
+                    if ident().is_ok_and(|who| who == new) {
                         break;
                     }
                     if t0.elapsed() > Duration::from_secs(5) {
@@ -478,18 +475,7 @@ fn control_plane(dir: &Path, quick: bool) -> Result<()> {
     let dockerd = Dockerd::start(&topo.backends[0], "10.250.1.1/24");
     dockerd.import_busybox(IMAGE);
     let pin = PinDir::new();
-    let mut daemon = Daemon::start(
-        &topo.fwd,
-        &[
-            "run",
-            "--iface",
-            "c0",
-            "--etcd",
-            &etcd.urls(),
-            "--pin-path",
-            pin.path.to_str().unwrap(),
-        ],
-    );
+    let mut daemon = run_on_etcd(&topo, &etcd, "/ambassador", &pin);
     daemon.wait_ready();
     ambassador_ok(
         &topo.fwd,
