@@ -69,9 +69,12 @@ fn tcp_and_udp_spread_over_backends_with_valid_checksums_and_exact_counters() {
     );
 
     // UDP: 50 datagrams from 50 sockets (50 flows); the reply appears to come from the VIP
-    // (a connected socket only accepts datagrams from the address it connected to).
+    // (a connected socket only accepts datagrams from the address it connected to). Every
+    // socket stays open to the end: a closed one frees its port, and the kernel may give
+    // the same port to the next socket, which is then (rightly) the same flow.
     let payload = [7u8; 100];
     let mut udp_seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut socks = Vec::new();
     for _ in 0..50 {
         let sock = udp_client(&topo.client, VIP_UDP);
         sock.send(&payload).unwrap();
@@ -81,6 +84,7 @@ fn tcp_and_udp_spread_over_backends_with_valid_checksums_and_exact_counters() {
         let (ident, rest) = reply.split_once(':').unwrap();
         assert_eq!(rest.as_bytes(), &payload);
         *udp_seen.entry(ident.to_owned()).or_default() += 1;
+        socks.push(sock);
     }
     assert!(udp_seen.len() == 2, "UDP flows not spread: {udp_seen:?}");
     assert_eq!(u1.received() + u2.received(), 50);
