@@ -140,14 +140,22 @@ pub struct RunArgs {
     /// Seconds a closing TCP flow (FIN or RST seen) is kept.
     #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_closing_timeout: u64,
-    /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
     /// Allow backends only in this IPv4 range (repeatable, or comma-separated in the
     /// environment). Loopback, link-local, multicast, broadcast and frontend addresses are
     /// refused whatever this says.
     #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = clap::value_parser!(crate::policy::Cidr))]
     pub allow_backend: Vec<crate::policy::Cidr>,
+    /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
     #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595; port 0 picks
+    /// one and logs it). Not served unless given.
+    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds a stop (SIGTERM/SIGINT) may take before the daemon exits anyway. Forwarding
+    /// never depends on it: the pinned links keep forwarding after the process is gone.
+    #[arg(long, env = "AMBASSADOR_GRACE_PERIOD", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub grace_period: u64,
     /// Seconds a UDP flow may stay idle.
     #[arg(long, env = "AMBASSADOR_UDP_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub udp_timeout: u64,
@@ -167,6 +175,8 @@ impl From<RunArgs> for RunConfig {
             policy: crate::policy::BackendPolicy {
                 allow: a.allow_backend,
             },
+            metrics_addr: a.metrics_addr,
+            grace: Duration::from_secs(a.grace_period),
             timeouts: Timeouts {
                 tcp: Duration::from_secs(a.tcp_timeout),
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),
@@ -328,6 +338,10 @@ pub struct RegisterArgs {
     /// Seconds between full reconciliations with Docker (heals missed events).
     #[arg(long, env = "AMBASSADOR_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub reconcile_interval: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (registered containers, etcd and
+    /// Docker connection state). Not served unless given.
+    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }

@@ -4,9 +4,10 @@
 use std::{
     collections::BTreeSet,
     future::Future,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use ambassador_common::{source, DaemonInfo};
@@ -23,8 +24,10 @@ use crate::{
     gc::{self, Timeouts},
     loader,
     maps::Maps,
+    metrics::{self, Histogram, Kind, Page},
     policy::{BackendPolicy, Refusal},
     reconcile::{self, Desired, Installed, Op},
+    status,
 };
 
 /// Where the desired state comes from.
@@ -53,7 +56,14 @@ pub struct RunConfig {
     pub tc_attach: loader::TcAttach,
     /// Where backends may point.
     pub policy: BackendPolicy,
+    /// Where Prometheus metrics are served (none: not served).
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long a stop may take before the daemon exits anyway.
+    pub grace: Duration,
 }
+
+/// Exit code when a stop outlasts `--grace-period` (EX_SOFTWARE).
+pub const EXIT_GRACE_EXCEEDED: i32 = 70;
 
 /// How often the daemon refreshes its heartbeat in the info map.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -101,6 +111,86 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the daemon measures about itself, for the metrics page.
+struct Telemetry {
+    /// etcd response received -> maps updated.
+    lag: Histogram,
+    /// Desired states applied, and those that failed to apply.
+    applies: u64,
+    apply_failures: u64,
+    /// Flows and drained backends removed by the garbage collector.
+    gc_flows: u64,
+    gc_backends: u64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            lag: Histogram::new(metrics::LAG_BUCKETS),
+            applies: 0,
+            apply_failures: 0,
+            gc_flows: 0,
+            gc_backends: 0,
+        }
+    }
+}
+
+/// The metrics page: the status read from the pinned maps, then the daemon's own figures.
+fn render_metrics(pin_dir: &Path, telemetry: &Mutex<Telemetry>) -> String {
+    let mut page = Page::default();
+    match status::read(pin_dir) {
+        Ok(s) => {
+            page.single(
+                "ambassador_maps_readable",
+                Kind::Gauge,
+                "Whether the pinned maps could be read for this page.",
+                1.0,
+            );
+            status::write_metrics(&s, &mut page);
+        }
+        Err(e) => {
+            warn!("metrics: reading the pinned maps failed: {e}");
+            page.single(
+                "ambassador_maps_readable",
+                Kind::Gauge,
+                "Whether the pinned maps could be read for this page.",
+                0.0,
+            );
+        }
+    }
+    let t = telemetry.lock().unwrap_or_else(|p| p.into_inner());
+    t.lag.write(
+        &mut page,
+        "ambassador_control_plane_lag_seconds",
+        "From an etcd response arriving to the maps holding it.",
+    );
+    page.single(
+        "ambassador_applies_total",
+        Kind::Counter,
+        "Desired states applied to the maps.",
+        t.applies as f64,
+    );
+    page.single(
+        "ambassador_apply_failures_total",
+        Kind::Counter,
+        "Desired states that failed to apply (the maps keep the previous one).",
+        t.apply_failures as f64,
+    );
+    page.single(
+        "ambassador_gc_flows_removed_total",
+        Kind::Counter,
+        "Expired flows removed by the garbage collector.",
+        t.gc_flows as f64,
+    );
+    page.single(
+        "ambassador_gc_backends_removed_total",
+        Kind::Counter,
+        "Drained terminating backends removed.",
+        t.gc_backends as f64,
+    );
+    page.finish()
+}
+
 /// The daemon's state between events.
 struct State {
     dp: loader::Datapath,
@@ -110,10 +200,12 @@ struct State {
     policy: BackendPolicy,
     /// Endpoints refused by the policy at the last apply (each warned about once).
     refused: BTreeSet<Refusal>,
+    telemetry: Arc<Mutex<Telemetry>>,
 }
 
 impl State {
-    fn apply(&mut self, desired: &Desired, why: &str) {
+    /// Applies `desired`; `received` is when it arrived from etcd (for the lag).
+    fn apply(&mut self, desired: &Desired, why: &str, received: Option<Instant>) {
         let (desired, refused) = self.policy.filter(desired);
         for r in &refused {
             if !self.refused.contains(r) {
@@ -123,12 +215,21 @@ impl State {
         self.refused = refused.into_iter().collect();
         self.info.refused = self.refused.len() as u32;
         let desired = &desired;
-        match converge(&mut self.dp.maps, &mut self.installed, desired) {
+        let result = converge(&mut self.dp.maps, &mut self.installed, desired);
+        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
             Ok(changes) => {
                 self.info.applied_unix_ms = unix_ms(SystemTime::now());
+                t.applies += 1;
+                if let Some(r) = received {
+                    t.lag.observe(r.elapsed());
+                }
                 info!(services = desired.len(), changes, "{why}");
             }
-            Err(e) => error!("{why}: applying failed, the maps keep what was applied before: {e}"),
+            Err(e) => {
+                t.apply_failures += 1;
+                error!("{why}: applying failed, the maps keep what was applied before: {e}")
+            }
         }
     }
 
@@ -144,7 +245,11 @@ impl State {
                 .as_ref()
                 .is_some_and(|a| Arc::ptr_eq(a, desired))
             {
-                self.apply(desired, &format!("etcd revision {} applied", snap.revision));
+                self.apply(
+                    desired,
+                    &format!("etcd revision {} applied", snap.revision),
+                    snap.received,
+                );
                 self.applied = Some(desired.clone());
             }
         }
@@ -195,11 +300,20 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         applied: None,
         policy: cfg.policy.clone(),
         refused: BTreeSet::new(),
+        telemetry: Arc::default(),
     };
     if let Some(desired) = &initial {
-        state.apply(desired, "configuration applied");
+        state.apply(desired, "configuration applied", None);
     }
     state.write_info();
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let (pin, t) = (cfg.pin_dir.clone(), state.telemetry.clone());
+            let render: metrics::Render = Arc::new(move || render_metrics(&pin, &t));
+            Some(metrics::serve(addr, render).await?.1)
+        }
+        None => None,
+    };
 
     let (tx, mut rx) = watch::channel(Snapshot::default());
     let follower = match &cfg.source {
@@ -256,14 +370,19 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = hup.recv() => match &cfg.source {
                 Source::File(path) => match config::load(path) {
-                    Ok(desired) => state.apply(&desired, "configuration reloaded"),
+                    Ok(desired) => state.apply(&desired, "configuration reloaded", None),
                     Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
                 },
                 Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
             },
             _ = gc_tick.tick() => match collect_garbage(&mut state.dp.maps, &mut state.installed, &cfg.timeouts) {
                 Ok((0, 0)) => {}
-                Ok((flows, backends)) => info!(flows, backends, "expired flows and drained backends removed"),
+                Ok((flows, backends)) => {
+                    let mut t = state.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+                    t.gc_flows += flows as u64;
+                    t.gc_backends += backends as u64;
+                    info!(flows, backends, "expired flows and drained backends removed");
+                }
                 Err(e) => warn!("garbage collection failed: {e}"),
             },
             _ = heartbeat.tick() => state.write_info(),
@@ -278,8 +397,25 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }
     }
+    // Stopping is bounded: whatever hangs (a kernel call, a dropped runtime waiting for a
+    // blocking task), the process is gone after the grace period. Forwarding never depends on
+    // it: with TCX the pinned links stay, and the next daemon adopts them.
+    let grace = cfg.grace;
+    let _ = std::thread::Builder::new()
+        .name("grace".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            error!(
+                "stopping took longer than the grace period ({}s): exiting now",
+                grace.as_secs()
+            );
+            std::process::exit(EXIT_GRACE_EXCEEDED);
+        });
     if let Some(f) = follower {
         f.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     // The programs go with the datapath; the maps stay pinned for `status` and for the next
     // start, which adopts them.

@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use etcd_client::{
@@ -109,6 +109,8 @@ pub struct Snapshot {
     pub malformed: u64,
     /// Services currently left out for claiming another service's frontend.
     pub conflicts: u64,
+    /// When the etcd response behind `desired` arrived (the start of the control-plane lag).
+    pub received: Option<Instant>,
 }
 
 impl Default for Snapshot {
@@ -120,6 +122,7 @@ impl Default for Snapshot {
             since: SystemTime::now(),
             malformed: 0,
             conflicts: 0,
+            received: None,
         }
     }
 }
@@ -184,6 +187,7 @@ async fn session(
         what: format!("listing {root}"),
         source,
     })?;
+    let received = Instant::now();
     let mut revision = listing.header().map_or(0, |h| h.revision());
     let mut store = Store::default();
     let mut malformed = tx.borrow().malformed;
@@ -200,7 +204,7 @@ async fn session(
         );
     }
     info!(revision, keys = listing.kvs().len(), "etcd: listed {root}");
-    publish(tx, &store, revision, malformed, &mut conflicts);
+    publish(tx, &store, revision, malformed, &mut conflicts, received);
 
     let mut stream = client
         .watch(
@@ -218,8 +222,8 @@ async fn session(
             source,
         })?;
     loop {
-        let resp = match stream.message().await {
-            Ok(Some(resp)) => resp,
+        let (resp, received) = match stream.message().await {
+            Ok(Some(resp)) => (resp, Instant::now()),
             Ok(None) => {
                 return Err(Error::EtcdTimeout {
                     what: "the watch stream closed".into(),
@@ -263,7 +267,7 @@ async fn session(
             revision = revision.max(h.revision());
         }
         debug!(revision, events = resp.events().len(), "etcd: changes");
-        publish(tx, &store, revision, malformed, &mut conflicts);
+        publish(tx, &store, revision, malformed, &mut conflicts, received);
     }
 }
 
@@ -292,6 +296,7 @@ fn publish(
     revision: i64,
     malformed: u64,
     last_conflicts: &mut Vec<String>,
+    received: Instant,
 ) {
     let (desired, conflicts) = store.desired();
     if conflicts != *last_conflicts {
@@ -309,5 +314,6 @@ fn publish(
         s.revision = revision;
         s.malformed = malformed;
         s.conflicts = conflicts.len() as u64;
+        s.received = Some(received);
     });
 }

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod gc;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod netlink;
 pub mod policy;
 pub mod reconcile;

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             host_id: a.host_id.unwrap_or_else(hostname),
             address_mode: a.address_mode,
             reconcile_interval: Duration::from_secs(a.reconcile_interval),
+            metrics_addr: a.metrics_addr,
             etcd: a.etcd.into(),
         })),
     };

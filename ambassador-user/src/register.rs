@@ -9,6 +9,10 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -31,6 +35,7 @@ use crate::{
     contract::{self, EndpointValue},
     error::{Error, Result},
     etcd::{EtcdOptions, REQUEST_TIMEOUT},
+    metrics::{self, Kind, Page},
 };
 
 /// Container labels of the Docker contract.
@@ -60,6 +65,77 @@ pub struct RegisterConfig {
     pub reconcile_interval: Duration,
     /// etcd connection.
     pub etcd: EtcdOptions,
+    /// Where Prometheus metrics are served (none: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// What the register reports at `--metrics-addr`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Containers whose endpoint is written under the current lease.
+    containers: AtomicU64,
+    /// Labelled containers that cannot be registered (bad label, no published port...).
+    unusable: AtomicU64,
+    /// Whether a lease is held and kept alive.
+    etcd_connected: AtomicBool,
+    /// Whether the Docker event stream is followed.
+    docker_connected: AtomicBool,
+    /// Leases granted (more than one: etcd was lost and the entries rewritten).
+    lease_grants: AtomicU64,
+    /// Endpoint writes and deletions.
+    puts: AtomicU64,
+    deletes: AtomicU64,
+}
+
+impl Stats {
+    fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let flag = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+        let mut page = Page::default();
+        page.single(
+            "ambassador_register_containers",
+            Kind::Gauge,
+            "Containers whose endpoint this register holds in etcd under its lease.",
+            get(&self.containers),
+        )
+        .single(
+            "ambassador_register_unusable_containers",
+            Kind::Gauge,
+            "Labelled containers that cannot be registered (the log says why).",
+            get(&self.unusable),
+        )
+        .single(
+            "ambassador_register_etcd_connected",
+            Kind::Gauge,
+            "Whether a lease is held and kept alive.",
+            flag(&self.etcd_connected),
+        )
+        .single(
+            "ambassador_register_docker_connected",
+            Kind::Gauge,
+            "Whether Docker's events are followed.",
+            flag(&self.docker_connected),
+        )
+        .single(
+            "ambassador_register_lease_grants_total",
+            Kind::Counter,
+            "Leases granted; each after the first means etcd was lost and every entry rewritten.",
+            get(&self.lease_grants),
+        )
+        .single(
+            "ambassador_register_puts_total",
+            Kind::Counter,
+            "Endpoint entries written.",
+            get(&self.puts),
+        )
+        .single(
+            "ambassador_register_deletes_total",
+            Kind::Counter,
+            "Endpoint entries deleted.",
+            get(&self.deletes),
+        );
+        page.finish()
+    }
 }
 
 /// One container's entry.
@@ -259,6 +335,7 @@ struct Register {
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
     lost: watch::Receiver<bool>,
+    stats: Arc<Stats>,
 }
 
 impl Drop for Register {
@@ -269,7 +346,7 @@ impl Drop for Register {
 
 impl Register {
     /// Connects to etcd, grants a lease and starts keeping it alive.
-    async fn new(cfg: &RegisterConfig) -> Result<Self> {
+    async fn new(cfg: &RegisterConfig, stats: Arc<Stats>) -> Result<Self> {
         let mut etcd = cfg.etcd.connect().await?;
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, etcd.lease_grant(cfg.ttl, None))
             .await
@@ -288,6 +365,9 @@ impl Register {
         );
         let (tx, lost) = watch::channel(false);
         let keepalive = tokio::spawn(keep_lease(etcd.clone(), lease, cfg.ttl, tx));
+        stats.lease_grants.fetch_add(1, Ordering::Relaxed);
+        stats.etcd_connected.store(true, Ordering::Relaxed);
+        stats.containers.store(0, Ordering::Relaxed);
         Ok(Self {
             cfg: cfg.clone(),
             etcd,
@@ -297,6 +377,7 @@ impl Register {
             stopping: HashMap::new(),
             keepalive,
             lost,
+            stats,
         })
     }
 
@@ -336,6 +417,8 @@ impl Register {
         .await?;
         info!(%key, %value, "registered");
         self.written.insert(container.to_owned(), (key, value));
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        self.count();
         Ok(())
     }
 
@@ -343,6 +426,7 @@ impl Register {
         if let Some((key, _)) = self.written.remove(container) {
             self.delete(&key).await?;
             info!(%key, "deregistered");
+            self.count();
         }
         Ok(())
     }
@@ -353,7 +437,16 @@ impl Register {
             async move { etcd.delete(k, None).await }
         })
         .await?;
+        self.stats.deletes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn count(&self) {
+        let s = &self.stats;
+        s.containers
+            .store(self.written.len() as u64, Ordering::Relaxed);
+        s.unusable
+            .store(self.reported.len() as u64, Ordering::Relaxed);
     }
 
     /// The entry for one container, reporting an unusable label once.
@@ -417,6 +510,7 @@ impl Register {
         }
         let n = wanted.len();
         self.sync(wanted).await?;
+        self.count();
         Ok(n)
     }
 
@@ -471,12 +565,21 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         signal(SignalKind::terminate()).map_err(Error::io("installing the SIGTERM handler"))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
+    let stats = Arc::new(Stats::default());
+    let _metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let s = stats.clone();
+            let render: metrics::Render = Arc::new(move || s.render());
+            Some(AbortOnDrop(metrics::serve(addr, render).await?.1))
+        }
+        None => None,
+    };
     let mut backoff = Duration::from_millis(200);
     let mut reg: Option<Register> = None;
     let mut memory: Memory = Default::default();
     loop {
         let outcome = tokio::select! {
-            result = attempt(&cfg, &mut reg, &mut memory) => Some(result),
+            result = attempt(&cfg, &mut reg, &mut memory, &stats) => Some(result),
             _ = term.recv() => None,
             _ = int.recv() => None,
         };
@@ -491,7 +594,10 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
             }
             Some(Err(e)) => {
                 warn!("{e}; retrying in {backoff:?}");
+                stats.docker_connected.store(false, Ordering::Relaxed);
                 if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
+                    stats.etcd_connected.store(false, Ordering::Relaxed);
+                    stats.containers.store(0, Ordering::Relaxed);
                     // Reconnect and re-grant, but remember what was learnt about containers
                     // (a draining one must not come back with the next listing).
                     if let Some(old) = reg.take() {
@@ -506,6 +612,15 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
             _ = int.recv() => return Ok(()),
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Aborts the task when dropped (the metrics server ends with the register).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -555,9 +670,10 @@ async fn attempt(
     cfg: &RegisterConfig,
     reg: &mut Option<Register>,
     memory: &mut Memory,
+    stats: &Arc<Stats>,
 ) -> Result<()> {
     if reg.is_none() {
-        let mut r = Register::new(cfg).await?;
+        let mut r = Register::new(cfg, stats.clone()).await?;
         (r.stopping, r.reported) = std::mem::take(memory);
         *reg = Some(r);
     }
@@ -606,6 +722,7 @@ async fn session(r: &mut Register) -> Result<()> {
         ..Default::default()
     }));
     let n = r.reconcile(&docker).await?;
+    r.stats.docker_connected.store(true, Ordering::Relaxed);
     info!(containers = n, docker = %r.cfg.docker, "registered the labelled containers; following Docker events");
 
     let mut reconcile = tokio::time::interval(r.cfg.reconcile_interval);
@@ -653,6 +770,7 @@ mod tests {
             host_id: "h2".into(),
             address_mode: mode,
             reconcile_interval: Duration::from_secs(30),
+            metrics_addr: None,
             etcd: EtcdOptions {
                 endpoints: vec![],
                 prefix: "/ambassador".into(),

@@ -12,6 +12,7 @@ use crate::{
     error::Result,
     gc::{self, Timeouts},
     maps::Maps,
+    metrics::{Kind, Page},
     reconcile::Proto,
 };
 
@@ -308,4 +309,178 @@ pub fn render(status: &Status) -> String {
     );
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
     out
+}
+
+/// Writes the report as Prometheus metrics (the daemon serves them at `--metrics-addr`).
+pub fn write_metrics(status: &Status, page: &mut Page) {
+    let c = &status.control_plane;
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    page.single(
+        "ambassador_daemon_running",
+        Kind::Gauge,
+        "Whether the daemon's heartbeat in the pinned maps is recent.",
+        b(c.daemon_running),
+    );
+    page.single(
+        "ambassador_etcd_connected",
+        Kind::Gauge,
+        "Whether the etcd watch is established (0 while etcd is unreachable: forwarding goes on with the last state).",
+        b(c.etcd_connected),
+    );
+    page.single(
+        "ambassador_etcd_state_seconds",
+        Kind::Gauge,
+        "Seconds since the etcd connection last changed state.",
+        c.state_age_ms as f64 / 1000.0,
+    );
+    page.single(
+        "ambassador_etcd_revision",
+        Kind::Gauge,
+        "The etcd revision the maps reflect.",
+        c.etcd_revision as f64,
+    );
+    page.single(
+        "ambassador_etcd_malformed_values_total",
+        Kind::Counter,
+        "Malformed etcd values skipped (each key and revision once).",
+        c.malformed as f64,
+    );
+    page.single(
+        "ambassador_etcd_frontend_conflicts",
+        Kind::Gauge,
+        "Services left out because another service holds their frontend.",
+        c.conflicts as f64,
+    );
+    page.single(
+        "ambassador_refused_endpoints",
+        Kind::Gauge,
+        "Endpoints the backend policy leaves out.",
+        c.refused_endpoints as f64,
+    );
+    page.single(
+        "ambassador_links_pinned",
+        Kind::Gauge,
+        "Program links pinned (TCX): they forward even while no daemon runs.",
+        c.links_pinned as f64,
+    );
+    if let Some(age) = c.applied_age_ms {
+        page.single(
+            "ambassador_applied_age_seconds",
+            Kind::Gauge,
+            "Seconds since a desired state was last applied to the maps.",
+            age as f64 / 1000.0,
+        );
+    }
+    page.single(
+        "ambassador_services",
+        Kind::Gauge,
+        "Services installed in the maps.",
+        status.services.len() as f64,
+    );
+    page.family(
+        "ambassador_flows",
+        Kind::Gauge,
+        "Flows tracked, by state (closing: saw FIN or RST).",
+    )
+    .sample(
+        "ambassador_flows",
+        &[("state", "established")],
+        status.flows as f64,
+    )
+    .sample(
+        "ambassador_flows",
+        &[("state", "closing")],
+        status.closing_flows as f64,
+    );
+    page.family(
+        "ambassador_verdicts_total",
+        Kind::Counter,
+        "Packets by datapath verdict over all services; every reason other than forwarded and reverse_nat is a drop.",
+    );
+    for (reason, n) in &status.reasons {
+        page.sample(
+            "ambassador_verdicts_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+
+    type Family = (&'static str, Kind, &'static str, fn(&ServiceStatus) -> f64);
+    let families: [Family; 7] = [
+        (
+            "ambassador_service_packets_total",
+            Kind::Counter,
+            "Packets rewritten from the frontend to a backend.",
+            |s| s.counters.packets as f64,
+        ),
+        (
+            "ambassador_service_bytes_total",
+            Kind::Counter,
+            "IPv4 bytes of the packets rewritten to a backend.",
+            |s| s.counters.bytes as f64,
+        ),
+        (
+            "ambassador_service_reply_packets_total",
+            Kind::Counter,
+            "Replies rewritten back to the frontend.",
+            |s| s.counters.reply_packets as f64,
+        ),
+        (
+            "ambassador_service_reply_bytes_total",
+            Kind::Counter,
+            "IPv4 bytes of the replies.",
+            |s| s.counters.reply_bytes as f64,
+        ),
+        (
+            "ambassador_service_new_flows_total",
+            Kind::Counter,
+            "Flows started.",
+            |s| s.counters.new_flows as f64,
+        ),
+        (
+            "ambassador_service_drops_total",
+            Kind::Counter,
+            "Packets to the service dropped (ambassador_verdicts_total says why).",
+            |s| s.counters.drops as f64,
+        ),
+        (
+            "ambassador_service_flows",
+            Kind::Gauge,
+            "Established flows.",
+            |s| s.flows as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        page.family(name, kind, help);
+        for s in &status.services {
+            let proto = s.proto.to_string();
+            page.sample(
+                name,
+                &[
+                    ("service", &s.name),
+                    ("frontend", &s.frontend),
+                    ("proto", &proto),
+                ],
+                value(s),
+            );
+        }
+    }
+    page.family(
+        "ambassador_backend_flows",
+        Kind::Gauge,
+        "Established flows per backend.",
+    );
+    for s in &status.services {
+        for bk in &s.backends {
+            page.sample(
+                "ambassador_backend_flows",
+                &[
+                    ("service", &s.name),
+                    ("backend", &bk.addr),
+                    ("state", bk.state),
+                ],
+                bk.flows as f64,
+            );
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! Names are unique per process and call, so tests run in parallel.
 
 pub mod image;
+pub mod metrics;
 pub mod scenario;
 pub mod testbed;
 

@@ -90,6 +90,8 @@ impl Bed {
                 "2",
                 "--etcd",
                 "http://10.200.1.1:2379",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ],
         );
         r.wait_log("following Docker events", Duration::from_secs(15));
@@ -187,6 +189,22 @@ fn labelled_containers_come_and_go_and_clients_follow_them_through_the_vip() {
         .find(|b| b["addr"].as_str().unwrap().starts_with("10.200.1.2:"))
         .cloned();
     assert_eq!(c2.unwrap()["weight"], 3, "{web}");
+    // The register's metrics: one container registered, one unusable, both connections up.
+    let page = metrics::scrape(&bed.topo.backends[0].name, &reg.log());
+    for (name, want) in [
+        ("ambassador_register_containers", 1.0),
+        ("ambassador_register_unusable_containers", 1.0),
+        ("ambassador_register_etcd_connected", 1.0),
+        ("ambassador_register_docker_connected", 1.0),
+        ("ambassador_register_lease_grants_total", 1.0),
+    ] {
+        assert_eq!(
+            metrics::value(&page, name, &[]),
+            Some(want),
+            "{name}:\n{page}"
+        );
+    }
+    assert!(metrics::value(&page, "ambassador_register_puts_total", &[]).unwrap() >= 2.0);
     let ls = ambassador_ok(
         &bed.topo.fwd,
         &[

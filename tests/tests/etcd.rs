@@ -54,10 +54,17 @@ impl Bed {
                 self.pin.path.to_str().unwrap(),
                 "--gc-interval",
                 "1",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ],
         );
         d.wait_ready();
         d
+    }
+
+    /// The daemon's metrics page.
+    fn metrics(&self, d: &Daemon) -> String {
+        metrics::scrape(&self.topo.fwd.name, &d.log())
     }
 
     /// `ambassador ARGS --etcd URLS` in the forwarding host.
@@ -104,7 +111,7 @@ fn etcd_drives_forwarding_and_a_removed_endpoint_drains_gracefully() {
         return;
     }
     let bed = Bed::new(2, 1);
-    let _d = bed.daemon();
+    let d = bed.daemon();
     bed.ctl(&["service", "set", "web", "--frontend", VIP]);
     bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
     bed.wait_backends(&[b(1)]);
@@ -135,6 +142,50 @@ fn etcd_drives_forwarding_and_a_removed_endpoint_drains_gracefully() {
     assert_eq!(cp["source"], "etcd");
     assert_eq!(cp["etcd_connected"], true);
     assert_eq!(cp["daemon_running"], true);
+
+    // The metrics say what status says, and how long etcd changes took to reach the maps.
+    let page = bed.metrics(&d);
+    let web = service_status(&bed.pin.path, "web").unwrap();
+    let svc = [("service", "web"), ("frontend", VIP), ("proto", "tcp")];
+    for (metric, field) in [
+        ("ambassador_service_new_flows_total", "new_flows"),
+        ("ambassador_service_drops_total", "drops"),
+    ] {
+        assert_eq!(
+            metrics::value(&page, metric, &svc),
+            web["counters"][field].as_f64(),
+            "{metric}:\n{page}"
+        );
+    }
+    assert!(metrics::value(&page, "ambassador_service_packets_total", &svc).unwrap() >= 51.0 * 2.0);
+    assert_eq!(
+        metrics::value(&page, "ambassador_service_flows", &svc),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metrics::value(&page, "ambassador_etcd_connected", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics::value(&page, "ambassador_etcd_revision", &[]),
+        cp["etcd_revision"].as_f64()
+    );
+    assert_eq!(
+        metrics::value(
+            &page,
+            "ambassador_verdicts_total",
+            &[("reason", "no_backend")]
+        ),
+        Some(0.0)
+    );
+    let lag = metrics::value(&page, "ambassador_control_plane_lag_seconds_count", &[]).unwrap();
+    assert!(lag >= 4.0, "one observation per applied revision:\n{page}");
+    assert!(metrics::value(&page, "ambassador_control_plane_lag_seconds_sum", &[]).unwrap() > 0.0);
+    assert_eq!(
+        metrics::get(&bed.topo.fwd.name, metrics::served_at(&d.log()), "/nope").0,
+        "HTTP/1.1 404 Not Found"
+    );
 
     // Removing the service removes its frontend.
     bed.ctl(&["service", "rm", "web", "--endpoints"]);
@@ -239,6 +290,12 @@ fn forwarding_survives_an_etcd_outage_and_a_daemon_restart_during_it_then_catche
     )
     .into_owned();
     assert!(text.contains("etcd UNREACHABLE"), "{text}");
+    let page = bed.metrics(&d);
+    assert_eq!(
+        metrics::value(&page, "ambassador_etcd_connected", &[]),
+        Some(0.0),
+        "{page}"
+    );
     assert!(bed.idents(10).iter().all(|i| i == "b1"));
     assert_eq!(
         tcp_echo(&mut long, "during the outage").unwrap(),
