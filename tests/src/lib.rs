@@ -6,6 +6,7 @@ pub mod image;
 pub mod metrics;
 pub mod scenario;
 pub mod testbed;
+pub mod traffic;
 
 use std::{
     fs::File,

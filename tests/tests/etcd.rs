@@ -507,3 +507,65 @@ fn etcd_user_and_password_auth_and_the_password_never_shows() {
     );
     assert!(!status(&bed.pin.path).to_string().contains(PASSWORD));
 }
+
+#[test]
+fn all_of_etcd_down_for_30_seconds_loses_no_connection_and_changes_flow_again_after() {
+    if !require_root(
+        "all_of_etcd_down_for_30_seconds_loses_no_connection_and_changes_flow_again_after",
+    ) {
+        return;
+    }
+    let mut bed = Bed::new(2, 1);
+    let d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+    let traffic = traffic::Traffic::start(&bed.topo.client, VIP);
+    traffic.wait_more(20);
+
+    let down = Instant::now();
+    bed.etcd.members[0].kill();
+    assert!(
+        wait_until(Duration::from_secs(15), || status(&bed.pin.path)
+            ["control_plane"]["etcd_connected"]
+            == false),
+        "the outage was never noticed:\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    let during = traffic.ok();
+    assert!(during > 1000, "only {during} connections in 30 s");
+    assert_eq!(
+        traffic.failed(),
+        0,
+        "connections failed while etcd was away"
+    );
+
+    bed.etcd.members[0].start();
+    let back = Instant::now();
+    bed.etcd.wait_healthy(Duration::from_secs(15));
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&bed.pin.path)
+            ["control_plane"]["etcd_connected"]
+            == true),
+        "the daemon never reconnected:\n{}",
+        d.log()
+    );
+    let reconnected = back.elapsed();
+    let changed = Instant::now();
+    bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);
+    bed.wait_backends(&[b(1), b(2)]);
+    let applied = changed.elapsed();
+    traffic.wait_more(50);
+    let outcome = traffic.finish();
+    outcome.assert_nothing_lost();
+    eprintln!(
+        "etcd down {:?}: {outcome:?}; etcd restarted -> daemon reconnected {reconnected:?}; first change after -> maps {applied:?}",
+        back - down
+    );
+    let page = bed.metrics(&d);
+    assert_eq!(
+        metrics::value(&page, "ambassador_etcd_connected", &[]),
+        Some(1.0)
+    );
+}

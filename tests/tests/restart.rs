@@ -5,105 +5,15 @@ use std::{
     io::BufReader,
     net::{SocketAddr, TcpStream},
     path::Path,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
-use ambassador_tests::*;
+use ambassador_tests::{traffic::Traffic, *};
 
 const VIP: &str = "10.96.0.10:80";
 
-/// Traffic through the VIP while it lives: one long-lived connection echoing every 20 ms, and
-/// a new connection (connect, identity, echo, close) every 5 ms. Every failure is counted.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    long_lived: Option<JoinHandle<Result<u64, String>>>,
-    loop_: Option<JoinHandle<()>>,
-}
-
 fn connect(addr: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, String)> {
     tcp_connect_here(addr, Duration::from_secs(1))
-}
-
-/// One echo that must come back unchanged.
-fn echo(c: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<()> {
-    let back = tcp_echo(c, line)?;
-    if back != line {
-        return Err(std::io::Error::other(format!("echo {back:?} for {line:?}")));
-    }
-    Ok(())
-}
-
-impl Traffic {
-    fn start(client: &NetNs) -> Self {
-        let addr: SocketAddr = VIP.parse().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let s = stop.clone();
-        let long_lived = client.spawn(move || {
-            let (mut c, _) = connect(addr).map_err(|e| format!("connect: {e}"))?;
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                echo(&mut c, &format!("long {n}")).map_err(|e| format!("echo {n}: {e}"))?;
-                n += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(n)
-        });
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let loop_ = client.spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let r = connect(addr).and_then(|(mut c, _)| echo(&mut c, "short"));
-                match r {
-                    Ok(()) => o.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => f.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failed,
-            long_lived: Some(long_lived),
-            loop_: Some(loop_),
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits for `n` more successful connections (so each phase is really exercised).
-    fn wait_more(&self, n: u64) {
-        let target = self.ok() + n;
-        assert!(
-            wait_until(Duration::from_secs(10), || self.ok() >= target),
-            "traffic stalled at {} ok, {} failed",
-            self.ok(),
-            self.failed.load(Ordering::Relaxed)
-        );
-    }
-
-    /// Stops; returns (new connections ok, failed, echoes on the long-lived connection).
-    fn finish(mut self) -> (u64, u64, Result<u64, String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.loop_.take().unwrap().join().unwrap();
-        let long = self.long_lived.take().unwrap().join().unwrap();
-        (self.ok(), self.failed.load(Ordering::Relaxed), long)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// (link id, program id) of the TCX link pinned at `path`.
@@ -156,7 +66,7 @@ fn forwarding_never_stops_across_sigterm_sigkill_and_an_upgrade_and_uninstall_re
 
     let mut d = run(&ambassador_bin());
     let (link, first_prog) = pinned_link(&ingress);
-    let traffic = Traffic::start(&topo.client);
+    let traffic = Traffic::start(&topo.client, VIP);
     traffic.wait_more(50);
 
     // SIGTERM: the daemon exits, forwarding goes on without it.
@@ -191,11 +101,9 @@ fn forwarding_never_stops_across_sigterm_sigkill_and_an_upgrade_and_uninstall_re
     drop(d);
     traffic.wait_more(50);
 
-    let (ok, failed, long) = traffic.finish();
-    assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
-    let echoes = long.expect("the long-lived connection lived through all of it");
-    assert!(echoes > 50, "{echoes} echoes on the long-lived connection");
-    eprintln!("{ok} connections and {echoes} long-lived echoes, none failed");
+    let outcome = traffic.finish();
+    outcome.assert_nothing_lost();
+    eprintln!("across SIGTERM, SIGKILL and an upgrade: {outcome:?}");
 
     // Uninstall: everything goes, and so does forwarding.
     let out = ambassador(&["uninstall", "--pin-path", pin.path.to_str().unwrap()]);
