@@ -293,3 +293,52 @@ fn a_killed_register_expires_with_its_lease_and_a_restarted_one_or_dockerd_is_fo
         "not followed after the dockerd restart (before: {before:?})"
     );
 }
+
+#[test]
+fn a_backend_host_cut_off_expires_with_its_lease_and_traffic_moves_then_returns() {
+    if !require_root("a_backend_host_cut_off_expires_with_its_lease_and_traffic_moves_then_returns")
+    {
+        return;
+    }
+    let bed = Bed::new();
+    let reg = bed.register();
+    bed.dockerd.run_web(
+        IMAGE,
+        "c1",
+        &["--label", "ambassador.service=web", "-p", "8080"],
+    );
+    bed.wait_docker_backends(1, Duration::from_secs(10));
+    assert!(
+        (0..40).map(|_| bed.who()).any(|a| a == "c1"),
+        "c1 never answered"
+    );
+
+    // The host's only link goes down: neither its container nor its register (keeping the
+    // lease alive) is reachable. The lease expires, the entry goes, clients move to b2.
+    let cut = Instant::now();
+    bed.topo.fwd.ip(&["link", "set", "b1", "down"]);
+    let gone = bed.wait_docker_backends(0, Duration::from_secs(3 + 6));
+    let answers: Vec<String> = (0..20).map(|_| bed.who()).collect();
+    assert!(answers.iter().all(|a| a == "b2"), "{answers:?}");
+    eprintln!(
+        "host cut off -> its endpoint out of the maps after {gone:?} (TTL {TTL} s); \
+         new connections that picked it in that window failed, none after"
+    );
+    assert!(gone <= Duration::from_secs(3 + 4), "{gone:?}");
+
+    // Back online: the register notices it lost its lease, grants a new one and registers the
+    // container again; clients find it.
+    bed.topo.fwd.ip(&["link", "set", "b1", "up"]);
+    let back = Instant::now();
+    bed.wait_docker_backends(1, Duration::from_secs(30));
+    eprintln!(
+        "host back after {:?} cut -> registered again after {:?}",
+        back - cut,
+        back.elapsed()
+    );
+    assert!(reg.log().contains("lost"), "{}", reg.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.who() == "c1"),
+        "c1 never answered again"
+    );
+}
