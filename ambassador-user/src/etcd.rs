@@ -222,8 +222,21 @@ async fn session(
             source,
         })?;
     loop {
-        let (resp, received) = match stream.message().await {
-            Ok(Some(resp)) => (resp, Instant::now()),
+        let (mut events, received) = match stream.message().await {
+            Ok(Some(resp)) => {
+                let received = Instant::now();
+                match absorb(
+                    opts,
+                    &resp,
+                    &mut store,
+                    &mut revision,
+                    warned,
+                    &mut malformed,
+                ) {
+                    Some(events) => (events, received),
+                    None => return Ok(()),
+                }
+            }
             Ok(None) => {
                 return Err(Error::EtcdTimeout {
                     what: "the watch stream closed".into(),
@@ -236,39 +249,75 @@ async fn session(
                 })
             }
         };
-        if resp.canceled() {
-            info!(
-                compact_revision = resp.compact_revision(),
-                reason = resp.cancel_reason(),
-                "etcd: watch cancelled; listing again"
-            );
-            return Ok(());
-        }
-        if resp.events().is_empty() {
-            continue; // created or progress notification
-        }
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            match ev.event_type() {
-                EventType::Put => note(
-                    &opts.prefix,
-                    &mut store,
-                    kv.key(),
-                    kv.value(),
-                    kv.mod_revision(),
-                    warned,
-                    &mut malformed,
-                ),
-                EventType::Delete => store.delete(&opts.prefix, kv.key()),
+        // Take every response that has already arrived before building the desired state
+        // once: under heavy churn of many services that build, not etcd, is the cost, and the
+        // daemon only ever needs the newest state. An error or the end of the stream is left
+        // for the blocking read above to report.
+        let mut batched = 1;
+        while let Ok(Ok(Some(resp))) = tokio::time::timeout(Duration::ZERO, stream.message()).await
+        {
+            batched += 1;
+            match absorb(
+                opts,
+                &resp,
+                &mut store,
+                &mut revision,
+                warned,
+                &mut malformed,
+            ) {
+                Some(more) => events += more,
+                None => return Ok(()),
             }
-            revision = revision.max(kv.mod_revision());
         }
-        if let Some(h) = resp.header() {
-            revision = revision.max(h.revision());
+        if events == 0 {
+            continue; // created or progress notifications only
         }
-        debug!(revision, events = resp.events().len(), "etcd: changes");
+        debug!(revision, events, batched, "etcd: changes");
         publish(tx, &store, revision, malformed, &mut conflicts, received);
     }
+}
+
+/// Applies one watch response to the store and returns how many events it held. `None`: etcd
+/// cancelled the watch (compaction), so the caller lists again.
+fn absorb(
+    opts: &EtcdOptions,
+    resp: &etcd_client::WatchResponse,
+    store: &mut Store,
+    revision: &mut i64,
+    warned: &mut HashSet<(Vec<u8>, i64)>,
+    malformed: &mut u64,
+) -> Option<usize> {
+    if resp.canceled() {
+        info!(
+            compact_revision = resp.compact_revision(),
+            reason = resp.cancel_reason(),
+            "etcd: watch cancelled; listing again"
+        );
+        return None;
+    }
+    if resp.events().is_empty() {
+        return Some(0);
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        match ev.event_type() {
+            EventType::Put => note(
+                &opts.prefix,
+                store,
+                kv.key(),
+                kv.value(),
+                kv.mod_revision(),
+                warned,
+                malformed,
+            ),
+            EventType::Delete => store.delete(&opts.prefix, kv.key()),
+        }
+        *revision = (*revision).max(kv.mod_revision());
+    }
+    if let Some(h) = resp.header() {
+        *revision = (*revision).max(h.revision());
+    }
+    Some(resp.events().len())
 }
 
 /// Applies one put to the store, warning once per malformed key and revision.

@@ -241,16 +241,24 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         }
     }
 
+    // Each service's backends, grouped once: plan is linear in the number of services and
+    // backends (10,000 services churning must not cost 10,000 scans of every backend).
+    let mut owned: BTreeMap<u32, Vec<(u32, InstalledBackend)>> = BTreeMap::new();
+    for (&bid, b) in &installed.backends {
+        owned.entry(b.service_id).or_default().push((bid, *b));
+    }
     let mut next_backend_id = installed.next_backend_id.max(1);
-    let mut used_ids = kept_ids.clone();
+    // New services take the lowest free ids; ids only get used as the loop goes, so the search
+    // resumes where the last one stopped.
+    let mut free_from = 1;
     for (name, spec) in desired {
         let (id, fresh) = match ids_by_name.get(name.as_str()) {
             Some(&id) => (id, false),
             None => {
-                let id = (1..limits::MAX_SERVICES)
-                    .find(|id| !used_ids.contains(id))
+                let id = (free_from..limits::MAX_SERVICES)
+                    .find(|id| !kept_ids.contains(id))
                     .expect("validate() bounds the number of services");
-                used_ids.insert(id);
+                free_from = id + 1;
                 ops.push(Op::ResetStats { id });
                 ops.push(Op::PutName {
                     id,
@@ -261,8 +269,12 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         };
         // A reused id's previous owner was taken apart above: start from nothing.
         let empty = Installed::default();
-        let current = if fresh { &empty } else { installed };
-        plan_service(current, id, spec, &mut next_backend_id, &mut ops);
+        let (current, owned) = if fresh {
+            (&empty, &[][..])
+        } else {
+            (installed, owned.get(&id).map_or(&[][..], Vec::as_slice))
+        };
+        plan_service(current, owned, id, spec, &mut next_backend_id, &mut ops);
     }
 
     // Address markers follow the frontends.
@@ -279,8 +291,10 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
     ops
 }
 
+/// `owned`: the backends `installed` holds for service `id`.
 fn plan_service(
     installed: &Installed,
+    owned: &[(u32, InstalledBackend)],
     id: u32,
     spec: &ServiceSpec,
     next_backend_id: &mut u32,
@@ -296,12 +310,6 @@ fn plan_service(
         .slots
         .range((id, 0)..=(id, u32::MAX))
         .map(|(&(_, slot), &bid)| (slot, bid))
-        .collect();
-    let owned: Vec<(u32, InstalledBackend)> = installed
-        .backends
-        .iter()
-        .filter(|(_, b)| b.service_id == id)
-        .map(|(bid, b)| (*bid, *b))
         .collect();
 
     // 1. Backends: reuse ids by address (reviving terminating ones), allocate the rest.
@@ -370,7 +378,7 @@ fn plan_service(
     }
 
     // 4. Backends that left: terminating, until their flows drain.
-    for (bid, b) in owned {
+    for &(bid, b) in owned {
         if !wanted_ids.contains(&bid) && !b.terminating {
             let backend = InstalledBackend {
                 terminating: true,

@@ -221,7 +221,7 @@ pub fn registration(
         }
     };
     let container_id = c.id.as_deref().ok_or("the container has no id")?;
-    let short = &container_id[..container_id.len().min(12)];
+    let short = short_id(container_id);
     Ok(Some(Registration {
         service: service.clone(),
         id: format!("{}-{short}", cfg.host_id),
@@ -287,8 +287,14 @@ fn list(ports: &BTreeMap<&str, u16>) -> String {
     ports.keys().copied().collect::<Vec<_>>().join(", ")
 }
 
+/// The first 12 characters of a container id, as `docker ps` shows it (Docker's ids are hex;
+/// this never splits a character of anything else).
+fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
 /// The etcd key and value of a registration.
-fn entry(cfg: &RegisterConfig, r: &Registration, container_id: &str) -> (String, String) {
+pub fn entry(cfg: &RegisterConfig, r: &Registration, container_id: &str) -> (String, String) {
     let value = EndpointValue {
         addr: r.addr.to_string(),
         weight: Some(r.weight as i64),
@@ -475,7 +481,7 @@ impl Register {
             Ok(None) => None,
             Err(why) => {
                 if self.reported.insert(id.clone()) {
-                    warn!(container = %&id[..id.len().min(12)], "not registered: {why}");
+                    warn!(container = %short_id(&id), "not registered: {why}");
                 }
                 None
             }
@@ -781,6 +787,13 @@ mod tests {
                 password: None,
             },
         }
+    }
+
+    #[test]
+    fn short_ids_are_twelve_characters_and_never_split_one() {
+        assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
     }
 
     fn container(

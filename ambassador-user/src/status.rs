@@ -126,6 +126,12 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     }
     let closing_flows = live.iter().filter(|f| f.closing).count();
 
+    // Backends by service, once (not a scan of every backend per service: 10,000 services).
+    let mut backends_of: BTreeMap<u32, Vec<(u32, &crate::reconcile::InstalledBackend)>> =
+        BTreeMap::new();
+    for (bid, b) in &installed.backends {
+        backends_of.entry(b.service_id).or_default().push((*bid, b));
+    }
     let mut services = Vec::new();
     for (&(frontend, proto), &(id, count)) in &installed.frontends {
         let name = installed
@@ -139,20 +145,20 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
                 *weights.entry(*bid).or_default() += 1;
             }
         }
-        let mut backends: Vec<BackendStatus> = installed
-            .backends
+        let mut backends: Vec<BackendStatus> = backends_of
+            .get(&id)
+            .map_or(&[][..], |v| v.as_slice())
             .iter()
-            .filter(|(_, b)| b.service_id == id)
-            .map(|(bid, b)| BackendStatus {
-                id: *bid,
+            .map(|&(bid, b)| BackendStatus {
+                id: bid,
                 addr: b.addr.to_string(),
                 state: if b.terminating {
                     "terminating"
                 } else {
                     "active"
                 },
-                weight: weights.get(bid).copied().unwrap_or(0),
-                flows: flows_by_backend.get(bid).copied().unwrap_or(0),
+                weight: weights.get(&bid).copied().unwrap_or(0),
+                flows: flows_by_backend.get(&bid).copied().unwrap_or(0),
             })
             .collect();
         backends.sort_by_key(|b| (b.state != "active", b.id));

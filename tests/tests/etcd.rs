@@ -569,3 +569,137 @@ fn all_of_etcd_down_for_30_seconds_loses_no_connection_and_changes_flow_again_af
         Some(1.0)
     );
 }
+
+/// Writes `ops` in transactions of at most 128 operations; returns the last revision.
+async fn write_all(c: &mut etcd_client::Client, ops: Vec<etcd_client::TxnOp>) -> i64 {
+    let mut rev = 0;
+    for chunk in ops.chunks(128) {
+        let resp = c
+            .txn(etcd_client::Txn::new().and_then(chunk.to_vec()))
+            .await
+            .expect("etcd txn");
+        rev = resp.header().map_or(rev, |h| h.revision());
+    }
+    rev
+}
+
+#[test]
+fn ten_thousand_services_churning_while_traffic_runs_lose_nothing_and_converge() {
+    if !require_root("ten_thousand_services_churning_while_traffic_runs_lose_nothing_and_converge")
+    {
+        return;
+    }
+    use ambassador_user::contract::{endpoint_key, service_key};
+    use etcd_client::TxnOp;
+    const SERVICES: usize = 10_000;
+    let bed = Bed::new(2, 1);
+    let d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);
+    bed.wait_backends(&[b(1), b(2)]);
+
+    let name = |s: usize| format!("s{s}");
+    let frontend = |s: usize| format!("10.98.{}.{}:80", s / 250, s % 250 + 1);
+    let endpoint =
+        |s: usize, gen: usize| format!("10.{}.{}.{}:8080", 100 + gen % 50, s / 250, s % 250 + 1);
+    let service = move |s: usize| {
+        TxnOp::put(
+            service_key("/ambassador", &name(s)),
+            format!("{{\"frontend\":\"{}\",\"proto\":\"tcp\"}}", frontend(s)),
+            None,
+        )
+    };
+    let url = bed.etcd.members[0].url.clone();
+    let traffic = traffic::Traffic::start(&bed.topo.client, VIP);
+    let churn_for = Duration::from_secs(20);
+    let (rev, rounds) = bed.topo.fwd.run(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+                let mut ops = Vec::new();
+                for s in 0..SERVICES {
+                    ops.push(service(s));
+                    ops.push(TxnOp::put(
+                        endpoint_key("/ambassador", &name(s), "e"),
+                        endpoint(s, 0),
+                        None,
+                    ));
+                }
+                write_all(&mut c, ops).await;
+                // Churn: every round moves 100 services' endpoints, removes 20 services and
+                // brings back the 20 removed the round before.
+                let start = std::time::Instant::now();
+                let mut round = 1;
+                while start.elapsed() < churn_for {
+                    let mut ops = Vec::new();
+                    for k in 0..100 {
+                        let s = (round * 389 + k * 97) % SERVICES;
+                        ops.push(TxnOp::put(
+                            endpoint_key("/ambassador", &name(s), "e"),
+                            endpoint(s, round),
+                            None,
+                        ));
+                    }
+                    for k in 0..20 {
+                        let gone = (round * 613 + k * 7) % SERVICES;
+                        ops.push(TxnOp::delete(service_key("/ambassador", &name(gone)), None));
+                        let back = ((round - 1) * 613 + k * 7) % SERVICES;
+                        if round > 1 {
+                            ops.push(service(back));
+                        }
+                    }
+                    write_all(&mut c, ops).await;
+                    round += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Bring back the last round's services: the end state is all of them.
+                let last: Vec<TxnOp> = (0..20)
+                    .map(|k| service(((round - 1) * 613 + k * 7) % SERVICES))
+                    .collect();
+                let rev = write_all(&mut c, last).await;
+                (rev, round - 1)
+            })
+    });
+    let converged = wait_until(Duration::from_secs(120), || {
+        status(&bed.pin.path)["control_plane"]["etcd_revision"]
+            .as_i64()
+            .is_some_and(|r| r >= rev)
+    });
+    assert!(converged, "revision {rev} never applied:\n{}", d.log());
+    traffic.wait_more(20);
+    let outcome = traffic.finish();
+    outcome.assert_nothing_lost();
+
+    let st = status(&bed.pin.path);
+    let services = st["services"].as_array().unwrap();
+    assert_eq!(services.len(), SERVICES + 1, "every service installed once");
+    for s in [0, 1, 4_999, SERVICES - 1] {
+        let svc = services.iter().find(|v| v["name"] == name(s)).unwrap();
+        assert_eq!(svc["frontend"], frontend(s));
+        assert_eq!(
+            svc["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["state"] == "active")
+                .count(),
+            1,
+            "{svc}"
+        );
+    }
+    let page = bed.metrics(&d);
+    let lag_count =
+        metrics::value(&page, "ambassador_control_plane_lag_seconds_count", &[]).unwrap();
+    let lag_sum = metrics::value(&page, "ambassador_control_plane_lag_seconds_sum", &[]).unwrap();
+    eprintln!(
+        "{rounds} churn rounds (100 endpoint moves + 20 service removals/returns each) over {} services: \
+         {outcome:?}; {lag_count} revisions applied, mean lag {:.1} ms",
+        SERVICES,
+        lag_sum / lag_count * 1000.0
+    );
+    assert_eq!(st["control_plane"]["malformed"], 0);
+}
