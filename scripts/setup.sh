@@ -17,6 +17,7 @@ APT_PACKAGES=(
   socat haproxy iperf3 sockperf openssl                # traffic tools and peers; openssl makes the TLS tests' certificates
   etcd-server etcd-client docker.io busybox-static     # the control plane's real components
   redis-server                                         # the database the migration testbed moves
+  g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )
 
 if [ "$(id -u)" -ne 0 ]; then

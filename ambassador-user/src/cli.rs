@@ -330,7 +330,7 @@ pub struct RegisterArgs {
     #[arg(long, env = "AMBASSADOR_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600))]
     pub ttl: i64,
     /// This host's id, used in endpoint ids and values (default: the hostname).
-    #[arg(long, env = "AMBASSADOR_HOST_ID")]
+    #[arg(long, env = "AMBASSADOR_HOST_ID", value_parser = parse_host_id)]
     pub host_id: Option<String>,
     /// Which address to register.
     #[arg(long, env = "AMBASSADOR_ADDRESS_MODE", value_enum, default_value_t = AddressMode::Published)]
@@ -346,11 +346,41 @@ pub struct RegisterArgs {
     pub etcd: EtcdArgs,
 }
 
+/// A host id becomes part of endpoint ids (`<host-id>-<container>`): printable ASCII without
+/// `/`, short enough to leave room for the container's 12 characters.
+fn parse_host_id(s: &str) -> Result<String, String> {
+    if s.len() > 200 {
+        return Err("at most 200 characters".into());
+    }
+    crate::contract::check_endpoint_id(s)
+        .map(|()| s.to_owned())
+        .map_err(|_| "1-200 printable ASCII characters without '/' or spaces".into())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+
+    #[test]
+    fn host_ids_that_would_make_bad_endpoint_ids_are_usage_errors() {
+        let parse = |id: &str| {
+            Cli::try_parse_from([
+                "ambassador",
+                "register",
+                "--etcd",
+                "http://e:2379",
+                "--host-id",
+                id,
+            ])
+        };
+        assert!(parse("h1.example").is_ok());
+        for bad in ["a b", "a/b", "", &"x".repeat(201)] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

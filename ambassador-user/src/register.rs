@@ -185,7 +185,7 @@ pub fn registration(
                     let host_port = bindings
                         .as_ref()?
                         .iter()
-                        .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())?;
+                        .find_map(|b| nonzero_port(b.host_port.as_deref()?))?;
                     Some((cport.as_str(), host_port))
                 })
                 .collect();
@@ -213,7 +213,7 @@ pub fn registration(
                 .map(String::as_str)
                 .chain(ports.into_iter().flatten().map(|(k, _)| k.as_str()))
             {
-                if let Some(n) = p.split('/').next().and_then(|n| n.parse().ok()) {
+                if let Some(n) = p.split('/').next().and_then(nonzero_port) {
                     exposed.insert(p, n);
                 }
             }
@@ -221,10 +221,12 @@ pub fn registration(
         }
     };
     let container_id = c.id.as_deref().ok_or("the container has no id")?;
-    let short = short_id(container_id);
+    let id = format!("{}-{}", cfg.host_id, short_id(container_id));
+    // Docker's ids are hex; anything else would make a key every daemon skips.
+    contract::check_endpoint_id(&id)?;
     Ok(Some(Registration {
         service: service.clone(),
-        id: format!("{}-{short}", cfg.host_id),
+        id,
         addr,
         weight,
     }))
@@ -285,6 +287,11 @@ fn list(ports: &BTreeMap<&str, u16>) -> String {
         return "none".into();
     }
     ports.keys().copied().collect::<Vec<_>>().join(", ")
+}
+
+/// A port number as Docker writes it; 0 (not a port a client can reach) is none.
+fn nonzero_port(s: &str) -> Option<u16> {
+    s.parse::<std::num::NonZeroU16>().ok().map(u16::from)
 }
 
 /// The first 12 characters of a container id, as `docker ps` shows it (Docker's ids are hex;
@@ -950,5 +957,18 @@ mod tests {
         let mut no_ip = cfg(AddressMode::Published);
         no_ip.advertise_ip = None;
         assert!(registration(&container(&[("ambassador.service", "db")], &[]), &no_ip).is_err());
+    }
+
+    /// Both found by `cargo xtask fuzz` (docker_labels): each made a key or value that every
+    /// daemon then skipped as malformed.
+    #[test]
+    fn port_zero_and_odd_container_ids_are_never_registered() {
+        let zero = container(&[("ambassador.service", "db")], &[("80/tcp", Some("0"))]);
+        assert!(registration(&zero, &cfg(AddressMode::Published)).is_err());
+        let mut odd = container(&[("ambassador.service", "db")], &[("80/tcp", Some("1"))]);
+        odd.id = Some("deadbeefc\t\0afe".into());
+        assert!(registration(&odd, &cfg(AddressMode::Published))
+            .unwrap_err()
+            .contains("printable ASCII"));
     }
 }

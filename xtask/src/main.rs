@@ -5,6 +5,7 @@ mod bench_datapath;
 mod bench_scale;
 mod chart;
 mod demo;
+mod fuzz;
 mod stats;
 
 use std::{
@@ -65,6 +66,17 @@ enum Task {
         #[arg(long, value_enum)]
         only: Option<bench::Only>,
     },
+    /// Build the cargo-fuzz targets in fuzz/ (etcd keys and values, the TOML configuration,
+    /// Docker labels) and run each for a while; a failure leaves its input under
+    /// target/fuzz/artifacts/.
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+        seconds: u32,
+        /// Run only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,7 +124,14 @@ fn setup() -> Result<()> {
 /// Set up, then build the release binaries.
 fn release() -> Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "--bins"]))
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "ambassador-user",
+        "--bin",
+        "ambassador",
+    ]))
 }
 
 fn release_bin() -> PathBuf {
@@ -217,5 +236,6 @@ fn main() -> Result<()> {
             release()?;
             bench::run(&release_bin(), quick, only)
         }
+        Task::Fuzz { seconds, target } => fuzz::run_all(seconds, target.as_deref()),
     }
 }
