@@ -9,6 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
+// Debug output exists only under `ambassador run --debug-datapath`: otherwise the loader sets
+// AYA_LOG_LEVEL to 0, a constant the verifier sees, and these calls are removed as dead code.
+use aya_log_ebpf::debug;
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, REVERSE_NAT, SERVICES, SLOTS},
@@ -76,6 +79,19 @@ pub fn dnat(ctx: &TcContext) -> Verdict {
         }
         _ => s.drops += 1,
     });
+    if !matches!(verdict, Reason::Forwarded) {
+        debug!(
+            ctx,
+            "drop {}: {:i}:{} -> {:i}:{} proto {} (service {})",
+            verdict.name(),
+            u32::from_be(ip.saddr_be),
+            u16::from_be(l4.sport_be),
+            u32::from_be(ip.daddr_be),
+            u16::from_be(l4.dport_be),
+            ip.proto,
+            svc.service_id
+        );
+    }
     Verdict::Done(verdict)
 }
 
@@ -145,6 +161,19 @@ fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u3
                 return Reason::CtInsertFailed;
             }
             stats::with_service(service_id, |s| s.new_flows += 1);
+            debug!(
+                ctx,
+                "new flow {:i}:{} -> {:i}:{} proto {}: service {} backend {} {:i}:{}",
+                u32::from_be(ip.saddr_be),
+                u16::from_be(l4.sport_be),
+                u32::from_be(ip.daddr_be),
+                u16::from_be(l4.dport_be),
+                ip.proto,
+                service_id,
+                backend_id,
+                u32::from_be(backend.addr_be),
+                u16::from_be(backend.port_be)
+            );
             (backend.addr_be, backend.port_be)
         }
     };

@@ -159,6 +159,11 @@ pub struct RunArgs {
     /// Seconds a UDP flow may stay idle.
     #[arg(long, env = "AMBASSADOR_UDP_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub udp_timeout: u64,
+    /// Log every new flow and every dropped packet to a frontend from inside the kernel
+    /// (aya-log, target ambassador::datapath). Costs time on every such packet: for
+    /// debugging only. Without it the log statements are not even loaded.
+    #[arg(long, env = "AMBASSADOR_DEBUG_DATAPATH")]
+    pub debug_datapath: bool,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -177,6 +182,7 @@ impl From<RunArgs> for RunConfig {
             },
             metrics_addr: a.metrics_addr,
             grace: Duration::from_secs(a.grace_period),
+            debug_datapath: a.debug_datapath,
             timeouts: Timeouts {
                 tcp: Duration::from_secs(a.tcp_timeout),
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),

@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// How long a stop may take before the daemon exits anyway.
     pub grace: Duration,
+    /// Kernel-side debug output (aya-log): new flows and drops.
+    pub debug_datapath: bool,
 }
 
 /// Exit code when a stop outlasts `--grace-period` (EX_SOFTWARE).
@@ -264,6 +266,31 @@ impl State {
     }
 }
 
+/// Forwards the datapath's aya-log records to the log as they arrive.
+fn follow_kernel_log(log: loader::KernelLog) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer's map fd and never replaces or closes it while
+    // it lives; the AsyncFd owns the logger.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| Error::Io {
+        what: "watching the datapath's log ring buffer".into(),
+        source: e.into(),
+    })?;
+    info!("datapath debug output on: every new flow and every drop is logged");
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = fd.readable_mut().await else {
+                warn!("the datapath's log ring buffer failed; no more kernel debug output");
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
+    Ok(())
+}
+
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives).
 ///
 /// With a file, SIGHUP re-reads it: a bad file is reported and the running state stays. With
@@ -282,7 +309,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach)?;
+    let mut dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach, cfg.debug_datapath)?;
+    if let Some(log) = dp.kernel_log.take() {
+        follow_kernel_log(log)?;
+    }
     let installed = dp.maps.read_installed()?;
     let info = DaemonInfo {
         pid: std::process::id(),

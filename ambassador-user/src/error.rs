@@ -79,6 +79,9 @@ pub enum Error {
         source: aya::programs::ProgramError,
     },
     /// A map operation failed.
+    #[error("reading the datapath's debug output (--debug-datapath): {0}")]
+    KernelLog(#[from] aya_log::Error),
+
     #[error("map {name}: {what}: {source}")]
     Map {
         /// The map.

@@ -59,6 +59,27 @@ pub struct Datapath {
     attached: BTreeMap<String, Vec<Attachment>>,
     /// The `--iface` interfaces that are bridges.
     bridges: Vec<String>,
+    /// The kernel's debug records (with `debug`): taken by whoever polls them.
+    pub kernel_log: Option<KernelLog>,
+}
+
+/// Reads the datapath's aya-log ring buffer (`ambassador run --debug-datapath`).
+pub type KernelLog = aya_log::EbpfLogger<ToTracing>;
+
+/// Hands the datapath's records to `tracing` (target `ambassador::datapath`, level INFO: the
+/// switch that turned them on is the filter).
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::info!(target: "ambassador::datapath", "{}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 /// Fails unless `name` is an existing interface.
@@ -158,16 +179,23 @@ fn use_tcx(mode: TcAttach) -> Result<bool> {
 }
 
 /// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
-/// so counters, flows and services survive a restart) without attaching anything.
-pub fn load(pin_dir: &Path) -> Result<(Ebpf, Maps, File)> {
+/// so counters, flows and services survive a restart) without attaching anything. `debug`
+/// keeps the programs' aya-log statements; without it they are dead code to the verifier.
+pub fn load(pin_dir: &Path, debug: bool) -> Result<(Ebpf, Maps, File)> {
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoEbpfObject);
     }
     check_kernel()?;
     let lock = prepare_pin_dir(pin_dir)?;
     raise_memlock();
+    let log_level = if debug {
+        aya_log::Level::Debug as u8
+    } else {
+        0 // off
+    };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .override_global(aya_log::LEVEL, &log_level, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
@@ -202,14 +230,19 @@ pub fn load(pin_dir: &Path) -> Result<(Ebpf, Maps, File)> {
 
 /// Loads the datapath and attaches it to every interface in `ifaces`: DNAT on ingress,
 /// reverse NAT on egress.
-pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapath> {
+pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach, debug: bool) -> Result<Datapath> {
     for iface in ifaces {
         check_interface(iface)?;
     }
     let tcx = use_tcx(mode)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
-    let (ebpf, maps, lock) = load(pin_dir)?;
+    let (mut ebpf, maps, lock) = load(pin_dir, debug)?;
+    let kernel_log = if debug {
+        Some(aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)?)
+    } else {
+        None
+    };
     let links_dir = pin_dir.join("links");
     if tcx {
         std::fs::create_dir_all(&links_dir)
@@ -229,6 +262,7 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach) -> Result<Datapa
         links_dir,
         attached: BTreeMap::new(),
         bridges: Vec::new(),
+        kernel_log,
     };
     for iface in ifaces {
         dp.attach(iface)?;

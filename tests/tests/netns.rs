@@ -612,3 +612,75 @@ fn backends_outside_the_policy_are_refused_counted_and_never_reached() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean 10.1.0.0/16"));
 }
+
+/// Bytes of the program behind the TCX link pinned at `link` (bpftool, translated form).
+fn xlated_bytes(link: &std::path::Path) -> u64 {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+    };
+    let link = json(&["link", "show", "pinned", link.to_str().unwrap()]);
+    let id = link["prog_id"].as_u64().expect("prog_id").to_string();
+    json(&["prog", "show", "id", &id])["bytes_xlated"]
+        .as_u64()
+        .expect("bytes_xlated")
+}
+
+#[test]
+fn kernel_debug_output_appears_only_under_the_switch() {
+    if !require_root("kernel_debug_output_appears_only_under_the_switch") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let b1 = Topology::backend_addr(1, 8080);
+    let _t1 = TcpServer::start(&topo.backends[0], &b1, "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(std::slice::from_ref(&b1), &[]));
+    let dnat_link = pin.path.join("links/c0_ingress");
+
+    let mut d = start_with(&topo, &pin, &cfg, &["--debug-datapath"]);
+    let debug_size = xlated_bytes(&dnat_link);
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+    udp_client(&topo.client, VIP_UDP).send(b"nobody").unwrap();
+    d.wait_log(
+        &format!("-> {VIP_TCP} proto 6: service "),
+        Duration::from_secs(5),
+    );
+    d.wait_log("drop no_backend: 10.200.0.2:", Duration::from_secs(5));
+    let log = d.log();
+    let flow = log.lines().find(|l| l.contains("new flow 10.")).unwrap();
+    assert!(
+        flow.contains("ambassador::datapath") && flow.ends_with(&format!(" {b1}")),
+        "{flow:?}"
+    );
+    assert!(
+        log.contains(&format!("-> {VIP_UDP} proto 17 (service ")),
+        "{log}"
+    );
+    drop(d);
+
+    // The same datapath without the switch: nothing from the kernel, and the log statements
+    // are not even in the program the kernel runs.
+    let d = start(&topo, &pin, &cfg);
+    let plain_size = xlated_bytes(&dnat_link);
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+    udp_client(&topo.client, VIP_UDP).send(b"nobody").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.log();
+    assert!(
+        !log.contains("new flow 10.") && !log.contains("drop no_backend"),
+        "{log}"
+    );
+    assert!(
+        plain_size < debug_size,
+        "the program without --debug-datapath is {plain_size} bytes, with it {debug_size}"
+    );
+    eprintln!("amb_tc_dnat: {plain_size} bytes translated, {debug_size} with --debug-datapath");
+}
