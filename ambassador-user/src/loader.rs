@@ -219,9 +219,25 @@ pub fn load(pin_dir: &Path, debug: bool) -> Result<(Ebpf, Maps, File)> {
                 what: format!("program {name}"),
                 source,
             })?;
-        prog.load().map_err(|source| Error::Program {
-            what: format!("loading {name} (the verifier's log follows)"),
-            source,
+        prog.load().map_err(|source| {
+            let text = source.to_string();
+            if text.contains("Permission denied") || text.contains("Operation not permitted") {
+                // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
+                // parser's packet-pointer arithmetic (a Spectre mitigation).
+                let why = if text.contains("prohibited for !root") {
+                    " (the verifier refuses its pointer arithmetic without CAP_PERFMON)"
+                } else {
+                    ""
+                };
+                Error::Permission {
+                    what: format!("loading {name}{why}"),
+                }
+            } else {
+                Error::Program {
+                    what: format!("loading {name} (the verifier's log follows)"),
+                    source,
+                }
+            }
         })?;
     }
     let maps = Maps::take_from(&mut ebpf)?;

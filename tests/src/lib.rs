@@ -325,6 +325,11 @@ impl Daemon {
         self.proc.wait_exit(timeout)
     }
 
+    /// Its pid (nsenter and setpriv exec, so this is ambassador's own).
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
         self.proc.kill();

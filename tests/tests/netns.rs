@@ -684,3 +684,72 @@ fn kernel_debug_output_appears_only_under_the_switch() {
     );
     eprintln!("amb_tc_dnat: {plain_size} bytes translated, {debug_size} with --debug-datapath");
 }
+
+/// `ambassador run` with `caps` as the whole bounding set: root without the other capabilities.
+fn run_with_caps(topo: &Topology, pin: &PinDir, cfg: &TempFile, caps: &str) -> Daemon {
+    let bin = ambassador_tests::ambassador_bin();
+    let bounding = format!("--bounding-set=-all,{caps}");
+    let args = [
+        bounding.as_str(),
+        "--",
+        bin.to_str().unwrap(),
+        "run",
+        "--iface",
+        "c0",
+        "--config",
+        cfg.as_str(),
+        "--pin-path",
+        pin.path.to_str().unwrap(),
+    ];
+    Daemon::start_bin(
+        &topo.fwd,
+        std::path::Path::new("/usr/bin/setpriv"),
+        &args,
+        &[],
+    )
+}
+
+#[test]
+fn the_daemon_forwards_with_only_cap_bpf_net_admin_and_perfmon() {
+    if !require_root("the_daemon_forwards_with_only_cap_bpf_net_admin_and_perfmon") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let b1 = Topology::backend_addr(1, 8080);
+    let _t1 = TcpServer::start(&topo.backends[0], &b1, "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(std::slice::from_ref(&b1), &[]));
+
+    // Without CAP_BPF: a clear refusal, exit 77.
+    let mut d = run_with_caps(&topo, &pin, &cfg, "+net_admin,+perfmon");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(77),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("permission denied"), "{}", d.log());
+
+    // Without CAP_PERFMON the verifier refuses the parser, and says why.
+    let mut d = run_with_caps(&topo, &pin, &cfg, "+bpf,+net_admin");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(77),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("without CAP_PERFMON"), "{}", d.log());
+
+    let mut d = run_with_caps(&topo, &pin, &cfg, "+bpf,+net_admin,+perfmon");
+    d.wait_ready();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    // CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39: nothing else.
+    assert_eq!(eff, 1 << 12 | 1 << 38 | 1 << 39, "CapEff {eff:#x}");
+    let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+    assert_eq!(ident, "b1");
+}
