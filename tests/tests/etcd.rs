@@ -331,6 +331,8 @@ fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
     bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
     bed.wait_backends(&[b(1)]);
 
+    let traffic = traffic::Traffic::start(&bed.topo.client, VIP);
+    traffic.wait_more(20);
     let leader = bed.etcd.leader();
     bed.etcd.members[leader].kill();
     let killed = Instant::now();
@@ -344,12 +346,15 @@ fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
     });
     assert!(ok, "the surviving members never accepted a write");
     bed.wait_backends(&[b(1), b(2)]);
-    eprintln!(
-        "leader killed -> new endpoint forwarding: {:?}",
-        killed.elapsed()
-    );
+    let degraded = killed.elapsed();
     let seen = bed.idents(30);
     assert!(seen.contains(&"b2".into()), "{seen:?}\n{}", d.log());
+    traffic.wait_more(20);
+    let outcome = traffic.finish();
+    eprintln!(
+        "leader killed -> a write accepted and forwarded to again after {degraded:?}; traffic: {outcome:?}"
+    );
+    outcome.assert_nothing_lost();
 }
 
 #[test]
