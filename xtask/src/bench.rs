@@ -440,6 +440,7 @@ pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     let wanted = |o: Only| only.is_none_or(|x| x == o);
     let mode = if quick { "quick" } else { "full" };
     println!("machine: {}; {mode} run", machine());
+    let started = Instant::now();
     if wanted(Only::Datapath) {
         println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
         let r = crate::bench_datapath::run(quick)?;
@@ -462,6 +463,10 @@ pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     if wanted(Only::ControlPlane) {
         control_plane(&dir, quick)?;
     }
+    println!(
+        "{mode} run measured in {:.0} s (the build before it not counted)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
