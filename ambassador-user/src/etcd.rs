@@ -166,6 +166,9 @@ pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
     }
 }
 
+/// Watch responses taken together before the desired state is built once.
+const MAX_BATCH: usize = 256;
+
 /// One connection: list, then watch until something breaks. `Ok` means the watch was
 /// cancelled by etcd (compaction) and should be re-listed at once.
 async fn session(
@@ -222,40 +225,28 @@ async fn session(
             source,
         })?;
     loop {
-        let (mut events, received) = match stream.message().await {
-            Ok(Some(resp)) => {
-                let received = Instant::now();
-                match absorb(
-                    opts,
-                    &resp,
-                    &mut store,
-                    &mut revision,
-                    warned,
-                    &mut malformed,
-                ) {
-                    Some(events) => (events, received),
-                    None => return Ok(()),
-                }
-            }
-            Ok(None) => {
-                return Err(Error::EtcdTimeout {
-                    what: "the watch stream closed".into(),
-                })
-            }
-            Err(source) => {
-                return Err(Error::Etcd {
-                    what: "watching".into(),
-                    source,
-                })
-            }
+        let resp = delivered(stream.message().await)?;
+        let received = Instant::now();
+        let Some(mut events) = absorb(
+            opts,
+            &resp,
+            &mut store,
+            &mut revision,
+            warned,
+            &mut malformed,
+        ) else {
+            return Ok(());
         };
         // Take every response that has already arrived before building the desired state
         // once: under heavy churn of many services that build, not etcd, is the cost, and the
-        // daemon only ever needs the newest state. An error or the end of the stream is left
-        // for the blocking read above to report.
+        // daemon only ever needs the newest state. Bounded, so that a writer faster than
+        // this loop still sees its changes applied.
         let mut batched = 1;
-        while let Ok(Ok(Some(resp))) = tokio::time::timeout(Duration::ZERO, stream.message()).await
-        {
+        while batched < MAX_BATCH {
+            let Ok(ready) = tokio::time::timeout(Duration::ZERO, stream.message()).await else {
+                break; // nothing more has arrived
+            };
+            let resp = delivered(ready)?;
             batched += 1;
             match absorb(
                 opts,
@@ -274,6 +265,22 @@ async fn session(
         }
         debug!(revision, events, batched, "etcd: changes");
         publish(tx, &store, revision, malformed, &mut conflicts, received);
+    }
+}
+
+/// A watch response, or why the stream broke.
+fn delivered(
+    next: std::result::Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+) -> Result<etcd_client::WatchResponse> {
+    match next {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(Error::EtcdTimeout {
+            what: "the watch stream closed".into(),
+        }),
+        Err(source) => Err(Error::Etcd {
+            what: "watching".into(),
+            source,
+        }),
     }
 }
 
