@@ -225,27 +225,15 @@ async fn session(
             source,
         })?;
     loop {
-        let resp = delivered(stream.message().await)?;
+        // The first response is waited for; then every response that has already arrived is
+        // taken too, before the desired state is built once: under heavy churn of many
+        // services that build, not etcd, is the cost, and the daemon only ever needs the
+        // newest state. Bounded, so that a writer faster than this loop still sees its
+        // changes applied.
+        let mut next = Some(stream.message().await);
         let received = Instant::now();
-        let Some(mut events) = absorb(
-            opts,
-            &resp,
-            &mut store,
-            &mut revision,
-            warned,
-            &mut malformed,
-        ) else {
-            return Ok(());
-        };
-        // Take every response that has already arrived before building the desired state
-        // once: under heavy churn of many services that build, not etcd, is the cost, and the
-        // daemon only ever needs the newest state. Bounded, so that a writer faster than
-        // this loop still sees its changes applied.
-        let mut batched = 1;
-        while batched < MAX_BATCH {
-            let Ok(ready) = tokio::time::timeout(Duration::ZERO, stream.message()).await else {
-                break; // nothing more has arrived
-            };
+        let (mut events, mut batched) = (0, 0);
+        while let Some(ready) = next.take() {
             let resp = delivered(ready)?;
             batched += 1;
             match absorb(
@@ -258,6 +246,12 @@ async fn session(
             ) {
                 Some(more) => events += more,
                 None => return Ok(()),
+            }
+            if batched < MAX_BATCH {
+                // Err: nothing more has arrived.
+                next = tokio::time::timeout(Duration::ZERO, stream.message())
+                    .await
+                    .ok();
             }
         }
         if events == 0 {

@@ -241,12 +241,8 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         }
     }
 
-    // Each service's backends, grouped once: plan is linear in the number of services and
-    // backends (10,000 services churning must not cost 10,000 scans of every backend).
-    let mut owned: BTreeMap<u32, Vec<(u32, InstalledBackend)>> = BTreeMap::new();
-    for (&bid, b) in &installed.backends {
-        owned.entry(b.service_id).or_default().push((bid, *b));
-    }
+    // Grouped once: plan is linear in the number of services and backends.
+    let owned = installed.backends_by_service();
     let mut next_backend_id = installed.next_backend_id.max(1);
     // New services take the lowest free ids; ids only get used as the loop goes, so the search
     // resumes where the last one stopped.
@@ -390,6 +386,16 @@ fn plan_service(
 }
 
 impl Installed {
+    /// Each service's backends (id, backend), in one pass: looking them up per service would
+    /// scan every backend once per service (10,000 services: 10,000 scans).
+    pub fn backends_by_service(&self) -> BTreeMap<u32, Vec<(u32, InstalledBackend)>> {
+        let mut owned: BTreeMap<u32, Vec<(u32, InstalledBackend)>> = BTreeMap::new();
+        for (&bid, b) in &self.backends {
+            owned.entry(b.service_id).or_default().push((bid, *b));
+        }
+        owned
+    }
+
     /// Applies one operation to this mirror, exactly as the maps apply it. The daemon keeps
     /// its mirror current this way instead of re-reading the maps after every change.
     pub fn apply(&mut self, op: &Op) {

@@ -126,12 +126,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     }
     let closing_flows = live.iter().filter(|f| f.closing).count();
 
-    // Backends by service, once (not a scan of every backend per service: 10,000 services).
-    let mut backends_of: BTreeMap<u32, Vec<(u32, &crate::reconcile::InstalledBackend)>> =
-        BTreeMap::new();
-    for (bid, b) in &installed.backends {
-        backends_of.entry(b.service_id).or_default().push((*bid, b));
-    }
+    let backends_of = installed.backends_by_service();
     let mut services = Vec::new();
     for (&(frontend, proto), &(id, count)) in &installed.frontends {
         let name = installed

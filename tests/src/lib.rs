@@ -265,8 +265,17 @@ impl Daemon {
     /// `ambassador run --iface IFACE --config CONFIG --pin-path PIN EXTRA...` inside `ns`
     /// (not waited for: call [`Daemon::wait_ready`] or [`Daemon::wait_exit`]).
     pub fn run_file(ns: &NetNs, iface: &str, config: &str, pin: &Path, extra: &[&str]) -> Self {
+        let mut args = Self::run_file_args(iface, config, pin);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(ns, &args)
+    }
+
+    /// The arguments of [`Daemon::run_file`] without the extras, for running the binary some
+    /// other way (another path, under setpriv).
+    pub fn run_file_args(iface: &str, config: &str, pin: &Path) -> Vec<String> {
         let pin = pin.to_str().expect("UTF-8 pin path");
-        let mut args = vec![
+        [
             "run",
             "--iface",
             iface,
@@ -274,9 +283,9 @@ impl Daemon {
             config,
             "--pin-path",
             pin,
-        ];
-        args.extend_from_slice(extra);
-        Self::start(ns, &args)
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// Like [`Daemon::start`], with extra environment variables.

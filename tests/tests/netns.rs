@@ -688,19 +688,13 @@ fn kernel_debug_output_appears_only_under_the_switch() {
 /// `ambassador run` with `caps` as the whole bounding set: root without the other capabilities.
 fn run_with_caps(topo: &Topology, pin: &PinDir, cfg: &TempFile, caps: &str) -> Daemon {
     let bin = ambassador_tests::ambassador_bin();
-    let bounding = format!("--bounding-set=-all,{caps}");
-    let args = [
-        bounding.as_str(),
-        "--",
-        bin.to_str().unwrap(),
-        "run",
-        "--iface",
-        "c0",
-        "--config",
-        cfg.as_str(),
-        "--pin-path",
-        pin.path.to_str().unwrap(),
+    let mut args = vec![
+        format!("--bounding-set=-all,{caps}"),
+        "--".into(),
+        bin.to_str().unwrap().into(),
     ];
+    args.extend(Daemon::run_file_args("c0", cfg.as_str(), &pin.path));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start_bin(
         &topo.fwd,
         std::path::Path::new("/usr/bin/setpriv"),
@@ -720,25 +714,20 @@ fn the_daemon_forwards_with_only_cap_bpf_net_admin_and_perfmon() {
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(std::slice::from_ref(&b1), &[]));
 
-    // Without CAP_BPF: a clear refusal, exit 77.
-    let mut d = run_with_caps(&topo, &pin, &cfg, "+net_admin,+perfmon");
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)),
-        Some(77),
-        "{}",
-        d.log()
-    );
-    assert!(d.log().contains("permission denied"), "{}", d.log());
-
+    let refused = |caps: &str, says: &str| {
+        let mut d = run_with_caps(&topo, &pin, &cfg, caps);
+        assert_eq!(
+            d.wait_exit(Duration::from_secs(10)),
+            Some(77),
+            "{caps}: {}",
+            d.log()
+        );
+        assert!(d.log().contains(says), "{caps}: {}", d.log());
+    };
+    // Without CAP_BPF: a clear refusal.
+    refused("+net_admin,+perfmon", "permission denied");
     // Without CAP_PERFMON the verifier refuses the parser, and says why.
-    let mut d = run_with_caps(&topo, &pin, &cfg, "+bpf,+net_admin");
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)),
-        Some(77),
-        "{}",
-        d.log()
-    );
-    assert!(d.log().contains("without CAP_PERFMON"), "{}", d.log());
+    refused("+bpf,+net_admin", "without CAP_PERFMON");
 
     let mut d = run_with_caps(&topo, &pin, &cfg, "+bpf,+net_admin,+perfmon");
     d.wait_ready();

@@ -49,15 +49,8 @@ fn forwarding_never_stops_across_sigterm_sigkill_and_an_upgrade_and_uninstall_re
     let dir = TempDir::new("amb-upgrade");
     let new_bin = dir.path.join("ambassador-new");
     std::fs::copy(ambassador_bin(), &new_bin).unwrap();
-    let args = [
-        "run",
-        "--iface",
-        "c0",
-        "--config",
-        cfg.as_str(),
-        "--pin-path",
-        pin.path.to_str().unwrap(),
-    ];
+    let args = Daemon::run_file_args("c0", cfg.as_str(), &pin.path);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = |bin: &Path| {
         let mut d = Daemon::start_bin(&topo.fwd, bin, &args, &[]);
         d.wait_ready();
