@@ -23,15 +23,46 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// True when the test may run; otherwise prints why it is skipped.
+/// True when the test may run; otherwise records it as skipped (see [`skip`]).
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, bpffs, TC attach); run as root");
+        skip(
+            test,
+            "needs root (network namespaces, bpffs, TC attach); run as root",
+        );
         return false;
     }
     ensure_bpffs();
     true
+}
+
+/// Environment variable naming the file where skipped tests are recorded, one
+/// `name<TAB>reason` line each; `cargo xtask test` sets it and counts them as skipped, not
+/// passed (libtest has no verdict for a test that decides at run time that it cannot run).
+pub const SKIP_LOG_ENV: &str = "AMBASSADOR_SKIP_LOG";
+/// Environment variable that turns every skip into a failure: CI runs as root with everything
+/// installed, so there a test that cannot run is a broken test or a broken machine.
+pub const NO_SKIP_ENV: &str = "AMBASSADOR_NO_SKIP";
+
+/// Records that `test` cannot run here and why; the caller then returns without asserting.
+/// Panics instead when skipping is not allowed ([`NO_SKIP_ENV`]).
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os(NO_SKIP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} cannot run here, and {NO_SKIP_ENV} forbids skipping: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        let line = format!("{test}\t{}\n", reason.replace(['\t', '\n'], " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("recording the skip of {test} in {path:?}: {e}");
+        }
+    }
 }
 
 /// Mounts a bpf filesystem at /sys/fs/bpf when none is there (a fresh machine has none).

@@ -1,21 +1,28 @@
-//! `cargo xtask <task>`: the project's developer tasks. Each sets up what it needs first.
+//! `cargo xtask <task>`: the project's developer tasks. Each installs what it needs first.
+//!
+//! This crate builds with nothing but a Rust toolchain: everything that needs the packages
+//! setup installs (`ambassador-user` and `etcd-client` want `protoc`, the eBPF build wants
+//! nightly's rust-src and bpf-linker) is built by `cargo` after setup has run and used
+//! through a process: the `ambassador` binary, the `ambassador-bench` binary. Its own
+//! dependencies are clap, anyhow, libc and the test harness (std, libc and serde_json only);
+//! `tests/tests/front_door.rs` builds a fresh clone's xtask with protoc, bpf-linker and LLVM
+//! hidden to keep it so.
 
-mod bench;
-mod bench_datapath;
-mod bench_scale;
-mod chart;
 mod demo;
 mod fuzz;
-mod stats;
+mod step;
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
 };
 
+use ambassador_tests::{NO_SKIP_ENV, SKIP_LOG_ENV};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+use step::step;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -30,8 +37,13 @@ enum Task {
     Setup,
     /// Set up, then build every binary (the eBPF object is embedded in `ambassador`).
     Build,
-    /// Set up, build, then run every test (privileged ones need root and say so otherwise).
+    /// Set up, build, then run every test (a test that cannot run here, e.g. without root, is
+    /// reported as skipped with its reason).
     Test {
+        /// Fail when any test cannot run here instead of reporting it as skipped (implied when
+        /// the CI environment variable is set: CI runs as root with everything installed).
+        #[arg(long)]
+        no_skip: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -57,14 +69,13 @@ enum Task {
         #[arg(long)]
         testbed: bool,
     },
-    /// Set up, build, then measure (results in target/bench/).
+    /// Set up, build, then measure (results in target/bench/). The arguments go to
+    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane`
+    /// (`cargo xtask bench --help` lists them).
     Bench {
-        /// Fewer repetitions: a smoke run of every measurement.
-        #[arg(long)]
-        quick: bool,
-        /// Run only one group.
-        #[arg(long, value_enum)]
-        only: Option<bench::Only>,
+        /// Arguments for ambassador-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Build the cargo-fuzz targets in fuzz/ (etcd keys and values, the TOML configuration,
     /// Docker labels) and run each for a while; a failure leaves its input under
@@ -118,20 +129,27 @@ fn cargo() -> Command {
 }
 
 fn setup() -> Result<()> {
-    run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+    step(
+        "setup: apt packages, nightly's rust-src, bpf-linker, bpffs (scripts/setup.sh)",
+        step::SETUP,
+        || run(Command::new("bash").arg(root().join("scripts/setup.sh"))),
+    )
 }
 
-/// Set up, then build the release binaries.
-fn release() -> Result<()> {
+/// Set up, then build the release `ambassador` (and whatever else `extra` names, in the same
+/// cargo invocation so that features are unified once and nothing is built twice).
+fn release(extra: &[&str]) -> Result<()> {
     setup()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "ambassador-user",
-        "--bin",
-        "ambassador",
-    ]))
+    step(
+        "build: the release binary (the eBPF object embedded)",
+        step::RELEASE,
+        || {
+            run(cargo()
+                .args(["build", "--release", "-p", "ambassador-user"])
+                .args(["--bin", "ambassador"])
+                .args(extra))
+        },
+    )
 }
 
 fn release_bin() -> PathBuf {
@@ -140,22 +158,40 @@ fn release_bin() -> PathBuf {
 
 fn build() -> Result<()> {
     setup()?;
-    run(cargo().args(["build", "--bins"]))
+    step("build: every binary and test (debug)", step::DEBUG, || {
+        run(cargo().args(["build", "--bins", "--tests"]))
+    })
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries.
-fn test(args: &[String]) -> Result<()> {
+/// True when the CI environment variable says this is a CI run.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries:
+/// tests that recorded a skip (see `ambassador_tests::skip`) count as skipped, not passed.
+fn test(args: &[String], no_skip: bool) -> Result<()> {
+    let no_skip = no_skip || in_ci();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("!!! not root: the privileged tests (kernel datapath, namespaces) will SKIP !!!");
+        eprintln!(
+            "!!! not root: the privileged tests (kernel datapath, namespaces) will be SKIPPED !!!"
+        );
     }
-    let mut child = cargo()
-        .arg("test")
+    let skip_log = root().join("target/test-skips.tsv");
+    std::fs::create_dir_all(root().join("target"))?;
+    std::fs::write(&skip_log, "").context("emptying target/test-skips.tsv")?;
+    let mut cmd = cargo();
+    cmd.arg("test")
         .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+        .env(SKIP_LOG_ENV, &skip_log)
+        .stdout(Stdio::piped());
+    if no_skip {
+        cmd.env(NO_SKIP_ENV, "1");
+    }
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut ignored = 0u64;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
@@ -178,9 +214,24 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
+    let skipped: BTreeMap<String, String> = std::fs::read_to_string(&skip_log)
+        .context("reading target/test-skips.tsv")?
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(t, r)| (t.to_owned(), r.to_owned()))
+        .collect();
+    for (t, reason) in &skipped {
+        println!("skipped: {t}: {reason}");
+    }
+    // A skipped test returned early, so libtest counted it as passed.
+    let passed = passed.saturating_sub(skipped.len() as u64);
+    let skipped_total = skipped.len() as u64 + ignored;
+    println!("total: {passed} passed, {failed} failed, {skipped_total} skipped");
     if !status.success() {
         bail!("cargo test failed: {status}");
+    }
+    if no_skip && skipped_total > 0 {
+        bail!("{skipped_total} tests skipped, and skipping is not allowed here (--no-skip or CI)");
     }
     Ok(())
 }
@@ -189,17 +240,23 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Build => build(),
-        Task::Test { args } => {
+        Task::Test { args, no_skip } => {
             build()?;
-            test(&args)
+            step("test: cargo test, every package", step::TEST, || {
+                test(&args, no_skip)
+            })
         }
         Task::Run { keep } => {
-            release()?;
-            demo::run(&release_bin(), TESTBED, keep)
+            release(&[])?;
+            step(
+                "run: the seed experiment on the four-host testbed",
+                step::DEMO,
+                || demo::run(&release_bin(), TESTBED, keep),
+            )
         }
         Task::Testbed { action } => match action {
             TestbedAction::Up { ttl } => {
-                release()?;
+                release(&[])?;
                 ambassador_tests::testbed::up(TESTBED, &release_bin(), ttl, &|m| println!("  {m}"));
                 print!("{}", ambassador_tests::testbed::status(TESTBED));
                 println!("explore: ip netns exec {TESTBED}-h1 target/release/ambassador status --pin-path /sys/fs/bpf/{TESTBED}-h1");
@@ -217,7 +274,7 @@ fn main() -> Result<()> {
         },
         Task::Image { docker, testbed } => {
             use ambassador_tests::image;
-            release()?;
+            release(&[])?;
             let dir = root().join("target/image");
             let mut images = vec![image::ambassador(&release_bin(), &dir)];
             if testbed {
@@ -232,10 +289,16 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick, only } => {
-            release()?;
-            bench::run(&release_bin(), quick, only)
+        Task::Bench { args } => {
+            release(&["-p", "ambassador-bench"])?;
+            run(Command::new(root().join("target/release/ambassador-bench"))
+                .arg("--bin")
+                .arg(release_bin())
+                .args(args))
         }
-        Task::Fuzz { seconds, target } => fuzz::run_all(seconds, target.as_deref()),
+        Task::Fuzz { seconds, target } => {
+            setup()?;
+            fuzz::run_all(seconds, target.as_deref())
+        }
     }
 }

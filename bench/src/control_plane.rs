@@ -1,6 +1,5 @@
-//! `cargo xtask bench`: measurements, written to `target/bench/`: the datapath against its peers
-//! (bench_datapath), scale (bench_scale), and here the control plane: etcd and Docker to the
-//! maps and to the first connection, and loading 10,000 services from etcd.
+//! The control plane: etcd and Docker to the maps and to the first connection, and loading
+//! 10,000 services from etcd.
 
 use std::{
     fmt::Write as _,
@@ -8,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use ambassador_tests::{ambassador_ok, require_root, Daemon, Dockerd, Etcd, PinDir, Topology};
+use ambassador_tests::{ambassador_ok, Daemon, Dockerd, Etcd, PinDir, Topology};
 use ambassador_user::maps::Maps;
 use anyhow::{bail, Context as _, Result};
 
@@ -392,85 +391,9 @@ fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
 
 const IMAGE: &str = "amb-bench/busybox:1";
 
-/// Which benchmarks to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Only {
-    /// direct / ambassador-tc / socat / haproxy / iptables side by side.
-    Datapath,
-    /// 1, 1,000 and 10,000 services: ambassador maps against iptables rules.
-    Scale,
-    /// etcd and Docker to the maps, and loading 10,000 services from etcd.
-    ControlPlane,
-}
-
-/// Writes `name.md` and `name.json` under `dir` and prints the table.
-fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
-    println!("\n{md}");
-    std::fs::write(dir.join(format!("{name}.md")), md)?;
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(json)?,
-    )?;
-    println!("written to target/bench/{name}.{{md,json}}\n");
-    Ok(())
-}
-
-/// One line about the machine, for the reports.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
-}
-
-pub fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
-    if !require_root("cargo xtask bench") {
-        bail!("benchmarks need root: they build network namespaces and load eBPF programs");
-    }
-    std::env::set_var("AMBASSADOR_BIN", bin);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let wanted = |o: Only| only.is_none_or(|x| x == o);
-    let mode = if quick { "quick" } else { "full" };
-    println!("machine: {}; {mode} run", machine());
-    let started = Instant::now();
-    if wanted(Only::Datapath) {
-        println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
-        let r = crate::bench_datapath::run(quick)?;
-        write(&dir, "datapath", &r.md, &r.json)?;
-        let svg = crate::chart::datapath(
-            &r.chart,
-            &format!(
-                "cargo xtask bench ({mode}); {}; bars: median, whiskers: min-max",
-                machine()
-            ),
-        );
-        std::fs::write(dir.join("datapath.svg"), svg)?;
-        println!("chart: target/bench/datapath.svg\n");
-    }
-    if wanted(Only::Scale) {
-        println!("scale: 1, 1,000 and 10,000 services, ambassador maps against iptables rules");
-        let (md, json) = crate::bench_scale::run(quick)?;
-        write(&dir, "scale", &md, &json)?;
-    }
-    if wanted(Only::ControlPlane) {
-        control_plane(&dir, quick)?;
-    }
-    println!(
-        "{mode} run measured in {:.0} s (the build before it not counted)",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn control_plane(dir: &Path, quick: bool) -> Result<()> {
+/// The control plane: etcd and Docker to the maps and to the first connection, and loading
+/// 10,000 services from etcd.
+pub fn control_plane(dir: &Path, quick: bool) -> Result<()> {
     let (n_etcd, n_docker) = if quick { (20, 3) } else { (200, 20) };
     println!("control plane: building the testbed (etcd, dockerd, ambassador run and register)");
     let topo = Topology::new(2);
@@ -537,7 +460,7 @@ fn control_plane(dir: &Path, quick: bool) -> Result<()> {
         .iter()
         .map(|(n, b)| serde_json::json!({"map": n, "bytes": b}))
         .collect();
-    write(
+    crate::write(
         dir,
         "control-plane",
         &md,

@@ -8,7 +8,7 @@ use ambassador_tests::{Daemon, PinDir, TempFile};
 use anyhow::Result;
 
 use crate::{
-    bench_datapath::{
+    datapath::{
         conn_rate, dnat_rules, iptables_restore, latency, Bed, BACKEND, CONN_PORT, LAT_PORT,
     },
     stats::{median, spread},

@@ -1,0 +1,119 @@
+//! `ambassador-bench`: the measurements `cargo xtask bench` runs, written to `target/bench/`:
+//! the datapath against its peers (`datapath`), scale (`scale`) and the control plane
+//! (`control_plane`). A package of its own so that `xtask` needs nothing but a Rust toolchain:
+//! this one links `ambassador-user` and `etcd-client`, which need the packages setup installs.
+
+mod chart;
+mod control_plane;
+mod datapath;
+mod scale;
+mod stats;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use ambassador_tests::require_root;
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "ambassador-bench",
+    about = "ambassador's benchmarks (run by `cargo xtask bench`)"
+)]
+struct Cli {
+    /// The `ambassador` binary to measure (a release build).
+    #[arg(long, env = "AMBASSADOR_BIN")]
+    bin: PathBuf,
+    /// Fewer repetitions: a smoke run of every measurement.
+    #[arg(long)]
+    quick: bool,
+    /// Run only one group.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    run(&cli.bin, cli.quick, cli.only)
+}
+
+/// Which benchmarks to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// direct / ambassador-tc / socat / haproxy / iptables side by side.
+    Datapath,
+    /// 1, 1,000 and 10,000 services: ambassador maps against iptables rules.
+    Scale,
+    /// etcd and Docker to the maps, and loading 10,000 services from etcd.
+    ControlPlane,
+}
+
+/// Writes `name.md` and `name.json` under `dir` and prints the table.
+pub fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    println!("\n{md}");
+    std::fs::write(dir.join(format!("{name}.md")), md)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("written to target/bench/{name}.{{md,json}}\n");
+    Ok(())
+}
+
+/// One line about the machine, for the reports.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
+}
+
+fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
+    if !require_root("cargo xtask bench") {
+        bail!("benchmarks need root: they build network namespaces and load eBPF programs");
+    }
+    std::env::set_var("AMBASSADOR_BIN", bin);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let wanted = |o: Only| only.is_none_or(|x| x == o);
+    let mode = if quick { "quick" } else { "full" };
+    println!("machine: {}; {mode} run", machine());
+    let started = Instant::now();
+    if wanted(Only::Datapath) {
+        println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
+        let r = crate::datapath::run(quick)?;
+        write(&dir, "datapath", &r.md, &r.json)?;
+        let svg = crate::chart::datapath(
+            &r.chart,
+            &format!(
+                "cargo xtask bench ({mode}); {}; bars: median, whiskers: min-max",
+                machine()
+            ),
+        );
+        std::fs::write(dir.join("datapath.svg"), svg)?;
+        println!("chart: target/bench/datapath.svg\n");
+    }
+    if wanted(Only::Scale) {
+        println!("scale: 1, 1,000 and 10,000 services, ambassador maps against iptables rules");
+        let (md, json) = crate::scale::run(quick)?;
+        write(&dir, "scale", &md, &json)?;
+    }
+    if wanted(Only::ControlPlane) {
+        control_plane::control_plane(&dir, quick)?;
+    }
+    println!(
+        "{mode} run measured in {:.0} s (the build before it not counted)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

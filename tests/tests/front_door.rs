@@ -1,0 +1,200 @@
+//! The README's commands start with `cargo xtask`, which installs what the rest needs: so
+//! `xtask` itself must build on a machine that has nothing but a Rust toolchain. This builds a
+//! copy of the working tree's `xtask`, from scratch, in a mount namespace where `protoc`,
+//! `bpf-linker`, LLVM and the nightly toolchain are hidden. (Before the fix it failed at once:
+//! `etcd-client`'s build script needs `protoc`.)
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use ambassador_tests::{require_root, skip, TempDir};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// What setup installs and `xtask` must build without; each hidden in the test's namespace.
+fn hidden_paths() -> Vec<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let cargo_home = std::env::var_os("CARGO_HOME").map_or(home.join(".cargo"), PathBuf::from);
+    let rustup_home = std::env::var_os("RUSTUP_HOME").map_or(home.join(".rustup"), PathBuf::from);
+    let mut paths: Vec<PathBuf> = [
+        "/usr/bin/protoc",
+        "/usr/include/google/protobuf",
+        "/usr/bin/llvm-config",
+        "/usr/lib/llvm-22",
+        "/usr/lib/llvm-14",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    paths.push(cargo_home.join("bin/bpf-linker"));
+    if let Ok(dir) = std::fs::read_dir(rustup_home.join("toolchains")) {
+        paths.extend(dir.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("nightly"))
+        }));
+    }
+    paths.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// The tracked and untracked-but-not-ignored files of the working tree: what a clone of this
+/// change would hold.
+fn copy_tree(to: &Path) {
+    let root = repo_root();
+    let out = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success(), "git ls-files failed");
+    for rel in out.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(rel).unwrap());
+        let src = root.join(rel);
+        if !src.is_file() {
+            continue; // deleted in the working tree
+        }
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&src, &dst).unwrap();
+    }
+}
+
+#[test]
+fn xtask_builds_with_only_a_rust_toolchain() {
+    if !require_root("xtask_builds_with_only_a_rust_toolchain") {
+        return;
+    }
+    if Command::new("git").arg("--version").output().is_err() {
+        skip(
+            "xtask_builds_with_only_a_rust_toolchain",
+            "needs git to list the working tree",
+        );
+        return;
+    }
+    let hidden = hidden_paths();
+    assert!(
+        hidden.iter().any(|p| p.ends_with("protoc")),
+        "protoc is not installed, so hiding it proves nothing: run `cargo xtask setup` first"
+    );
+    let work = TempDir::new("front-door");
+    let tree = work.path.join("tree");
+    copy_tree(&tree);
+    let empty_dir = work.path.join("empty");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+
+    // Inside a private mount namespace: hide each path (an empty directory over a directory,
+    // /dev/null over a file), prove the tools are gone, then build xtask from scratch.
+    let mut script = String::from("set -eu\n");
+    for p in &hidden {
+        let over = if p.is_dir() {
+            empty_dir.to_str().unwrap()
+        } else {
+            "/dev/null"
+        };
+        script += &format!("mount --bind {over} '{}'\n", p.display());
+    }
+    script += "if protoc --version >/dev/null 2>&1; then echo 'protoc still usable'; exit 90; fi\n";
+    script += "if bpf-linker --version >/dev/null 2>&1; then echo 'bpf-linker still usable'; exit 90; fi\n";
+    script += "if cargo +nightly --version >/dev/null 2>&1; then echo 'nightly still usable'; exit 90; fi\n";
+    script += "cargo build --locked -p xtask --target-dir \"$TARGET\"\n";
+    script += "\"$TARGET/debug/xtask\" --help\n";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .current_dir(&tree)
+        .env("TARGET", work.path.join("target"))
+        .env_remove("PROTOC")
+        .env_remove("LLVM_PREFIX")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(90),
+        "hiding failed, the test proves nothing: {text}"
+    );
+    assert!(
+        out.status.success(),
+        "xtask does not build with only a Rust toolchain (hidden: {hidden:?}):\n{text}"
+    );
+    assert!(
+        text.contains("cargo xtask") && text.contains("setup"),
+        "the built xtask did not print its help:\n{text}"
+    );
+}
+
+fn version(v: &str) -> (u64, u64) {
+    let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The declared `rust-version` is inherited by every member and is no older than what the
+/// dependency closure declares it needs (our own code is checked against it by clippy's
+/// incompatible_msrv, which only looks at crates that declare one).
+#[test]
+fn the_declared_rust_version_is_inherited_and_true() {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let members: Vec<&str> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("workspace.package.rust-version")
+        .trim_matches('"');
+    let mut needed = ("none".to_owned(), (0, 0));
+    for p in packages {
+        let name = p["name"].as_str().unwrap();
+        let rv = p["rust_version"].as_str();
+        if members.contains(&p["id"].as_str().unwrap()) {
+            assert_eq!(
+                rv,
+                Some(declared),
+                "{name} does not inherit rust-version (add `rust-version.workspace = true`)"
+            );
+        } else if let Some(rv) = rv {
+            if version(rv) > needed.1 {
+                needed = (format!("{name} {}", p["version"]), version(rv));
+            }
+        }
+    }
+    assert!(
+        version(declared) >= needed.1,
+        "rust-version {declared} is older than {} needs ({}.{})",
+        needed.0,
+        needed.1 .0,
+        needed.1 .1
+    );
+}
