@@ -25,6 +25,7 @@ APT_PACKAGES=(
   protobuf-compiler libprotobuf-dev                    # protoc and its well-known types, for etcd-client
   socat haproxy iperf3 sockperf openssl                # traffic tools and peers; openssl makes the TLS tests' certificates
   etcd-server etcd-client docker.io busybox-static     # the control plane's real components
+  docker-compose                                       # docker-compose.yml, as the testbed brings every host up
   redis-server                                         # the database the migration testbed moves
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Provisions one testbed host: an etcd member (optional), `ambassador run` and
-# `ambassador register` as containers. Used by the namespace testbed (tests/src/testbed.rs,
-# with DOCKER_HOST pointing at the namespace's engine) and by the Vagrantfile, so both build
-# the same thing. The images (ambassador:dev, ambassador-testbed/etcd:dev) must be loaded.
+# `ambassador register` as containers (the latter two through docker-compose.yml). Used by the
+# namespace testbed (tests/src/testbed.rs, with DOCKER_HOST pointing at the namespace's engine)
+# and by the Vagrantfile, so both build the same thing. The images (ambassador:dev,
+# ambassador-testbed/etcd:dev) must be loaded.
 #
 # Environment:
 #   HOST_ID        this host's name (h1..h4)
@@ -31,15 +32,10 @@ if [ -n "${ETCD_SELF:-}" ]; then
     --heartbeat-interval=50 --election-timeout=500 >/dev/null
 fi
 
-# What the datapath needs, rather than --privileged (which asks for every capability and fails
-# where the host's bounding set lacks one). Docker 20.10 knows no CAP_BPF or CAP_PERFMON; the
-# kernel accepts CAP_SYS_ADMIN for both.
-docker run -d --name ambassador-run --network host --restart always -e AMBASSADOR_LOG="${LOG:-info}" \
-  --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
-  -v /sys/fs/bpf:/sys/fs/bpf \
-  ambassador:dev run --iface "$IFACE" --pin-path "$PIN_DIR" --etcd "$ETCD" >/dev/null
-
-docker run -d --name ambassador-register --network host --restart always -e AMBASSADOR_LOG="${LOG:-info}" \
-  -v "$DOCKER_SOCK:/var/run/docker.sock" \
-  ambassador:dev register --advertise-ip "$ADVERTISE_IP" --host-id "$HOST_ID" --ttl "$TTL" \
-  --reconcile-interval "${RECONCILE:-30}" --etcd "$ETCD" >/dev/null
+# `ambassador run` and `ambassador register`: the project's compose file, as a user runs it.
+AMBASSADOR_ETCD="$ETCD" AMBASSADOR_ADVERTISE_IP="$ADVERTISE_IP" AMBASSADOR_IFACE="$IFACE" \
+AMBASSADOR_HOST_ID="$HOST_ID" AMBASSADOR_TTL="$TTL" AMBASSADOR_PIN_PATH="$PIN_DIR" \
+AMBASSADOR_DOCKER_SOCKET="$DOCKER_SOCK" AMBASSADOR_RECONCILE_INTERVAL="${RECONCILE:-30}" \
+AMBASSADOR_LOG="${LOG:-info}" \
+  docker-compose --project-directory "$(dirname "$0")/.." -f "$(dirname "$0")/../docker-compose.yml" \
+  -p ambassador up -d --no-build --quiet-pull 2>&1

@@ -1,5 +1,7 @@
 //! Container images built offline (no registry is reachable): a root filesystem assembled from
-//! host binaries and the shared libraries `ldd` names, imported with `docker import`.
+//! host binaries and the shared libraries `ldd` names. The project's own image is built by
+//! `docker build` from the repository's Dockerfile (FROM scratch, the root filesystem copied
+//! in); the testbed's helper images are imported with `docker import`.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,22 +12,35 @@ use crate::TempDir;
 
 /// A root filesystem being assembled.
 pub struct Rootfs {
-    dir: TempDir,
+    path: PathBuf,
+    /// Removes it on drop when it is a temporary one.
+    _temp: Option<TempDir>,
 }
 
 impl Rootfs {
-    /// An empty root with /tmp.
+    /// An empty root with /tmp, in a temporary directory.
     pub fn new() -> Self {
-        let dir = TempDir::new("rootfs");
+        let temp = TempDir::new("rootfs");
+        let mut fs = Self::at(&temp.path);
+        fs._temp = Some(temp);
+        fs
+    }
+
+    /// An empty root with /tmp at `path` (emptied first), left in place.
+    pub fn at(path: &Path) -> Self {
+        let _ = std::fs::remove_dir_all(path);
         for d in ["tmp", "bin", "etc", "var/lib"] {
-            std::fs::create_dir_all(dir.path.join(d)).unwrap();
+            std::fs::create_dir_all(path.join(d)).unwrap();
         }
-        std::fs::write(dir.path.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-        Self { dir }
+        std::fs::write(path.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+        Self {
+            path: path.to_owned(),
+            _temp: None,
+        }
     }
 
     fn copy(&self, from: &Path, to: &str) {
-        let dest = self.dir.path.join(to.trim_start_matches('/'));
+        let dest = self.path.join(to.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         // Follows symlinks: the image gets the file itself.
         std::fs::copy(from, &dest)
@@ -57,7 +72,7 @@ impl Rootfs {
     pub fn busybox(&self, applets: &[&str]) -> &Self {
         self.copy(Path::new("/bin/busybox"), "/bin/busybox");
         for a in applets {
-            let _ = std::os::unix::fs::symlink("busybox", self.dir.path.join("bin").join(a));
+            let _ = std::os::unix::fs::symlink("busybox", self.path.join("bin").join(a));
         }
         self
     }
@@ -65,7 +80,7 @@ impl Rootfs {
     /// Adds a file with `contents` and unix `mode`.
     pub fn file(&self, dest: &str, contents: &str, mode: u32) -> &Self {
         use std::os::unix::fs::PermissionsExt as _;
-        let path = self.dir.path.join(dest.trim_start_matches('/'));
+        let path = self.path.join(dest.trim_start_matches('/'));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, contents).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -77,7 +92,7 @@ impl Rootfs {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
         let st = Command::new("tar")
             .args(["--owner=0", "--group=0", "-C"])
-            .arg(&self.dir.path)
+            .arg(&self.path)
             .arg("-cf")
             .arg(out)
             .arg(".")
@@ -102,54 +117,92 @@ pub const REDIS: &str = "ambassador-testbed/redis:dev";
 /// The testbed's busybox image tag.
 pub const BUSYBOX: &str = "ambassador-testbed/busybox:dev";
 
-/// One image: its tag, its tarball and the `docker import --change` lines it needs.
+/// One image: its tag and how it is made.
 pub struct Image {
     /// Tag, e.g. `ambassador:dev`.
     pub tag: &'static str,
-    /// The rootfs tarball.
-    pub tar: PathBuf,
-    /// Dockerfile instructions applied at import (ENTRYPOINT, CMD, LABEL...).
-    pub changes: Vec<String>,
+    /// Where it comes from.
+    pub source: Source,
+}
+
+/// How an image is made.
+pub enum Source {
+    /// `docker import` of a rootfs tarball, with Dockerfile instructions applied at import
+    /// (ENTRYPOINT, CMD, HEALTHCHECK...).
+    Tarball { tar: PathBuf, changes: Vec<String> },
+    /// `docker build` of a directory holding the repository's Dockerfile and what it copies.
+    Dockerfile { context: PathBuf },
 }
 
 impl Image {
-    /// Imports the image into the engine at `socket`.
+    /// Loads the image into the engine at `socket` (`docker import` or `docker build`).
     pub fn import(&self, socket: &str) {
         let mut cmd = Command::new("/usr/bin/docker");
-        cmd.args(["-H", socket, "import"]);
-        for c in &self.changes {
-            cmd.args(["--change", c]);
+        cmd.args(["-H", socket]);
+        match &self.source {
+            Source::Tarball { tar, changes } => {
+                cmd.arg("import");
+                for c in changes {
+                    cmd.args(["--change", c]);
+                }
+                cmd.arg(tar).arg(self.tag);
+            }
+            Source::Dockerfile { context } => {
+                // The classic builder: what Docker 20.10 does by default, and no registry.
+                cmd.env("DOCKER_BUILDKIT", "0")
+                    .args(["build", "-q", "-t", self.tag])
+                    .arg(context);
+            }
         }
-        let out = cmd
-            .arg(&self.tar)
-            .arg(self.tag)
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
+        let out = cmd.stdout(Stdio::null()).output().unwrap();
         assert!(
             out.status.success(),
-            "docker import {}: {}",
+            "loading {} into {socket}: {}",
             self.tag,
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// What it is made from, for messages.
+    pub fn path(&self) -> &Path {
+        match &self.source {
+            Source::Tarball { tar, .. } => tar,
+            Source::Dockerfile { context } => context,
+        }
+    }
 }
 
-/// The project's image: the `ambassador` binary, nothing else. Run it privileged with the host
-/// network, bpffs and (for `register`) the Docker socket; see the README.
-pub fn ambassador(bin: &Path, out_dir: &Path) -> Image {
-    let tar = out_dir.join("ambassador.tar");
-    Rootfs::new()
-        .binary(bin, "/usr/local/bin/ambassador")
-        .tar(&tar);
+/// The repository's root (the Dockerfile's build context).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Where the Dockerfile expects the root filesystem, relative to its context.
+pub const ROOTFS_IN_CONTEXT: &str = "target/image/rootfs";
+
+/// The project's image, built by `docker build` from the repository's Dockerfile: `bin` and
+/// the shared libraries it loads, nothing else. Its context is `context` (the repository's
+/// root for `cargo xtask image`, so `docker build -t ambassador .` works there afterwards; a
+/// directory of its own elsewhere, so parallel tests do not share one), which receives the
+/// Dockerfile, the .dockerignore and the root filesystem. Run it with the host network, bpffs
+/// and (for `register`) the Docker socket: see the README and docker-compose.yml.
+pub fn ambassador(bin: &Path, context: &Path) -> Image {
+    Rootfs::at(&context.join(ROOTFS_IN_CONTEXT)).binary(bin, "/usr/local/bin/ambassador");
+    let root = repo_root();
+    if context != root {
+        for f in ["Dockerfile", ".dockerignore"] {
+            std::fs::copy(root.join(f), context.join(f))
+                .unwrap_or_else(|e| panic!("copying {f} to {}: {e}", context.display()));
+        }
+    }
     Image {
         tag: AMBASSADOR,
-        tar,
-        changes: vec![
-            r#"ENTRYPOINT ["/usr/local/bin/ambassador"]"#.into(),
-            r#"CMD ["--help"]"#.into(),
-            "LABEL org.opencontainers.image.title=ambassador".into(),
-        ],
+        source: Source::Dockerfile {
+            context: context.to_owned(),
+        },
     }
 }
 
@@ -161,8 +214,10 @@ pub fn etcd(out_dir: &Path) -> Image {
         .tar(&tar);
     Image {
         tag: ETCD,
-        tar,
-        changes: vec![r#"ENTRYPOINT ["/usr/local/bin/etcd"]"#.into()],
+        source: Source::Tarball {
+            tar,
+            changes: vec![r#"ENTRYPOINT ["/usr/local/bin/etcd"]"#.into()],
+        },
     }
 }
 
@@ -187,12 +242,14 @@ wait $pid
         .tar(&tar);
     Image {
         tag: REDIS,
-        tar,
-        changes: vec![
-            r#"CMD ["/start.sh"]"#.into(),
-            // Healthy once it answers with its host name: the register waits for that.
-            r#"HEALTHCHECK --interval=200ms --timeout=1s --retries=1 CMD ["sh", "-c", "[ \"$(redis-cli -p 6379 exists host)\" = 1 ]"]"#.into(),
-        ],
+        source: Source::Tarball {
+            tar,
+            changes: vec![
+                r#"CMD ["/start.sh"]"#.into(),
+                // Healthy once it answers with its host name: the register waits for that.
+                r#"HEALTHCHECK --interval=200ms --timeout=1s --retries=1 CMD ["sh", "-c", "[ \"$(redis-cli -p 6379 exists host)\" = 1 ]"]"#.into(),
+            ],
+        },
     }
 }
 
@@ -204,7 +261,9 @@ pub fn busybox(out_dir: &Path) -> Image {
         .tar(&tar);
     Image {
         tag: BUSYBOX,
-        tar,
-        changes: vec![r#"CMD ["sleep", "1000000"]"#.into()],
+        source: Source::Tarball {
+            tar,
+            changes: vec![r#"CMD ["sleep", "1000000"]"#.into()],
+        },
     }
 }

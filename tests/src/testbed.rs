@@ -208,10 +208,10 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
     let dir = tb.dir();
     std::fs::create_dir_all(&dir).unwrap();
 
-    log("building images (docker import of rootfs tarballs: no registry needed)");
+    log("building images (the Dockerfile, and docker import of rootfs tarballs: no registry needed)");
     let images_dir = dir.join("images");
     let images = [
-        image::ambassador(bin, &images_dir),
+        image::ambassador(bin, &images_dir.join("ambassador")),
         image::etcd(&images_dir),
         image::redis(&images_dir),
         image::busybox(&images_dir),

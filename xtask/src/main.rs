@@ -59,8 +59,8 @@ enum Task {
         #[command(subcommand)]
         action: TestbedAction,
     },
-    /// Build the project's container image offline (target/image/ambassador.tar), and import it
-    /// into a Docker engine when one is given.
+    /// Build the project's container image offline: the root filesystem (target/image/rootfs),
+    /// then `docker build` of the Dockerfile into the Docker engine given.
     Image {
         /// Docker engine to import into, e.g. unix:///var/run/docker.sock.
         #[arg(long)]
@@ -276,17 +276,47 @@ fn main() -> Result<()> {
             use ambassador_tests::image;
             release(&[])?;
             let dir = root().join("target/image");
-            let mut images = vec![image::ambassador(&release_bin(), &dir)];
+            let mut images = vec![image::ambassador(&release_bin(), &root())];
+            println!(
+                "root filesystem of {}: {}",
+                image::AMBASSADOR,
+                root().join(image::ROOTFS_IN_CONTEXT).display()
+            );
             if testbed {
                 images.extend([image::etcd(&dir), image::redis(&dir), image::busybox(&dir)]);
             }
+            let Some(socket) = docker else {
+                println!(
+                    "no --docker given: load them with `docker build -t {} .` (the Dockerfile) and `docker import`",
+                    image::AMBASSADOR
+                );
+                return Ok(());
+            };
             for img in &images {
-                println!("built {} ({})", img.tag, img.tar.display());
-                if let Some(socket) = &docker {
-                    img.import(socket);
-                    println!("  imported into {socket}");
-                }
+                img.import(&socket);
+                println!(
+                    "{} loaded into {socket} (from {})",
+                    img.tag,
+                    img.path().display()
+                );
             }
+            let size = Command::new("/usr/bin/docker")
+                .args([
+                    "-H",
+                    &socket,
+                    "image",
+                    "inspect",
+                    "-f",
+                    "{{.Size}}",
+                    image::AMBASSADOR,
+                ])
+                .output()
+                .context("docker image inspect")?;
+            let bytes: u64 = String::from_utf8_lossy(&size.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            println!("{}: {:.1} MB", image::AMBASSADOR, bytes as f64 / 1e6);
             Ok(())
         }
         Task::Bench { args } => {
