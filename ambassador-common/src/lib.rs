@@ -28,7 +28,7 @@ pub mod map_names {
     /// service id -> service name; written and read by user space only.
     pub const NAMES: &str = "amb_names_v1";
     /// The daemon's control-plane state (one entry); user space only.
-    pub const INFO: &str = "amb_info_v1";
+    pub const INFO: &str = "amb_info_v2";
     /// Every map, in a stable order (for status, uninstall and tests).
     pub const ALL: [&str; 9] = [
         SERVICES,
@@ -51,16 +51,19 @@ pub mod program_names {
     pub const TC_RNAT: &str = "amb_tc_rnat";
 }
 
-/// Capacity of each map. Service ids index per-CPU arrays, so they stay below `MAX_SERVICES`.
+/// Default capacity of each map: what the object declares, and what `ambassador run` creates
+/// unless `--max-services`, `--max-backends`, `--max-slots` or `--max-flows` say otherwise (the
+/// loader sets every map's size at load time). About 21 MiB of kernel memory on a 2-CPU host;
+/// see the README's "Capacity".
 pub mod limits {
-    /// Service entries, and the size of the per-service counter array.
-    pub const MAX_SERVICES: u32 = 65_536;
+    /// Services (frontends). Service ids are 1..=services, indexing per-CPU counter arrays.
+    pub const DEFAULT_SERVICES: u32 = 4_096;
     /// Backends over all services (active and terminating).
-    pub const MAX_BACKENDS: u32 = 262_144;
-    /// Slots over all services.
-    pub const MAX_SLOTS: u32 = 262_144;
+    pub const DEFAULT_BACKENDS: u32 = 16_384;
+    /// Slots over all services (a backend takes as many as its weight).
+    pub const DEFAULT_SLOTS: u32 = 65_536;
     /// Flows tracked at once; the least recently used entry is evicted beyond this.
-    pub const MAX_FLOWS: u32 = 262_144;
+    pub const DEFAULT_FLOWS: u32 = 65_536;
     /// Longest service name (a DNS label).
     pub const MAX_NAME_LEN: usize = 63;
 }
@@ -328,10 +331,15 @@ pub struct DaemonInfo {
     pub conflicts: u64,
     /// Unix time (ms) when a desired state was last applied to the maps.
     pub applied_unix_ms: u64,
+    /// Services and endpoints left out of the last applied state because a map was full
+    /// (`--max-services`, `--max-backends`, `--max-slots`).
+    pub over_capacity: u32,
+    /// Explicit padding.
+    pub _pad0: u32,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<DaemonInfo>() == 64);
+    assert!(core::mem::size_of::<DaemonInfo>() == 72);
     assert!(core::mem::size_of::<ServiceKey4>() == 8);
     assert!(core::mem::size_of::<ServiceValue4>() == 8);
     assert!(core::mem::size_of::<SlotKey>() == 8);

@@ -1,5 +1,6 @@
 //! Every map of the datapath. Names and layouts are shared with user space through
-//! `ambassador_common`; all maps are pinned by name under the daemon's pin directory.
+//! `ambassador_common`; all maps are pinned by name under the daemon's pin directory. The sizes
+//! declared here are the defaults: the loader sets each one from `ambassador run`'s settings.
 
 use ambassador_common::{
     limits, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4, ServiceName,
@@ -12,27 +13,29 @@ use aya_ebpf::{
 
 /// Frontends: (VIP, port, proto) -> service id and slot count.
 #[map(name = "amb_svc4_v1")]
-pub static SERVICES: HashMap<ServiceKey4, ServiceValue4> = HashMap::pinned(limits::MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey4, ServiceValue4> =
+    HashMap::pinned(limits::DEFAULT_SERVICES, 0);
 
 /// (service id, slot) -> backend id; slots `0..count` of each service are always filled.
 #[map(name = "amb_slot_v1")]
-pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(limits::MAX_SLOTS, 0);
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(limits::DEFAULT_SLOTS, 0);
 
 /// backend id -> address, owner service and flags (terminating backends stay until drained).
 #[map(name = "amb_be4_v1")]
-pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(limits::MAX_BACKENDS, 0);
+pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(limits::DEFAULT_BACKENDS, 0);
 
 /// Client's original tuple -> the flow's backend.
 #[map(name = "amb_ct4_v1")]
-pub static CONNTRACK: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(limits::MAX_FLOWS, 0);
+pub static CONNTRACK: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
 
 /// Backend's reply tuple -> the frontend to restore.
 #[map(name = "amb_rnat4_v1")]
-pub static REVERSE_NAT: LruHashMap<CtKey4, RevNat4> = LruHashMap::pinned(limits::MAX_FLOWS, 0);
+pub static REVERSE_NAT: LruHashMap<CtKey4, RevNat4> = LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
 
 /// Counters per service id.
 #[map(name = "amb_sstat_v1")]
-pub static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(limits::MAX_SERVICES, 0);
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::pinned(limits::DEFAULT_SERVICES + 1, 0);
 
 /// Counters per verdict reason.
 #[map(name = "amb_reason_v1")]
@@ -41,8 +44,8 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 /// service id -> name. Only user space reads and writes it; it lives in the object so the
 /// loader creates and pins it with the others.
 #[map(name = "amb_names_v1")]
-pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::MAX_SERVICES, 0);
+pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::DEFAULT_SERVICES, 0);
 
 /// The daemon's control-plane state, for `status`. User space only, like `NAMES`.
-#[map(name = "amb_info_v1")]
+#[map(name = "amb_info_v2")]
 pub static INFO: Array<DaemonInfo> = Array::pinned(1, 0);

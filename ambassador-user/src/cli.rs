@@ -164,6 +164,20 @@ pub struct RunArgs {
     /// debugging only. Without it the log statements are not even loaded.
     #[arg(long, env = "AMBASSADOR_DEBUG_DATAPATH")]
     pub debug_datapath: bool,
+    /// Services the maps hold [default: 4096]. Maps are preallocated: every capacity costs
+    /// kernel memory whether used or not (`status` shows use against capacity). Fixed when the
+    /// maps are created; a restart keeps the pinned maps' capacity.
+    #[arg(long, env = "AMBASSADOR_MAX_SERVICES", value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub max_services: Option<u32>,
+    /// Backends over all services, terminating ones included [default: 16384].
+    #[arg(long, env = "AMBASSADOR_MAX_BACKENDS", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub max_backends: Option<u32>,
+    /// Slots over all services: a backend takes as many as its weight [default: 65536].
+    #[arg(long, env = "AMBASSADOR_MAX_SLOTS", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub max_slots: Option<u32>,
+    /// Flows tracked at once; beyond it the least recently used is forgotten [default: 65536].
+    #[arg(long, env = "AMBASSADOR_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(16..=1 << 26))]
+    pub max_flows: Option<u32>,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -183,6 +197,12 @@ impl From<RunArgs> for RunConfig {
             metrics_addr: a.metrics_addr,
             grace: Duration::from_secs(a.grace_period),
             debug_datapath: a.debug_datapath,
+            capacity: crate::capacity::Requested {
+                services: a.max_services,
+                backends: a.max_backends,
+                slots: a.max_slots,
+                flows: a.max_flows,
+            },
             timeouts: Timeouts {
                 tcp: Duration::from_secs(a.tcp_timeout),
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),

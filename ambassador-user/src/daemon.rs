@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub grace: Duration,
     /// Kernel-side debug output (aya-log): new flows and drops.
     pub debug_datapath: bool,
+    /// Map capacities asked for.
+    pub capacity: crate::capacity::Requested,
 }
 
 /// Exit code when a stop outlasts `--grace-period` (EX_SOFTWARE).
@@ -202,6 +204,9 @@ struct State {
     policy: BackendPolicy,
     /// Endpoints refused by the policy at the last apply (each warned about once).
     refused: BTreeSet<Refusal>,
+    /// Services and endpoints left out for want of map capacity at the last apply (each
+    /// warned about once).
+    left_out: BTreeSet<String>,
     telemetry: Arc<Mutex<Telemetry>>,
 }
 
@@ -216,6 +221,14 @@ impl State {
         }
         self.refused = refused.into_iter().collect();
         self.info.refused = self.refused.len() as u32;
+        let (desired, left_out) = self.dp.capacity.fit(&desired);
+        for l in &left_out {
+            if !self.left_out.contains(l) {
+                warn!("{l}");
+            }
+        }
+        self.left_out = left_out.into_iter().collect();
+        self.info.over_capacity = self.left_out.len() as u32;
         let desired = &desired;
         let result = converge(&mut self.dp.maps, &mut self.installed, desired);
         let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
@@ -309,7 +322,20 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let mut dp = loader::start(&cfg.pin_dir, &cfg.ifaces, cfg.tc_attach, cfg.debug_datapath)?;
+    let mut dp = loader::start(
+        &cfg.pin_dir,
+        &cfg.ifaces,
+        cfg.tc_attach,
+        cfg.capacity,
+        cfg.debug_datapath,
+    )?;
+    info!(
+        services = dp.capacity.services,
+        backends = dp.capacity.backends,
+        slots = dp.capacity.slots,
+        flows = dp.capacity.flows,
+        "map capacity"
+    );
     if let Some(log) = dp.kernel_log.take() {
         follow_kernel_log(log)?;
     }
@@ -330,6 +356,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         applied: None,
         policy: cfg.policy.clone(),
         refused: BTreeSet::new(),
+        left_out: BTreeSet::new(),
         telemetry: Arc::default(),
     };
     if let Some(desired) = &initial {

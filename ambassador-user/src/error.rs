@@ -78,10 +78,10 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
-    /// A map operation failed.
+    /// Reading the kernel's debug records failed.
     #[error("reading the datapath's debug output (--debug-datapath): {0}")]
     KernelLog(#[from] aya_log::Error),
-
+    /// A map operation failed.
     #[error("map {name}: {what}: {source}")]
     Map {
         /// The map.
@@ -91,6 +91,28 @@ pub enum Error {
         /// Why it failed.
         #[source]
         source: aya::maps::MapError,
+    },
+    /// A map is full (the kernel said E2BIG).
+    #[error("map {name} is full: {what} (terminating backends count until drained; `ambassador status` shows use against capacity; raise {flag}, after `ambassador uninstall`, since a map's size is fixed when it is created)")]
+    MapFull {
+        /// The map.
+        name: &'static str,
+        /// The setting that sizes it.
+        flag: &'static str,
+        /// What was attempted.
+        what: String,
+    },
+    /// A capacity asked for differs from the maps already pinned.
+    #[error("the maps pinned under {path} were created with {flag} {pinned}, not {requested}: a map's size is fixed when it is created. Start with {flag} {pinned} (or without it), or run `ambassador uninstall --pin-path {path}` first (that stops forwarding and forgets every flow)", path = path.display())]
+    CapacityMismatch {
+        /// The pin directory.
+        path: PathBuf,
+        /// The setting.
+        flag: &'static str,
+        /// The pinned maps' size.
+        pinned: u32,
+        /// What was asked for.
+        requested: u32,
     },
     /// The pinned maps are missing.
     #[error(
@@ -161,9 +183,11 @@ impl Error {
     /// 75 temporary (another instance), 77 permission.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Plan(_) | Error::NoSuchInterface { .. } | Error::Usage(_) => {
-                64
-            }
+            Error::Config(_)
+            | Error::Plan(_)
+            | Error::NoSuchInterface { .. }
+            | Error::Usage(_)
+            | Error::CapacityMismatch { .. } => 64,
             Error::NotRunning { .. }
             | Error::NoEbpfObject
             | Error::KernelFeature { .. }

@@ -3,6 +3,7 @@
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambassador"));
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod contract;

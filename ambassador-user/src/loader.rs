@@ -26,6 +26,7 @@ use aya::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    capacity::{Capacity, Requested},
     error::{Error, Result},
     maps::Maps,
     netlink, EBPF_OBJECT,
@@ -47,6 +48,8 @@ enum Attachment {
 pub struct Datapath {
     /// The maps, pinned under the pin directory.
     pub maps: Maps,
+    /// Their capacity.
+    pub capacity: Capacity,
     /// The programs and their links: dropping it detaches them.
     pub ebpf: Ebpf,
     /// The pin directory's lock, held for the daemon's lifetime (one daemon per directory).
@@ -179,34 +182,43 @@ fn use_tcx(mode: TcAttach) -> Result<bool> {
 }
 
 /// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
-/// so counters, flows and services survive a restart) without attaching anything. `debug`
-/// keeps the programs' aya-log statements; without it they are dead code to the verifier.
-pub fn load(pin_dir: &Path, debug: bool) -> Result<(Ebpf, Maps, File)> {
+/// so counters, flows and services survive a restart) without attaching anything. Maps are
+/// created with the capacity `requested` resolves to (pinned maps keep theirs). `debug` keeps
+/// the programs' aya-log statements; without it they are dead code to the verifier.
+pub fn load(
+    pin_dir: &Path,
+    requested: Requested,
+    debug: bool,
+) -> Result<(Ebpf, Maps, File, Capacity)> {
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoEbpfObject);
     }
     check_kernel()?;
     let lock = prepare_pin_dir(pin_dir)?;
+    let capacity = Capacity::resolve(requested, Capacity::pinned(pin_dir)?, pin_dir)?;
     raise_memlock();
     let log_level = if debug {
         aya_log::Level::Debug as u8
     } else {
         0 // off
     };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(pin_dir)
-        .override_global(aya_log::LEVEL, &log_level, true)
-        .load(EBPF_OBJECT)
-        .map_err(|e| match e {
-            aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
-                if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                Error::Permission {
-                    what: "creating BPF maps".into(),
-                }
+        .override_global(aya_log::LEVEL, &log_level, true);
+    for (name, size) in capacity.map_sizes() {
+        loader.map_max_entries(name, size);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
+            if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Error::Permission {
+                what: "creating BPF maps".into(),
             }
-            e => Error::Load(e),
-        })?;
+        }
+        e => Error::Load(e),
+    })?;
     for name in [program_names::TC_DNAT, program_names::TC_RNAT] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -241,19 +253,25 @@ pub fn load(pin_dir: &Path, debug: bool) -> Result<(Ebpf, Maps, File)> {
         })?;
     }
     let maps = Maps::take_from(&mut ebpf)?;
-    Ok((ebpf, maps, lock))
+    Ok((ebpf, maps, lock, capacity))
 }
 
 /// Loads the datapath and attaches it to every interface in `ifaces`: DNAT on ingress,
 /// reverse NAT on egress.
-pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach, debug: bool) -> Result<Datapath> {
+pub fn start(
+    pin_dir: &Path,
+    ifaces: &[String],
+    mode: TcAttach,
+    requested: Requested,
+    debug: bool,
+) -> Result<Datapath> {
     for iface in ifaces {
         check_interface(iface)?;
     }
     let tcx = use_tcx(mode)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
-    let (mut ebpf, maps, lock) = load(pin_dir, debug)?;
+    let (mut ebpf, maps, lock, capacity) = load(pin_dir, requested, debug)?;
     let kernel_log = if debug {
         Some(aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)?)
     } else {
@@ -272,6 +290,7 @@ pub fn start(pin_dir: &Path, ifaces: &[String], mode: TcAttach, debug: bool) -> 
     }
     let mut dp = Datapath {
         maps,
+        capacity,
         ebpf,
         lock,
         tcx,

@@ -81,7 +81,16 @@ pub struct Maps {
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Error {
     let what = what.into();
-    move |source| Error::Map { name, what, source }
+    move |source| match &source {
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Error::MapFull {
+                name,
+                flag: crate::capacity::flag_of(name),
+                what,
+            }
+        }
+        _ => Error::Map { name, what, source },
+    }
 }
 
 /// Takes a map out of a source by name and converts it to its typed handle.

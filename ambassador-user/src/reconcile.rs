@@ -12,7 +12,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use ambassador_common::limits;
 use serde::Serialize;
 
 /// Transport protocol of a frontend.
@@ -159,21 +158,11 @@ pub enum PlanError {
         frontend: SocketAddrV4,
         proto: Proto,
     },
-    /// More services than the maps hold.
-    #[error("{count} services exceed the limit of {max}")]
-    TooManyServices { count: usize, max: u32 },
 }
 
-/// Refuses desired states that cannot be installed as a whole.
+/// Refuses desired states that cannot be installed as a whole. (What exceeds the maps'
+/// capacity is left out before this: `Capacity::fit`.)
 pub fn validate(desired: &Desired) -> Result<(), PlanError> {
-    // Id 0 is reserved (address markers and "no service").
-    let max = limits::MAX_SERVICES - 1;
-    if desired.len() > max as usize {
-        return Err(PlanError::TooManyServices {
-            count: desired.len(),
-            max,
-        });
-    }
     let mut seen: BTreeMap<(SocketAddrV4, Proto), &str> = BTreeMap::new();
     for (name, spec) in desired {
         if let Some(first) = seen.insert((spec.frontend, spec.proto), name) {
@@ -245,15 +234,18 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
     let owned = installed.backends_by_service();
     let mut next_backend_id = installed.next_backend_id.max(1);
     // New services take the lowest free ids; ids only get used as the loop goes, so the search
-    // resumes where the last one stopped.
+    // resumes where the last one stopped. Id 0 is reserved (address markers, "no service").
+    // A new id stays at most desired.len(): of 1..=len, kept services hold at most len minus
+    // the new ones, so enough stay free. That keeps ids inside the counter array (capacity + 1
+    // long; `Capacity::fit` bounds len by the capacity, and kept ids were new ids once).
     let mut free_from = 1;
     for (name, spec) in desired {
         let (id, fresh) = match ids_by_name.get(name.as_str()) {
             Some(&id) => (id, false),
             None => {
-                let id = (free_from..limits::MAX_SERVICES)
+                let id = (free_from..)
                     .find(|id| !kept_ids.contains(id))
-                    .expect("validate() bounds the number of services");
+                    .expect("fewer services than u32 ids");
                 free_from = id + 1;
                 ops.push(Op::ResetStats { id });
                 ops.push(Op::PutName {

@@ -8,8 +8,9 @@ use serde::Serialize;
 use ambassador_common::source;
 
 use crate::{
+    capacity::Capacity,
     daemon::{unix_ms, HEARTBEAT},
-    error::Result,
+    error::{Error, Result},
     gc::{self, Timeouts},
     maps::Maps,
     metrics::{Kind, Page},
@@ -41,6 +42,30 @@ pub struct ControlPlane {
     pub links_pinned: usize,
     /// How long ago (ms) a desired state was last applied (absent if never).
     pub applied_age_ms: Option<u64>,
+    /// Services and endpoints left out of the last applied state because a map was full.
+    pub over_capacity: u32,
+}
+
+/// How full one kind of map is.
+#[derive(Debug, Serialize)]
+pub struct Use {
+    /// Entries in use.
+    pub used: usize,
+    /// Entries it holds (fixed when the maps were created).
+    pub capacity: u32,
+}
+
+/// How full the maps are.
+#[derive(Debug, Serialize)]
+pub struct CapacityUse {
+    /// Services (`--max-services`).
+    pub services: Use,
+    /// Backends, terminating ones included (`--max-backends`).
+    pub backends: Use,
+    /// Slots (`--max-slots`).
+    pub slots: Use,
+    /// Flow entries, expired ones not yet collected included (`--max-flows`).
+    pub flows: Use,
 }
 
 /// The whole status report.
@@ -56,6 +81,8 @@ pub struct Status {
     pub flows: usize,
     /// Flows that saw FIN or RST and are kept a little longer for their last packets.
     pub closing_flows: usize,
+    /// Use of each map against its capacity.
+    pub capacity: CapacityUse,
 }
 
 /// One service.
@@ -115,8 +142,9 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     let installed = maps.read_installed()?;
     let now = gc::monotonic_ns();
     let timeouts = Timeouts::default();
-    let live: Vec<_> = maps
-        .flows()?
+    let all_flows = maps.flows()?;
+    let flow_entries = all_flows.len();
+    let live: Vec<_> = all_flows
         .into_iter()
         .filter(|f| !gc::expired(f, now, &timeouts))
         .collect();
@@ -197,8 +225,31 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         links_pinned: std::fs::read_dir(pin_dir.join("links")).map_or(0, |d| d.count()),
         applied_age_ms: (info.applied_unix_ms != 0)
             .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
+        over_capacity: info.over_capacity,
+    };
+    let cap = Capacity::pinned(pin_dir)?.ok_or_else(|| Error::NotRunning {
+        path: pin_dir.to_owned(),
+    })?;
+    let capacity = CapacityUse {
+        services: Use {
+            used: installed.frontends.len(),
+            capacity: cap.services,
+        },
+        backends: Use {
+            used: installed.backends.len(),
+            capacity: cap.backends,
+        },
+        slots: Use {
+            used: installed.slots.len(),
+            capacity: cap.slots,
+        },
+        flows: Use {
+            used: flow_entries,
+            capacity: cap.flows,
+        },
     };
     Ok(Status {
+        capacity,
         control_plane,
         services,
         reasons: maps.reasons()?,
@@ -250,7 +301,27 @@ fn render_control_plane(c: &ControlPlane) -> String {
             c.refused_endpoints
         ));
     }
+    if c.over_capacity > 0 {
+        line.push_str(&format!(
+            "OVER CAPACITY: {} services or endpoints left out because a map is full (the daemon's log says which; raise --max-services, --max-backends or --max-slots)\n",
+            c.over_capacity
+        ));
+    }
     line
+}
+
+fn render_capacity(c: &CapacityUse) -> String {
+    let one = |name: &str, u: &Use| {
+        let pct = u.used as f64 * 100.0 / f64::from(u.capacity.max(1));
+        format!("{name} {}/{} ({pct:.0}%)", u.used, u.capacity)
+    };
+    format!(
+        "capacity: {}, {}, {}, {}\n",
+        one("services", &c.services),
+        one("backends", &c.backends),
+        one("slots", &c.slots),
+        one("flows", &c.flows)
+    )
 }
 
 /// Renders the report as tables for people.
@@ -309,6 +380,7 @@ pub fn render(status: &Status) -> String {
         status.flows, status.closing_flows
     );
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
+    out.push_str(&render_capacity(&status.capacity));
     out
 }
 
@@ -378,6 +450,39 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
         "Services installed in the maps.",
         status.services.len() as f64,
     );
+    page.single(
+        "ambassador_over_capacity",
+        Kind::Gauge,
+        "Services and endpoints left out of the applied state because a map is full.",
+        c.over_capacity as f64,
+    );
+    let cap = &status.capacity;
+    let maps = [
+        ("services", &cap.services),
+        ("backends", &cap.backends),
+        ("slots", &cap.slots),
+        ("flows", &cap.flows),
+    ];
+    page.family(
+        "ambassador_map_capacity",
+        Kind::Gauge,
+        "Entries each kind of map holds (fixed when the maps were created).",
+    );
+    for (m, u) in maps {
+        page.sample(
+            "ambassador_map_capacity",
+            &[("map", m)],
+            f64::from(u.capacity),
+        );
+    }
+    page.family(
+        "ambassador_map_entries",
+        Kind::Gauge,
+        "Entries in use in each kind of map.",
+    );
+    for (m, u) in maps {
+        page.sample("ambassador_map_entries", &[("map", m)], u.used as f64);
+    }
     page.family(
         "ambassador_flows",
         Kind::Gauge,

@@ -18,6 +18,10 @@ use ambassador_tests::require_root;
 use anyhow::{bail, Result};
 use clap::Parser;
 
+/// `ambassador run` arguments for the 10,000-service measurements: beyond the default capacity
+/// (4,096 services, 16,384 backends), 10,000 services x 4 endpoints fit.
+pub const CAPACITY_10K: [&str; 4] = ["--max-services", "16384", "--max-backends", "65536"];
+
 #[derive(Parser)]
 #[command(
     name = "ambassador-bench",

@@ -87,7 +87,13 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             println!("  rep {}/{reps}: {n} services", rep + 1);
             {
                 let pin = PinDir::new();
-                let mut d = Daemon::run_file(&topo.fwd, "c0", configs[si].as_str(), &pin.path, &[]);
+                let mut d = Daemon::run_file(
+                    &topo.fwd,
+                    "c0",
+                    configs[si].as_str(),
+                    &pin.path,
+                    &crate::CAPACITY_10K,
+                );
                 d.wait_ready();
                 let c = &mut cells[si];
                 c.p50

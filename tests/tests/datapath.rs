@@ -239,7 +239,8 @@ fn programs_handle_the_fixture_table() {
         return;
     }
     let pin = PinDir::new();
-    let (ebpf, mut maps, _lock) = loader::load(&pin.path, false).expect("load the datapath");
+    let (ebpf, mut maps, _lock, _) =
+        loader::load(&pin.path, Default::default(), false).expect("load the datapath");
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     daemon::converge(&mut maps, &mut installed, &desired).unwrap();

@@ -41,23 +41,27 @@ impl Bed {
     }
 
     fn daemon(&self) -> Daemon {
+        self.daemon_with(&[])
+    }
+
+    /// The daemon with `extra` arguments.
+    fn daemon_with(&self, extra: &[&str]) -> Daemon {
         let urls = self.etcd.urls();
-        let mut d = Daemon::start(
-            &self.topo.fwd,
-            &[
-                "run",
-                "--iface",
-                "c0",
-                "--etcd",
-                &urls,
-                "--pin-path",
-                self.pin.path.to_str().unwrap(),
-                "--gc-interval",
-                "1",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ],
-        );
+        let mut args = vec![
+            "run",
+            "--iface",
+            "c0",
+            "--etcd",
+            &urls,
+            "--pin-path",
+            self.pin.path.to_str().unwrap(),
+            "--gc-interval",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut d = Daemon::start(&self.topo.fwd, &args);
         d.wait_ready();
         d
     }
@@ -598,7 +602,15 @@ fn ten_thousand_services_churning_while_traffic_runs_lose_nothing_and_converge()
     use etcd_client::TxnOp;
     const SERVICES: usize = 10_000;
     let bed = Bed::new(2, 1);
-    let d = bed.daemon();
+    // Beyond the default capacity (4,096 services).
+    let d = bed.daemon_with(&[
+        "--max-services",
+        "16384",
+        "--max-backends",
+        "65536",
+        "--max-slots",
+        "131072",
+    ]);
     bed.ctl(&["service", "set", "web", "--frontend", VIP]);
     bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
     bed.ctl(&["endpoint", "add", "web", &b(2), "--id", "b2"]);

@@ -6,12 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ambassador_common::limits::MAX_FLOWS;
 use ambassador_tests::{traffic::Traffic, *};
 
 const VIP_TCP: &str = "10.96.0.10:80";
 const VIP_UDP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const UDP_PORT: u16 = 53;
+/// The conntrack capacity the flood test runs with (`--max-flows`; above the default).
+const MAX_FLOWS: u32 = 262_144;
 /// Extra client addresses the flood comes from (each gives ~64k source ports).
 const FLOOD_SOURCES: u8 = 5;
 
@@ -133,7 +134,13 @@ fn more_flows_than_the_conntrack_table_holds_break_neither_new_nor_established_f
         b(2, 8080),
         b(1, UDP_PORT)
     ));
-    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+    let mut d = Daemon::run_file(
+        &topo.fwd,
+        "c0",
+        cfg.as_str(),
+        &pin.path,
+        &["--max-flows", &MAX_FLOWS.to_string()],
+    );
     d.wait_ready();
 
     // Two backends: a flow that lost its entry would be re-balanced, and its next packet

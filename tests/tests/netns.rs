@@ -742,3 +742,156 @@ fn the_daemon_forwards_with_only_cap_bpf_net_admin_and_perfmon() {
     let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
     assert_eq!(ident, "b1");
 }
+
+/// Bytes of kernel memory of the maps pinned under `pin` (bpftool's `bytes_memlock`).
+fn maps_memory(pin: &std::path::Path) -> u64 {
+    ambassador_common::map_names::ALL
+        .iter()
+        .map(|name| {
+            let out = sh(&[
+                "bpftool",
+                "-j",
+                "map",
+                "show",
+                "pinned",
+                pin.join(name).to_str().unwrap(),
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["bytes_memlock"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn capacities_are_settings_a_full_map_is_reported_and_status_shows_use() {
+    if !require_root("capacities_are_settings_a_full_map_is_reported_and_status_shows_use") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b = |i, p| Topology::backend_addr(i, p);
+    let _t1 = TcpServer::start(&topo.backends[0], &b(1, 8080), "b1");
+    let _t2 = TcpServer::start(&topo.backends[1], &b(2, 8080), "b2");
+    let _t3 = TcpServer::start(&topo.backends[0], &b(1, 8081), "b1-8081");
+
+    // Defaults: the maps a small host pays for.
+    let pin_default = PinDir::new();
+    let cfg = TempFile::new(&config(&[b(1, 8080)], &[]));
+    let d = start(&topo, &pin_default, &cfg);
+    let st = status(&pin_default.path);
+    let cap = &st["capacity"];
+    assert_eq!(cap["services"]["capacity"], 4096, "{st}");
+    assert_eq!(cap["backends"]["capacity"], 16384, "{st}");
+    assert_eq!(cap["slots"]["capacity"], 65536, "{st}");
+    assert_eq!(cap["flows"]["capacity"], 65536, "{st}");
+    let default_bytes = maps_memory(&pin_default.path);
+    eprintln!(
+        "maps at the default capacity: {:.1} MiB",
+        default_bytes as f64 / f64::from(1 << 20)
+    );
+    // Removing the pins detaches the links, so the next daemon may take the interface.
+    drop(d);
+    drop(pin_default);
+
+    // Two services, three backends: "web" (2 backends) and "dns" (1) fit; "zzz" does not, and
+    // one endpoint of "web2" finds the backend map full.
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"dns\"\nfrontend = \"{VIP_UDP}\"\nproto = \"udp\"\nendpoints = [\"{}\"]\n\n\
+         [[service]]\nname = \"web\"\nfrontend = \"{VIP_TCP}\"\nendpoints = [\"{}\", \"{}\", \"{}\"]\n\n\
+         [[service]]\nname = \"zzz\"\nfrontend = \"10.96.0.11:80\"\nendpoints = [\"{}\"]\n",
+        b(1, 53),
+        b(1, 8080),
+        b(2, 8080),
+        b(1, 8081),
+        b(1, 8080),
+    ));
+    let d = start_with(
+        &topo,
+        &pin,
+        &cfg,
+        &[
+            "--max-services",
+            "2",
+            "--max-backends",
+            "3",
+            "--max-slots",
+            "16",
+            "--max-flows",
+            "64",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let log = d.log();
+    for needle in [
+        "service zzz left out: the service map is full (2 services; raise --max-services)",
+        "endpoint 10.200.1.2:8081 of web left out: the backend map is full (3 backends; raise --max-backends)",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in:\n{log}");
+    }
+    let st = status(&pin.path);
+    assert_eq!(st["control_plane"]["over_capacity"], 2, "{st}");
+    let cap = &st["capacity"];
+    assert_eq!(cap["services"]["used"], 2, "{st}");
+    assert_eq!(cap["services"]["capacity"], 2, "{st}");
+    assert_eq!(cap["backends"]["used"], 3, "{st}");
+    assert_eq!(cap["backends"]["capacity"], 3, "{st}");
+    assert_eq!(cap["flows"]["capacity"], 64, "{st}");
+    let small_bytes = maps_memory(&pin.path);
+    assert!(
+        small_bytes * 10 < default_bytes,
+        "small maps {small_bytes} B, default {default_bytes} B"
+    );
+    // What fits forwards.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (_, ident) = tcp_connect(&topo.client, VIP_TCP).unwrap();
+        seen.insert(ident);
+    }
+    assert_eq!(
+        seen,
+        ["b1", "b2"].map(String::from).into(),
+        "web's two backends that fit"
+    );
+    let text = ambassador_in(
+        &topo.fwd,
+        &["status", "--pin-path", pin.path.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("capacity: services 2/2 (100%), backends 3/3 (100%)"),
+        "{text}"
+    );
+    assert!(text.contains("OVER CAPACITY: 2"), "{text}");
+    let page = metrics::scrape(&topo.fwd.name, &d.log());
+    assert_eq!(
+        metrics::value(&page, "ambassador_map_capacity", &[("map", "backends")]),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        metrics::value(&page, "ambassador_over_capacity", &[]),
+        Some(2.0)
+    );
+    drop(d);
+
+    // A restart keeps the pinned capacity; asking for another one is refused with what to do.
+    let d = start(&topo, &pin, &cfg);
+    assert_eq!(status(&pin.path)["capacity"]["services"]["capacity"], 2);
+    drop(d);
+    let mut d = Daemon::run_file(
+        &topo.fwd,
+        "c0",
+        cfg.as_str(),
+        &pin.path,
+        &["--max-flows", "128"],
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(64));
+    assert!(
+        d.log()
+            .contains("were created with --max-flows 64, not 128")
+            && d.log().contains("ambassador uninstall"),
+        "{}",
+        d.log()
+    );
+}
