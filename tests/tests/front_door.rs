@@ -198,3 +198,61 @@ fn the_declared_rust_version_is_inherited_and_true() {
         needed.1 .1
     );
 }
+
+/// Runs this test binary's `xtask_builds_with_only_a_rust_toolchain` (which needs root) as an
+/// unprivileged user, with `env`; returns whether it exited 0 and what it printed.
+fn run_unprivileged(env: &[(&str, &str)]) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "xtask_builds_with_only_a_rust_toolchain",
+            "--nocapture",
+        ])
+        .env_remove(ambassador_tests::NO_SKIP_ENV)
+        .env_remove(ambassador_tests::SKIP_LOG_ENV)
+        .envs(env.iter().copied())
+        .output()
+        .expect("setpriv");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A privileged test run without root is recorded as skipped, with its reason, for `cargo
+/// xtask test` to count as skipped rather than passed; where skipping is forbidden (CI), the
+/// same test fails.
+#[test]
+fn a_test_that_cannot_run_is_recorded_as_skipped_or_fails_where_skips_are_forbidden() {
+    if !require_root(
+        "a_test_that_cannot_run_is_recorded_as_skipped_or_fails_where_skips_are_forbidden",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("skips");
+    let log = dir.path.join("skips.tsv");
+    std::fs::write(&log, "").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    for p in [&dir.path, &log] {
+        let mode = if p.is_dir() { 0o777 } else { 0o666 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    let (ok, text) = run_unprivileged(&[(ambassador_tests::SKIP_LOG_ENV, log.to_str().unwrap())]);
+    assert!(ok, "without root the test returns early: {text}");
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        recorded.lines().collect::<Vec<_>>(),
+        ["xtask_builds_with_only_a_rust_toolchain\tneeds root (network namespaces, bpffs, TC attach); run as root"],
+        "{text}"
+    );
+
+    let (ok, text) = run_unprivileged(&[(ambassador_tests::NO_SKIP_ENV, "1")]);
+    assert!(!ok, "a skip must fail where skipping is forbidden: {text}");
+    assert!(text.contains("forbids skipping"), "{text}");
+}

@@ -11,9 +11,9 @@
 mod demo;
 mod fuzz;
 mod step;
+mod tally;
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
@@ -23,6 +23,7 @@ use ambassador_tests::{NO_SKIP_ENV, SKIP_LOG_ENV};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use step::step;
+use tally::{recorded_skips, Tally, Totals};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -168,8 +169,8 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries:
-/// tests that recorded a skip (see `ambassador_tests::skip`) count as skipped, not passed.
+/// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries
+/// (see `tally`).
 fn test(args: &[String], no_skip: bool) -> Result<()> {
     let no_skip = no_skip || in_ci();
     // SAFETY: geteuid has no preconditions.
@@ -190,48 +191,30 @@ fn test(args: &[String], no_skip: bool) -> Result<()> {
         cmd.env(NO_SKIP_ENV, "1");
     }
     let mut child = cmd.spawn().context("starting cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let mut ignored = 0u64;
+    let mut tally = Tally::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| -> u64 {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)?
-                            .split_whitespace()
-                            .last()?
-                            .parse()
-                            .ok()
-                    })
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
-            ignored += count(" ignored");
-        }
+        tally.line(&line);
     }
     let status = child.wait()?;
-    let skipped: BTreeMap<String, String> = std::fs::read_to_string(&skip_log)
-        .context("reading target/test-skips.tsv")?
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(t, r)| (t.to_owned(), r.to_owned()))
-        .collect();
-    for (t, reason) in &skipped {
+    let skips = recorded_skips(
+        &std::fs::read_to_string(&skip_log).context("reading target/test-skips.tsv")?,
+    );
+    for (t, reason) in &skips {
         println!("skipped: {t}: {reason}");
     }
-    // A skipped test returned early, so libtest counted it as passed.
-    let passed = passed.saturating_sub(skipped.len() as u64);
-    let skipped_total = skipped.len() as u64 + ignored;
-    println!("total: {passed} passed, {failed} failed, {skipped_total} skipped");
+    let Totals {
+        passed,
+        failed,
+        skipped,
+    } = tally.totals(skips.len());
+    println!("total: {passed} passed, {failed} failed, {skipped} skipped");
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
-    if no_skip && skipped_total > 0 {
-        bail!("{skipped_total} tests skipped, and skipping is not allowed here (--no-skip or CI)");
+    if no_skip && skipped > 0 {
+        bail!("{skipped} tests skipped, and skipping is not allowed here (--no-skip or CI)");
     }
     Ok(())
 }

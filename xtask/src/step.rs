@@ -7,16 +7,15 @@ use anyhow::Result;
 
 /// How long each step took on a fresh 2-core Debian 12 machine with only a Rust toolchain
 /// (measured 2026-12-02; later runs skip what is already done and take seconds).
-pub const SETUP: &str =
-    "about 6 min on a fresh machine (apt, rust-src, bpf-linker); seconds once done";
+pub const SETUP: &str = "about 2 min on a fresh machine; seconds once done";
 /// See [`SETUP`].
-pub const RELEASE: &str = "about 3 min on a fresh machine; seconds when nothing changed";
+pub const RELEASE: &str = "about 4 min on a fresh machine; seconds when nothing changed";
 /// See [`SETUP`].
-pub const DEBUG: &str = "about 3 min on a fresh machine; seconds when nothing changed";
+pub const DEBUG: &str = "about 4 min on a fresh machine; seconds when nothing changed";
 /// See [`SETUP`].
 pub const TEST: &str = "about 10 min as root on a 2-core machine";
 /// See [`SETUP`].
-pub const DEMO: &str = "about 2 min";
+pub const DEMO: &str = "about 1 min";
 
 /// Runs `f` as one named step, announcing it with `expected` and reporting the time it took.
 pub fn step<T>(name: &str, expected: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
