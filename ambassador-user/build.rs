@@ -29,6 +29,13 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("ambassador-ebpf manifest has no parent directory"))?;
+    // aya-build watches the eBPF crate; the object also compiles ambassador-common (map keys,
+    // values and names), so a change there must rebuild it too.
+    let common = root_dir
+        .parent()
+        .ok_or_else(|| anyhow!("ambassador-ebpf has no parent directory"))?
+        .join("ambassador-common");
+    println!("cargo:rerun-if-changed={common}");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),

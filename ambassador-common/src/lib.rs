@@ -334,12 +334,18 @@ pub struct DaemonInfo {
     /// Services and endpoints left out of the last applied state because a map was full
     /// (`--max-services`, `--max-backends`, `--max-slots`).
     pub over_capacity: u32,
-    /// Explicit padding.
-    pub _pad0: u32,
+    /// The daemon's flow timeouts in seconds (`--tcp-timeout`, `--tcp-closing-timeout`,
+    /// `--udp-timeout`), so `status` counts live flows as its garbage collection does; 0: not
+    /// recorded (the defaults apply).
+    pub tcp_timeout_s: u32,
+    /// See `tcp_timeout_s`.
+    pub tcp_closing_timeout_s: u32,
+    /// See `tcp_timeout_s`.
+    pub udp_timeout_s: u32,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<DaemonInfo>() == 72);
+    assert!(core::mem::size_of::<DaemonInfo>() == 80);
     assert!(core::mem::size_of::<ServiceKey4>() == 8);
     assert!(core::mem::size_of::<ServiceValue4>() == 8);
     assert!(core::mem::size_of::<SlotKey>() == 8);

@@ -135,10 +135,10 @@ pub struct RunArgs {
     #[arg(long, env = "AMBASSADOR_GC_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub gc_interval: u64,
     /// Seconds a TCP flow may stay idle.
-    #[arg(long, env = "AMBASSADOR_TCP_TIMEOUT", default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "AMBASSADOR_TCP_TIMEOUT", default_value_t = crate::gc::DEFAULT_TCP_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_timeout: u64,
     /// Seconds a closing TCP flow (FIN or RST seen) is kept.
-    #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = crate::gc::DEFAULT_TCP_CLOSING_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_closing_timeout: u64,
     /// Allow backends only in this IPv4 range (repeatable, or comma-separated in the
     /// environment). Loopback, link-local, multicast, broadcast and frontend addresses are
@@ -157,7 +157,7 @@ pub struct RunArgs {
     #[arg(long, env = "AMBASSADOR_GRACE_PERIOD", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub grace_period: u64,
     /// Seconds a UDP flow may stay idle.
-    #[arg(long, env = "AMBASSADOR_UDP_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "AMBASSADOR_UDP_TIMEOUT", default_value_t = crate::gc::DEFAULT_UDP_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub udp_timeout: u64,
     /// Log every new flow and every dropped packet to a frontend from inside the kernel
     /// (aya-log, target ambassador::datapath). Costs time on every such packet: for

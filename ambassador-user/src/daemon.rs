@@ -340,7 +340,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         follow_kernel_log(log)?;
     }
     let installed = dp.maps.read_installed()?;
-    let info = DaemonInfo {
+    let mut info = DaemonInfo {
         pid: std::process::id(),
         source: match cfg.source {
             Source::File(_) => source::FILE,
@@ -349,6 +349,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         state_since_unix_ms: unix_ms(SystemTime::now()),
         ..DaemonInfo::default()
     };
+    cfg.timeouts.record(&mut info);
     let mut state = State {
         dp,
         installed,

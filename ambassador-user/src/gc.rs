@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
+use ambassador_common::DaemonInfo;
+
 use crate::{
     maps::Flow,
     reconcile::{Installed, Proto},
@@ -19,12 +21,46 @@ pub struct Timeouts {
     pub udp: Duration,
 }
 
+/// Default `--tcp-timeout`, in seconds.
+pub const DEFAULT_TCP_S: u64 = 6 * 3600;
+/// Default `--tcp-closing-timeout`, in seconds.
+pub const DEFAULT_TCP_CLOSING_S: u64 = 10;
+/// Default `--udp-timeout`, in seconds.
+pub const DEFAULT_UDP_S: u64 = 120;
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp: Duration::from_secs(6 * 3600),
-            tcp_closing: Duration::from_secs(10),
-            udp: Duration::from_secs(120),
+            tcp: Duration::from_secs(DEFAULT_TCP_S),
+            tcp_closing: Duration::from_secs(DEFAULT_TCP_CLOSING_S),
+            udp: Duration::from_secs(DEFAULT_UDP_S),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Records these timeouts in the daemon's info (whole seconds).
+    pub fn record(&self, info: &mut DaemonInfo) {
+        let s = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        info.tcp_timeout_s = s(self.tcp);
+        info.tcp_closing_timeout_s = s(self.tcp_closing);
+        info.udp_timeout_s = s(self.udp);
+    }
+
+    /// The timeouts a daemon recorded in its info; the defaults for any it did not.
+    pub fn recorded(info: &DaemonInfo) -> Self {
+        let d = Self::default();
+        let s = |v: u32, default: Duration| {
+            if v == 0 {
+                default
+            } else {
+                Duration::from_secs(u64::from(v))
+            }
+        };
+        Self {
+            tcp: s(info.tcp_timeout_s, d.tcp),
+            tcp_closing: s(info.tcp_closing_timeout_s, d.tcp_closing),
+            udp: s(info.udp_timeout_s, d.udp),
         }
     }
 }

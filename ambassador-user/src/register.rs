@@ -300,18 +300,28 @@ fn short_id(id: &str) -> &str {
     id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
 }
 
-/// The etcd key and value of a registration.
-pub fn entry(cfg: &RegisterConfig, r: &Registration, container_id: &str) -> (String, String) {
+/// The etcd key and value of a registration, or why it cannot be written: the entry is checked
+/// with the watcher's own parser (`contract::parse`), so the register never writes what every
+/// daemon would skip (a container id long or odd enough to push the value past the size limit,
+/// say).
+pub fn entry(
+    cfg: &RegisterConfig,
+    r: &Registration,
+    container_id: &str,
+) -> Result<(String, String), String> {
     let value = EndpointValue {
         addr: r.addr.to_string(),
         weight: Some(r.weight as i64),
         host: Some(cfg.host_id.clone()),
         container: Some(container_id.to_owned()),
     };
-    (
-        contract::endpoint_key(&cfg.etcd.prefix, &r.service, &r.id),
-        serde_json::to_string(&value).expect("serializable"),
-    )
+    let key = contract::endpoint_key(&cfg.etcd.prefix, &r.service, &r.id);
+    let value = serde_json::to_string(&value).expect("serializable");
+    match contract::parse(&cfg.etcd.prefix, key.as_bytes(), value.as_bytes()) {
+        Ok(Some(contract::Entry::Endpoint { .. })) => Ok((key, value)),
+        Ok(_) => Err(format!("its entry {key} is outside the etcd contract")),
+        Err(why) => Err(format!("every daemon would skip its entry: {why}")),
+    }
 }
 
 /// Connects to the Docker engine, agreeing on an API version it speaks.
@@ -480,10 +490,12 @@ impl Register {
         if !ready(c) {
             return None;
         }
-        match registration(c, &self.cfg) {
-            Ok(Some(r)) => {
+        match registration(c, &self.cfg)
+            .and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose())
+        {
+            Ok(Some(e)) => {
                 self.reported.remove(&id);
-                Some(entry(&self.cfg, &r, &id))
+                Some(e)
             }
             Ok(None) => None,
             Err(why) => {
@@ -890,6 +902,27 @@ mod tests {
                 weight: 1
             }
         );
+    }
+
+    /// Found by the docker_labels fuzzer (seed `long-container-id`): the id went into the value
+    /// unchecked, and a long one made an entry over the watcher's size limit.
+    #[test]
+    fn an_entry_every_daemon_would_skip_is_refused_not_written() {
+        let cfg = cfg(AddressMode::Published);
+        let c = container(
+            &[("ambassador.service", "db")],
+            &[("3306/tcp", Some("32769"))],
+        );
+        let r = registration(&c, &cfg).unwrap().unwrap();
+        let (key, value) = entry(&cfg, &r, "0123456789abcdef0123").unwrap();
+        assert!(matches!(
+            contract::parse(&cfg.etcd.prefix, key.as_bytes(), value.as_bytes()),
+            Ok(Some(contract::Entry::Endpoint { .. }))
+        ));
+        // Each NUL serializes as six bytes: 1,000 of them pass the 4,096-byte value limit.
+        let long = format!("0123456789ab{}", "\0".repeat(1000));
+        let why = entry(&cfg, &r, &long).unwrap_err();
+        assert!(why.contains("every daemon would skip its entry"), "{why}");
     }
 
     #[test]

@@ -141,7 +141,9 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     let maps = Maps::open_pinned(pin_dir)?;
     let installed = maps.read_installed()?;
     let now = gc::monotonic_ns();
-    let timeouts = Timeouts::default();
+    let info = maps.info()?;
+    // As the daemon's garbage collection counts them.
+    let timeouts = Timeouts::recorded(&info);
     let all_flows = maps.flows()?;
     let flow_entries = all_flows.len();
     let live: Vec<_> = all_flows
@@ -204,7 +206,6 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         });
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    let info = maps.info()?;
     let now_ms = unix_ms(std::time::SystemTime::now());
     let control_plane = ControlPlane {
         source: match info.source {

@@ -895,3 +895,37 @@ fn capacities_are_settings_a_full_map_is_reported_and_status_shows_use() {
         d.log()
     );
 }
+
+/// `status` (and so `/metrics`) counts live flows with the daemon's own timeouts, as its
+/// garbage collection does. It used the defaults: with `--udp-timeout 1`, a UDP flow idle for
+/// three seconds still counted as live for 120 s.
+#[test]
+fn status_counts_live_flows_with_the_daemons_timeouts() {
+    if !require_root("status_counts_live_flows_with_the_daemons_timeouts") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let backend = Topology::backend_addr(1, 53);
+    let _u = UdpServer::start(&topo.backends[0], &backend, "u1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[], std::slice::from_ref(&backend)));
+    // The garbage collection waits an hour: expired entries stay in the table.
+    let _d = start_with(
+        &topo,
+        &pin,
+        &cfg,
+        &["--udp-timeout", "1", "--gc-interval", "3600"],
+    );
+    let sock = udp_client(&topo.client, VIP_UDP);
+    sock.send(b"ping").unwrap();
+    let mut buf = [0u8; 64];
+    sock.recv(&mut buf).expect("UDP reply through the VIP");
+    assert_eq!(status(&pin.path)["flows"], 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let st = status(&pin.path);
+    assert_eq!(st["flows"], 0, "idle past --udp-timeout: not live: {st}");
+    assert!(
+        st["capacity"]["flows"]["used"].as_u64().unwrap() >= 1,
+        "still in the table (not collected yet): {st}"
+    );
+}
