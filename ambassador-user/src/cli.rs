@@ -51,7 +51,7 @@ pub struct UninstallArgs {
     #[arg(
         long,
         env = "AMBASSADOR_PIN_PATH",
-        default_value = "/sys/fs/bpf/ambassador"
+        default_value = crate::loader::DEFAULT_PIN_DIR
     )]
     pub pin_path: PathBuf,
 }
@@ -128,7 +128,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "AMBASSADOR_PIN_PATH",
-        default_value = "/sys/fs/bpf/ambassador"
+        default_value = crate::loader::DEFAULT_PIN_DIR
     )]
     pub pin_path: PathBuf,
     /// Seconds between sweeps of expired flows and drained backends.
@@ -219,7 +219,7 @@ pub struct StatusArgs {
     #[arg(
         long,
         env = "AMBASSADOR_PIN_PATH",
-        default_value = "/sys/fs/bpf/ambassador"
+        default_value = crate::loader::DEFAULT_PIN_DIR
     )]
     pub pin_path: PathBuf,
     /// Print JSON for scripts instead of tables.

@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use ambassador_common::{source, DaemonInfo};
@@ -22,6 +22,7 @@ use crate::{
     error::{Error, Result},
     etcd::{self, EtcdOptions, Snapshot},
     gc::{self, Timeouts},
+    heartbeat::{self, unix_ms},
     loader,
     maps::Maps,
     metrics::{self, Histogram, Kind, Page},
@@ -69,9 +70,6 @@ pub struct RunConfig {
 /// Exit code when a stop outlasts `--grace-period` (EX_SOFTWARE).
 pub const EXIT_GRACE_EXCEEDED: i32 = 70;
 
-/// How often the daemon refreshes its heartbeat in the info map.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
-
 /// Installs `desired` op by op, keeping `installed` equal to the maps. Returns the op count.
 pub fn converge(maps: &mut Maps, installed: &mut Installed, desired: &Desired) -> Result<usize> {
     reconcile::validate(desired)?;
@@ -107,12 +105,6 @@ pub fn collect_garbage(
         installed.apply(&op);
     }
     Ok((removed_flows, drained.len()))
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the daemon measures about itself, for the metrics page.
@@ -411,7 +403,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         None
     };
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(heartbeat::INTERVAL);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod etcd;
 pub mod gc;
+pub mod heartbeat;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     fs::File,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -104,14 +103,22 @@ fn prepare_pin_dir(dir: &Path) -> Result<File> {
         });
     }
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    lock_pin_dir(dir)
+}
+
+/// Takes the pin directory's lock (one daemon per directory; `uninstall` only while none
+/// runs); held as long as the returned file is open.
+fn lock_pin_dir(dir: &Path) -> Result<File> {
     let lock = File::open(dir).map_err(Error::io(format!("opening {}", dir.display())))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::AlreadyRunning {
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::AlreadyRunning {
             path: dir.to_owned(),
-        });
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", dir.display()))(e))
+        }
     }
-    Ok(lock)
 }
 
 fn is_bpffs(path: &Path) -> Result<bool> {
@@ -567,13 +574,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Removed> {
     if !pin_dir.exists() {
         return Ok(removed);
     }
-    let lock = File::open(pin_dir).map_err(Error::io(format!("opening {}", pin_dir.display())))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::AlreadyRunning {
-            path: pin_dir.to_owned(),
-        });
-    }
+    let _lock = lock_pin_dir(pin_dir)?;
     let rm = |path: &Path| {
         std::fs::remove_file(path).map_err(Error::io(format!("removing {}", path.display())))
     };
@@ -621,10 +622,8 @@ fn raise_memlock() {
     }
 }
 
-/// The default pin directory.
-pub fn default_pin_dir() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/ambassador")
-}
+/// The default pin directory (`--pin-path`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambassador";
 
 #[cfg(test)]
 mod tests {

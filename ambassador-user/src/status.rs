@@ -9,9 +9,9 @@ use ambassador_common::source;
 
 use crate::{
     capacity::Capacity,
-    daemon::{unix_ms, HEARTBEAT},
     error::{Error, Result},
     gc::{self, Timeouts},
+    heartbeat::{self, unix_ms},
     maps::Maps,
     metrics::{Kind, Page},
     reconcile::Proto,
@@ -213,9 +213,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             source::FILE => "file",
             _ => "none",
         },
-        daemon_running: info.heartbeat_unix_ms != 0
-            && now_ms.saturating_sub(info.heartbeat_unix_ms)
-                < 3 * HEARTBEAT.as_millis() as u64 + 1000,
+        daemon_running: heartbeat::alive(info.heartbeat_unix_ms, now_ms),
         pid: info.pid,
         etcd_connected: info.etcd_connected != 0,
         state_age_ms: now_ms.saturating_sub(info.state_since_unix_ms),

@@ -13,7 +13,7 @@ pub const RELEASE: &str = "about 4 min on a fresh machine; seconds when nothing 
 /// See [`SETUP`].
 pub const DEBUG: &str = "about 4 min on a fresh machine; seconds when nothing changed";
 /// See [`SETUP`].
-pub const TEST: &str = "about 10 min as root on a 2-core machine";
+pub const TEST: &str = "about 3 min as root on a 2-core machine";
 /// See [`SETUP`].
 pub const DEMO: &str = "about 1 min";
 
