@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::TempDir;
+use crate::{temp_dir, TempDir};
 
 /// A root filesystem being assembled.
 pub struct Rootfs {
@@ -20,8 +20,8 @@ pub struct Rootfs {
 impl Rootfs {
     /// An empty root with /tmp, in a temporary directory.
     pub fn new() -> Self {
-        let temp = TempDir::new("rootfs");
-        let mut fs = Self::at(&temp.path);
+        let temp = temp_dir("rootfs");
+        let mut fs = Self::at(temp.path());
         fs._temp = Some(temp);
         fs
     }

@@ -720,25 +720,14 @@ impl Drop for Proc {
     }
 }
 
-/// A temporary directory, removed on drop.
-pub struct TempDir {
-    /// Its path.
-    pub path: PathBuf,
-}
+pub use tempfile::TempDir;
 
-impl TempDir {
-    /// Creates it.
-    pub fn new(what: &str) -> Self {
-        let path = std::env::temp_dir().join(unique(&format!("{what}-")));
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// A temporary directory named after `what`, removed on drop.
+pub fn temp_dir(what: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{what}-"))
+        .tempdir()
+        .expect("creating a temporary directory")
 }
 
 /// One etcd member (Debian's etcd-server) inside a test namespace.
@@ -783,8 +772,8 @@ pub struct Certs {
 impl Certs {
     /// Generates the CA, server and client certificates (P-256 keys: fast to make).
     pub fn new() -> Self {
-        let dir = TempDir::new("certs");
-        let d = dir.path.to_str().unwrap().to_owned();
+        let dir = temp_dir("certs");
+        let d = dir.path().to_str().unwrap().to_owned();
         let ec = [
             "-newkey",
             "ec",
@@ -846,7 +835,7 @@ impl Certs {
 
     /// Path of one PEM file (`ca.crt`, `server.key`, `client.crt`...).
     pub fn path(&self, file: &str) -> String {
-        self.dir.path.join(file).to_str().unwrap().to_owned()
+        self.dir.path().join(file).to_str().unwrap().to_owned()
     }
 }
 
@@ -901,7 +890,7 @@ impl Etcd {
         let members = peers
             .iter()
             .map(|(name, client, peer)| {
-                let data = TempDir::new("etcd-data");
+                let data = temp_dir("etcd-data");
                 let listen = if n == 1 {
                     format!("{scheme}://0.0.0.0:{client}")
                 } else {
@@ -909,7 +898,7 @@ impl Etcd {
                 };
                 let mut args = vec![
                     format!("--name={name}"),
-                    format!("--data-dir={}", data.path.display()),
+                    format!("--data-dir={}", data.path().display()),
                     format!("--listen-client-urls={listen}"),
                     format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
                     format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
@@ -1094,8 +1083,8 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts an engine in `ns`; its default bridge gets `bip` (a 10.x/24 inside the namespace).
     pub fn start(ns: &NetNs, bip: &str) -> Self {
-        let dir = TempDir::new("dockerd");
-        let socket = format!("unix://{}/docker.sock", dir.path.display());
+        let dir = temp_dir("dockerd");
+        let socket = format!("unix://{}/docker.sock", dir.path().display());
         let mut d = Self {
             socket,
             ns: ns.name.clone(),
@@ -1109,7 +1098,7 @@ impl Dockerd {
 
     /// Starts the engine again (after `stop`), with the same data.
     pub fn restart(&mut self) {
-        let p = &self.dir.path;
+        let p = self.dir.path();
         let args = vec![
             format!("--data-root={}/data", p.display()),
             format!("--exec-root={}/exec", p.display()),
@@ -1151,15 +1140,15 @@ impl Dockerd {
 
     /// Imports a ~2 MB busybox image (from busybox-static; no registry is reachable) as `tag`.
     pub fn import_busybox(&self, tag: &str) {
-        let root = TempDir::new("rootfs");
-        std::fs::create_dir_all(root.path.join("bin")).unwrap();
-        std::fs::create_dir_all(root.path.join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", root.path.join("bin/busybox")).unwrap();
+        let root = temp_dir("rootfs");
+        std::fs::create_dir_all(root.path().join("bin")).unwrap();
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
         for applet in ["sh", "httpd", "mkdir", "echo", "cat", "sleep"] {
-            std::os::unix::fs::symlink("busybox", root.path.join("bin").join(applet)).unwrap();
+            std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
         }
         let mut tar = Command::new("tar")
-            .args(["-C", root.path.to_str().unwrap(), "-cf", "-", "."])
+            .args(["-C", root.path().to_str().unwrap(), "-cf", "-", "."])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

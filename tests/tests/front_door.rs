@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use ambassador_tests::{require_root, skip, TempDir};
+use ambassador_tests::{require_root, skip, temp_dir};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,10 +88,10 @@ fn xtask_builds_with_only_a_rust_toolchain() {
         hidden.iter().any(|p| p.ends_with("protoc")),
         "protoc is not installed, so hiding it proves nothing: run `cargo xtask setup` first"
     );
-    let work = TempDir::new("front-door");
-    let tree = work.path.join("tree");
+    let work = temp_dir("front-door");
+    let tree = work.path().join("tree");
     copy_tree(&tree);
-    let empty_dir = work.path.join("empty");
+    let empty_dir = work.path().join("empty");
     std::fs::create_dir_all(&empty_dir).unwrap();
 
     // Inside a private mount namespace: hide each path (an empty directory over a directory,
@@ -113,7 +113,7 @@ fn xtask_builds_with_only_a_rust_toolchain() {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "bash", "-c", &script])
         .current_dir(&tree)
-        .env("TARGET", work.path.join("target"))
+        .env("TARGET", work.path().join("target"))
         .env_remove("PROTOC")
         .env_remove("LLVM_PREFIX")
         .env_remove("RUSTUP_TOOLCHAIN")
@@ -234,11 +234,11 @@ fn a_test_that_cannot_run_is_recorded_as_skipped_or_fails_where_skips_are_forbid
     ) {
         return;
     }
-    let dir = TempDir::new("skips");
-    let log = dir.path.join("skips.tsv");
+    let dir = temp_dir("skips");
+    let log = dir.path().join("skips.tsv");
     std::fs::write(&log, "").unwrap();
     use std::os::unix::fs::PermissionsExt as _;
-    for p in [&dir.path, &log] {
+    for p in [dir.path(), log.as_path()] {
         let mode = if p.is_dir() { 0o777 } else { 0o666 };
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }

@@ -46,8 +46,8 @@ fn forwarding_never_stops_across_sigterm_sigkill_and_an_upgrade_and_uninstall_re
     ));
     let ingress = pin.path.join("links/c0_ingress");
     // The upgrade: another copy of the binary, at another path.
-    let dir = TempDir::new("amb-upgrade");
-    let new_bin = dir.path.join("ambassador-new");
+    let dir = temp_dir("amb-upgrade");
+    let new_bin = dir.path().join("ambassador-new");
     std::fs::copy(ambassador_bin(), &new_bin).unwrap();
     let args = Daemon::run_file_args("c0", cfg.as_str(), &pin.path);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
