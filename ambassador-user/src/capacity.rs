@@ -9,7 +9,7 @@ use aya::maps::MapInfo;
 
 use crate::{
     error::{Error, Result},
-    reconcile::{Desired, MAX_WEIGHT},
+    model::{Desired, MAX_WEIGHT},
 };
 
 /// How many entries each kind of map holds.
@@ -153,7 +153,7 @@ impl Capacity {
                 // Duplicates of an address merge into one backend (weights added).
                 let merged = kept
                     .iter()
-                    .any(|k: &crate::reconcile::Endpoint| k.addr == ep.addr);
+                    .any(|k: &crate::model::Endpoint| k.addr == ep.addr);
                 let weight = u64::from(ep.weight.clamp(1, MAX_WEIGHT));
                 let more_backends = u64::from(!merged);
                 if backends + more_backends > u64::from(self.backends) {
@@ -196,7 +196,7 @@ mod tests {
     use std::net::SocketAddrV4;
 
     use super::*;
-    use crate::reconcile::{Endpoint, Proto, ServiceSpec};
+    use crate::model::{Endpoint, Proto, ServiceSpec};
 
     fn desired(services: &[(&str, &[(u16, u32)])]) -> Desired {
         services

@@ -329,15 +329,6 @@ pub enum EndpointCmd {
     },
 }
 
-/// How the register computes an endpoint's address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AddressMode {
-    /// `--advertise-ip` and the port Docker published on the host.
-    Published,
-    /// The container's own IP and port (routed or overlay networks).
-    Container,
-}
-
 /// `ambassador register`.
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
@@ -359,8 +350,8 @@ pub struct RegisterArgs {
     #[arg(long, env = "AMBASSADOR_HOST_ID", value_parser = parse_host_id)]
     pub host_id: Option<String>,
     /// Which address to register.
-    #[arg(long, env = "AMBASSADOR_ADDRESS_MODE", value_enum, default_value_t = AddressMode::Published)]
-    pub address_mode: AddressMode,
+    #[arg(long, env = "AMBASSADOR_ADDRESS_MODE", value_enum, default_value_t = crate::register::AddressMode::Published)]
+    pub address_mode: crate::register::AddressMode,
     /// Seconds between full reconciliations with Docker (heals missed events).
     #[arg(long, env = "AMBASSADOR_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub reconcile_interval: u64,
@@ -378,7 +369,7 @@ fn parse_host_id(s: &str) -> Result<String, String> {
     if s.len() > 200 {
         return Err("at most 200 characters".into());
     }
-    crate::contract::check_endpoint_id(s)
+    crate::model::check_endpoint_id(s)
         .map(|()| s.to_owned())
         .map_err(|_| "1-200 printable ASCII characters without '/' or spaces".into())
 }

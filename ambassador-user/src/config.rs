@@ -1,12 +1,18 @@
 //! The static configuration file (`ambassador run --config FILE`), validated once at the edge:
 //! what comes out is a [`Desired`] state that the planner can install as it is.
 
-use std::{net::SocketAddrV4, ops::Range, path::Path};
+use std::{ops::Range, path::Path};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::reconcile::{self, Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT};
+use crate::{
+    model::{
+        check_service_name, parse_addr, parse_proto, parse_weight, Desired, Endpoint, Proto,
+        ServiceSpec,
+    },
+    reconcile,
+};
 
 /// A configuration file that cannot be used, located as precisely as possible.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,56 +115,6 @@ pub fn parse(path: &str, text: &str) -> Result<Desired, ConfigError> {
     }
     reconcile::validate(&desired).map_err(|e| err(None, e.to_string()))?;
     Ok(desired)
-}
-
-/// Service names are DNS labels (RFC 1123): 1 to 63 of `a-z`, `0-9` and `-`, not starting or
-/// ending with `-`.
-pub fn check_service_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if name.is_empty()
-        || name.len() > ambassador_common::limits::MAX_NAME_LEN
-        || !ok_chars
-        || name.starts_with('-')
-        || name.ends_with('-')
-    {
-        return Err(format!(
-            "service name {name:?} is not a DNS label (1-63 characters of a-z, 0-9 and '-', \
-             not starting or ending with '-')"
-        ));
-    }
-    Ok(())
-}
-
-/// Parses `IPv4:port` with a non-zero port.
-pub fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
-    match s.parse::<std::net::SocketAddr>() {
-        Ok(std::net::SocketAddr::V4(a)) if a.port() != 0 => Ok(a),
-        Ok(std::net::SocketAddr::V4(_)) => Err(format!("{s:?}: port 0 is not allowed")),
-        Ok(std::net::SocketAddr::V6(_)) => Err(format!("{s:?}: IPv6 is not supported yet")),
-        Err(_) => Err(format!(
-            "{s:?} is not an IPv4 address and port like \"10.96.0.10:80\""
-        )),
-    }
-}
-
-/// An endpoint weight: absent means 1; otherwise `1..=MAX_WEIGHT`.
-pub fn parse_weight(w: Option<i64>) -> Result<u32, String> {
-    match w {
-        None => Ok(1),
-        Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => Ok(w as u32),
-        Some(w) => Err(format!("weight {w} is out of range 1..={MAX_WEIGHT}")),
-    }
-}
-
-/// Parses `tcp` or `udp`.
-pub fn parse_proto(s: &str) -> Result<Proto, String> {
-    match s {
-        "tcp" => Ok(Proto::Tcp),
-        "udp" => Ok(Proto::Udp),
-        other => Err(format!("proto {other:?} is not \"tcp\" or \"udp\"")),
-    }
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

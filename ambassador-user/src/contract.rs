@@ -13,15 +13,13 @@ use std::{collections::BTreeMap, net::SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{check_service_name, parse_addr, parse_proto, parse_weight},
-    reconcile::{Desired, Endpoint, Proto, ServiceSpec},
+use crate::model::{
+    check_endpoint_id, check_service_name, parse_addr, parse_proto, parse_weight, Desired,
+    Endpoint, Proto, ServiceSpec,
 };
 
 /// Longest value accepted (a sane bound against hostile writers).
 pub const MAX_VALUE_LEN: usize = 4096;
-/// Longest endpoint id.
-pub const MAX_ID_LEN: usize = 253;
 
 /// A service definition as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,19 +102,6 @@ pub fn services_prefix(prefix: &str) -> String {
 /// The key prefix the daemon watches.
 pub fn watch_prefix(prefix: &str) -> String {
     format!("{}/", prefix.trim_end_matches('/'))
-}
-
-/// Endpoint ids: 1 to 253 printable ASCII characters without `/` or spaces.
-pub fn check_endpoint_id(id: &str) -> Result<(), String> {
-    if id.is_empty()
-        || id.len() > MAX_ID_LEN
-        || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
-    {
-        return Err(format!(
-            "endpoint id {id:?} must be 1-{MAX_ID_LEN} printable ASCII characters without '/'"
-        ));
-    }
-    Ok(())
 }
 
 /// Parses one key and value. `Ok(None)` for keys outside the v1 contract (other versions or

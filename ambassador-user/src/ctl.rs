@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use crate::{
     cli::{EndpointCmd, ProtoArg, ServiceCmd},
-    config::{check_service_name, parse_addr},
     contract::{self, EndpointValue, Entry, ServiceValue},
     error::{Error, Result},
     etcd::{EtcdOptions, REQUEST_TIMEOUT},
+    model::{check_service_name, parse_addr},
 };
 
 /// A service as listed.
@@ -314,7 +314,7 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
             check_service_name(&service).map_err(Error::Usage)?;
             let addr = parse_addr(&addr).map_err(|m| Error::Usage(format!("address: {m}")))?;
             let id = id.unwrap_or_else(|| format!("{}-{}", addr.ip(), addr.port()));
-            contract::check_endpoint_id(&id).map_err(Error::Usage)?;
+            crate::model::check_endpoint_id(&id).map_err(Error::Usage)?;
             let opts: EtcdOptions = etcd.into();
             let mut client = opts.connect().await?;
             let value = EndpointValue {
@@ -340,7 +340,7 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
         }
         EndpointCmd::Rm { service, id, etcd } => {
             check_service_name(&service).map_err(Error::Usage)?;
-            contract::check_endpoint_id(&id).map_err(Error::Usage)?;
+            crate::model::check_endpoint_id(&id).map_err(Error::Usage)?;
             let opts: EtcdOptions = etcd.into();
             let mut client = opts.connect().await?;
             let key = contract::endpoint_key(&opts.prefix, &service, &id);

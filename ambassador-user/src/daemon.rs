@@ -26,8 +26,9 @@ use crate::{
     loader,
     maps::Maps,
     metrics::{self, Histogram, Kind, Page},
+    model::Desired,
     policy::{BackendPolicy, Refusal},
-    reconcile::{self, Desired, Installed, Op},
+    reconcile::{self, Installed, Op},
     status,
 };
 

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::{
     contract::{self, PutOutcome, Store},
     error::{Error, Result},
-    reconcile::Desired,
+    model::Desired,
 };
 
 /// How to reach etcd.

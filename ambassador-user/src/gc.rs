@@ -5,10 +5,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use ambassador_common::DaemonInfo;
 
-use crate::{
-    maps::Flow,
-    reconcile::{Installed, Proto},
-};
+use crate::{maps::Flow, model::Proto, reconcile::Installed};
 
 /// How long an idle flow is kept.
 #[derive(Clone, Copy, Debug)]

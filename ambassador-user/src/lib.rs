@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod model;
 pub mod netlink;
 pub mod policy;
 pub mod reconcile;

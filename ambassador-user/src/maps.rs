@@ -19,7 +19,8 @@ use aya::{
 
 use crate::{
     error::{Error, Result},
-    reconcile::{Installed, InstalledBackend, Op, Proto},
+    model::Proto,
+    reconcile::{Installed, InstalledBackend, Op},
 };
 
 fn addr_be(ip: Ipv4Addr) -> u32 {

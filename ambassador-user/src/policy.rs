@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr, str::FromStr};
 
-use crate::reconcile::Desired;
+use crate::model::Desired;
 
 /// An IPv4 network, `a.b.c.d/len`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl BackendPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::{Endpoint, Proto, ServiceSpec};
+    use crate::model::{Endpoint, Proto, ServiceSpec};
 
     fn desired(endpoints: &[&str]) -> Desired {
         let mut d = Desired::new();

@@ -12,71 +12,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use serde::Serialize;
-
-/// Transport protocol of a frontend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Proto {
-    /// IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => ambassador_common::proto::TCP,
-            Proto::Udp => ambassador_common::proto::UDP,
-        }
-    }
-
-    /// From an IP protocol number.
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            ambassador_common::proto::TCP => Some(Proto::Tcp),
-            ambassador_common::proto::UDP => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-/// Most slots one endpoint may take (its weight).
-pub const MAX_WEIGHT: u32 = 256;
-
-/// One backend address of a service, with its share of new flows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Where flows go.
-    pub addr: SocketAddrV4,
-    /// Relative share of new flows, `1..=MAX_WEIGHT`.
-    pub weight: u32,
-}
-
-/// What a service should look like.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSpec {
-    /// The frontend clients dial.
-    pub frontend: SocketAddrV4,
-    /// Its protocol.
-    pub proto: Proto,
-    /// Its backends; duplicates of the same address are merged (weights added).
-    pub endpoints: Vec<Endpoint>,
-}
-
-/// Desired state: service name -> spec.
-pub type Desired = BTreeMap<String, ServiceSpec>;
+use crate::model::{Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT};
 
 /// A backend as installed in the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,12 +30,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::AddressMode,
-    config::{check_service_name, parse_weight},
     contract::{self, EndpointValue},
     error::{Error, Result},
     etcd::{EtcdOptions, REQUEST_TIMEOUT},
     metrics::{self, Kind, Page},
+    model::{check_service_name, parse_weight},
 };
 
 /// Container labels of the Docker contract.
@@ -151,6 +150,15 @@ pub struct Registration {
     pub weight: u32,
 }
 
+/// How the register computes an endpoint's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AddressMode {
+    /// `--advertise-ip` and the port Docker published on the host.
+    Published,
+    /// The container's own IP and port (routed or overlay networks).
+    Container,
+}
+
 /// What the register writes for `c`: `Ok(None)` when it is not labelled (not ours),
 /// `Err(why)` when it is labelled but unusable.
 pub fn registration(
@@ -223,7 +231,7 @@ pub fn registration(
     let container_id = c.id.as_deref().ok_or("the container has no id")?;
     let id = format!("{}-{}", cfg.host_id, short_id(container_id));
     // Docker's ids are hex; anything else would make a key every daemon skips.
-    contract::check_endpoint_id(&id)?;
+    crate::model::check_endpoint_id(&id)?;
     Ok(Some(Registration {
         service: service.clone(),
         id,

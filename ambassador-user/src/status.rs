@@ -14,7 +14,7 @@ use crate::{
     heartbeat::{self, unix_ms},
     maps::Maps,
     metrics::{Kind, Page},
-    reconcile::Proto,
+    model::Proto,
 };
 
 /// The daemon and where its state comes from.

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 
 use ambassador_user::{
-    cli::AddressMode,
     contract::{self, Entry},
     etcd::EtcdOptions,
-    register::{self, RegisterConfig},
+    register::{self, AddressMode, RegisterConfig},
 };
 use bollard::models::{
     ContainerConfig, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
