@@ -303,7 +303,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Bench { args } => {
-            release(&["-p", "ambassador-bench"])?;
+            release(&["-p", "ambassador-bench", "--bin", "ambassador-bench"])?;
             run(Command::new(root().join("target/release/ambassador-bench"))
                 .arg("--bin")
                 .arg(release_bin())
