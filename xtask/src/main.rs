@@ -137,18 +137,20 @@ fn setup() -> Result<()> {
     )
 }
 
-/// Set up, then build the release `ambassador` (and whatever else `extra` names, in the same
-/// cargo invocation so that features are unified once and nothing is built twice).
-fn release(extra: &[&str]) -> Result<()> {
+/// Set up, then build the release `ambassador` and `ambassador-bench`. Always both, in one
+/// cargo invocation: features are unified over what one invocation builds, so building them
+/// apart would build the shared crates twice (and `run`, `image` and `bench` would each
+/// rebuild after the other).
+fn release() -> Result<()> {
     setup()?;
     step(
-        "build: the release binary (the eBPF object embedded)",
+        "build: the release binaries (the eBPF object embedded)",
         step::RELEASE,
         || {
             run(cargo()
-                .args(["build", "--release", "-p", "ambassador-user"])
-                .args(["--bin", "ambassador"])
-                .args(extra))
+                .args(["build", "--release"])
+                .args(["-p", "ambassador-user", "--bin", "ambassador"])
+                .args(["-p", "ambassador-bench", "--bin", "ambassador-bench"]))
         },
     )
 }
@@ -230,7 +232,7 @@ fn main() -> Result<()> {
             })
         }
         Task::Run { keep } => {
-            release(&[])?;
+            release()?;
             step(
                 "run: the seed experiment on the four-host testbed",
                 step::DEMO,
@@ -239,7 +241,7 @@ fn main() -> Result<()> {
         }
         Task::Testbed { action } => match action {
             TestbedAction::Up { ttl } => {
-                release(&[])?;
+                release()?;
                 ambassador_tests::testbed::up(TESTBED, &release_bin(), ttl, &|m| println!("  {m}"));
                 print!("{}", ambassador_tests::testbed::status(TESTBED));
                 println!("explore: ip netns exec {TESTBED}-h1 target/release/ambassador status --pin-path /sys/fs/bpf/{TESTBED}-h1");
@@ -257,7 +259,7 @@ fn main() -> Result<()> {
         },
         Task::Image { docker, testbed } => {
             use ambassador_tests::image;
-            release(&[])?;
+            release()?;
             let dir = root().join("target/image");
             let mut images = vec![image::ambassador(&release_bin(), &root())];
             println!(
@@ -303,7 +305,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Bench { args } => {
-            release(&["-p", "ambassador-bench", "--bin", "ambassador-bench"])?;
+            release()?;
             run(Command::new(root().join("target/release/ambassador-bench"))
                 .arg("--bin")
                 .arg(release_bin())
