@@ -248,9 +248,10 @@ pub struct RevNat4 {
     pub backend_id: u32,
 }
 
-/// Per-service counters (one per CPU; user space sums them).
+/// Per-service counters (one per CPU; user space sums them with `+=`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct ServiceStats {
     /// Packets rewritten frontend -> backend.
     pub packets: u64,
@@ -264,6 +265,17 @@ pub struct ServiceStats {
     pub new_flows: u64,
     /// Packets to this service that were dropped (see the reasons for why).
     pub drops: u64,
+}
+
+impl core::ops::AddAssign for ServiceStats {
+    fn add_assign(&mut self, o: Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.reply_packets += o.reply_packets;
+        self.reply_bytes += o.reply_bytes;
+        self.new_flows += o.new_flows;
+        self.drops += o.drops;
+    }
 }
 
 /// Value of the name map: a service name, NUL padded.

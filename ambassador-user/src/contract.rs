@@ -104,16 +104,47 @@ pub fn watch_prefix(prefix: &str) -> String {
     format!("{}/", prefix.trim_end_matches('/'))
 }
 
+/// A key under `<prefix>/v1/`, split once for everyone who reads keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// `<prefix>/v1/services/<name>`.
+    Service {
+        /// The service name (not validated).
+        name: &'a str,
+    },
+    /// `<prefix>/v1/endpoints/<service>/<id>`.
+    Endpoint {
+        /// The service name (not validated).
+        service: &'a str,
+        /// The endpoint id (not validated).
+        id: &'a str,
+    },
+    /// Under `<prefix>/v1/` but neither.
+    Unknown,
+}
+
+impl<'a> Key<'a> {
+    /// Splits `key`; `None` outside `<prefix>/v1/` (other versions or tools may share the
+    /// prefix).
+    pub fn split(prefix: &str, key: &'a str) -> Option<Self> {
+        let rest = key
+            .strip_prefix(&watch_prefix(prefix))?
+            .strip_prefix("v1/")?;
+        Some(match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["services", name] => Key::Service { name },
+            ["endpoints", service, id] => Key::Endpoint { service, id },
+            _ => Key::Unknown,
+        })
+    }
+}
+
 /// Parses one key and value. `Ok(None)` for keys outside the v1 contract (other versions or
 /// tools may share the prefix); `Err` for a v1 key whose key or value is malformed.
 pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, String> {
     let Ok(key) = std::str::from_utf8(key) else {
         return Err("key is not UTF-8".into());
     };
-    let Some(rest) = key.strip_prefix(&watch_prefix(prefix)) else {
-        return Ok(None);
-    };
-    let Some(rest) = rest.strip_prefix("v1/") else {
+    let Some(key) = Key::split(prefix, key) else {
         return Ok(None);
     };
     if value.len() > MAX_VALUE_LEN {
@@ -123,9 +154,8 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, St
         ));
     }
     let value = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_owned())?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.as_slice() {
-        ["services", name] => {
+    match key {
+        Key::Service { name } => {
             check_service_name(name)?;
             let v: ServiceValue = serde_json::from_str(value).map_err(|e| {
                 format!(
@@ -133,21 +163,21 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, St
                 )
             })?;
             Ok(Some(Entry::Service {
-                name: (*name).to_owned(),
+                name: name.to_owned(),
                 frontend: parse_addr(&v.frontend).map_err(|m| format!("frontend: {m}"))?,
                 proto: parse_proto(&v.proto)?,
             }))
         }
-        ["endpoints", service, id] => {
+        Key::Endpoint { service, id } => {
             check_service_name(service)?;
             check_endpoint_id(id)?;
             Ok(Some(Entry::Endpoint {
-                service: (*service).to_owned(),
-                id: (*id).to_owned(),
+                service: service.to_owned(),
+                id: id.to_owned(),
                 endpoint: parse_endpoint(value)?,
             }))
         }
-        _ => Err("not a v1 services/<name> or endpoints/<service>/<id> key".into()),
+        Key::Unknown => Err("not a v1 services/<name> or endpoints/<service>/<id> key".into()),
     }
 }
 
@@ -233,19 +263,12 @@ impl Store {
     fn remove_key(&mut self, prefix: &str, key: &[u8]) {
         let key_str = String::from_utf8_lossy(key);
         self.malformed.remove(key_str.as_ref());
-        let Some(rest) = key_str
-            .strip_prefix(&watch_prefix(prefix))
-            .and_then(|r| r.strip_prefix("v1/"))
-        else {
-            return;
-        };
-        match rest.split('/').collect::<Vec<_>>().as_slice() {
-            ["services", name] => {
-                self.services.remove(*name);
+        match Key::split(prefix, &key_str) {
+            Some(Key::Service { name }) => {
+                self.services.remove(name);
             }
-            ["endpoints", service, id] => {
-                self.endpoints
-                    .remove(&((*service).to_owned(), (*id).to_owned()));
+            Some(Key::Endpoint { service, id }) => {
+                self.endpoints.remove(&(service.to_owned(), id.to_owned()));
             }
             _ => {}
         }

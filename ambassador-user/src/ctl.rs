@@ -10,7 +10,7 @@ use crate::{
     cli::{EndpointCmd, ProtoArg, ServiceCmd},
     contract::{self, EndpointValue, Entry, ServiceValue},
     error::{Error, Result},
-    etcd::{EtcdOptions, REQUEST_TIMEOUT},
+    etcd::{timed, EtcdOptions},
     model::{check_service_name, parse_addr},
 };
 
@@ -46,21 +46,6 @@ pub struct EndpointRow {
     /// Why the stored value is unusable, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-async fn timed<T>(
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|source| Error::Etcd {
-            what: what.to_owned(),
-            source,
-        }),
-        Err(_) => Err(Error::EtcdTimeout {
-            what: what.to_owned(),
-        }),
-    }
 }
 
 /// Reads every service and endpoint under the prefix (malformed ones included, with why).
@@ -106,35 +91,29 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> 
                 error: None,
             }),
             Ok(None) => {}
-            Err(reason) => {
-                let tail = key
-                    .strip_prefix(&contract::watch_prefix(prefix))
-                    .unwrap_or(&key);
-                let parts: Vec<&str> = tail.split('/').collect();
-                match parts.as_slice() {
-                    ["v1", "services", name] => {
-                        services.insert(
-                            (*name).to_owned(),
-                            ServiceRow {
-                                name: (*name).to_owned(),
-                                frontend: raw,
-                                proto: String::new(),
-                                endpoints: vec![],
-                                error: Some(reason),
-                            },
-                        );
-                    }
-                    ["v1", "endpoints", service, id] => endpoints.push(EndpointRow {
-                        service: (*service).to_owned(),
-                        id: (*id).to_owned(),
-                        addr: raw,
-                        weight: 0,
-                        lease: kv.lease(),
-                        error: Some(reason),
-                    }),
-                    _ => {}
+            Err(reason) => match contract::Key::split(prefix, &key) {
+                Some(contract::Key::Service { name }) => {
+                    services.insert(
+                        name.to_owned(),
+                        ServiceRow {
+                            name: name.to_owned(),
+                            frontend: raw,
+                            proto: String::new(),
+                            endpoints: vec![],
+                            error: Some(reason),
+                        },
+                    );
                 }
-            }
+                Some(contract::Key::Endpoint { service, id }) => endpoints.push(EndpointRow {
+                    service: service.to_owned(),
+                    id: id.to_owned(),
+                    addr: raw,
+                    weight: 0,
+                    lease: kv.lease(),
+                    error: Some(reason),
+                }),
+                _ => {}
+            },
         }
     }
     for ep in endpoints {

@@ -43,6 +43,20 @@ pub struct EtcdOptions {
 /// How long one request (not a watch) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs one etcd request with [`REQUEST_TIMEOUT`], saying `what` it was if it fails.
+pub async fn timed<T>(
+    what: impl Into<String>,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(r) => r.map_err(|source| Error::Etcd {
+            what: what.into(),
+            source,
+        }),
+        Err(_) => Err(Error::EtcdTimeout { what: what.into() }),
+    }
+}
+
 impl EtcdOptions {
     /// Connects (and authenticates, when a user is set).
     pub async fn connect(&self) -> Result<Client> {
@@ -81,16 +95,11 @@ impl EtcdOptions {
             }
             opts = opts.with_tls(tls);
         }
-        let connect = Client::connect(&self.endpoints, Some(opts));
-        match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
-            Ok(r) => r.map_err(|source| Error::Etcd {
-                what: format!("connecting to {}", self.endpoints.join(",")),
-                source,
-            }),
-            Err(_) => Err(Error::EtcdTimeout {
-                what: format!("connecting to {}", self.endpoints.join(",")),
-            }),
-        }
+        timed(
+            format!("connecting to {}", self.endpoints.join(",")),
+            Client::connect(&self.endpoints, Some(opts)),
+        )
+        .await
     }
 }
 
@@ -178,18 +187,11 @@ async fn session(
 ) -> Result<()> {
     let mut client = opts.connect().await?;
     let root = contract::watch_prefix(&opts.prefix);
-    let listing = tokio::time::timeout(
-        REQUEST_TIMEOUT,
+    let listing = timed(
+        format!("listing {root}"),
         client.get(root.clone(), Some(GetOptions::new().with_prefix())),
     )
-    .await
-    .map_err(|_| Error::EtcdTimeout {
-        what: format!("listing {root}"),
-    })?
-    .map_err(|source| Error::Etcd {
-        what: format!("listing {root}"),
-        source,
-    })?;
+    .await?;
     let received = Instant::now();
     let mut revision = listing.header().map_or(0, |h| h.revision());
     let mut store = Store::default();

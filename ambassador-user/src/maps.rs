@@ -392,12 +392,7 @@ impl Maps {
             format!("reading service {id}"),
         ))?;
         Ok(per_cpu.iter().fold(ServiceStats::default(), |mut acc, s| {
-            acc.packets += s.packets;
-            acc.bytes += s.bytes;
-            acc.reply_packets += s.reply_packets;
-            acc.reply_bytes += s.reply_bytes;
-            acc.new_flows += s.new_flows;
-            acc.drops += s.drops;
+            acc += *s;
             acc
         }))
     }

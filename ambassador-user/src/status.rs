@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use ambassador_common::source;
+use ambassador_common::{source, ServiceStats};
 
 use crate::{
     capacity::Capacity,
@@ -101,7 +101,7 @@ pub struct ServiceStatus {
     /// Established flows.
     pub flows: usize,
     /// Counters.
-    pub counters: Counters,
+    pub counters: ServiceStats,
 }
 
 /// One backend of a service.
@@ -117,23 +117,6 @@ pub struct BackendStatus {
     pub weight: u32,
     /// Established flows.
     pub flows: usize,
-}
-
-/// Per-service counters.
-#[derive(Debug, Serialize)]
-pub struct Counters {
-    /// Packets rewritten to a backend.
-    pub packets: u64,
-    /// Their IPv4 bytes.
-    pub bytes: u64,
-    /// Replies rewritten back to the frontend.
-    pub reply_packets: u64,
-    /// Their IPv4 bytes.
-    pub reply_bytes: u64,
-    /// Flows started.
-    pub new_flows: u64,
-    /// Packets dropped (no backend, malformed, fragment...).
-    pub drops: u64,
 }
 
 /// Reads the status from the maps pinned under `pin_dir`.
@@ -187,7 +170,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             })
             .collect();
         backends.sort_by_key(|b| (b.state != "active", b.id));
-        let s = maps.service_stats(id)?;
+        let counters = maps.service_stats(id)?;
         services.push(ServiceStatus {
             name,
             id,
@@ -195,14 +178,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             proto,
             flows: backends.iter().map(|b| b.flows).sum(),
             backends,
-            counters: Counters {
-                packets: s.packets,
-                bytes: s.bytes,
-                reply_packets: s.reply_packets,
-                reply_bytes: s.reply_bytes,
-                new_flows: s.new_flows,
-                drops: s.drops,
-            },
+            counters,
         });
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));

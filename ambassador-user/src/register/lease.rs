@@ -6,10 +6,7 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::{
-    error::{Error, Result},
-    etcd::REQUEST_TIMEOUT,
-};
+use crate::{error::Result, etcd::timed};
 
 /// Runs an etcd request up to three times: with several members, a request that met a member
 /// going away succeeds on another.
@@ -21,15 +18,9 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let err = match tokio::time::timeout(REQUEST_TIMEOUT, f()).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(source)) => Error::Etcd {
-                what: what.to_owned(),
-                source,
-            },
-            Err(_) => Error::EtcdTimeout {
-                what: what.to_owned(),
-            },
+        let err = match timed(what, f()).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
         };
         if attempt == 3 {
             return Err(err);

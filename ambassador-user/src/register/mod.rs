@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{Error, Result},
-    etcd::REQUEST_TIMEOUT,
+    etcd::timed,
     metrics::{self, Kind, Page},
 };
 
@@ -160,15 +160,7 @@ impl Register {
     /// Connects to etcd, grants a lease and starts keeping it alive.
     async fn new(cfg: &RegisterConfig, stats: Arc<Stats>) -> Result<Self> {
         let mut etcd = cfg.etcd.connect().await?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, etcd.lease_grant(cfg.ttl, None))
-            .await
-            .map_err(|_| Error::EtcdTimeout {
-                what: "granting a lease".into(),
-            })?
-            .map_err(|source| Error::Etcd {
-                what: "granting a lease".into(),
-                source,
-            })?;
+        let resp = timed("granting a lease", etcd.lease_grant(cfg.ttl, None)).await?;
         let lease = resp.id();
         info!(
             lease = format!("{lease:x}"),
