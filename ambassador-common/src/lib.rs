@@ -205,6 +205,28 @@ pub struct CtKey4 {
     pub pad: [u8; 3],
 }
 
+impl CtKey4 {
+    /// The key of a packet from `saddr_be:sport_be` to `daddr_be:dport_be` (all in network
+    /// byte order) with IP protocol `proto`.
+    #[inline(always)]
+    pub const fn new(
+        saddr_be: u32,
+        sport_be: u16,
+        daddr_be: u32,
+        dport_be: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// Conntrack flag: a FIN or RST was seen; the flow is closing.
 pub const CT_CLOSING: u32 = 1;
 

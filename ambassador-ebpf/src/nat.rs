@@ -109,14 +109,7 @@ fn is_frontend_address(ip: &Ipv4Packet) -> bool {
 
 #[inline(always)]
 fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u32) -> Reason {
-    let ct_key = CtKey4 {
-        saddr_be: ip.saddr_be,
-        daddr_be: ip.daddr_be,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.proto,
-        pad: [0; 3],
-    };
+    let ct_key = CtKey4::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto);
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = ip.proto == proto::TCP
         && l4.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
@@ -217,14 +210,13 @@ fn insert_reverse(
     backend_port_be: u16,
     entry: &CtEntry4,
 ) -> Result<(), i32> {
-    let reply = CtKey4 {
-        saddr_be: backend_addr_be,
-        daddr_be: ip.saddr_be,
-        sport_be: backend_port_be,
-        dport_be: l4.sport_be,
-        proto: ip.proto,
-        pad: [0; 3],
-    };
+    let reply = CtKey4::new(
+        backend_addr_be,
+        backend_port_be,
+        ip.saddr_be,
+        l4.sport_be,
+        ip.proto,
+    );
     let value = RevNat4 {
         vip_be: ip.daddr_be,
         vport_be: l4.dport_be,
@@ -247,14 +239,7 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
     let Some(l4) = parse::l4(ctx, &ip) else {
         return Verdict::Pass;
     };
-    let key = CtKey4 {
-        saddr_be: ip.saddr_be,
-        daddr_be: ip.daddr_be,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.proto,
-        pad: [0; 3],
-    };
+    let key = CtKey4::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto);
     // SAFETY: plain integers, replaced whole.
     let Some(rev) = (unsafe { REVERSE_NAT.get(&key) }).copied() else {
         return Verdict::Pass;
@@ -276,14 +261,7 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
 /// Marks the forward entry of a flow whose backend sent FIN or RST.
 #[inline(always)]
 fn mark_closing(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) {
-    let fwd = CtKey4 {
-        saddr_be: ip.daddr_be,
-        daddr_be: rev.vip_be,
-        sport_be: l4.dport_be,
-        dport_be: rev.vport_be,
-        proto: ip.proto,
-        pad: [0; 3],
-    };
+    let fwd = CtKey4::new(ip.daddr_be, l4.dport_be, rev.vip_be, rev.vport_be, ip.proto);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&fwd) {
         // SAFETY: see `forward`.
         unsafe { (*entry).flags |= CT_CLOSING };

@@ -363,22 +363,20 @@ impl Maps {
 
     /// Forgets a flow: its conntrack entry and its reverse NAT entry.
     pub fn delete_flow(&mut self, flow: &Flow) -> Result<()> {
-        let fwd = CtKey4 {
-            saddr_be: addr_be(*flow.client.ip()),
-            daddr_be: addr_be(*flow.frontend.ip()),
-            sport_be: flow.client.port().to_be(),
-            dport_be: flow.frontend.port().to_be(),
-            proto: flow.proto.number(),
-            pad: [0; 3],
-        };
-        let rev = CtKey4 {
-            saddr_be: addr_be(*flow.backend.ip()),
-            daddr_be: addr_be(*flow.client.ip()),
-            sport_be: flow.backend.port().to_be(),
-            dport_be: flow.client.port().to_be(),
-            proto: flow.proto.number(),
-            pad: [0; 3],
-        };
+        let fwd = CtKey4::new(
+            addr_be(*flow.client.ip()),
+            flow.client.port().to_be(),
+            addr_be(*flow.frontend.ip()),
+            flow.frontend.port().to_be(),
+            flow.proto.number(),
+        );
+        let rev = CtKey4::new(
+            addr_be(*flow.backend.ip()),
+            flow.backend.port().to_be(),
+            addr_be(*flow.client.ip()),
+            flow.client.port().to_be(),
+            flow.proto.number(),
+        );
         ignore_missing(self.reverse_nat.remove(&rev))
             .map_err(map_err(names::REVERSE_NAT, "deleting a flow"))?;
         ignore_missing(self.conntrack.remove(&fwd))
