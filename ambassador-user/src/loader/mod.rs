@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     fs::File,
     path::{Path, PathBuf},
 };
@@ -15,14 +14,25 @@ use std::{
 use ambassador_common::program_names;
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        links::FdLink,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
-    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use tracing::{debug, info, warn};
+
+mod kernel;
+mod links;
+mod pin;
+
+pub use kernel::{check_interface, TcAttach};
+use kernel::{check_kernel, has_tcx, raise_memlock, use_tcx};
+use links::{
+    adopt, classifier, is_bridge, link_file, pinned_program_ids, refuse_foreign_attachments,
+};
+use pin::prepare_pin_dir;
+pub use pin::{uninstall, Removed, DEFAULT_PIN_DIR};
 
 use crate::{
     capacity::{Capacity, Requested},
@@ -30,9 +40,6 @@ use crate::{
     maps::Maps,
     netlink, EBPF_OBJECT,
 };
-
-/// `statfs` magic of a bpf filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Where one program is attached.
 enum Attachment {
@@ -82,110 +89,6 @@ impl log::Log for ToTracing {
     }
 
     fn flush(&self) {}
-}
-
-/// Fails unless `name` is an existing interface.
-pub fn check_interface(name: &str) -> Result<()> {
-    let c = CString::new(name).map_err(|_| Error::NoSuchInterface { name: name.into() })?;
-    // SAFETY: a valid NUL-terminated string.
-    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
-        return Err(Error::NoSuchInterface { name: name.into() });
-    }
-    Ok(())
-}
-
-/// Creates `dir` on a bpf filesystem (refusing any other filesystem) and locks it.
-fn prepare_pin_dir(dir: &Path) -> Result<File> {
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(parent)? {
-        return Err(Error::NotBpffs {
-            path: parent.to_owned(),
-        });
-    }
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    lock_pin_dir(dir)
-}
-
-/// Takes the pin directory's lock (one daemon per directory; `uninstall` only while none
-/// runs); held as long as the returned file is open.
-fn lock_pin_dir(dir: &Path) -> Result<File> {
-    let lock = File::open(dir).map_err(Error::io(format!("opening {}", dir.display())))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::AlreadyRunning {
-            path: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", dir.display()))(e))
-        }
-    }
-}
-
-fn is_bpffs(path: &Path) -> Result<bool> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::NotBpffs {
-        path: path.to_owned(),
-    })?;
-    // SAFETY: statfs only writes into the zeroed struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(false);
-        }
-        return Err(Error::io(format!("statfs {}", path.display()))(e));
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between libcs"
-    )]
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
-}
-
-/// Refuses kernels older than the datapath needs (LRU maps, TC direct packet access,
-/// bpf_skb_store_bytes and the checksum helpers with BPF_F_MARK_MANGLED_0 are all in 5.10).
-fn check_kernel() -> Result<()> {
-    let Ok(v) = KernelVersion::current() else {
-        return Ok(()); // Unknown: let the loader be the judge.
-    };
-    if v < KernelVersion::new(5, 10, 0) {
-        return Err(Error::KernelFeature {
-            feature: "the TC datapath (LRU hash maps, TC direct packet access, checksum helpers)",
-            needed: "5.10",
-            detail: format!("this kernel is {v:?}"),
-        });
-    }
-    Ok(())
-}
-
-/// How TC programs are attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum TcAttach {
-    /// TCX links on Linux 6.6+, a clsact qdisc before.
-    #[default]
-    Auto,
-    /// TCX links (Linux 6.6+).
-    Tcx,
-    /// Filters on a clsact qdisc (any kernel; the only way before 6.6).
-    Clsact,
-}
-
-/// Whether the kernel attaches TC programs through TCX links (Linux 6.6+).
-fn has_tcx() -> bool {
-    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
-}
-
-/// Resolves `Auto` and refuses `Tcx` where the kernel has none. True means TCX.
-fn use_tcx(mode: TcAttach) -> Result<bool> {
-    match mode {
-        TcAttach::Auto => Ok(has_tcx()),
-        TcAttach::Clsact => Ok(false),
-        TcAttach::Tcx if has_tcx() => Ok(true),
-        TcAttach::Tcx => Err(Error::KernelFeature {
-            feature: "TCX attachment (--tc-attach tcx)",
-            needed: "6.6",
-            detail: "use --tc-attach clsact or auto".into(),
-        }),
-    }
 }
 
 /// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
@@ -315,46 +218,6 @@ pub fn start(
     dp.sync_bridge_ports();
     dp.remove_stale_links();
     Ok(dp)
-}
-
-/// Program ids behind the links pinned in `links_dir`: attachments of an earlier daemon on
-/// this pin directory, which this one adopts.
-fn pinned_program_ids(links_dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir(links_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| PinnedLink::from_pin(e.ok()?.path()).ok())
-        .filter_map(|p| FdLink::from(p).info().ok())
-        .map(|i| i.program_id())
-        .collect()
-}
-
-/// File name of `iface`'s link for `direction` in the links directory. bpffs refuses names
-/// with a dot (EPERM: "reserved for future use"), and interface names may hold one (VLANs:
-/// `eth0.100`), so `%` and `.` are percent-encoded.
-fn link_file(iface: &str, direction: &str) -> String {
-    let name = iface.replace('%', "%25").replace('.', "%2e");
-    format!("{name}_{direction}")
-}
-
-/// Swaps `prog` into the TCX link pinned at `path` (one atomic `bpf_link_update`).
-fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Result<(), String> {
-    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
-    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
-    // Only the pin holds the link from here on.
-    drop(prog.take_link(id));
-    Ok(())
-}
-
-/// Whether `iface` is a Linux bridge.
-fn is_bridge(iface: &str) -> bool {
-    netlink::links().is_ok_and(|links| {
-        links
-            .iter()
-            .any(|l| l.name == iface && l.kind.as_deref() == Some("bridge"))
-    })
 }
 
 impl Datapath {
@@ -525,115 +388,5 @@ impl Datapath {
     /// Whether some `--iface` is a bridge whose ports need following.
     pub fn has_bridges(&self) -> bool {
         !self.bridges.is_empty()
-    }
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .expect("checked by load()")
-}
-
-/// Refuses an interface where another instance's programs are attached already (programs
-/// behind this pin directory's own links, `ours`, are adopted instead).
-fn refuse_foreign_attachments(iface: &str, ours: &[u32]) -> Result<()> {
-    for (direction, program) in [
-        (TcAttachType::Ingress, program_names::TC_DNAT),
-        (TcAttachType::Egress, program_names::TC_RNAT),
-    ] {
-        let Ok((_, progs)) = SchedClassifier::query_tcx(iface, direction) else {
-            continue;
-        };
-        if let Some(p) = progs
-            .iter()
-            .find(|p| p.name_as_str() == Some(program) && !ours.contains(&p.id()))
-        {
-            return Err(Error::AlreadyAttached {
-                iface: iface.into(),
-                program,
-                id: p.id(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// What `uninstall` removed.
-#[derive(Debug, Default)]
-pub struct Removed {
-    /// Pinned program links (each one detached a program from an interface).
-    pub links: Vec<String>,
-    /// Pinned maps.
-    pub maps: usize,
-}
-
-/// Removes everything a daemon left pinned under `pin_dir`: its program links (which
-/// detaches the datapath) and its maps, then the directory. Refuses while a daemon runs there.
-pub fn uninstall(pin_dir: &Path) -> Result<Removed> {
-    let mut removed = Removed::default();
-    if !pin_dir.exists() {
-        return Ok(removed);
-    }
-    let _lock = lock_pin_dir(pin_dir)?;
-    let rm = |path: &Path| {
-        std::fs::remove_file(path).map_err(Error::io(format!("removing {}", path.display())))
-    };
-    let links_dir = pin_dir.join("links");
-    if let Ok(entries) = std::fs::read_dir(&links_dir) {
-        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
-            rm(&path)?;
-            removed.links.push(
-                path.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
-        std::fs::remove_dir(&links_dir)
-            .map_err(Error::io(format!("removing {}", links_dir.display())))?;
-    }
-    let entries =
-        std::fs::read_dir(pin_dir).map_err(Error::io(format!("reading {}", pin_dir.display())))?;
-    for path in entries.filter_map(|e| Some(e.ok()?.path())) {
-        if path.is_dir() {
-            return Err(Error::Usage(format!(
-                "{} holds a directory ({}) that ambassador did not make; remove it by hand",
-                pin_dir.display(),
-                path.display()
-            )));
-        }
-        rm(&path)?;
-        removed.maps += 1;
-    }
-    std::fs::remove_dir(pin_dir).map_err(Error::io(format!("removing {}", pin_dir.display())))?;
-    removed.links.sort();
-    Ok(removed)
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless later).
-fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: a plain syscall on a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        debug!("could not raise RLIMIT_MEMLOCK; fine on Linux 5.11+");
-    }
-}
-
-/// The default pin directory (`--pin-path`).
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambassador";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_files_have_no_dots_and_stay_distinct() {
-        assert_eq!(link_file("c0", "ingress"), "c0_ingress");
-        assert_eq!(link_file("eth0.100", "egress"), "eth0%2e100_egress");
-        assert_ne!(link_file("a%2eb", "egress"), link_file("a.b", "egress"));
-        assert!(!link_file("a.b.c", "ingress").contains('.'));
     }
 }

@@ -1,0 +1,96 @@
+//! The programs' TCX links: pinned per interface and direction, adopted by the next daemon,
+//! and never shared with another instance.
+
+use std::path::Path;
+
+use ambassador_common::program_names;
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf,
+};
+
+use crate::{
+    error::{Error, Result},
+    netlink,
+};
+
+/// Program ids behind the links pinned in `links_dir`: attachments of an earlier daemon on
+/// this pin directory, which this one adopts.
+pub(super) fn pinned_program_ids(links_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| PinnedLink::from_pin(e.ok()?.path()).ok())
+        .filter_map(|p| FdLink::from(p).info().ok())
+        .map(|i| i.program_id())
+        .collect()
+}
+/// File name of `iface`'s link for `direction` in the links directory. bpffs refuses names
+/// with a dot (EPERM: "reserved for future use"), and interface names may hold one (VLANs:
+/// `eth0.100`), so `%` and `.` are percent-encoded.
+pub(super) fn link_file(iface: &str, direction: &str) -> String {
+    let name = iface.replace('%', "%25").replace('.', "%2e");
+    format!("{name}_{direction}")
+}
+/// Swaps `prog` into the TCX link pinned at `path` (one atomic `bpf_link_update`).
+pub(super) fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    // Only the pin holds the link from here on.
+    drop(prog.take_link(id));
+    Ok(())
+}
+/// Whether `iface` is a Linux bridge.
+pub(super) fn is_bridge(iface: &str) -> bool {
+    netlink::links().is_ok_and(|links| {
+        links
+            .iter()
+            .any(|l| l.name == iface && l.kind.as_deref() == Some("bridge"))
+    })
+}
+pub(super) fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("checked by load()")
+}
+/// Refuses an interface where another instance's programs are attached already (programs
+/// behind this pin directory's own links, `ours`, are adopted instead).
+pub(super) fn refuse_foreign_attachments(iface: &str, ours: &[u32]) -> Result<()> {
+    for (direction, program) in [
+        (TcAttachType::Ingress, program_names::TC_DNAT),
+        (TcAttachType::Egress, program_names::TC_RNAT),
+    ] {
+        let Ok((_, progs)) = SchedClassifier::query_tcx(iface, direction) else {
+            continue;
+        };
+        if let Some(p) = progs
+            .iter()
+            .find(|p| p.name_as_str() == Some(program) && !ours.contains(&p.id()))
+        {
+            return Err(Error::AlreadyAttached {
+                iface: iface.into(),
+                program,
+                id: p.id(),
+            });
+        }
+    }
+    Ok(())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_files_have_no_dots_and_stay_distinct() {
+        assert_eq!(link_file("c0", "ingress"), "c0_ingress");
+        assert_eq!(link_file("eth0.100", "egress"), "eth0%2e100_egress");
+        assert_ne!(link_file("a%2eb", "egress"), link_file("a.b", "egress"));
+        assert!(!link_file("a.b.c", "ingress").contains('.'));
+    }
+}
