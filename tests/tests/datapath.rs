@@ -2,14 +2,12 @@
 //! table of {description, program, input, expected verdict, expected output}. Every output
 //! has its checksums verified by an independent implementation (etherparse).
 
-use std::{
-    collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::collections::BTreeMap;
 
 use ambassador_common::program_names;
 use ambassador_tests::{require_root, PinDir};
 use ambassador_user::{config, daemon, loader};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use etherparse::{
     IpNumber, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader,
     TransportHeader, UdpHeader,
@@ -43,58 +41,19 @@ name = "empty"
 frontend = "10.96.0.11:80"
 "#;
 
-/// Runs a program once on `input`; returns its verdict and the packet as it left.
-fn test_run(prog_fd: i32, input: &[u8]) -> (i32, Vec<u8>) {
-    /// The BPF_PROG_TEST_RUN member of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// Runs a program once on `input` (BPF_PROG_TEST_RUN); returns its verdict and the packet as
+/// it left.
+fn test_run(prog: &SchedClassifier, input: &[u8]) -> (i32, Vec<u8>) {
     let mut out = vec![0u8; 4096];
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: input.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: input.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: attr points at valid buffers that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN ({} bytes): {}",
-        input.len(),
-        std::io::Error::last_os_error()
-    );
-    out.truncate(attr.data_size_out as usize);
-    (attr.retval as i32, out)
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ({} bytes): {e}", input.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value as i32, out)
 }
 
 fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
@@ -244,13 +203,11 @@ fn programs_handle_the_fixture_table() {
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     daemon::converge(&mut maps, &mut installed, &desired).unwrap();
-    let fd = |name: &str| {
+    let prog = |name: &str| -> &SchedClassifier {
         ebpf.program(name)
-            .unwrap()
-            .fd()
-            .unwrap()
-            .as_fd()
-            .as_raw_fd()
+            .expect("in the object")
+            .try_into()
+            .expect("a TC program")
     };
     let (dnat, rnat) = (program_names::TC_DNAT, program_names::TC_RNAT);
 
@@ -415,7 +372,7 @@ fn programs_handle_the_fixture_table() {
 
     let mut failures = Vec::new();
     for case in &cases {
-        let (verdict, out) = test_run(fd(case.program), &case.input);
+        let (verdict, out) = test_run(prog(case.program), &case.input);
         if verdict != case.verdict {
             failures.push(format!(
                 "{}: verdict {verdict}, want {}",
