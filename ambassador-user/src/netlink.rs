@@ -1,9 +1,20 @@
-//! The network interfaces of this network namespace, from rtnetlink (RTM_GETLINK dump).
+//! The network interfaces of this network namespace, from rtnetlink (an RTM_GETLINK dump, and
+//! the RTMGRP_LINK multicast group for changes), through the netlink-packet-route and
+//! netlink-sys crates.
 //!
 //! Not sysfs: /sys/class/net shows the namespace of whoever mounted sysfs, which is not this
 //! process's under `nsenter --net` or in a container without its own /sys.
 
-use std::{io, mem::size_of};
+use std::io;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// One interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,135 +29,73 @@ pub struct Link {
     pub kind: Option<String>,
 }
 
-const RTM_GETLINK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MASTER: u16 = 10;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Walks the rtattrs in `buf`, calling `f(type, payload)` for each.
-fn attrs(mut buf: &[u8], mut f: impl FnMut(u16, &[u8])) {
-    while buf.len() >= 4 {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff; // drop NLA_F_NESTED etc.
-        if len < 4 || len > buf.len() {
-            return;
-        }
-        f(ty, &buf[4..len]);
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-}
-
-fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
-/// Parses one RTM_NEWLINK message body (after the netlink header).
-fn parse_link(body: &[u8]) -> Option<Link> {
-    if body.len() < IFINFOMSG_LEN {
-        return None;
-    }
-    let index = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
-    let mut link = Link {
-        index,
-        name: String::new(),
-        master: None,
-        kind: None,
-    };
-    attrs(&body[IFINFOMSG_LEN..], |ty, payload| match ty {
-        IFLA_IFNAME => link.name = c_string(payload),
-        IFLA_MASTER if payload.len() >= 4 => {
-            link.master = Some(u32::from_ne_bytes(
-                payload[..4].try_into().expect("4 bytes"),
-            ))
-        }
-        IFLA_LINKINFO => attrs(payload, |ty, p| {
-            if ty == IFLA_INFO_KIND {
-                link.kind = Some(c_string(p));
+impl From<&LinkMessage> for Link {
+    fn from(m: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            master: None,
+            kind: None,
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Controller(index) => link.master = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    });
+                }
+                _ => {}
             }
-        }),
-        _ => {}
-    });
-    Some(link)
+        }
+        link
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink: {e}"))
 }
 
 /// Lists the interfaces of the calling thread's network namespace.
 pub fn links() -> io::Result<Vec<Link>> {
-    // SAFETY: plain socket syscalls on a descriptor we own and close below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let result = dump(fd);
-    unsafe { libc::close(fd) };
-    result
-}
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut request = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    request.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
 
-fn dump(fd: i32) -> io::Result<Vec<Link>> {
-    let mut req = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
-    req[0..4].copy_from_slice(&((NLMSG_HDRLEN + IFINFOMSG_LEN) as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
-    req[NLMSG_HDRLEN] = libc::AF_UNSPEC as u8;
-    // SAFETY: sending a buffer we own; the kernel is the destination (zeroed sockaddr_nl).
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    let sent = unsafe {
-        libc::sendto(
-            fd,
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut links = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut rx = Vec::with_capacity(64 * 1024);
     loop {
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
-            let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            if len < NLMSG_HDRLEN || len > msgs.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            match ty {
-                NLMSG_DONE => return Ok(links),
-                NLMSG_ERROR => {
-                    let code = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
-                    return Err(io::Error::from_raw_os_error(-code));
+        rx.clear();
+        let n = socket.recv(&mut rx, 0)?;
+        let mut at = 0;
+        while at < n.min(rx.len()) {
+            let msg =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..]).map_err(invalid)?;
+            match &msg.payload {
+                NetlinkPayload::Done(_) => return Ok(links),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    links.push(Link::from(m));
                 }
-                _ => links.extend(parse_link(&msgs[NLMSG_HDRLEN..len])),
+                _ => {}
             }
-            msgs = &msgs[align4(len).min(msgs.len())..];
+            let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(invalid("a message of length 0"));
+            }
+            at += len.next_multiple_of(4);
         }
     }
 }
@@ -154,69 +103,37 @@ fn dump(fd: i32) -> io::Result<Vec<Link>> {
 /// A socket that becomes readable whenever an interface appears, changes or goes (the
 /// RTMGRP_LINK multicast group), so bridge ports are attached as soon as they join.
 pub struct LinkEvents {
-    fd: std::os::fd::OwnedFd,
+    socket: Socket,
 }
 
 impl LinkEvents {
     /// Subscribes to link events of this network namespace.
     pub fn subscribe() -> io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: plain socket syscalls; the descriptor is owned by the returned value.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = libc::RTMGRP_LINK as u32;
-        let rc = unsafe {
-            libc::bind(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { fd })
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))?;
+        socket.set_non_blocking(true)?;
+        Ok(Self { socket })
     }
 
     /// Reads and discards every pending event; true if there was at least one (or the queue
     /// overflowed, which also means "something changed").
     pub fn drain(&self) -> bool {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = Vec::with_capacity(16 * 1024);
         let mut any = false;
         loop {
-            // SAFETY: receiving into a buffer we own, without blocking.
-            let n = unsafe {
-                libc::recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                any = true;
-                continue;
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => any = true,
+                Ok(_) => return any,
+                Err(e) => return any || e.raw_os_error() == Some(libc::ENOBUFS),
             }
-            let err = io::Error::last_os_error();
-            return any || err.raw_os_error() == Some(libc::ENOBUFS);
         }
     }
 }
 
 impl std::os::fd::AsRawFd for LinkEvents {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+        self.socket.as_raw_fd()
     }
 }
 
@@ -233,13 +150,24 @@ mod tests {
     }
 
     #[test]
-    fn malformed_attributes_do_not_panic() {
-        assert!(parse_link(&[0u8; 8]).is_none());
-        let mut body = vec![0u8; IFINFOMSG_LEN];
-        body.extend_from_slice(&[200, 0, 3, 0, b'x']); // an attribute longer than the buffer
-        assert_eq!(parse_link(&body).unwrap().name, "");
-        body.truncate(IFINFOMSG_LEN);
-        body.extend_from_slice(&[8, 0, 3, 0, b'e', b't', b'h', 0]);
-        assert_eq!(parse_link(&body).unwrap().name, "eth");
+    fn a_link_message_becomes_a_link() {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        m.attributes = vec![
+            LinkAttribute::IfName("veth1".into()),
+            LinkAttribute::Controller(3),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                netlink_packet_route::link::InfoKind::Veth,
+            )]),
+        ];
+        assert_eq!(
+            Link::from(&m),
+            Link {
+                index: 7,
+                name: "veth1".into(),
+                master: Some(3),
+                kind: Some("veth".into()),
+            }
+        );
     }
 }
