@@ -1,17 +1,31 @@
-//! Prometheus metrics: the text exposition format (version 0.0.4) and a small HTTP/1.1 server
-//! that answers `GET /metrics` (and `GET /healthz`) and nothing else.
+//! Prometheus metrics: a page is built at each scrape into a `prometheus-client` registry and
+//! encoded in the text format (version 0.0.4); a `hyper` HTTP/1.1 server answers
+//! `GET /metrics` (and `GET /healthz`) and nothing else.
 //!
-//! The server is deliberately minimal: one request per connection, a bounded request head, a
-//! read deadline and a cap on concurrent connections, so a scraper that misbehaves cannot hold
-//! the daemon's resources. Rendering happens on a blocking thread (it reads BPF maps).
+//! The server keeps a misbehaving scraper from holding the daemon's resources: one request per
+//! connection, a bounded request head, a deadline for it, and a cap on concurrent connections.
+//! Rendering happens on a blocking thread (it reads BPF maps).
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
-
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
+use std::{
+    collections::HashMap, convert::Infallible, net::SocketAddr, sync::atomic::AtomicU64, sync::Arc,
+    time::Duration,
 };
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::prometheus_text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -23,43 +37,59 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// Observations in cumulative buckets.
-    Histogram,
 }
 
-/// A page in the text exposition format, built family by family.
+type Labels = Vec<(String, String)>;
+
+enum Samples {
+    Counter(Family<Labels, Counter<f64, AtomicU64>>),
+    Gauge(Family<Labels, Gauge<f64, AtomicU64>>),
+}
+
+/// One scrape's page, built family by family.
 #[derive(Default)]
 pub struct Page {
-    text: String,
+    registry: Registry,
+    families: HashMap<String, Samples>,
 }
 
 impl Page {
-    /// Starts a family: its HELP and TYPE lines. Samples of it follow.
+    /// Starts a family. A counter's name ends in `_total` (prometheus-client adds the suffix
+    /// to what it is given, so it is given the name without it).
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
+        let help = registry_help(help);
+        let samples = match kind {
+            Kind::Counter => {
+                let f = Family::default();
+                let stem = name.strip_suffix("_total").unwrap_or(name);
+                self.registry.register(stem, help, f.clone());
+                Samples::Counter(f)
+            }
+            Kind::Gauge => {
+                let f = Family::default();
+                self.registry.register(name, help, f.clone());
+                Samples::Gauge(f)
+            }
         };
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        self.families.insert(name.to_owned(), samples);
         self
     }
 
-    /// One sample with its labels.
+    /// One sample of the family `name` (started with [`Self::family`]) with its labels.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+        let labels: Labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match self.families.get(name) {
+            Some(Samples::Counter(f)) => {
+                f.get_or_create(&labels).inc_by(value);
             }
-            self.text.push('}');
+            Some(Samples::Gauge(f)) => {
+                f.get_or_create(&labels).set(value);
+            }
+            None => debug_assert!(false, "a sample of {name}, which has no family"),
         }
-        let _ = writeln!(self.text, " {}", number(value));
         self
     }
 
@@ -68,50 +98,22 @@ impl Page {
         self.family(name, kind, help).sample(name, &[], value)
     }
 
-    /// The page.
+    /// The page in the text format.
     pub fn finish(self) -> String {
-        self.text
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &self.registry).expect("writing to a String");
+        text
     }
 }
 
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
+/// prometheus-client ends every HELP text with a period of its own.
+fn registry_help(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
 }
 
-fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Label values come from outside (service names from etcd): escape what the format needs.
-fn escape_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A histogram of durations in seconds with fixed buckets.
+/// A histogram of durations in seconds with fixed buckets, kept across scrapes.
 #[derive(Clone, Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+pub struct Histogram(histogram::Histogram);
 
 /// Buckets for control-plane lag: 1 ms to 10 s.
 pub const LAG_BUCKETS: &[f64] = &[
@@ -121,45 +123,27 @@ pub const LAG_BUCKETS: &[f64] = &[
 impl Histogram {
     /// An empty histogram with these upper bounds (ascending).
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
+        Self(histogram::Histogram::new(bounds.iter().copied()))
     }
 
     /// Records one observation.
     pub fn observe(&mut self, d: Duration) {
-        let v = d.as_secs_f64();
-        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
+        self.0.observe(d.as_secs_f64());
     }
 
-    /// Writes the family's `_bucket`, `_sum` and `_count` samples.
+    /// Adds the histogram to `page` as the family `name`.
     pub fn write(&self, page: &mut Page, name: &str, help: &str) {
-        page.family(name, Kind::Histogram, help);
-        let bucket = format!("{name}_bucket");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            page.sample(&bucket, &[("le", &number(*b))], *c as f64);
-        }
-        page.sample(&bucket, &[("le", "+Inf")], self.count as f64);
-        page.sample(&format!("{name}_sum"), &[], self.sum);
-        page.sample(&format!("{name}_count"), &[], self.count as f64);
+        page.registry
+            .register(name, registry_help(help), self.0.clone());
     }
 }
 
 /// Renders the current page; called on a blocking thread for every scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Longest request head accepted.
+/// Longest request head accepted (hyper's smallest read buffer).
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request.
+/// How long a client may take to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more wait for a free one.
 const MAX_CONNECTIONS: usize = 16;
@@ -191,7 +175,15 @@ async fn accept_loop(listener: TcpListener, render: Render) {
             Ok((stream, peer)) => {
                 let render = render.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, render).await {
+                    let service = service_fn(move |req| answer(req, render.clone()));
+                    let served = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_DEADLINE)
+                        .max_buf_size(MAX_HEAD)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    if let Err(e) = served {
                         debug!(%peer, "metrics request: {e}");
                     }
                     drop(permit);
@@ -206,71 +198,46 @@ async fn accept_loop(listener: TcpListener, render: Render) {
     }
 }
 
-/// Reads one request head and writes one response.
-async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let complete = tokio::time::timeout(READ_DEADLINE, async {
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-                return Ok(true);
-            }
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-        }
-    })
-    .await;
-    let (status, content_type, body) = match complete {
-        Ok(Ok(true)) => route(&head, render).await,
-        Ok(Ok(false)) => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => (
-            "408 Request Timeout",
-            "text/plain",
-            "request timeout\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-async fn route(head: &[u8], render: Render) -> (&'static str, &'static str, String) {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => match tokio::task::spawn_blocking(move || render()).await {
-            Ok(page) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page),
+/// Answers one request.
+async fn answer(
+    req: Request<Incoming>,
+    render: Render,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => match tokio::task::spawn_blocking(move || render()).await {
+            Ok(page) => (StatusCode::OK, prometheus_text::CONTENT_TYPE, page),
             Err(e) => (
-                "500 Internal Server Error",
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 format!("rendering the metrics failed: {e}\n"),
             ),
         },
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics\n".to_owned(),
+        ),
         _ => (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET\n".to_owned(),
         ),
-    }
+    };
+    Ok(Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response"))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+
     use super::*;
 
     #[test]
@@ -284,7 +251,7 @@ mod tests {
         let text = p.finish();
         assert_eq!(
             text,
-            "# HELP x_total a\\nb\n# TYPE x_total counter\nx_total{service=\"we\\\"b\\\\\\n\"} 3\n"
+            "# HELP x_total a\\nb.\n# TYPE x_total counter\nx_total{service=\"we\\\"b\\\\\\n\"} 3.0\n"
         );
     }
 
@@ -326,6 +293,10 @@ mod tests {
         let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
+        assert!(
+            ok.contains("content-type: text/plain; version=0.0.4"),
+            "{ok}"
+        );
         assert!(get("GET / HTTP/1.1\r\n\r\n")
             .await
             .starts_with("HTTP/1.1 404"));
@@ -337,7 +308,7 @@ mod tests {
         s.write_all(long.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.starts_with("HTTP/1.1 431"), "{out}");
         task.abort();
     }
 }
