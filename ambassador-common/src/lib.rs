@@ -76,6 +76,11 @@ pub mod proto {
     pub const UDP: u8 = 17;
 }
 
+/// The port of a frontend-address marker: the service map holds one entry with this port per
+/// frontend address and protocol (no real frontend uses port 0), so the datapath can tell a
+/// packet to a frontend address (dropped when it cannot be translated) from anything else.
+pub const FRONTEND_MARKER_PORT: u16 = 0;
+
 /// Why a packet took the path it took. Shared by kernel and user space: the kernel counts
 /// each verdict in the [`map_names::REASONS`] per-CPU array at this index.
 #[repr(u32)]

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod lb;
 mod maps;
 mod nat;
 mod parse;

@@ -1,12 +1,11 @@
-//! Frontend -> backend translation with conntrack, and the reverse translation of replies.
+//! The two translations: frontend -> backend on the way in (service lookup, then the flow's
+//! backend from the connection table, or a new one from the load balancer), and backend ->
+//! frontend on replies; and the rewrite both use.
 
-use ambassador_common::{
-    csum, proto, Backend4, CtEntry4, CtKey4, Reason, RevNat4, ServiceKey4, SlotKey,
-    BACKEND_TERMINATING, CT_CLOSING,
-};
+use ambassador_common::{csum, proto, CtEntry4, Reason, CT_CLOSING};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 // Debug output exists only under `ambassador run --debug-datapath`: otherwise the loader sets
@@ -14,7 +13,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, REVERSE_NAT, SERVICES, SLOTS},
+    conntrack, lb,
     parse::{self, Ipv4Packet, ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, L4, L4_DPORT, L4_SPORT},
     stats,
 };
@@ -27,9 +26,10 @@ pub enum Verdict {
     Done(Reason),
 }
 
-/// A conntrack entry's last-seen time is refreshed at most this often, to keep the hot path
-/// from writing the entry on every packet.
-const REFRESH_NS: u64 = 1_000_000_000;
+/// Sizes of the fields a checksum update replaces (the low bits of the helper's flags).
+const CSUM_ADDR: u64 = 4;
+/// See [`CSUM_ADDR`].
+const CSUM_PORT: u64 = 2;
 
 /// Which end of the packet a rewrite changes.
 #[derive(Clone, Copy)]
@@ -47,28 +47,20 @@ pub fn dnat(ctx: &TcContext) -> Verdict {
     if ip.fragment {
         // Only the first fragment carries ports, so a fragment can never be matched to a
         // flow: drop it if it goes to a frontend address, leave it alone otherwise.
-        return if is_frontend_address(&ip) {
+        return if lb::is_frontend_address(&ip) {
             Verdict::Done(Reason::Fragment)
         } else {
             Verdict::Pass
         };
     }
     let Some(l4) = parse::l4(ctx, &ip) else {
-        return if is_frontend_address(&ip) {
+        return if lb::is_frontend_address(&ip) {
             Verdict::Done(Reason::Malformed)
         } else {
             Verdict::Pass
         };
     };
-    let svc_key = ServiceKey4 {
-        vip_be: ip.daddr_be,
-        port_be: l4.dport_be,
-        proto: ip.proto,
-        pad: 0,
-    };
-    // SAFETY: entries of this map are only replaced whole by user space; a concurrent update
-    // yields either the old or the new value of these two plain integers.
-    let Some(svc) = (unsafe { SERVICES.get(&svc_key) }).copied() else {
+    let Some(svc) = lb::service(&ip, &l4) else {
         return Verdict::Pass;
     };
     let verdict = forward(ctx, &ip, &l4, svc.service_id, svc.count);
@@ -95,45 +87,19 @@ pub fn dnat(ctx: &TcContext) -> Verdict {
     Verdict::Done(verdict)
 }
 
-/// A frontend address is marked in the service map with port 0 (no real frontend uses it).
-#[inline(always)]
-fn is_frontend_address(ip: &Ipv4Packet) -> bool {
-    let key = ServiceKey4 {
-        vip_be: ip.daddr_be,
-        port_be: 0,
-        proto: ip.proto,
-        pad: 0,
-    };
-    SERVICES.get_ptr(&key).is_some()
-}
-
 #[inline(always)]
 fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u32) -> Reason {
-    let ct_key = CtKey4::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto);
+    let ct_key = conntrack::key(ip, l4);
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = ip.proto == proto::TCP
         && l4.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
     let closing = l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0;
 
-    let (addr_be, port_be) = match CONNTRACK.get_ptr_mut(&ct_key) {
-        Some(entry) if flow_usable(entry, syn_only) => {
-            // SAFETY: a pointer from a map lookup stays valid for this program run; racing
-            // writers only change plain integers.
-            let e = unsafe { &mut *entry };
-            if closing {
-                e.flags |= CT_CLOSING;
-            }
-            if now.wrapping_sub(e.last_seen_ns) > REFRESH_NS {
-                e.last_seen_ns = now;
-                // Re-assert the reply mapping in case the LRU evicted it.
-                if insert_reverse(ip, l4, e.backend_addr_be, e.backend_port_be, e).is_err() {
-                    return Reason::CtInsertFailed;
-                }
-            }
-            (e.backend_addr_be, e.backend_port_be)
-        }
-        _ => {
-            let (backend_id, backend) = match pick_backend(service_id, count) {
+    let (addr_be, port_be) = match conntrack::established(&ct_key, ip, l4, syn_only, closing, now) {
+        Some(Ok(backend)) => backend,
+        Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
+        None => {
+            let (backend_id, backend) = match lb::pick_backend(service_id, count) {
                 Ok(b) => b,
                 Err(reason) => return reason,
             };
@@ -148,9 +114,7 @@ fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u3
                 created_ns: now,
                 last_seen_ns: now,
             };
-            if CONNTRACK.insert(&ct_key, &entry, 0).is_err()
-                || insert_reverse(ip, l4, backend.addr_be, backend.port_be, &entry).is_err()
-            {
+            if conntrack::create(&ct_key, ip, l4, &entry).is_err() {
                 return Reason::CtInsertFailed;
             }
             stats::with_service(service_id, |s| s.new_flows += 1);
@@ -177,56 +141,6 @@ fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u3
     Reason::Forwarded
 }
 
-/// An existing flow keeps its backend while the backend exists; a new connection (a bare SYN
-/// that reuses the tuple) does not go to a terminating backend.
-#[inline(always)]
-fn flow_usable(entry: *mut CtEntry4, syn_only: bool) -> bool {
-    // SAFETY: see `forward`.
-    let backend_id = unsafe { (*entry).backend_id };
-    match BACKENDS.get_ptr(&backend_id) {
-        None => false,
-        Some(b) => !(syn_only && unsafe { (*b).flags } & BACKEND_TERMINATING != 0),
-    }
-}
-
-#[inline(always)]
-fn pick_backend(service_id: u32, count: u32) -> Result<(u32, Backend4), Reason> {
-    if count == 0 {
-        return Err(Reason::NoBackend);
-    }
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
-    let slot_key = SlotKey { service_id, slot };
-    // SAFETY: u32 values are replaced atomically.
-    let backend_id = *unsafe { SLOTS.get(&slot_key) }.ok_or(Reason::BackendMissing)?;
-    let backend = *unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
-    Ok((backend_id, backend))
-}
-
-#[inline(always)]
-fn insert_reverse(
-    ip: &Ipv4Packet,
-    l4: &L4,
-    backend_addr_be: u32,
-    backend_port_be: u16,
-    entry: &CtEntry4,
-) -> Result<(), i32> {
-    let reply = CtKey4::new(
-        backend_addr_be,
-        backend_port_be,
-        ip.saddr_be,
-        l4.sport_be,
-        ip.proto,
-    );
-    let value = RevNat4 {
-        vip_be: ip.daddr_be,
-        vport_be: l4.dport_be,
-        pad: 0,
-        service_id: entry.service_id,
-        backend_id: entry.backend_id,
-    };
-    REVERSE_NAT.insert(&reply, &value, 0)
-}
-
 /// Egress of a client-facing interface.
 #[inline(always)]
 pub fn rnat(ctx: &TcContext) -> Verdict {
@@ -239,13 +153,11 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
     let Some(l4) = parse::l4(ctx, &ip) else {
         return Verdict::Pass;
     };
-    let key = CtKey4::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto);
-    // SAFETY: plain integers, replaced whole.
-    let Some(rev) = (unsafe { REVERSE_NAT.get(&key) }).copied() else {
+    let Some(rev) = conntrack::reverse(&ip, &l4) else {
         return Verdict::Pass;
     };
     if l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
-        mark_closing(&ip, &l4, &rev);
+        conntrack::mark_closing(&ip, &l4, &rev);
     }
     if rewrite(ctx, &ip, &l4, Side::Source, rev.vip_be, rev.vport_be).is_err() {
         stats::with_service(rev.service_id, |s| s.drops += 1);
@@ -256,16 +168,6 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
         s.reply_bytes += ip.tot_len as u64;
     });
     Verdict::Done(Reason::ReverseNat)
-}
-
-/// Marks the forward entry of a flow whose backend sent FIN or RST.
-#[inline(always)]
-fn mark_closing(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) {
-    let fwd = CtKey4::new(ip.daddr_be, l4.dport_be, rev.vip_be, rev.vport_be, ip.proto);
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&fwd) {
-        // SAFETY: see `forward`.
-        unsafe { (*entry).flags |= CT_CLOSING };
-    }
 }
 
 /// Rewrites one end's address and port, with the L4 checksum (pseudo header included) and
@@ -296,7 +198,7 @@ fn rewrite(
             l4.csum_off,
             old_addr_be as u64,
             new_addr_be as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
+            BPF_F_PSEUDO_HDR as u64 | mangled0 | CSUM_ADDR,
         )?;
         ctx.store(ETH_HLEN + addr_off, &new_addr_be, 0)?;
         let new_csum = csum::replace4(
@@ -311,7 +213,7 @@ fn rewrite(
             l4.csum_off,
             old_port_be as u64,
             new_port_be as u64,
-            mangled0 | 2,
+            mangled0 | CSUM_PORT,
         )?;
         ctx.store(ip.l4_off + port_off, &new_port_be, 0)?;
     }

@@ -5,6 +5,8 @@ use ambassador_common::proto;
 use aya_ebpf::programs::TcContext;
 
 pub const ETH_HLEN: usize = 14;
+/// Offset of the ethertype in the Ethernet header.
+const ETH_TYPE: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 
 /// IPv4 header field offsets, relative to the start of the IPv4 header.
@@ -15,6 +17,9 @@ pub const IP_CSUM: usize = 10;
 pub const IP_SADDR: usize = 12;
 pub const IP_DADDR: usize = 16;
 const IP_MIN_HLEN: usize = 20;
+/// More-fragments flag and fragment offset in the IPv4 flags/offset field.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
 
 /// L4 field offsets, relative to the start of the L4 header.
 pub const L4_SPORT: usize = 0;
@@ -73,7 +78,7 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 /// leaves alone, including IPv4 headers too broken for the stack to accept).
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
-    let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
+    let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
     if ethertype != ETH_P_IP {
         return None;
     }
@@ -90,12 +95,21 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
     }
     let frag = u16::from_be_bytes([hdr[IP_FRAG_OFF], hdr[IP_FRAG_OFF + 1]]);
     Some(Ipv4Packet {
-        saddr_be: u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]),
-        daddr_be: u32::from_ne_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        saddr_be: u32::from_ne_bytes([
+            hdr[IP_SADDR],
+            hdr[IP_SADDR + 1],
+            hdr[IP_SADDR + 2],
+            hdr[IP_SADDR + 3],
+        ]),
+        daddr_be: u32::from_ne_bytes([
+            hdr[IP_DADDR],
+            hdr[IP_DADDR + 1],
+            hdr[IP_DADDR + 2],
+            hdr[IP_DADDR + 3],
+        ]),
         proto,
         tot_len: u16::from_be_bytes([hdr[IP_TOT_LEN], hdr[IP_TOT_LEN + 1]]),
-        // MF (0x2000) or a fragment offset (0x1fff).
-        fragment: frag & 0x3fff != 0,
+        fragment: frag & (IP_MF | IP_OFFSET) != 0,
         l4_off: ETH_HLEN + ihl,
     })
 }

@@ -10,6 +10,7 @@ use std::{
 use ambassador_common::{
     map_names as names, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4,
     ServiceName, ServiceStats, ServiceValue4, SlotKey, BACKEND_TERMINATING, CT_CLOSING,
+    FRONTEND_MARKER_PORT,
 };
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
@@ -173,7 +174,7 @@ impl Maps {
             let Some(proto) = Proto::from_number(k.proto) else {
                 continue;
             };
-            if k.port_be == 0 {
+            if k.port_be == FRONTEND_MARKER_PORT {
                 inst.markers.insert((ip_of(k.vip_be), proto));
             } else {
                 inst.frontends
@@ -303,7 +304,7 @@ impl Maps {
             Op::PutMarker { vip, proto } => self
                 .services
                 .insert(
-                    service_key(SocketAddrV4::new(*vip, 0), *proto),
+                    service_key(SocketAddrV4::new(*vip, FRONTEND_MARKER_PORT), *proto),
                     ServiceValue4 {
                         service_id: 0,
                         count: 0,
@@ -311,10 +312,10 @@ impl Maps {
                     0,
                 )
                 .map_err(map_err(names::SERVICES, format!("marking {vip}/{proto}"))),
-            Op::DeleteMarker { vip, proto } => ignore_missing(
-                self.services
-                    .remove(&service_key(SocketAddrV4::new(*vip, 0), *proto)),
-            )
+            Op::DeleteMarker { vip, proto } => ignore_missing(self.services.remove(&service_key(
+                SocketAddrV4::new(*vip, FRONTEND_MARKER_PORT),
+                *proto,
+            )))
             .map_err(map_err(names::SERVICES, format!("unmarking {vip}/{proto}"))),
         }
     }
