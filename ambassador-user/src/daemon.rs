@@ -264,6 +264,87 @@ impl State {
         self.write_info();
     }
 
+    /// Loads and attaches the datapath (adopting what is pinned) and records the daemon.
+    fn start(cfg: &RunConfig) -> Result<Self> {
+        let mut dp = loader::start(
+            &cfg.pin_dir,
+            &cfg.ifaces,
+            cfg.tc_attach,
+            cfg.capacity,
+            cfg.debug_datapath,
+        )?;
+        info!(
+            services = dp.capacity.services,
+            backends = dp.capacity.backends,
+            slots = dp.capacity.slots,
+            flows = dp.capacity.flows,
+            "map capacity"
+        );
+        if let Some(log) = dp.kernel_log.take() {
+            follow_kernel_log(log)?;
+        }
+        let installed = dp.maps.read_installed()?;
+        let mut info = DaemonInfo {
+            pid: std::process::id(),
+            source: match cfg.source {
+                Source::File(_) => source::FILE,
+                Source::Etcd(_) => source::ETCD,
+            },
+            state_since_unix_ms: unix_ms(SystemTime::now()),
+            ..DaemonInfo::default()
+        };
+        cfg.timeouts.record(&mut info);
+        Ok(Self {
+            dp,
+            installed,
+            info,
+            applied: None,
+            policy: cfg.policy.clone(),
+            refused: BTreeSet::new(),
+            left_out: BTreeSet::new(),
+            telemetry: Arc::default(),
+        })
+    }
+
+    /// One garbage collection: expired flows and drained backends.
+    fn collect_garbage(&mut self, timeouts: &Timeouts) {
+        match collect_garbage(&mut self.dp.maps, &mut self.installed, timeouts) {
+            Ok((0, 0)) => {}
+            Ok((flows, backends)) => {
+                let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+                t.gc_flows += flows as u64;
+                t.gc_backends += backends as u64;
+                info!(
+                    flows,
+                    backends, "expired flows and drained backends removed"
+                );
+            }
+            Err(e) => warn!("garbage collection failed: {e}"),
+        }
+    }
+
+    /// Stops within `grace`: whatever hangs (a kernel call, a dropped runtime waiting for a
+    /// blocking task), the process is gone after it. Forwarding never depends on it: with TCX
+    /// the pinned links stay, and the next daemon adopts them; the maps stay pinned for
+    /// `status` and for the next start.
+    fn stop(mut self, grace: Duration) {
+        let _ = std::thread::Builder::new()
+            .name("grace".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                error!(
+                    "stopping took longer than the grace period ({}s): exiting now",
+                    grace.as_secs()
+                );
+                std::process::exit(EXIT_GRACE_EXCEEDED);
+            });
+        self.info.heartbeat_unix_ms = 0;
+        self.info.etcd_connected = 0;
+        let _ = self.dp.maps.set_info(&self.info);
+        drop(self);
+        info!("stopped");
+    }
+
     fn write_info(&mut self) {
         self.info.heartbeat_unix_ms = unix_ms(SystemTime::now());
         if let Err(e) = self.dp.maps.set_info(&self.info) {
@@ -315,44 +396,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let mut dp = loader::start(
-        &cfg.pin_dir,
-        &cfg.ifaces,
-        cfg.tc_attach,
-        cfg.capacity,
-        cfg.debug_datapath,
-    )?;
-    info!(
-        services = dp.capacity.services,
-        backends = dp.capacity.backends,
-        slots = dp.capacity.slots,
-        flows = dp.capacity.flows,
-        "map capacity"
-    );
-    if let Some(log) = dp.kernel_log.take() {
-        follow_kernel_log(log)?;
-    }
-    let installed = dp.maps.read_installed()?;
-    let mut info = DaemonInfo {
-        pid: std::process::id(),
-        source: match cfg.source {
-            Source::File(_) => source::FILE,
-            Source::Etcd(_) => source::ETCD,
-        },
-        state_since_unix_ms: unix_ms(SystemTime::now()),
-        ..DaemonInfo::default()
-    };
-    cfg.timeouts.record(&mut info);
-    let mut state = State {
-        dp,
-        installed,
-        info,
-        applied: None,
-        policy: cfg.policy.clone(),
-        refused: BTreeSet::new(),
-        left_out: BTreeSet::new(),
-        telemetry: Arc::default(),
-    };
+    let mut state = State::start(&cfg)?;
     if let Some(desired) = &initial {
         state.apply(desired, "configuration applied", None);
     }
@@ -365,18 +409,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
-
-    let (tx, mut rx) = watch::channel(Snapshot::default());
-    let follower = match &cfg.source {
-        Source::Etcd(opts) => {
-            info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "following etcd");
-            Some(tokio::spawn(etcd::follow(opts.clone(), tx)))
-        }
-        Source::File(_) => {
-            drop(tx);
-            None
-        }
-    };
+    let (follower, mut rx) = follow(&cfg.source);
     info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
     let mut gc_tick = tokio::time::interval(cfg.gc_interval);
@@ -384,23 +417,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     // periodic sweep is the safety net (a lost event, an overflowing socket).
     let mut ports = tokio::time::interval(Duration::from_secs(1));
     let link_events = if state.dp.has_bridges() {
-        let registered = crate::netlink::LinkEvents::subscribe().and_then(|events| {
-            // SAFETY: LinkEvents owns its descriptor and always returns that same one.
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    events,
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        match registered {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                warn!("link events unavailable ({e}); bridge ports are followed every second");
-                None
-            }
-        }
+        link_events()
     } else {
         None
     };
@@ -426,16 +443,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 },
                 Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
             },
-            _ = gc_tick.tick() => match collect_garbage(&mut state.dp.maps, &mut state.installed, &cfg.timeouts) {
-                Ok((0, 0)) => {}
-                Ok((flows, backends)) => {
-                    let mut t = state.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-                    t.gc_flows += flows as u64;
-                    t.gc_backends += backends as u64;
-                    info!(flows, backends, "expired flows and drained backends removed");
-                }
-                Err(e) => warn!("garbage collection failed: {e}"),
-            },
+            _ = gc_tick.tick() => state.collect_garbage(&cfg.timeouts),
             _ = heartbeat.tick() => state.write_info(),
             _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
             ready = async { link_events.as_ref().expect("guarded").readable().await }, if link_events.is_some() => {
@@ -448,32 +456,47 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }
     }
-    // Stopping is bounded: whatever hangs (a kernel call, a dropped runtime waiting for a
-    // blocking task), the process is gone after the grace period. Forwarding never depends on
-    // it: with TCX the pinned links stay, and the next daemon adopts them.
-    let grace = cfg.grace;
-    let _ = std::thread::Builder::new()
-        .name("grace".into())
-        .spawn(move || {
-            std::thread::sleep(grace);
-            error!(
-                "stopping took longer than the grace period ({}s): exiting now",
-                grace.as_secs()
-            );
-            std::process::exit(EXIT_GRACE_EXCEEDED);
-        });
-    if let Some(f) = follower {
-        f.abort();
+    for task in [follower, metrics].into_iter().flatten() {
+        task.abort();
     }
-    if let Some(m) = metrics {
-        m.abort();
-    }
-    // The programs go with the datapath; the maps stay pinned for `status` and for the next
-    // start, which adopts them.
-    state.info.heartbeat_unix_ms = 0;
-    state.info.etcd_connected = 0;
-    let _ = state.dp.maps.set_info(&state.info);
-    drop(state);
-    info!("stopped");
+    state.stop(cfg.grace);
     Ok(())
+}
+
+/// Follows the source of truth: a watch of etcd's desired state (none for a file, which is
+/// read at start and on SIGHUP).
+fn follow(
+    source: &Source,
+) -> (
+    Option<tokio::task::JoinHandle<()>>,
+    watch::Receiver<Snapshot>,
+) {
+    let (tx, rx) = watch::channel(Snapshot::default());
+    let follower = match source {
+        Source::Etcd(opts) => {
+            info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "following etcd");
+            Some(tokio::spawn(etcd::follow(opts.clone(), tx)))
+        }
+        Source::File(_) => None,
+    };
+    (follower, rx)
+}
+
+/// Link events of this namespace, ready for `select!`; `None` (with a warning) where they are
+/// unavailable, leaving the periodic sweep alone to follow bridge ports.
+fn link_events() -> Option<tokio::io::unix::AsyncFd<crate::netlink::LinkEvents>> {
+    let registered = crate::netlink::LinkEvents::subscribe().and_then(|events| {
+        // SAFETY: LinkEvents owns its descriptor and always returns that same one.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    match registered {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!("link events unavailable ({e}); bridge ports are followed every second");
+            None
+        }
+    }
 }
