@@ -65,9 +65,14 @@ impl Capacity {
         ]
     }
 
-    /// Services a service map of `entries` holds (see [`Self::map_sizes`]).
-    fn services_of(entries: u32) -> u32 {
-        entries / 2
+    /// The capacity of maps created with these sizes (the inverse of [`Self::map_sizes`]).
+    pub fn from_entries(services_map: u32, backends: u32, slots: u32, flows: u32) -> Self {
+        Self {
+            services: services_map / 2,
+            backends,
+            slots,
+            flows,
+        }
     }
 
     /// The capacity of the maps pinned under `dir`, if there are any.
@@ -93,12 +98,7 @@ impl Capacity {
         ) else {
             return Ok(None);
         };
-        Ok(Some(Self {
-            services: Self::services_of(services),
-            backends,
-            slots,
-            flows,
-        }))
+        Ok(Some(Self::from_entries(services, backends, slots, flows)))
     }
 
     /// What to load with: the pinned capacity where maps are pinned (a map's size is fixed

@@ -13,12 +13,13 @@ use ambassador_common::{
     FRONTEND_MARKER_PORT,
 };
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 
 use crate::{
+    capacity::Capacity,
     error::{Error, Result},
     model::Proto,
     reconcile::{Installed, InstalledBackend, Op},
@@ -382,6 +383,21 @@ impl Maps {
             .map_err(map_err(names::REVERSE_NAT, "deleting a flow"))?;
         ignore_missing(self.conntrack.remove(&fwd))
             .map_err(map_err(names::CONNTRACK, "deleting a flow"))
+    }
+
+    /// The capacity these maps were created with.
+    pub fn capacity(&self) -> Result<Capacity> {
+        let size = |name: &'static str, map: &MapData| {
+            map.info()
+                .map(|i| i.max_entries())
+                .map_err(map_err(name, "reading its size"))
+        };
+        Ok(Capacity::from_entries(
+            size(names::SERVICES, self.services.map())?,
+            size(names::BACKENDS, self.backends.map())?,
+            size(names::SLOTS, self.slots.map())?,
+            size(names::CONNTRACK, self.conntrack.map())?,
+        ))
     }
 
     /// A service's counters, summed over CPUs.

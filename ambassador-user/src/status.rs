@@ -8,8 +8,7 @@ use serde::Serialize;
 use ambassador_common::{source, ServiceStats};
 
 use crate::{
-    capacity::Capacity,
-    error::{Error, Result},
+    error::Result,
     gc::{self, Timeouts},
     heartbeat::{self, unix_ms},
     maps::Maps,
@@ -202,9 +201,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
         over_capacity: info.over_capacity,
     };
-    let cap = Capacity::pinned(pin_dir)?.ok_or_else(|| Error::NotRunning {
-        path: pin_dir.to_owned(),
-    })?;
+    let cap = maps.capacity()?;
     let capacity = CapacityUse {
         services: Use {
             used: installed.frontends.len(),
