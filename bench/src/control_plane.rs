@@ -231,20 +231,9 @@ fn map_memory(pin: &Path) -> Result<MapMemory> {
 /// `ambassador run` on the forwarding host's `c0`, following `etcd` under `prefix` (not waited
 /// for).
 fn run_on_etcd(topo: &Topology, etcd: &Etcd, prefix: &str, pin: &PinDir) -> Daemon {
-    let urls = etcd.urls();
-    let mut args = vec![
-        "run",
-        "--iface",
-        "c0",
-        "--etcd",
-        &urls,
-        "--prefix",
-        prefix,
-        "--pin-path",
-        pin.path.to_str().unwrap(),
-    ];
+    let mut args = vec!["--prefix", prefix];
     args.extend_from_slice(&crate::CAPACITY_10K);
-    Daemon::start(&topo.fwd, &args)
+    Daemon::run_etcd(&topo.fwd, "c0", &etcd.urls(), &pin.path, &args)
 }
 
 /// Loading 10,000 services x 4 endpoints from etcd: into a daemon that starts with them already

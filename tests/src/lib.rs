@@ -296,7 +296,17 @@ impl Daemon {
     /// `ambassador run --iface IFACE --config CONFIG --pin-path PIN EXTRA...` inside `ns`
     /// (not waited for: call [`Daemon::wait_ready`] or [`Daemon::wait_exit`]).
     pub fn run_file(ns: &NetNs, iface: &str, config: &str, pin: &Path, extra: &[&str]) -> Self {
-        let mut args = Self::run_file_args(iface, config, pin);
+        Self::run_from(ns, iface, ["--config", config], pin, extra)
+    }
+
+    /// `ambassador run --iface IFACE --etcd URLS --pin-path PIN EXTRA...` inside `ns` (not
+    /// waited for, like [`Daemon::run_file`]).
+    pub fn run_etcd(ns: &NetNs, iface: &str, urls: &str, pin: &Path, extra: &[&str]) -> Self {
+        Self::run_from(ns, iface, ["--etcd", urls], pin, extra)
+    }
+
+    fn run_from(ns: &NetNs, iface: &str, source: [&str; 2], pin: &Path, extra: &[&str]) -> Self {
+        let mut args = Self::run_args(iface, source, pin);
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start(ns, &args)
@@ -305,13 +315,18 @@ impl Daemon {
     /// The arguments of [`Daemon::run_file`] without the extras, for running the binary some
     /// other way (another path, under setpriv).
     pub fn run_file_args(iface: &str, config: &str, pin: &Path) -> Vec<String> {
+        Self::run_args(iface, ["--config", config], pin)
+    }
+
+    /// `run --iface IFACE SOURCE --pin-path PIN`, SOURCE being `--config FILE` or `--etcd URLS`.
+    fn run_args(iface: &str, source: [&str; 2], pin: &Path) -> Vec<String> {
         let pin = pin.to_str().expect("UTF-8 pin path");
         [
             "run",
             "--iface",
             iface,
-            "--config",
-            config,
+            source[0],
+            source[1],
             "--pin-path",
             pin,
         ]

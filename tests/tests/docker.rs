@@ -30,18 +30,7 @@ impl Bed {
         dockerd.import_busybox(IMAGE);
         let b2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
         let pin = PinDir::new();
-        let mut daemon = Daemon::start(
-            &topo.fwd,
-            &[
-                "run",
-                "--iface",
-                "c0",
-                "--etcd",
-                &etcd.urls(),
-                "--pin-path",
-                pin.path.to_str().unwrap(),
-            ],
-        );
+        let mut daemon = Daemon::run_etcd(&topo.fwd, "c0", &etcd.urls(), &pin.path, &[]);
         daemon.wait_ready();
         let urls = etcd.urls();
         ambassador_ok(

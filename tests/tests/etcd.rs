@@ -46,22 +46,15 @@ impl Bed {
 
     /// The daemon with `extra` arguments.
     fn daemon_with(&self, extra: &[&str]) -> Daemon {
-        let urls = self.etcd.urls();
-        let mut args = vec![
-            "run",
-            "--iface",
-            "c0",
-            "--etcd",
-            &urls,
-            "--pin-path",
-            self.pin.path.to_str().unwrap(),
-            "--gc-interval",
-            "1",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ];
+        let mut args = vec!["--gc-interval", "1", "--metrics-addr", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut d = Daemon::start(&self.topo.fwd, &args);
+        let mut d = Daemon::run_etcd(
+            &self.topo.fwd,
+            "c0",
+            &self.etcd.urls(),
+            &self.pin.path,
+            &args,
+        );
         d.wait_ready();
         d
     }
