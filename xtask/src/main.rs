@@ -4,7 +4,7 @@
 //! setup installs (`ambassador-user` and `etcd-client` want `protoc`, the eBPF build wants
 //! nightly's rust-src and bpf-linker) is built by `cargo` after setup has run and used
 //! through a process: the `ambassador` binary, the `ambassador-bench` binary. Its own
-//! dependencies are clap, anyhow, libc and the test harness (std, libc and serde_json only);
+//! dependencies are clap, anyhow, libc and the test harness (std, libc, serde_json, tempfile);
 //! `tests/tests/front_door.rs` builds a fresh clone's xtask with protoc, bpf-linker and LLVM
 //! hidden to keep it so.
 
