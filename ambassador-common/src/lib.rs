@@ -29,8 +29,14 @@ pub mod map_names {
     pub const NAMES: &str = "amb_names_v1";
     /// The daemon's control-plane state (one entry); user space only.
     pub const INFO: &str = "amb_info_v2";
+    /// Socket datapath: (socket cookie, frontend) -> the backend an unconnected UDP socket's
+    /// datagrams to that frontend go to.
+    pub const SOCK_FORWARD: &str = "amb_skfwd4_v1";
+    /// Socket datapath: (socket cookie, backend) -> the frontend `recvmsg` and `getpeername`
+    /// report instead.
+    pub const SOCK_REVERSE: &str = "amb_skrev4_v1";
     /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -40,6 +46,8 @@ pub mod map_names {
         REASONS,
         NAMES,
         INFO,
+        SOCK_FORWARD,
+        SOCK_REVERSE,
     ];
 }
 
@@ -49,6 +57,24 @@ pub mod program_names {
     pub const TC_DNAT: &str = "amb_tc_dnat";
     /// TC egress on a client-facing interface: backend -> frontend on replies.
     pub const TC_RNAT: &str = "amb_tc_rnat";
+    /// cgroup `connect4`: a TCP or UDP socket connecting to a frontend connects to a backend.
+    pub const SOCK_CONNECT4: &str = "amb_sk_connect4";
+    /// cgroup `sendmsg4`: a datagram sent to a frontend on an unconnected UDP socket goes to
+    /// a backend.
+    pub const SOCK_SENDMSG4: &str = "amb_sk_sendmsg4";
+    /// cgroup `recvmsg4`: a datagram from a backend is reported as from the frontend.
+    pub const SOCK_RECVMSG4: &str = "amb_sk_recvmsg4";
+    /// cgroup `getpeername4`: a socket connected to a backend reports the frontend as its peer.
+    pub const SOCK_GETPEERNAME4: &str = "amb_sk_getpeer4";
+    /// cgroup `sock_release`: a closed socket's reverse entries go.
+    pub const SOCK_RELEASE: &str = "amb_sk_release";
+    /// The socket datapath's address programs, with the cgroup hook each attaches to.
+    pub const SOCK_ADDR: [(&str, &str); 4] = [
+        (SOCK_CONNECT4, "connect4"),
+        (SOCK_SENDMSG4, "sendmsg4"),
+        (SOCK_RECVMSG4, "recvmsg4"),
+        (SOCK_GETPEERNAME4, "getpeername4"),
+    ];
 }
 
 /// Default capacity of each map: what the object declares, and what `ambassador run` creates
@@ -275,6 +301,49 @@ pub struct RevNat4 {
     pub backend_id: u32,
 }
 
+/// Key of the socket datapath's maps: a socket (its cookie) and an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey4 {
+    /// The kernel's socket cookie (`bpf_get_socket_cookie`; unique while the kernel runs).
+    pub cookie: u64,
+    /// A frontend (forward map) or backend (reverse map) address, network byte order.
+    pub addr_be: u32,
+    /// Its port, network byte order.
+    pub port_be: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Socket entry flag: made by `connect` (the socket is connected to the backend); otherwise
+/// by `sendmsg` on an unconnected UDP socket.
+pub const SOCK_CONNECTED: u32 = 1;
+
+/// Value of the socket datapath's maps: the other end of a translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockNat4 {
+    /// The backend (forward map) or frontend (reverse map) address, network byte order.
+    pub addr_be: u32,
+    /// Its port, network byte order.
+    pub port_be: u16,
+    /// IP protocol of the socket.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Service of the frontend.
+    pub service_id: u32,
+    /// Backend chosen.
+    pub backend_id: u32,
+    /// `SOCK_*` flags.
+    pub flags: u32,
+    /// Always zero.
+    pub pad2: u32,
+    /// `bpf_ktime_get_ns` of the translation, refreshed by each datagram of an unconnected
+    /// socket (a connected socket's entries live until the socket is closed).
+    pub last_seen_ns: u64,
+}
+
 /// Per-service counters (one per CPU; user space sums them with `+=`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -394,6 +463,8 @@ const _: () = {
     assert!(core::mem::size_of::<RevNat4>() == 16);
     assert!(core::mem::size_of::<ServiceStats>() == 48);
     assert!(core::mem::size_of::<ServiceName>() == 64);
+    assert!(core::mem::size_of::<SockKey4>() == 16);
+    assert!(core::mem::size_of::<SockNat4>() == 32);
     assert!(Reason::ALL.len() == Reason::COUNT as usize);
 };
 
@@ -412,4 +483,6 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for DaemonInfo {}
+    unsafe impl aya::Pod for SockKey4 {}
+    unsafe impl aya::Pod for SockNat4 {}
 }

@@ -14,10 +14,16 @@ use crate::{
 /// The service whose frontend the packet is addressed to.
 #[inline(always)]
 pub fn service(ip: &Ipv4Packet, l4: &L4) -> Option<ServiceValue4> {
+    frontend(ip.daddr_be, l4.dport_be, ip.proto)
+}
+
+/// The service of frontend `vip_be:port_be` (network byte order) for IP protocol `proto`.
+#[inline(always)]
+pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue4> {
     let key = ServiceKey4 {
-        vip_be: ip.daddr_be,
-        port_be: l4.dport_be,
-        proto: ip.proto,
+        vip_be,
+        port_be,
+        proto,
         pad: 0,
     };
     // SAFETY: entries of this map are only replaced whole by user space; a concurrent update

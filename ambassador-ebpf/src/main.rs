@@ -1,5 +1,6 @@
-//! ambassador's TC datapath: DNAT of frontend traffic to a backend on a client-facing
-//! interface's ingress, and the reverse rewrite of replies on its egress.
+//! ambassador's datapaths. `tc`: DNAT of frontend traffic to a backend on a client-facing
+//! interface's ingress, and the reverse rewrite of replies on its egress. `sock`: cgroup
+//! programs that translate a socket's destination once, at `connect()` or `sendmsg()`.
 #![no_std]
 #![no_main]
 
@@ -8,9 +9,13 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 mod stats;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
+};
 
 /// Leave the packet to the next program or the stack (TC_ACT_UNSPEC; TCX_NEXT under TCX).
 const TC_ACT_NEXT: i32 = -1;
@@ -27,6 +32,36 @@ pub fn amb_tc_dnat(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn amb_tc_rnat(ctx: TcContext) -> i32 {
     verdict(nat::rnat(&ctx))
+}
+
+/// cgroup `connect4`: a socket connecting to a frontend connects to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn amb_sk_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Call::Connect)
+}
+
+/// cgroup `sendmsg4`: a datagram to a frontend on an unconnected UDP socket goes to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn amb_sk_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, sock::Call::Sendmsg)
+}
+
+/// cgroup `recvmsg4`: a datagram from a backend appears to come from its frontend.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn amb_sk_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Peer::Recvmsg)
+}
+
+/// cgroup `getpeername4`: a socket connected to a backend reports its frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn amb_sk_getpeer4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, sock::Peer::Getpeername)
+}
+
+/// cgroup `sock_release`: a closed socket's translation is forgotten.
+#[cgroup_sock(sock_release)]
+pub fn amb_sk_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@
 
 use ambassador_common::{
     limits, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4, ServiceName,
-    ServiceStats, ServiceValue4, SlotKey,
+    ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4,
 };
 use aya_ebpf::{
     macros::map,
@@ -49,3 +49,15 @@ pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::DEFAULT_SE
 /// The daemon's control-plane state, for `status`. User space only, like `NAMES`.
 #[map(name = "amb_info_v2")]
 pub static INFO: Array<DaemonInfo> = Array::pinned(1, 0);
+
+/// Socket datapath: (socket, frontend) -> the backend an unconnected UDP socket's datagrams
+/// to that frontend go to (a socket keeps its backend, as a flow does in the TC datapath).
+#[map(name = "amb_skfwd4_v1")]
+pub static SOCK_FORWARD: LruHashMap<SockKey4, SockNat4> =
+    LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// Socket datapath: (socket, backend) -> the frontend to report in `recvmsg` and
+/// `getpeername` (Cilium's `lb4_reverse_sk`).
+#[map(name = "amb_skrev4_v1")]
+pub static SOCK_REVERSE: LruHashMap<SockKey4, SockNat4> =
+    LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);

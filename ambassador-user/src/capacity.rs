@@ -52,7 +52,7 @@ pub struct Requested {
 impl Capacity {
     /// Every map whose size follows a setting, with that size. Service ids run from 1 to
     /// `services` and index the counter array, which is one longer.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 7] {
+    pub fn map_sizes(&self) -> [(&'static str, u32); 9] {
         [
             // One entry per service, and one address marker per distinct frontend address.
             (names::SERVICES, self.services.saturating_mul(2)),
@@ -62,6 +62,8 @@ impl Capacity {
             (names::SLOTS, self.slots),
             (names::CONNTRACK, self.flows),
             (names::REVERSE_NAT, self.flows),
+            (names::SOCK_FORWARD, self.flows),
+            (names::SOCK_REVERSE, self.flows),
         ]
     }
 
@@ -186,7 +188,9 @@ pub fn flag_of(name: &str) -> &'static str {
     match name {
         names::BACKENDS => "--max-backends",
         names::SLOTS => "--max-slots",
-        names::CONNTRACK | names::REVERSE_NAT => "--max-flows",
+        names::CONNTRACK | names::REVERSE_NAT | names::SOCK_FORWARD | names::SOCK_REVERSE => {
+            "--max-flows"
+        }
         _ => "--max-services",
     }
 }

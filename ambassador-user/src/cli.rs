@@ -109,15 +109,20 @@ impl From<EtcdArgs> for EtcdOptions {
 /// `ambassador run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Client-facing interface: where client traffic enters this host (a container's veth, a
-    /// bridge such as docker0, or an uplink). Repeatable, or comma-separated.
-    #[arg(
-        long = "iface",
-        env = "AMBASSADOR_IFACE",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// Client-facing interface of the `tc` datapath: where client traffic enters this host (a
+    /// container's veth, a bridge such as docker0, or an uplink). Repeatable, or
+    /// comma-separated.
+    #[arg(long = "iface", env = "AMBASSADOR_IFACE", value_delimiter = ',')]
     pub ifaces: Vec<String>,
+    /// Datapaths to attach, comma-separated: `tc` (packets entering --iface), `sock` (every
+    /// process in --cgroup-path, translated at connect()). [default: tc with --iface, sock
+    /// without]
+    #[arg(long, env = "AMBASSADOR_DATAPATH", value_enum, value_delimiter = ',')]
+    pub datapath: Vec<DatapathKind>,
+    /// cgroup v2 directory whose processes the `sock` datapath serves. [default: the host's
+    /// cgroup v2 root: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host]
+    #[arg(long, env = "AMBASSADOR_CGROUP_PATH", value_name = "DIR")]
+    pub cgroup_path: Option<PathBuf>,
     /// Take the services from this TOML file instead of etcd. SIGHUP re-reads it.
     #[arg(long, env = "AMBASSADOR_CONFIG")]
     pub config: Option<PathBuf>,
@@ -180,17 +185,54 @@ pub struct RunArgs {
     pub max_flows: Option<u32>,
 }
 
-impl From<RunArgs> for RunConfig {
-    fn from(a: RunArgs) -> Self {
-        RunConfig {
-            ifaces: a.ifaces,
+/// A datapath of `ambassador run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathKind {
+    /// TC programs on the --iface interfaces: clients whose packets enter there.
+    Tc,
+    /// cgroup socket programs on --cgroup-path: processes of this host, translated once per
+    /// connection.
+    Sock,
+}
+
+impl RunArgs {
+    /// The daemon's settings, or what is wrong with the flags (for a usage error).
+    pub fn into_config(self) -> Result<RunConfig, String> {
+        let a = self;
+        let datapaths = if a.datapath.is_empty() {
+            vec![if a.ifaces.is_empty() {
+                DatapathKind::Sock
+            } else {
+                DatapathKind::Tc
+            }]
+        } else {
+            a.datapath.clone()
+        };
+        let tc = datapaths.contains(&DatapathKind::Tc);
+        let sock = datapaths.contains(&DatapathKind::Sock);
+        if tc && a.ifaces.is_empty() {
+            return Err("--datapath tc needs --iface (where client traffic enters)".into());
+        }
+        if !tc && !a.ifaces.is_empty() {
+            return Err(
+                "--iface is for the tc datapath: add tc to --datapath (--datapath tc,sock)".into(),
+            );
+        }
+        if !sock && a.cgroup_path.is_some() {
+            return Err("--cgroup-path is for the sock datapath: add sock to --datapath".into());
+        }
+        Ok(RunConfig {
+            targets: crate::loader::Targets {
+                ifaces: a.ifaces,
+                tc_attach: a.tc_attach,
+                sock: sock.then_some(a.cgroup_path),
+            },
             source: match a.config {
                 Some(path) => Source::File(path),
                 None => Source::Etcd(a.etcd.into()),
             },
             pin_dir: a.pin_path,
             gc_interval: Duration::from_secs(a.gc_interval),
-            tc_attach: a.tc_attach,
             policy: crate::policy::BackendPolicy {
                 allow: a.allow_backend,
             },
@@ -208,7 +250,7 @@ impl From<RunArgs> for RunConfig {
                 tcp_closing: Duration::from_secs(a.tcp_closing_timeout),
                 udp: Duration::from_secs(a.udp_timeout),
             },
-        }
+        })
     }
 }
 

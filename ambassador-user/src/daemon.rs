@@ -26,10 +26,10 @@ use crate::{
     loader,
     maps::Maps,
     metrics::{self, Histogram, Kind, Page},
-    model::Desired,
+    model::{Desired, Proto},
     policy::{BackendPolicy, Refusal},
     reconcile::{self, Installed, Op},
-    status,
+    sockets, status,
 };
 
 /// Where the desired state comes from.
@@ -44,8 +44,8 @@ pub enum Source {
 /// Validated settings of `ambassador run`.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Client-facing interfaces.
-    pub ifaces: Vec<String>,
+    /// Where the datapaths attach: interfaces (`tc`) and a cgroup (`sock`).
+    pub targets: loader::Targets,
     /// Where the desired state comes from.
     pub source: Source,
     /// Where maps are pinned.
@@ -54,8 +54,6 @@ pub struct RunConfig {
     pub gc_interval: Duration,
     /// Flow timeouts.
     pub timeouts: Timeouts,
-    /// How the TC programs attach.
-    pub tc_attach: loader::TcAttach,
     /// Where backends may point.
     pub policy: BackendPolicy,
     /// Where Prometheus metrics are served (none: not served).
@@ -82,30 +80,52 @@ pub fn converge(maps: &mut Maps, installed: &mut Installed, desired: &Desired) -
     Ok(ops.len())
 }
 
-/// Removes expired flows and drained terminating backends. Returns (flows, backends) removed.
+/// What one garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Expired TC flows.
+    pub flows: usize,
+    /// Translations of the socket datapath whose socket is gone or idle.
+    pub sockets: usize,
+    /// Terminating backends no flow or socket uses any more.
+    pub backends: usize,
+}
+
+/// Removes expired flows and socket translations, then drained terminating backends.
 pub fn collect_garbage(
     maps: &mut Maps,
     installed: &mut Installed,
     timeouts: &Timeouts,
-) -> Result<(usize, usize)> {
+) -> Result<Collected> {
     let now = gc::monotonic_ns();
-    let mut live = Vec::new();
-    let mut removed_flows = 0;
+    let mut used = BTreeSet::new();
+    let mut done = Collected::default();
     for flow in maps.flows()? {
         if gc::expired(&flow, now, timeouts) || !installed.backends.contains_key(&flow.backend_id) {
             maps.delete_flow(&flow)?;
-            removed_flows += 1;
+            done.flows += 1;
         } else {
-            live.push(flow);
+            used.insert(flow.backend_id);
         }
     }
-    let drained = gc::drained_backends(installed, &live);
+    for entry in maps.sock_entries()? {
+        if gc::sock_expired(&entry, now, timeouts)
+            || !installed.backends.contains_key(&entry.backend_id)
+        {
+            maps.delete_sock_entry(&entry)?;
+            done.sockets += 1;
+        } else {
+            used.insert(entry.backend_id);
+        }
+    }
+    let drained = gc::drained_backends(installed, &used);
     for id in &drained {
         let op = Op::DeleteBackend { id: *id };
         maps.apply(&op)?;
         installed.apply(&op);
     }
-    Ok((removed_flows, drained.len()))
+    done.backends = drained.len();
+    Ok(done)
 }
 
 /// What the daemon measures about itself, for the metrics page.
@@ -117,7 +137,10 @@ struct Telemetry {
     apply_failures: u64,
     /// Flows and drained backends removed by the garbage collector.
     gc_flows: u64,
+    gc_sockets: u64,
     gc_backends: u64,
+    /// Sockets destroyed because their backend went.
+    sockets_destroyed: u64,
 }
 
 impl Default for Telemetry {
@@ -127,7 +150,9 @@ impl Default for Telemetry {
             applies: 0,
             apply_failures: 0,
             gc_flows: 0,
+            gc_sockets: 0,
             gc_backends: 0,
+            sockets_destroyed: 0,
         }
     }
 }
@@ -185,6 +210,18 @@ fn render_metrics(pin_dir: &Path, telemetry: &Mutex<Telemetry>) -> String {
         "Drained terminating backends removed.",
         t.gc_backends as f64,
     );
+    page.single(
+        "ambassador_gc_sockets_removed_total",
+        Kind::Counter,
+        "Socket-datapath translations removed (an unconnected socket idle past --udp-timeout, or a backend gone).",
+        t.gc_sockets as f64,
+    );
+    page.single(
+        "ambassador_sockets_destroyed_total",
+        Kind::Counter,
+        "Sockets the socket datapath connected to a backend that went (UDP: also one that left its service), destroyed so the application reconnects.",
+        t.sockets_destroyed as f64,
+    );
     page.finish()
 }
 
@@ -201,6 +238,8 @@ struct State {
     /// warned about once).
     left_out: BTreeSet<String>,
     telemetry: Arc<Mutex<Telemetry>>,
+    /// The kernel refused SOCK_DESTROY once (said once, not at every pass).
+    destroy_refused: bool,
 }
 
 impl State {
@@ -233,6 +272,8 @@ impl State {
                     t.lag.observe(r.elapsed());
                 }
                 info!(services = desired.len(), changes, "{why}");
+                drop(t);
+                self.destroy_stale_sockets();
             }
             Err(e) => {
                 t.apply_failures += 1;
@@ -266,13 +307,7 @@ impl State {
 
     /// Loads and attaches the datapath (adopting what is pinned) and records the daemon.
     fn start(cfg: &RunConfig) -> Result<Self> {
-        let mut dp = loader::start(
-            &cfg.pin_dir,
-            &cfg.ifaces,
-            cfg.tc_attach,
-            cfg.capacity,
-            cfg.debug_datapath,
-        )?;
+        let mut dp = loader::start(&cfg.pin_dir, &cfg.targets, cfg.capacity, cfg.debug_datapath)?;
         info!(
             services = dp.capacity.services,
             backends = dp.capacity.backends,
@@ -303,20 +338,71 @@ impl State {
             refused: BTreeSet::new(),
             left_out: BTreeSet::new(),
             telemetry: Arc::default(),
+            destroy_refused: false,
         })
     }
 
-    /// One garbage collection: expired flows and drained backends.
+    /// Destroys the sockets the socket datapath connected to a backend that went (UDP: also
+    /// to one that left its service), so their applications reconnect to a live backend.
+    fn destroy_stale_sockets(&mut self) {
+        if self.dp.sock_cgroup().is_none() {
+            return;
+        }
+        let entries = match self.dp.maps.sock_entries() {
+            Ok(e) => e,
+            Err(e) => return warn!("reading the socket datapath's entries failed: {e}"),
+        };
+        if !entries.iter().any(|e| e.reverse && e.connected) {
+            return;
+        }
+        let mut destroyed = 0;
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let connected = match sockets::connected(proto) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("listing {proto} sockets (sock_diag) failed: {e}");
+                    continue;
+                }
+            };
+            for socket in sockets::stale(&connected, &entries, &self.installed) {
+                match sockets::destroy(socket) {
+                    Ok(()) => {
+                        destroyed += 1;
+                        info!(%proto, backend = %socket.peer, "destroyed a socket connected to a backend that went");
+                    }
+                    Err(e) if !self.destroy_refused => {
+                        self.destroy_refused = true;
+                        warn!(
+                            "destroying a {proto} socket connected to {} failed: {e}. Sockets connected to a backend that went keep it until their application reconnects (destroying them needs CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY)",
+                            socket.peer
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if destroyed > 0 {
+            let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+            t.sockets_destroyed += destroyed;
+        }
+    }
+
+    /// One garbage collection: sockets to backends that went, expired flows and socket
+    /// translations, drained backends.
     fn collect_garbage(&mut self, timeouts: &Timeouts) {
+        self.destroy_stale_sockets();
         match collect_garbage(&mut self.dp.maps, &mut self.installed, timeouts) {
-            Ok((0, 0)) => {}
-            Ok((flows, backends)) => {
+            Ok(done) if done == Collected::default() => {}
+            Ok(done) => {
                 let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-                t.gc_flows += flows as u64;
-                t.gc_backends += backends as u64;
+                t.gc_flows += done.flows as u64;
+                t.gc_sockets += done.sockets as u64;
+                t.gc_backends += done.backends as u64;
                 info!(
-                    flows,
-                    backends, "expired flows and drained backends removed"
+                    flows = done.flows,
+                    sockets = done.sockets,
+                    backends = done.backends,
+                    "expired flows, closed sockets and drained backends removed"
                 );
             }
             Err(e) => warn!("garbage collection failed: {e}"),

@@ -18,6 +18,9 @@ pub enum Error {
         name: String,
     },
     /// The pin directory is not on a BPF filesystem.
+    /// `--cgroup-path` (or the default) is not a cgroup v2 directory.
+    #[error("{path} is not a cgroup v2 directory ({detail}). The socket datapath attaches to one: give --cgroup-path, and run as a container, share the host's cgroup namespace and hierarchy (--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup)", path = path.display())]
+    NotCgroup2 { path: PathBuf, detail: String },
     #[error("{path} is not on a bpf filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` (in a container: -v /sys/fs/bpf:/sys/fs/bpf)")]
     NotBpffs {
         /// The directory.
@@ -186,6 +189,7 @@ impl Error {
             Error::Config(_)
             | Error::Plan(_)
             | Error::NoSuchInterface { .. }
+            | Error::NotCgroup2 { .. }
             | Error::Usage(_)
             | Error::CapacityMismatch { .. } => 64,
             Error::NotRunning { .. }

@@ -5,7 +5,11 @@ use std::{collections::BTreeSet, time::Duration};
 
 use ambassador_common::DaemonInfo;
 
-use crate::{maps::Flow, model::Proto, reconcile::Installed};
+use crate::{
+    maps::{Flow, SockEntry},
+    model::Proto,
+    reconcile::Installed,
+};
 
 /// How long an idle flow is kept.
 #[derive(Clone, Copy, Debug)]
@@ -73,9 +77,17 @@ pub fn expired(flow: &Flow, now_ns: u64, t: &Timeouts) -> bool {
     now_ns.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
 }
 
-/// Terminating backends that no live flow uses any more: they can go.
-pub fn drained_backends(installed: &Installed, live: &[Flow]) -> Vec<u32> {
-    let used: BTreeSet<u32> = live.iter().map(|f| f.backend_id).collect();
+/// Whether a translation of the socket datapath is over: one made by `connect` lives until
+/// its socket closes (the kernel deletes it then), one made by `sendmsg` on an unconnected UDP
+/// socket expires like a UDP flow.
+pub fn sock_expired(entry: &SockEntry, now_ns: u64, t: &Timeouts) -> bool {
+    let limit = t.udp + Duration::from_secs(1);
+    !entry.connected && now_ns.saturating_sub(entry.last_seen_ns) > limit.as_nanos() as u64
+}
+
+/// Terminating backends that no live flow or socket (`used`: their backend ids) uses any
+/// more: they can go.
+pub fn drained_backends(installed: &Installed, used: &BTreeSet<u32>) -> Vec<u32> {
     installed
         .backends
         .iter()
@@ -137,6 +149,26 @@ mod tests {
     }
 
     #[test]
+    fn connected_sockets_never_expire_unconnected_ones_like_udp() {
+        let t = Timeouts::default();
+        let now = 100_000 * 1_000_000_000;
+        let entry = |connected, last_seen_s: u64| SockEntry {
+            reverse: true,
+            cookie: 1,
+            frontend: "10.96.0.1:53".parse().unwrap(),
+            backend: "10.0.1.1:53".parse().unwrap(),
+            proto: Proto::Udp,
+            service_id: 1,
+            backend_id: 1,
+            connected,
+            last_seen_ns: last_seen_s * 1_000_000_000,
+        };
+        assert!(!sock_expired(&entry(true, 0), now, &t));
+        assert!(!sock_expired(&entry(false, 100_000 - 60), now, &t));
+        assert!(sock_expired(&entry(false, 100_000 - 122), now, &t));
+    }
+
+    #[test]
     fn only_terminating_backends_without_flows_drain() {
         let mut inst = Installed::default();
         for (id, terminating) in [(1, false), (2, true), (3, true)] {
@@ -149,9 +181,7 @@ mod tests {
                 },
             );
         }
-        assert_eq!(
-            drained_backends(&inst, &[flow(Proto::Tcp, false, 0, 2)]),
-            vec![3]
-        );
+        let used = BTreeSet::from([flow(Proto::Tcp, false, 0, 2).backend_id]);
+        assert_eq!(drained_backends(&inst, &used), vec![3]);
     }
 }

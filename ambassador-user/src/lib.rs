@@ -21,4 +21,5 @@ pub mod netlink;
 pub mod policy;
 pub mod reconcile;
 pub mod register;
+pub mod sockets;
 pub mod status;

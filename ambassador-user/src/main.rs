@@ -8,7 +8,7 @@ use ambassador_user::{
     register::{self, RegisterConfig},
     status,
 };
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use tracing_subscriber::EnvFilter;
 
 fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -25,6 +25,20 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// The error and each cause its own text does not already say.
+fn with_causes(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
@@ -38,7 +52,17 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Run(args) => block_on(daemon::run(args.into(), std::future::pending())),
+        Command::Run(args) => match args.into_config() {
+            Ok(cfg) => block_on(daemon::run(cfg, std::future::pending())),
+            Err(message) => {
+                let mut cli = Cli::command();
+                cli.build();
+                cli.find_subcommand_mut("run")
+                    .expect("run is a subcommand")
+                    .error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit()
+            }
+        },
         Command::Status(args) => status::read(&args.pin_path).map(|s| {
             if args.json {
                 println!(
@@ -78,7 +102,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ambassador: {e}");
+            eprintln!("ambassador: {}", with_causes(&e));
             ExitCode::from(e.exit_code() as u8)
         }
     }

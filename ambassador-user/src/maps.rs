@@ -9,8 +9,8 @@ use std::{
 
 use ambassador_common::{
     map_names as names, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4,
-    ServiceName, ServiceStats, ServiceValue4, SlotKey, BACKEND_TERMINATING, CT_CLOSING,
-    FRONTEND_MARKER_PORT,
+    ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, BACKEND_TERMINATING,
+    CT_CLOSING, FRONTEND_MARKER_PORT, SOCK_CONNECTED,
 };
 use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
@@ -69,6 +69,31 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
+/// One translation of the socket datapath, decoded: a reverse entry (socket, backend ->
+/// frontend) or a forward one (unconnected socket, frontend -> backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEntry {
+    /// Which map: reverse (true) or forward.
+    pub reverse: bool,
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The frontend the socket dialled.
+    pub frontend: SocketAddrV4,
+    /// The backend it was given.
+    pub backend: SocketAddrV4,
+    /// Protocol.
+    pub proto: Proto,
+    /// Service of the frontend.
+    pub service_id: u32,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Made by `connect` (lives until the socket closes) rather than by `sendmsg` on an
+    /// unconnected socket (expires like a UDP flow).
+    pub connected: bool,
+    /// Monotonic time of the translation (refreshed by an unconnected socket's datagrams).
+    pub last_seen_ns: u64,
+}
+
 /// The datapath's maps.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey4, ServiceValue4>,
@@ -80,6 +105,8 @@ pub struct Maps {
     reasons: PerCpuArray<MapData, u64>,
     names: HashMap<MapData, u32, ServiceName>,
     info: Array<MapData, DaemonInfo>,
+    sock_forward: HashMap<MapData, SockKey4, SockNat4>,
+    sock_reverse: HashMap<MapData, SockKey4, SockNat4>,
 }
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Error {
@@ -126,6 +153,8 @@ impl Maps {
             reasons: typed(names::REASONS, &mut take)?,
             names: typed(names::NAMES, &mut take)?,
             info: typed(names::INFO, &mut take)?,
+            sock_forward: typed(names::SOCK_FORWARD, &mut take)?,
+            sock_reverse: typed(names::SOCK_REVERSE, &mut take)?,
         })
     }
 
@@ -383,6 +412,61 @@ impl Maps {
             .map_err(map_err(names::REVERSE_NAT, "deleting a flow"))?;
         ignore_missing(self.conntrack.remove(&fwd))
             .map_err(map_err(names::CONNTRACK, "deleting a flow"))
+    }
+
+    /// Every translation of the socket datapath, reverse entries then forward ones.
+    pub fn sock_entries(&self) -> Result<Vec<SockEntry>> {
+        let mut out = Vec::new();
+        for (reverse, name, map) in [
+            (true, names::SOCK_REVERSE, &self.sock_reverse),
+            (false, names::SOCK_FORWARD, &self.sock_forward),
+        ] {
+            for entry in map.iter() {
+                let (k, v) = match entry {
+                    Ok(kv) => kv,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(map_err(name, "iterating")(e)),
+                };
+                let Some(proto) = Proto::from_number(v.proto) else {
+                    continue;
+                };
+                let (key_addr, value_addr) =
+                    (sock(k.addr_be, k.port_be), sock(v.addr_be, v.port_be));
+                let (frontend, backend) = if reverse {
+                    (value_addr, key_addr)
+                } else {
+                    (key_addr, value_addr)
+                };
+                out.push(SockEntry {
+                    reverse,
+                    cookie: k.cookie,
+                    frontend,
+                    backend,
+                    proto,
+                    service_id: v.service_id,
+                    backend_id: v.backend_id,
+                    connected: v.flags & SOCK_CONNECTED != 0,
+                    last_seen_ns: v.last_seen_ns,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets one translation of the socket datapath.
+    pub fn delete_sock_entry(&mut self, e: &SockEntry) -> Result<()> {
+        let (name, map, addr) = if e.reverse {
+            (names::SOCK_REVERSE, &mut self.sock_reverse, e.backend)
+        } else {
+            (names::SOCK_FORWARD, &mut self.sock_forward, e.frontend)
+        };
+        let key = SockKey4 {
+            cookie: e.cookie,
+            addr_be: addr_be(*addr.ip()),
+            port_be: addr.port().to_be(),
+            pad: 0,
+        };
+        ignore_missing(map.remove(&key)).map_err(map_err(name, "deleting a socket's entry"))
     }
 
     /// The capacity these maps were created with.

@@ -37,8 +37,11 @@ pub struct ControlPlane {
     pub conflicts: u64,
     /// Endpoints the backend policy leaves out (refused ranges, `--allow-backend`).
     pub refused_endpoints: u32,
-    /// Program links pinned (TCX): the datapath stays attached while no daemon runs.
+    /// Program links pinned (TCX and cgroup): the datapath stays attached while no daemon runs.
     pub links_pinned: usize,
+    /// What the pinned links attach: `tc <iface>` per interface, `sock` for the socket
+    /// datapath.
+    pub datapaths: Vec<String>,
     /// How long ago (ms) a desired state was last applied (absent if never).
     pub applied_age_ms: Option<u64>,
     /// Services and endpoints left out of the last applied state because a map was full.
@@ -80,6 +83,8 @@ pub struct Status {
     pub flows: usize,
     /// Flows that saw FIN or RST and are kept a little longer for their last packets.
     pub closing_flows: usize,
+    /// Sockets translated by the socket datapath, over all services.
+    pub sockets: usize,
     /// Use of each map against its capacity.
     pub capacity: CapacityUse,
 }
@@ -99,6 +104,9 @@ pub struct ServiceStatus {
     pub backends: Vec<BackendStatus>,
     /// Established flows.
     pub flows: usize,
+    /// Sockets the socket datapath translated to one of its backends (open connected ones, and
+    /// unconnected ones active within the UDP timeout).
+    pub sockets: usize,
     /// Counters.
     pub counters: ServiceStats,
 }
@@ -116,6 +124,8 @@ pub struct BackendStatus {
     pub weight: u32,
     /// Established flows.
     pub flows: usize,
+    /// Sockets translated to it by the socket datapath.
+    pub sockets: usize,
 }
 
 /// Reads the status from the maps pinned under `pin_dir`.
@@ -137,6 +147,12 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         *flows_by_backend.entry(f.backend_id).or_default() += 1;
     }
     let closing_flows = live.iter().filter(|f| f.closing).count();
+    let mut sockets_by_backend: BTreeMap<u32, usize> = BTreeMap::new();
+    for e in maps.sock_entries()? {
+        if e.reverse && !gc::sock_expired(&e, now, &timeouts) {
+            *sockets_by_backend.entry(e.backend_id).or_default() += 1;
+        }
+    }
 
     let backends_of = installed.backends_by_service();
     let mut services = Vec::new();
@@ -166,6 +182,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
                 },
                 weight: weights.get(&bid).copied().unwrap_or(0),
                 flows: flows_by_backend.get(&bid).copied().unwrap_or(0),
+                sockets: sockets_by_backend.get(&bid).copied().unwrap_or(0),
             })
             .collect();
         backends.sort_by_key(|b| (b.state != "active", b.id));
@@ -176,6 +193,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             frontend: frontend.to_string(),
             proto,
             flows: backends.iter().map(|b| b.flows).sum(),
+            sockets: backends.iter().map(|b| b.sockets).sum(),
             backends,
             counters,
         });
@@ -197,6 +215,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         conflicts: info.conflicts,
         refused_endpoints: info.refused,
         links_pinned: std::fs::read_dir(pin_dir.join("links")).map_or(0, |d| d.count()),
+        datapaths: crate::loader::attached_datapaths(pin_dir),
         applied_age_ms: (info.applied_unix_ms != 0)
             .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
         over_capacity: info.over_capacity,
@@ -223,10 +242,11 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     Ok(Status {
         capacity,
         control_plane,
-        services,
         reasons: maps.reasons()?,
         flows: live.len() - closing_flows,
         closing_flows,
+        sockets: services.iter().map(|s| s.sockets).sum(),
+        services,
     })
 }
 
@@ -261,6 +281,9 @@ fn render_control_plane(c: &ControlPlane) -> String {
         _ => "control plane: no daemon has used these maps yet".to_owned(),
     };
     line.push('\n');
+    if !c.datapaths.is_empty() {
+        line.push_str(&format!("datapath: {}\n", c.datapaths.join(", ")));
+    }
     if c.malformed > 0 || c.conflicts > 0 {
         line.push_str(&format!(
             "skipped: {} malformed etcd values, {} services whose frontend another service holds\n",
@@ -335,8 +358,8 @@ pub fn render(status: &Status) -> String {
             for b in &s.backends {
                 let _ = writeln!(
                     out,
-                    "  -> {:<21} {:<11} weight {:<3} flows {}",
-                    b.addr, b.state, b.weight, b.flows
+                    "  -> {:<21} {:<11} weight {:<3} flows {} sockets {}",
+                    b.addr, b.state, b.weight, b.flows, b.sockets
                 );
             }
         }
@@ -348,8 +371,8 @@ pub fn render(status: &Status) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "flows: {} established, {} closing",
-        status.flows, status.closing_flows
+        "flows: {} established, {} closing; sockets: {} translated at connect()/sendmsg()",
+        status.flows, status.closing_flows, status.sockets
     );
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
     out.push_str(&render_capacity(&status.capacity));
@@ -484,7 +507,7 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
     }
 
     type Family = (&'static str, Kind, &'static str, fn(&ServiceStatus) -> f64);
-    let families: [Family; 7] = [
+    let families: [Family; 8] = [
         (
             "ambassador_service_packets_total",
             Kind::Counter,
@@ -527,6 +550,12 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
             "Established flows.",
             |s| s.flows as f64,
         ),
+        (
+            "ambassador_service_sockets",
+            Kind::Gauge,
+            "Sockets the socket datapath translated to the service's backends.",
+            |s| s.sockets as f64,
+        ),
     ];
     for (name, kind, help, value) in families {
         page.family(name, kind, help);
@@ -558,6 +587,24 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
                     ("state", bk.state),
                 ],
                 bk.flows as f64,
+            );
+        }
+    }
+    page.family(
+        "ambassador_backend_sockets",
+        Kind::Gauge,
+        "Sockets the socket datapath translated to each backend.",
+    );
+    for s in &status.services {
+        for bk in &s.backends {
+            page.sample(
+                "ambassador_backend_sockets",
+                &[
+                    ("service", &s.name),
+                    ("backend", &bk.addr),
+                    ("state", bk.state),
+                ],
+                bk.sockets as f64,
             );
         }
     }

@@ -198,8 +198,9 @@ fn programs_handle_the_fixture_table() {
         return;
     }
     let pin = PinDir::new();
+    // The socket programs too: the verifier must accept them (they run in the sock tests).
     let (ebpf, mut maps, _lock, _) =
-        loader::load(&pin.path, Default::default(), false).expect("load the datapath");
+        loader::load(&pin.path, Default::default(), false, true).expect("load the datapath");
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     daemon::converge(&mut maps, &mut installed, &desired).unwrap();

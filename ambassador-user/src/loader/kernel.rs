@@ -32,6 +32,23 @@ pub(super) fn check_kernel() -> Result<()> {
     }
     Ok(())
 }
+/// Refuses kernels older than the socket datapath needs: cgroup `getpeername4` hooks (5.8),
+/// `sock_release` (5.9) and `bpf_set_retval`, which makes a `connect()` to a frontend without
+/// backends fail with ECONNREFUSED (5.18).
+pub(super) fn check_sock_kernel() -> Result<()> {
+    let Ok(v) = KernelVersion::current() else {
+        return Ok(());
+    };
+    if v < KernelVersion::new(5, 18, 0) {
+        return Err(Error::KernelFeature {
+            feature:
+                "the socket datapath (cgroup getpeername4 and sock_release hooks, bpf_set_retval)",
+            needed: "5.18",
+            detail: format!("this kernel is {v:?}; use --datapath tc"),
+        });
+    }
+    Ok(())
+}
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcAttach {

@@ -37,6 +37,37 @@ pub(super) fn link_file(iface: &str, direction: &str) -> String {
     let name = iface.replace('%', "%25").replace('.', "%2e");
     format!("{name}_{direction}")
 }
+/// File name of a socket program's cgroup link for `hook`: the program id keeps a new
+/// daemon's links apart from the ones it replaces.
+pub(super) fn sock_link_file(hook: &str, program_id: u32) -> String {
+    format!("{SOCK_LINK_PREFIX}{hook}_{program_id}")
+}
+const SOCK_LINK_PREFIX: &str = "sock_";
+/// What the links pinned in `links_dir` attach, from their file names: `tc <iface>` per
+/// interface, `sock` for the socket datapath.
+pub(super) fn describe(links_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            if let Some(iface) = name.strip_suffix("_ingress") {
+                Some(format!(
+                    "tc {}",
+                    iface.replace("%2e", ".").replace("%25", "%")
+                ))
+            } else {
+                name.strip_prefix(SOCK_LINK_PREFIX)
+                    .is_some_and(|hook| hook.starts_with("connect4_"))
+                    .then(|| "sock".to_owned())
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
 /// Swaps `prog` into the TCX link pinned at `path` (one atomic `bpf_link_update`).
 pub(super) fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Result<(), String> {
     let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
@@ -85,6 +116,21 @@ pub(super) fn refuse_foreign_attachments(iface: &str, ours: &[u32]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_links_say_what_they_attach() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            link_file("eth0.100", "ingress"),
+            link_file("eth0.100", "egress"),
+            link_file("c0", "ingress"),
+            sock_link_file("connect4", 7),
+            sock_link_file("recvmsg4", 8),
+        ] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        assert_eq!(describe(dir.path()), ["sock", "tc c0", "tc eth0.100"]);
+    }
 
     #[test]
     fn link_files_have_no_dots_and_stay_distinct() {

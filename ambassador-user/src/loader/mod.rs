@@ -2,8 +2,11 @@
 //!
 //! With TCX (Linux 6.6+) the program links are pinned too, under `<pin dir>/links/`: the
 //! datapath stays attached when the daemon stops or dies, and the next daemon adopts each
-//! pinned link, swapping its own program in with one atomic `bpf_link_update`. Forwarding
-//! never stops across a restart or an upgrade. `ambassador uninstall` removes it all.
+//! pinned link, swapping its own program in with one atomic `bpf_link_update`. The socket
+//! datapath's cgroup links are pinned there as well; the next daemon attaches its own programs
+//! beside them first and only then removes them (both translate the same way from the same
+//! maps, and a socket already translated is never translated again). Forwarding never stops
+//! across a restart or an upgrade. `ambassador uninstall` removes it all.
 
 use std::{
     collections::BTreeMap,
@@ -14,22 +17,25 @@ use std::{
 use ambassador_common::program_names;
 use aya::{
     programs::{
-        links::FdLink,
+        links::{CgroupAttachMode, FdLink},
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
 use tracing::{debug, info, warn};
 
+mod cgroup;
 mod kernel;
 mod links;
 mod pin;
 
+pub use cgroup::{default_root as default_cgroup, is_cgroup2};
 pub use kernel::{check_interface, TcAttach};
-use kernel::{check_kernel, has_tcx, raise_memlock, use_tcx};
+use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
 use links::{
-    adopt, classifier, is_bridge, link_file, pinned_program_ids, refuse_foreign_attachments,
+    adopt, classifier, describe, is_bridge, link_file, pinned_program_ids,
+    refuse_foreign_attachments, sock_link_file,
 };
 use pin::prepare_pin_dir;
 pub use pin::{uninstall, Removed, DEFAULT_PIN_DIR};
@@ -47,6 +53,24 @@ enum Attachment {
     Pinned(PathBuf),
     /// A clsact filter, owned by the loaded object: dropping the object detaches it.
     Filter(&'static str, SchedClassifierLinkId),
+}
+
+/// What the links pinned under `pin_dir` attach: `tc <iface>` per interface, `sock` for the
+/// socket datapath (for `status`).
+pub fn attached_datapaths(pin_dir: &Path) -> Vec<String> {
+    describe(&pin_dir.join("links"))
+}
+
+/// Where `run` attaches its datapaths.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    /// The `tc` datapath: client-facing interfaces (empty: no `tc`).
+    pub ifaces: Vec<String>,
+    /// How the TC programs attach.
+    pub tc_attach: TcAttach,
+    /// The `sock` datapath: `Some` to attach it, to this cgroup v2 directory (`None` inside:
+    /// the host's cgroup v2 root).
+    pub sock: Option<Option<PathBuf>>,
 }
 
 /// A loaded, attached datapath. With TCX the links are pinned and outlive it; with clsact,
@@ -68,6 +92,8 @@ pub struct Datapath {
     attached: BTreeMap<String, Vec<Attachment>>,
     /// The `--iface` interfaces that are bridges.
     bridges: Vec<String>,
+    /// The socket datapath's cgroup and its pinned links.
+    sock: Option<(PathBuf, Vec<PathBuf>)>,
     /// The kernel's debug records (with `debug`): taken by whoever polls them.
     pub kernel_log: Option<KernelLog>,
 }
@@ -94,16 +120,21 @@ impl log::Log for ToTracing {
 /// Loads the object with its maps pinned under `pin_dir` (re-using maps already pinned there,
 /// so counters, flows and services survive a restart) without attaching anything. Maps are
 /// created with the capacity `requested` resolves to (pinned maps keep theirs). `debug` keeps
-/// the programs' aya-log statements; without it they are dead code to the verifier.
+/// the programs' aya-log statements; without it they are dead code to the verifier. The
+/// socket programs are loaded only with `sock` (they need a newer kernel).
 pub fn load(
     pin_dir: &Path,
     requested: Requested,
     debug: bool,
+    sock: bool,
 ) -> Result<(Ebpf, Maps, File, Capacity)> {
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoEbpfObject);
     }
     check_kernel()?;
+    if sock {
+        check_sock_kernel()?;
+    }
     let lock = prepare_pin_dir(pin_dir)?;
     let capacity = Capacity::resolve(requested, Capacity::pinned(pin_dir)?, pin_dir)?;
     raise_memlock();
@@ -130,65 +161,110 @@ pub fn load(
         e => Error::Load(e),
     })?;
     for name in [program_names::TC_DNAT, program_names::TC_RNAT] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Program {
-                what: format!("program {name} is missing from the object"),
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                what: format!("program {name}"),
-                source,
-            })?;
-        prog.load().map_err(|source| {
-            let text = source.to_string();
-            if text.contains("Permission denied") || text.contains("Operation not permitted") {
-                // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
-                // parser's packet-pointer arithmetic (a Spectre mitigation).
-                let why = if text.contains("prohibited for !root") {
-                    " (the verifier refuses its pointer arithmetic without CAP_PERFMON)"
-                } else {
-                    ""
-                };
-                Error::Permission {
-                    what: format!("loading {name}{why}"),
-                }
-            } else {
-                Error::Program {
-                    what: format!("loading {name} (the verifier's log follows)"),
-                    source,
-                }
-            }
-        })?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(load_error(name))?;
+    }
+    if sock {
+        for (name, _) in program_names::SOCK_ADDR {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(load_error(name))?;
+        }
+        let name = program_names::SOCK_RELEASE;
+        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+        prog.load().map_err(load_error(name))?;
     }
     let maps = Maps::take_from(&mut ebpf)?;
     Ok((ebpf, maps, lock, capacity))
 }
 
-/// Loads the datapath and attaches it to every interface in `ifaces`: DNAT on ingress,
-/// reverse NAT on egress.
+/// The program `name` of the object, as type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Program {
+            what: format!("program {name} is missing from the object"),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program {
+            what: format!("program {name}"),
+            source,
+        })
+}
+
+/// Pins a new link at `path`: the pin keeps it attached after the daemon's descriptor closes.
+fn pin_link<E: std::fmt::Display>(
+    link: std::result::Result<FdLink, E>,
+    path: &Path,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let fd = link.map_err(|e| Error::Program {
+        what: format!("{}: {e}", what()),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    fd.pin(path).map_err(|e| Error::Pin {
+        path: path.to_owned(),
+        detail: match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    })?;
+    Ok(())
+}
+
+/// What a failed program load means, said plainly.
+fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {
+    move |source| {
+        let text = source.to_string();
+        if text.contains("Permission denied") || text.contains("Operation not permitted") {
+            // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
+            // parser's packet-pointer arithmetic (a Spectre mitigation).
+            let why = if text.contains("prohibited for !root") {
+                " (the verifier refuses its pointer arithmetic without CAP_PERFMON)"
+            } else {
+                ""
+            };
+            Error::Permission {
+                what: format!("loading {name}{why}"),
+            }
+        } else {
+            Error::Program {
+                what: format!("loading {name} (the verifier's log follows)"),
+                source,
+            }
+        }
+    }
+}
+
+/// Loads the datapath and attaches it where `targets` says: on each interface DNAT on
+/// ingress and reverse NAT on egress; on the cgroup the socket programs.
 pub fn start(
     pin_dir: &Path,
-    ifaces: &[String],
-    mode: TcAttach,
+    targets: &Targets,
     requested: Requested,
     debug: bool,
 ) -> Result<Datapath> {
+    let ifaces = &targets.ifaces;
     for iface in ifaces {
         check_interface(iface)?;
     }
-    let tcx = use_tcx(mode)?;
+    let cgroup = match &targets.sock {
+        Some(requested) => Some(cgroup::resolve(requested.as_deref())?),
+        None => None,
+    };
+    let tcx = use_tcx(targets.tc_attach)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
-    let (mut ebpf, maps, lock, capacity) = load(pin_dir, requested, debug)?;
+    let (mut ebpf, maps, lock, capacity) = load(pin_dir, requested, debug, cgroup.is_some())?;
     let kernel_log = if debug {
         Some(aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)?)
     } else {
         None
     };
     let links_dir = pin_dir.join("links");
-    if tcx {
+    if tcx || cgroup.is_some() {
         std::fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
     }
@@ -207,6 +283,7 @@ pub fn start(
         links_dir,
         attached: BTreeMap::new(),
         bridges: Vec::new(),
+        sock: None,
         kernel_log,
     };
     for iface in ifaces {
@@ -214,6 +291,9 @@ pub fn start(
         if is_bridge(iface) {
             dp.bridges.push(iface.clone());
         }
+    }
+    if let Some(cgroup) = cgroup {
+        dp.attach_sock(cgroup)?;
     }
     dp.sync_bridge_ports();
     dp.remove_stale_links();
@@ -279,18 +359,7 @@ impl Datapath {
                 what: what(),
                 source,
             })?;
-            let fd = FdLink::try_from(link).map_err(|e| Error::Program {
-                what: format!("{}: {e}", what()),
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?;
-            // The pin keeps the link attached after this descriptor closes.
-            fd.pin(&path).map_err(|e| Error::Pin {
-                path: path.clone(),
-                detail: match std::error::Error::source(&e) {
-                    Some(cause) => format!("{e}: {cause}"),
-                    None => e.to_string(),
-                },
-            })?;
+            pin_link(FdLink::try_from(link), &path, &what)?;
             links.push(Attachment::Pinned(path));
         }
         let mode = if self.tcx { "tcx" } else { "clsact" };
@@ -301,6 +370,59 @@ impl Datapath {
         }
         self.attached.insert(iface.to_owned(), links);
         Ok(())
+    }
+
+    /// Attaches the socket programs to `cgroup` and pins their links. Links an earlier daemon
+    /// pinned stay until [`Self::remove_stale_links`], after these are in place.
+    fn attach_sock(&mut self, cgroup: PathBuf) -> Result<()> {
+        let dir =
+            File::open(&cgroup).map_err(Error::io(format!("opening {}", cgroup.display())))?;
+        let mut pins = Vec::new();
+        // A cgroup link takes no attach flags: links always sit beside other programs and
+        // links on the same hook (what BPF_F_ALLOW_MULTI is for the older attach call).
+        for (name, hook) in program_names::SOCK_ADDR {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let what = || format!("attaching {name} to {} ({hook})", cgroup.display());
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program {
+                    what: what(),
+                    source,
+                })?;
+            let link = prog.take_link(id).map_err(|source| Error::Program {
+                what: what(),
+                source,
+            })?;
+            let prog_id = prog.info().map(|i| i.id()).unwrap_or_default();
+            let path = self.links_dir.join(sock_link_file(hook, prog_id));
+            pin_link(link.try_into(), &path, &what)?;
+            pins.push(path);
+        }
+        let name = program_names::SOCK_RELEASE;
+        let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+        let what = || format!("attaching {name} to {} (sock_release)", cgroup.display());
+        let id = prog
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| Error::Program {
+                what: what(),
+                source,
+            })?;
+        let link = prog.take_link(id).map_err(|source| Error::Program {
+            what: what(),
+            source,
+        })?;
+        let prog_id = prog.info().map(|i| i.id()).unwrap_or_default();
+        let path = self.links_dir.join(sock_link_file("release", prog_id));
+        pin_link(link.try_into(), &path, &what)?;
+        pins.push(path);
+        info!(cgroup = %cgroup.display(), "socket datapath attached");
+        self.sock = Some((cgroup, pins));
+        Ok(())
+    }
+
+    /// The cgroup the socket datapath is attached to.
+    pub fn sock_cgroup(&self) -> Option<&Path> {
+        self.sock.as_ref().map(|(c, _)| c.as_path())
     }
 
     /// Detaches from `iface` (quietly: a deleted interface took its attachments along).
@@ -332,6 +454,7 @@ impl Datapath {
                 Attachment::Pinned(p) => Some(p),
                 Attachment::Filter(..) => None,
             })
+            .chain(self.sock.iter().flat_map(|(_, pins)| pins))
             .collect();
         for path in entries.filter_map(|e| Some(e.ok()?.path())) {
             if !ours.contains(&&path) {

@@ -1,0 +1,258 @@
+//! Sockets the socket datapath connected to a backend that is no longer a usable one: found
+//! with a sock_diag dump and destroyed with SOCK_DESTROY (the netlink-packet-sock-diag and
+//! netlink-sys crates), so the application sees an error and reconnects to a live backend.
+//!
+//! Why not the kernel's `bpf_sock_destroy` from a socket iterator (Linux 6.5+): it is a kfunc,
+//! and the aya release this project builds with (0.14) cannot relocate kfunc calls. SOCK_DESTROY
+//! does the same from user space on any kernel built with `CONFIG_INET_DIAG_DESTROY` (Linux
+//! 4.5 for TCP, 4.10 for UDP; Debian and most distributions enable it). Without it, such a
+//! socket keeps its backend until the application reconnects; the daemon says so once.
+//!
+//! sock_diag sees the daemon's own network namespace: host processes and `--network host`
+//! containers. Processes in other namespaces are translated all the same, but their sockets are
+//! not destroyed.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddrV4},
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    SockDiagDestroy, SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::{maps::SockEntry, model::Proto, reconcile::Installed};
+
+/// A connected IPv4 socket of this network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// The kernel's socket cookie (what the datapath's maps are keyed by).
+    pub cookie: u64,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Where it is connected to.
+    pub peer: SocketAddrV4,
+    /// The kernel's identity of the socket, for SOCK_DESTROY.
+    id: SocketId,
+}
+
+impl Connected {
+    fn from_header(proto: Proto, h: &InetResponseHeader) -> Option<Self> {
+        let IpAddr::V4(ip) = h.socket_id.destination_address else {
+            return None;
+        };
+        let c = h.socket_id.cookie;
+        // The kernel stores the cookie as two host-order u32 halves, low half first.
+        let low = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        let high = u32::from_ne_bytes([c[4], c[5], c[6], c[7]]);
+        Some(Self {
+            cookie: u64::from(high) << 32 | u64::from(low),
+            proto,
+            peer: SocketAddrV4::new(ip, h.socket_id.destination_port),
+            id: h.socket_id.clone(),
+        })
+    }
+}
+
+fn protocol(proto: Proto) -> u8 {
+    match proto {
+        Proto::Tcp => IPPROTO_TCP,
+        Proto::Udp => IPPROTO_UDP,
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}"))
+}
+
+/// Sends one request and hands each answer to `each` until the kernel says done (a dump) or
+/// acknowledges (a single request).
+fn exchange<T: NetlinkSerializable>(
+    payload: T,
+    flags: u16,
+    mut each: impl FnMut(&NetlinkPayload<SockDiagMessage>),
+) -> io::Result<()>
+where
+    NetlinkPayload<T>: From<T>,
+{
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut request = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
+    request.header.flags = flags;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut rx = Vec::with_capacity(64 * 1024);
+    loop {
+        rx.clear();
+        let n = socket.recv(&mut rx, 0)?;
+        let mut at = 0;
+        while at < n.min(rx.len()) {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[at..]).map_err(invalid)?;
+            match &msg.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(_) => Err(e.to_io()),
+                        None => Ok(()), // the acknowledgement of a single request
+                    };
+                }
+                p => each(p),
+            }
+            let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(invalid("a message of length 0"));
+            }
+            at += len.next_multiple_of(4);
+        }
+    }
+}
+
+/// The connected (or connecting) IPv4 sockets of `proto` in this network namespace.
+pub fn connected(proto: Proto) -> io::Result<Vec<Connected>> {
+    let states = match proto {
+        Proto::Tcp => StateFlags::ESTABLISHED | StateFlags::SYN_SENT | StateFlags::CLOSE_WAIT,
+        // A connected UDP socket is "established"; an unconnected one is "close".
+        Proto::Udp => StateFlags::ESTABLISHED,
+    };
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family: AF_INET,
+        protocol: protocol(proto),
+        extensions: ExtensionFlags::empty(),
+        states,
+        socket_id: SocketId::new_v4(),
+    });
+    let mut out = Vec::new();
+    exchange(request, NLM_F_REQUEST | NLM_F_DUMP, |p| {
+        if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = p {
+            out.extend(Connected::from_header(proto, &r.header));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Destroys one socket: its owner's next call fails with ECONNABORTED. A socket that is gone
+/// already is no error.
+pub fn destroy(socket: &Connected) -> io::Result<()> {
+    let request = SockDiagDestroy::new(SockDiagMessage::InetRequest(InetRequest {
+        family: AF_INET,
+        protocol: protocol(socket.proto),
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id: socket.id.clone(),
+    }));
+    match exchange(request, NLM_F_REQUEST | NLM_F_ACK, |_| {}) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Of `sockets`, those the socket datapath connected to a backend that must no longer be
+/// talked to: a backend that is gone (or now at another address), and for UDP, also one that
+/// left its service (terminating). A TCP connection to a terminating backend is left to end
+/// by itself, as in the TC datapath.
+pub fn stale<'a>(
+    sockets: &'a [Connected],
+    entries: &[SockEntry],
+    installed: &Installed,
+) -> Vec<&'a Connected> {
+    let ours: BTreeMap<(u64, SocketAddrV4), &SockEntry> = entries
+        .iter()
+        .filter(|e| e.reverse && e.connected)
+        .map(|e| ((e.cookie, e.backend), e))
+        .collect();
+    sockets
+        .iter()
+        .filter(|s| {
+            let Some(entry) = ours.get(&(s.cookie, s.peer)) else {
+                return false;
+            };
+            match installed.backends.get(&entry.backend_id) {
+                None => true,
+                Some(b) if b.addr != s.peer => true,
+                Some(b) => b.terminating && s.proto == Proto::Udp,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::InstalledBackend;
+
+    fn socket(cookie: u64, proto: Proto, peer: &str) -> Connected {
+        Connected {
+            cookie,
+            proto,
+            peer: peer.parse().unwrap(),
+            id: SocketId::new_v4(),
+        }
+    }
+
+    fn entry(cookie: u64, backend: &str, backend_id: u32, connected: bool) -> SockEntry {
+        SockEntry {
+            reverse: true,
+            cookie,
+            frontend: "10.96.0.1:53".parse().unwrap(),
+            backend: backend.parse().unwrap(),
+            proto: Proto::Udp,
+            service_id: 1,
+            backend_id,
+            connected,
+            last_seen_ns: 0,
+        }
+    }
+
+    #[test]
+    fn only_our_sockets_to_unusable_backends_are_stale() {
+        let mut installed = Installed::default();
+        for (id, addr, terminating) in [
+            (1, "10.0.1.1:53", false),
+            (2, "10.0.1.2:53", true),
+            (3, "10.0.1.3:53", false),
+        ] {
+            installed.backends.insert(
+                id,
+                InstalledBackend {
+                    service_id: 1,
+                    addr: addr.parse().unwrap(),
+                    terminating,
+                },
+            );
+        }
+        let sockets = [
+            socket(10, Proto::Udp, "10.0.1.1:53"), // live backend: kept
+            socket(11, Proto::Udp, "10.0.1.2:53"), // UDP to a terminating backend: stale
+            socket(12, Proto::Tcp, "10.0.1.2:53"), // TCP to a terminating backend: kept
+            socket(13, Proto::Udp, "10.0.1.9:53"), // backend 9 is gone: stale
+            socket(14, Proto::Udp, "10.0.1.3:53"), // not translated by us: kept
+            socket(15, Proto::Udp, "10.0.1.3:53"), // entry from sendmsg, not connect: kept
+            socket(16, Proto::Udp, "10.0.1.5:53"), // backend 3 moved address: stale
+        ];
+        let entries = [
+            entry(10, "10.0.1.1:53", 1, true),
+            entry(11, "10.0.1.2:53", 2, true),
+            entry(12, "10.0.1.2:53", 2, true),
+            entry(13, "10.0.1.9:53", 9, true),
+            entry(15, "10.0.1.3:53", 3, false),
+            entry(16, "10.0.1.5:53", 3, true),
+        ];
+        let cookies: Vec<u64> = stale(&sockets, &entries, &installed)
+            .iter()
+            .map(|s| s.cookie)
+            .collect();
+        assert_eq!(cookies, vec![11, 13, 16]);
+    }
+}
