@@ -16,10 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, Topology};
+use ambassador_tests::{Cgroup, Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Context as _, Result};
 
-use crate::stats::{cpu_seconds, median, pct, spread};
+use crate::stats::{cpu_seconds, median, pct, ratio, spread};
 
 pub const BACKEND: &str = "10.200.1.2";
 pub const LAT_PORT: u16 = 11111;
@@ -31,17 +31,25 @@ const MSG: usize = 64;
 /// A way from the client to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// The client dials the backend: the physical limit.
     Direct,
+    /// `direct` once more in each repetition: its ratio to `direct` is what "no difference"
+    /// looks like, so its spread is the run's resolution.
+    DirectAgain,
     AmbassadorTc,
+    /// The socket datapath: the client's own sockets are translated at connect().
+    AmbassadorSock,
     Socat,
     Haproxy,
     Iptables,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 7] = [
         Mode::Direct,
+        Mode::DirectAgain,
         Mode::AmbassadorTc,
+        Mode::AmbassadorSock,
         Mode::Socat,
         Mode::Haproxy,
         Mode::Iptables,
@@ -50,7 +58,9 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectAgain => "direct (again)",
             Mode::AmbassadorTc => "ambassador-tc",
+            Mode::AmbassadorSock => "ambassador-sock",
             Mode::Socat => "socat",
             Mode::Haproxy => "haproxy",
             Mode::Iptables => "iptables",
@@ -61,8 +71,10 @@ impl Mode {
     /// throughput.
     fn target(self) -> (&'static str, [u16; 3]) {
         match self {
-            Mode::Direct => (BACKEND, [LAT_PORT, CONN_PORT, TPUT_PORT]),
-            Mode::AmbassadorTc => ("10.96.0.10", [LAT_PORT, CONN_PORT, TPUT_PORT]),
+            Mode::Direct | Mode::DirectAgain => (BACKEND, [LAT_PORT, CONN_PORT, TPUT_PORT]),
+            Mode::AmbassadorTc | Mode::AmbassadorSock => {
+                ("10.96.0.10", [LAT_PORT, CONN_PORT, TPUT_PORT])
+            }
             Mode::Socat => ("10.200.0.1", [21111, 22222, 25201]),
             Mode::Haproxy => ("10.200.0.1", [31111, 32222, 35201]),
             Mode::Iptables => ("10.96.0.20", [LAT_PORT, CONN_PORT, TPUT_PORT]),
@@ -123,15 +135,35 @@ impl Drop for Active {
     }
 }
 
-fn start(mode: Mode, topo: &Topology, cfg: &TempFile, haproxy_cfg: &TempFile) -> Result<Active> {
+fn start(mode: Mode, bed: &Bed, cfg: &TempFile, haproxy_cfg: &TempFile) -> Result<Active> {
+    let topo = &bed.topo;
     let fwd = &topo.fwd.name;
     let spawn =
         |what: &str, prog: &str, args: &[String]| Proc::spawn(fwd, what, Path::new(prog), args);
     let mut active = match mode {
-        Mode::Direct => Active::None,
+        Mode::Direct | Mode::DirectAgain => Active::None,
         Mode::AmbassadorTc => {
             let pin = PinDir::new();
             let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+            d.wait_ready();
+            Active::Daemon(d, pin)
+        }
+        Mode::AmbassadorSock => {
+            // The benchmark's own cgroup: its clients (sockperf, iperf3, its own threads) are
+            // in it; nothing else is.
+            let pin = PinDir::new();
+            let args = [
+                "run",
+                "--datapath",
+                "sock",
+                "--cgroup-path",
+                bed.cgroup.arg(),
+                "--config",
+                cfg.as_str(),
+                "--pin-path",
+                pin.path.to_str().context("UTF-8 pin path")?,
+            ];
+            let mut d = Daemon::start(&topo.fwd, &args);
             d.wait_ready();
             Active::Daemon(d, pin)
         }
@@ -382,11 +414,14 @@ impl Drop for BpfStats {
     }
 }
 
-/// The topology with its servers on the backend: sockperf, iperf3 and the one-request server.
+/// The topology with its servers on the backend: sockperf, iperf3 and the one-request server;
+/// and the cgroup this process joins, where `ambassador-sock` attaches (dropped last: it
+/// moves the process back out).
 pub struct Bed {
     pub topo: Topology,
     _servers: Vec<Proc>,
     _rr: RrServer,
+    cgroup: Cgroup,
 }
 
 impl Bed {
@@ -439,10 +474,13 @@ impl Bed {
         ];
         let rr = RrServer::start(&topo.backends[0], &format!("{BACKEND}:{CONN_PORT}"));
         std::thread::sleep(Duration::from_millis(500));
+        let mut cgroup = Cgroup::new();
+        cgroup.join();
         Ok(Self {
             topo,
             _servers: servers,
             _rr: rr,
+            cgroup,
         })
     }
 }
@@ -524,7 +562,7 @@ pub fn run(quick: bool) -> Result<Report> {
             let mode = Mode::ALL[i];
             println!("  rep {}/{}: {}", rep + 1, plan.reps, mode.name());
             let stats = (heavy && mode == Mode::AmbassadorTc).then(BpfStats::enable);
-            let active = start(mode, topo, &cfg, &haproxy_cfg)?;
+            let active = start(mode, &bed, &cfg, &haproxy_cfg)?;
             let (ip, [lp, cp, tp]) = mode.target();
             let r = &mut results[i];
             let [p50, p99, p999] = latency(&topo.client, ip, lp, plan.lat_secs)?;
@@ -569,33 +607,41 @@ pub fn run(quick: bool) -> Result<Report> {
             ]
         })
         .collect();
-    let d = meds[0];
+    let direct = &results[0];
     let mut md = String::from(
-        "| mode | p50 us (spread) | p99 us | p99.9 us | p50 vs direct | 1 stream Gbit/s (spread) | vs direct | 4 streams Gbit/s | vs direct | CPU s/GB | vs direct | conn/s (spread) | vs direct | conn p50 us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "Ratios to direct are the median of per-repetition ratios (each mode measured back to back with direct in every repetition), with their min-max.\n\n| mode | p50 us (spread) | p99 us | p99.9 us | p50 vs direct (spread) | 1 stream Gbit/s (spread) | vs direct (spread) | 4 streams Gbit/s | vs direct | CPU s/GB | vs direct | conn/s (spread) | vs direct (spread) | conn p50 us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
     let mut chart = Vec::new();
     for (i, mode) in Mode::ALL.iter().enumerate() {
         let (m, r) = (meds[i], &results[i]);
+        let p50 = ratio(&r.p50, &direct.p50, 2);
+        let gbps1 = ratio(&r.gbps1, &direct.gbps1, 2);
+        let gbps4 = ratio(&r.gbps4, &direct.gbps4, 2);
+        let cpu = ratio(&r.cpu_per_gb, &direct.cpu_per_gb, 2);
+        let conn = ratio(&r.conn_per_sec, &direct.conn_per_sec, 2);
         let _ = writeln!(
             md,
-            "| {} | {:.1} ({}) | {:.1} | {:.1} | {:.2}x | {:.2} ({}) | {:.0}% | {:.2} | {:.0}% | {:.2} | {:.2}x | {:.0} ({}) | {:.0}% | {:.0} |",
+            "| {} | {:.1} ({}) | {:.1} | {:.1} | {:.2}x ({}) | {:.2} ({}) | {:.2}x ({}) | {:.2} | {:.2}x | {:.2} | {:.2}x | {:.0} ({}) | {:.2}x ({}) | {:.0} |",
             mode.name(),
             m[0],
             spread(&r.p50, 1),
             m[1],
             m[2],
-            m[0] / d[0],
+            p50.0,
+            p50.1,
             m[3],
             spread(&r.gbps1, 1),
-            100.0 * m[3] / d[3],
+            gbps1.0,
+            gbps1.1,
             m[4],
-            100.0 * m[4] / d[4],
+            gbps4.0,
             m[5],
-            m[5] / d[5],
+            cpu.0,
             m[6],
             spread(&r.conn_per_sec, 0),
-            100.0 * m[6] / d[6],
+            conn.0,
+            conn.1,
             m[7],
         );
         json.push(serde_json::json!({
@@ -617,6 +663,16 @@ pub fn run(quick: bool) -> Result<Report> {
             ],
         ));
     }
+    let again = &results[1];
+    let (lat, conn) = (
+        ratio(&again.p50, &direct.p50, 2),
+        ratio(&again.conn_per_sec, &direct.conn_per_sec, 2),
+    );
+    let _ = writeln!(
+        md,
+        "\nResolution of this run: `direct (again)` is direct measured a second time in each of the {} repetitions; its per-repetition p50 ratio to direct spans {} and its connection-rate ratio {} ({} repetitions). Differences inside those ranges cannot be told from noise.",
+        plan.reps, lat.1, conn.1, plan.heavy_reps
+    );
     let failed: u64 = results.iter().map(|r| r.conn_failed).sum();
     if failed > 0 {
         let _ = writeln!(

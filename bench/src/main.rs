@@ -47,7 +47,7 @@ fn main() -> Result<()> {
 /// Which benchmarks to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
-    /// direct / ambassador-tc / socat / haproxy / iptables side by side.
+    /// direct / ambassador-tc / ambassador-sock / socat / haproxy / iptables side by side.
     Datapath,
     /// 1, 1,000 and 10,000 services: ambassador maps against iptables rules.
     Scale,

@@ -19,6 +19,17 @@ pub fn spread(v: &[f64], digits: usize) -> String {
     format!("{min:.digits$}-{max:.digits$}")
 }
 
+/// Per-repetition ratios of `v` to `base` (the two measured back to back in each
+/// repetition): their median, and their `min-max` with `digits` decimals.
+pub fn ratio(v: &[f64], base: &[f64], digits: usize) -> (f64, String) {
+    let mut r: Vec<f64> = v.iter().zip(base).map(|(a, b)| a / b).collect();
+    if r.is_empty() {
+        return (f64::NAN, "-".into());
+    }
+    let sp = spread(&r, digits);
+    (median(&mut r), sp)
+}
+
 /// Busy and total CPU time of the whole machine so far, in seconds (from /proc/stat).
 pub fn cpu_seconds() -> (f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -50,6 +61,8 @@ mod tests {
         assert_eq!(pct(&s, 1.0), 5.0);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(spread(&[2.0, 1.25, 3.0], 1), "1.2-3.0");
+        let (m, sp) = ratio(&[2.0, 9.0, 3.0], &[1.0, 10.0, 2.0], 2);
+        assert_eq!((m, sp.as_str()), (1.5, "0.90-2.00"));
     }
 
     #[test]

@@ -758,6 +758,8 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 pub struct Cgroup {
     /// The directory.
     pub path: PathBuf,
+    /// Where this process was before [`Cgroup::join`] moved it here.
+    left: Option<PathBuf>,
 }
 
 impl Cgroup {
@@ -766,7 +768,26 @@ impl Cgroup {
         let root = cgroup2_root().expect("cgroup v2 is mounted (see /proc/self/mounts)");
         let path = root.join(unique("amb-test-"));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
+        Self { path, left: None }
+    }
+
+    /// Moves this whole process (every thread, and the children it starts from now on) into
+    /// the cgroup, until the cgroup is dropped: for clients that run on the process's own
+    /// threads (a benchmark's).
+    pub fn join(&mut self) {
+        let root = cgroup2_root().expect("cgroup v2 is mounted");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let here = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("this process's cgroup v2 (a 0:: line in /proc/self/cgroup)");
+        self.left = Some(root.join(here.trim().trim_start_matches('/')));
+        Self::enter(&self.path);
+    }
+
+    fn enter(path: &Path) {
+        std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("joining {}: {e}", path.display()));
     }
 
     /// The directory, as the daemon's `--cgroup-path` argument.
@@ -818,6 +839,9 @@ impl Default for Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if let Some(left) = self.left.take() {
+            Self::enter(&left);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let pids = self.pids();
