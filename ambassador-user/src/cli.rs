@@ -115,8 +115,8 @@ pub struct RunArgs {
     #[arg(long = "iface", env = "AMBASSADOR_IFACE", value_delimiter = ',')]
     pub ifaces: Vec<String>,
     /// Datapaths to attach, comma-separated: `tc` (packets entering --iface), `sock` (every
-    /// process in --cgroup-path, translated at connect()). [default: tc with --iface, sock
-    /// without]
+    /// process in --cgroup-path, translated at connect()). `sock` changes what every process
+    /// of the host connects to, so it is never implied: name it. [default: tc]
     #[arg(long, env = "AMBASSADOR_DATAPATH", value_enum, value_delimiter = ',')]
     pub datapath: Vec<DatapathKind>,
     /// cgroup v2 directory whose processes the `sock` datapath serves. [default: the host's
@@ -200,18 +200,14 @@ impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig, String> {
         let a = self;
         let datapaths = if a.datapath.is_empty() {
-            vec![if a.ifaces.is_empty() {
-                DatapathKind::Sock
-            } else {
-                DatapathKind::Tc
-            }]
+            vec![DatapathKind::Tc]
         } else {
             a.datapath.clone()
         };
         let tc = datapaths.contains(&DatapathKind::Tc);
         let sock = datapaths.contains(&DatapathKind::Sock);
         if tc && a.ifaces.is_empty() {
-            return Err("--datapath tc needs --iface (where client traffic enters)".into());
+            return Err("the tc datapath (the default) needs --iface, where client traffic enters; for the processes of this host, use --datapath sock".into());
         }
         if !tc && !a.ifaces.is_empty() {
             return Err(

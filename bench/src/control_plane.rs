@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use ambassador_tests::{ambassador_ok, Daemon, Dockerd, Etcd, PinDir, Topology};
+use ambassador_tests::{ambassador_ok, Cgroup, Daemon, Dockerd, Etcd, PinDir, Topology};
 use ambassador_user::maps::Maps;
 use anyhow::{bail, Context as _, Result};
 
@@ -314,7 +314,7 @@ fn load_from_etcd(
 /// etcd put -> the first new connection that lands on the new backend, `n` times: the service
 /// moves between two identifying servers with one transaction (put the new, delete the old);
 /// the client dials the VIP in a loop until the new one answers.
-fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
+fn etcd_to_conn(topo: &Topology, n: usize, name: &'static str) -> Result<Series> {
     use ambassador_tests::{tcp_connect_here, TcpServer};
     use ambassador_user::contract::{endpoint_key, service_key};
     use etcd_client::{Txn, TxnOp};
@@ -373,7 +373,7 @@ fn etcd_to_conn(topo: &Topology, n: usize) -> Result<Series> {
         })
     })?;
     Ok(Series {
-        name: "etcd put -> first new connection on the new backend",
+        name,
         samples_ms: samples,
     })
 }
@@ -425,14 +425,53 @@ pub fn control_plane(dir: &Path, quick: bool) -> Result<()> {
     println!("  etcd put -> map updated, {n_etcd} times");
     let a = etcd_to_map(&topo, etcd.members[0].url.clone(), &pin.path, n_etcd)?;
     println!("  etcd put -> first new connection on the new backend, {n_etcd} times");
-    let b = etcd_to_conn(&topo, n_etcd)?;
+    let b = etcd_to_conn(
+        &topo,
+        n_etcd,
+        "etcd put -> first new connection on the new backend (tc)",
+    )?;
+    println!("  the same through the sock datapath, {n_etcd} times");
+    let b_sock = {
+        // This process joins a cgroup of its own, where a second daemon following the same
+        // etcd attaches the socket programs: the client's connect() is translated there,
+        // before any packet reaches the first daemon's tc programs.
+        let mut cgroup = Cgroup::new();
+        cgroup.join();
+        let pin = PinDir::new();
+        let pin_arg = pin.path.to_str().context("UTF-8 pin path")?;
+        let urls = etcd.urls();
+        let mut sock = Daemon::start(
+            &topo.fwd,
+            &[
+                "run",
+                "--datapath",
+                "sock",
+                "--cgroup-path",
+                cgroup.arg(),
+                "--etcd",
+                &urls,
+                "--pin-path",
+                pin_arg,
+                "--max-services",
+                crate::CAPACITY_10K[1],
+                "--max-backends",
+                crate::CAPACITY_10K[3],
+            ],
+        );
+        sock.wait_ready();
+        etcd_to_conn(
+            &topo,
+            n_etcd,
+            "etcd put -> first new connection on the new backend (sock)",
+        )?
+    };
     println!("  docker start -> map updated, {n_docker} times");
     let c = docker_to_map(&dockerd, &pin.path, n_docker)?;
 
     let mut md = String::from(
         "| measurement | n | min ms | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n",
     );
-    let all = [&a, &b, &c, &load[0], &load[1]];
+    let all = [&a, &b, &b_sock, &c, &load[0], &load[1]];
     for s in all {
         let _ = writeln!(md, "{}", s.row());
     }

@@ -483,7 +483,12 @@ fn sock_flags_are_checked_before_anything_is_attached() {
     assert!(err.contains("is not a cgroup v2 directory"), "{err}");
     assert!(err.contains("--cgroupns=host"), "{err}");
     for (args, says) in [
-        (&["--datapath", "tc"][..], "--datapath tc needs --iface"),
+        (
+            &["--datapath", "tc"][..],
+            "the tc datapath (the default) needs --iface",
+        ),
+        // Never host-wide by default: without --iface and --datapath, a usage error.
+        (&[][..], "use --datapath sock"),
         (
             &["--datapath", "sock", "--iface", "lo"][..],
             "--iface is for the tc datapath",
