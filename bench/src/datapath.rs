@@ -221,6 +221,12 @@ fn haproxy_config() -> String {
     s
 }
 
+/// The CPUs the latency client and server are pinned to (`taskset`): each always on its own
+/// core, so neither migrates nor waits behind the other between repetitions.
+const CLIENT_CPU: &str = "0";
+/// See [`CLIENT_CPU`].
+const SERVER_CPU: &str = "1";
+
 /// sockperf TCP ping-pong, 64 B: half round trip p50, p99, p99.9 in microseconds.
 pub fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3]> {
     let out = Command::new("ip")
@@ -228,6 +234,9 @@ pub fn latency(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<[f64; 3
             "netns",
             "exec",
             &client.name,
+            "taskset",
+            "-c",
+            CLIENT_CPU,
             "sockperf",
             "ping-pong",
             "--tcp",
@@ -449,8 +458,11 @@ impl Bed {
             Proc::spawn(
                 backend,
                 "sockperf",
-                Path::new("/usr/bin/sockperf"),
+                Path::new("/usr/bin/taskset"),
                 &[
+                    "-c".into(),
+                    SERVER_CPU.into(),
+                    "/usr/bin/sockperf".into(),
                     "server".into(),
                     "--tcp".into(),
                     "-i".into(),
