@@ -24,7 +24,7 @@ pub mod map_names {
     /// Per-CPU counters per service id.
     pub const SERVICE_STATS: &str = "amb_sstat_v1";
     /// Per-CPU counters per [`crate::Reason`].
-    pub const REASONS: &str = "amb_reason_v1";
+    pub const REASONS: &str = "amb_reason_v2";
     /// service id -> service name; written and read by user space only.
     pub const NAMES: &str = "amb_names_v1";
     /// The daemon's control-plane state (one entry); user space only.
@@ -35,8 +35,12 @@ pub mod map_names {
     /// Socket datapath: (socket cookie, backend) -> the frontend `recvmsg` and `getpeername`
     /// report instead.
     pub const SOCK_REVERSE: &str = "amb_skrev4_v1";
+    /// backend id -> why and until when new flows avoid it ([`crate::Suspect`]).
+    pub const SUSPECTS: &str = "amb_suspect_v1";
+    /// Ring buffer of backend health transitions ([`crate::HealthEvent`]), read by the daemon.
+    pub const HEALTH_EVENTS: &str = "amb_health_v1";
     /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -48,6 +52,8 @@ pub mod map_names {
         INFO,
         SOCK_FORWARD,
         SOCK_REVERSE,
+        SUSPECTS,
+        HEALTH_EVENTS,
     ];
 }
 
@@ -128,11 +134,15 @@ pub enum Reason {
     BackendMissing = 6,
     /// Dropped: a kernel helper failed while rewriting the packet.
     RewriteFailed = 7,
+    /// Dropped on purpose: a backend refused a new flow (RST to its SYN) while the service has
+    /// another backend; the flow was re-pointed there, and the client's SYN retransmission
+    /// lands on it instead of the client seeing the refusal.
+    Failover = 8,
 }
 
 impl Reason {
     /// Number of reasons (the size of the reasons array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Forwarded,
@@ -143,6 +153,7 @@ impl Reason {
         Reason::CtInsertFailed,
         Reason::BackendMissing,
         Reason::RewriteFailed,
+        Reason::Failover,
     ];
 
     /// Stable name for logs, status and metrics.
@@ -156,6 +167,7 @@ impl Reason {
             Reason::CtInsertFailed => "ct_insert_failed",
             Reason::BackendMissing => "backend_missing",
             Reason::RewriteFailed => "rewrite_failed",
+            Reason::Failover => "failover",
         }
     }
 
@@ -260,6 +272,54 @@ impl CtKey4 {
 
 /// Conntrack flag: a FIN or RST was seen; the flow is closing.
 pub const CT_CLOSING: u32 = 1;
+/// Conntrack flag: the backend answered (a SYN-ACK): the flow is past SYN-SENT, so it is
+/// never re-pointed to another backend.
+pub const CT_REPLIED: u32 = 2;
+/// Conntrack flag: the flow was re-pointed after its backend refused it; the next SYN is the
+/// first the new backend sees.
+pub const CT_RETRY: u32 = 4;
+
+/// Why a backend became suspect.
+pub mod suspicion {
+    /// It refused a new flow: a RST answered the SYN.
+    pub const REFUSED: u32 = 1;
+    /// It stayed silent: the client retransmitted a SYN that was never answered.
+    pub const SILENT: u32 = 2;
+    /// (An event only) it answered a new flow again: no longer suspect.
+    pub const ANSWERED: u32 = 3;
+}
+
+/// Value of the suspect map: a backend this host's datapath saw refuse or ignore a new flow.
+/// New flows avoid it until `retry_ns`; then one new flow may try it, and a SYN-ACK from it
+/// clears it (the entry is deleted), another failure doubles the wait.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Suspect {
+    /// `bpf_ktime_get_ns` when it first failed (this time).
+    pub since_ns: u64,
+    /// `bpf_ktime_get_ns` from which a new flow may try it again.
+    pub retry_ns: u64,
+    /// Failures in a row (the backoff is 1 s doubled per failure after the first, up to 64 s).
+    pub strikes: u32,
+    /// The last failure's `suspicion::*`.
+    pub reason: u32,
+}
+
+/// A backend health transition, written by the datapath to the ring buffer for the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealthEvent {
+    /// The backend.
+    pub backend_id: u32,
+    /// The service of the flow that saw it.
+    pub service_id: u32,
+    /// A `suspicion::*`: REFUSED or SILENT (now suspect), ANSWERED (no longer suspect).
+    pub reason: u32,
+    /// Failures in a row (0 for ANSWERED).
+    pub strikes: u32,
+    /// `bpf_ktime_get_ns` of the transition.
+    pub at_ns: u64,
+}
 
 /// Forward conntrack value: where the flow goes.
 #[repr(C)]
@@ -465,6 +525,8 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceName>() == 64);
     assert!(core::mem::size_of::<SockKey4>() == 16);
     assert!(core::mem::size_of::<SockNat4>() == 32);
+    assert!(core::mem::size_of::<Suspect>() == 24);
+    assert!(core::mem::size_of::<HealthEvent>() == 24);
     assert!(Reason::ALL.len() == Reason::COUNT as usize);
 };
 
@@ -485,4 +547,6 @@ mod pod {
     unsafe impl aya::Pod for DaemonInfo {}
     unsafe impl aya::Pod for SockKey4 {}
     unsafe impl aya::Pod for SockNat4 {}
+    unsafe impl aya::Pod for Suspect {}
+    unsafe impl aya::Pod for HealthEvent {}
 }

@@ -3,12 +3,20 @@
 //! Both are LRU maps; a forward hit re-asserts its reverse entry now and then, in case the LRU
 //! evicted it.
 
-use ambassador_common::{CtEntry4, CtKey4, RevNat4, BACKEND_TERMINATING, CT_CLOSING};
+use ambassador_common::{
+    suspicion, CtEntry4, CtKey4, RevNat4, BACKEND_TERMINATING, CT_CLOSING, CT_REPLIED, CT_RETRY,
+};
 
 use crate::{
+    health,
     maps::{BACKENDS, CONNTRACK, REVERSE_NAT},
     parse::{Ipv4Packet, L4},
 };
+
+/// A SYN seen this long after the flow's first one, with no answer from its backend in
+/// between, is the client's retransmission (Linux retransmits after 1 s): the backend is
+/// silent.
+const SILENT_AFTER_NS: u64 = 500_000_000;
 
 /// A conntrack entry's last-seen time is refreshed at most this often, to keep the hot path
 /// from writing the entry on every packet.
@@ -24,8 +32,9 @@ pub fn key(ip: &Ipv4Packet, l4: &L4) -> CtKey4 {
 }
 
 /// The flow's backend (address, port; network byte order) if its entry may still be used:
-/// the backend exists, and a bare SYN that reuses the tuple (a new connection) does not go to
-/// a terminating backend. Marks the flow closing, and refreshes it, on the way.
+/// the backend exists, a bare SYN that reuses the tuple (a new connection) does not go to a
+/// terminating backend, and a SYN retransmitted to a backend that never answered goes
+/// elsewhere (the backend turns suspect). Marks the flow closing, and refreshes it, on the way.
 #[inline(always)]
 pub fn established(
     key: &CtKey4,
@@ -42,6 +51,17 @@ pub fn established(
     // SAFETY: a pointer from a map lookup stays valid for this program run; racing writers
     // only change plain integers.
     let e = unsafe { &mut *entry };
+    if syn_only && e.flags & CT_REPLIED == 0 {
+        if e.flags & CT_RETRY != 0 {
+            // The first SYN the re-pointed flow's new backend sees.
+            e.flags &= !CT_RETRY;
+            e.created_ns = now;
+        } else if now.wrapping_sub(e.created_ns) > SILENT_AFTER_NS {
+            health::failed(e.backend_id, e.service_id, suspicion::SILENT, now);
+            let _ = REVERSE_NAT.remove(&reply_key(ip, l4, e));
+            return None;
+        }
+    }
     if closing {
         e.flags |= CT_CLOSING;
     }
@@ -78,15 +98,21 @@ pub fn create(
     insert_reverse(ip, l4, entry)
 }
 
+/// The key of the replies to the client's packet `ip`/`l4` from `entry`'s backend.
 #[inline(always)]
-fn insert_reverse(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> Result<(), InsertFailed> {
-    let reply = CtKey4::new(
+fn reply_key(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> CtKey4 {
+    CtKey4::new(
         entry.backend_addr_be,
         entry.backend_port_be,
         ip.saddr_be,
         l4.sport_be,
         ip.proto,
-    );
+    )
+}
+
+#[inline(always)]
+fn insert_reverse(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> Result<(), InsertFailed> {
+    let reply = reply_key(ip, l4, entry);
     let value = RevNat4 {
         vip_be: ip.daddr_be,
         vport_be: l4.dport_be,
@@ -106,12 +132,75 @@ pub fn reverse(ip: &Ipv4Packet, l4: &L4) -> Option<RevNat4> {
     (unsafe { REVERSE_NAT.get(&key(ip, l4)) }).copied()
 }
 
-/// Marks the forward entry of a flow whose backend sent FIN or RST.
+/// The forward entry of the flow a backend's reply `ip`/`l4` belongs to.
 #[inline(always)]
-pub fn mark_closing(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) {
+fn forward_of(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) -> Option<*mut CtEntry4> {
     let fwd = CtKey4::new(ip.daddr_be, l4.dport_be, rev.vip_be, rev.vport_be, ip.proto);
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&fwd) {
+    CONNTRACK.get_ptr_mut(&fwd)
+}
+
+/// Sets `flag` (`CT_CLOSING`: the backend sent FIN or RST; `CT_REPLIED`: it answered the SYN)
+/// on the forward entry of the flow a backend's reply belongs to.
+#[inline(always)]
+pub fn mark(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, flag: u32) {
+    if let Some(entry) = forward_of(ip, l4, rev) {
         // SAFETY: see `established`.
-        unsafe { (*entry).flags |= CT_CLOSING };
+        unsafe { (*entry).flags |= flag };
     }
+}
+
+/// A RST from a backend: if its flow never got past SYN-SENT, the backend refused a new flow.
+/// Then the backend turns suspect and, if the service has a backend that is not, the flow is
+/// re-pointed there (the client's SYN retransmission will land on it) and true is returned:
+/// the RST must not reach the client. False: a reset of a real connection, or nowhere better
+/// to go; the client gets the RST.
+#[inline(always)]
+pub fn refused(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, now: u64) -> bool {
+    let Some(entry) = forward_of(ip, l4, rev) else {
+        return false;
+    };
+    // SAFETY: see `established`.
+    let e = unsafe { &mut *entry };
+    if e.flags & CT_REPLIED != 0 {
+        return false;
+    }
+    health::failed(e.backend_id, e.service_id, suspicion::REFUSED, now);
+    let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, ip.proto) else {
+        return false;
+    };
+    let Ok((id, backend)) = crate::lb::pick_backend(svc.service_id, svc.count) else {
+        return false;
+    };
+    if id == e.backend_id || health::avoided(id, now) {
+        return false;
+    }
+    // This very packet's tuple is the old backend's reply key.
+    let _ = REVERSE_NAT.remove(&CtKey4::new(
+        ip.saddr_be,
+        l4.sport_be,
+        ip.daddr_be,
+        l4.dport_be,
+        ip.proto,
+    ));
+    e.backend_id = id;
+    e.backend_addr_be = backend.addr_be;
+    e.backend_port_be = backend.port_be;
+    e.flags = CT_RETRY;
+    e.created_ns = now;
+    e.last_seen_ns = now;
+    let value = RevNat4 {
+        vip_be: rev.vip_be,
+        vport_be: rev.vport_be,
+        pad: 0,
+        service_id: svc.service_id,
+        backend_id: id,
+    };
+    let reply = CtKey4::new(
+        backend.addr_be,
+        backend.port_be,
+        ip.daddr_be,
+        l4.dport_be,
+        ip.proto,
+    );
+    REVERSE_NAT.insert(&reply, &value, 0).is_ok()
 }

@@ -4,9 +4,10 @@
 use ambassador_common::{
     Backend4, Reason, ServiceKey4, ServiceValue4, SlotKey, FRONTEND_MARKER_PORT,
 };
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 
 use crate::{
+    health,
     maps::{BACKENDS, SERVICES, SLOTS},
     parse::{Ipv4Packet, L4},
 };
@@ -43,14 +44,41 @@ pub fn is_frontend_address(ip: &Ipv4Packet) -> bool {
     SERVICES.get_ptr(&key).is_some()
 }
 
+/// How many slots after a random one are looked at for a backend that is not suspect.
+const SCAN: u32 = 64;
+
 /// A backend for a new flow of service `service_id`, whose slots `0..count` are filled: a
-/// random slot (a backend holds as many slots as its weight).
+/// random slot (a backend holds as many slots as its weight). A suspect backend (see `health`)
+/// is passed over for the next slots' backends; when every one of them is suspect, the first
+/// pick stands: never a black hole of our own making.
 #[inline(always)]
 pub fn pick_backend(service_id: u32, count: u32) -> Result<(u32, Backend4), Reason> {
     if count == 0 {
         return Err(Reason::NoBackend);
     }
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
+    let start = unsafe { bpf_get_prandom_u32() } % count;
+    let first = slot_backend(service_id, start)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !health::avoided(first.0, now) {
+        return Ok(first);
+    }
+    for i in 1..SCAN {
+        if i >= count {
+            break;
+        }
+        let slot = (start + i) % count;
+        if let Ok(other) = slot_backend(service_id, slot) {
+            if !health::avoided(other.0, now) {
+                return Ok(other);
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// The backend in slot `slot` of `service_id`.
+#[inline(always)]
+fn slot_backend(service_id: u32, slot: u32) -> Result<(u32, Backend4), Reason> {
     let slot_key = SlotKey { service_id, slot };
     // SAFETY: u32 values are replaced atomically.
     let backend_id = *unsafe { SLOTS.get(&slot_key) }.ok_or(Reason::BackendMissing)?;

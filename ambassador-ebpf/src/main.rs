@@ -5,6 +5,7 @@
 #![no_main]
 
 mod conntrack;
+mod health;
 mod lb;
 mod maps;
 mod nat;

@@ -4,11 +4,11 @@
 
 use ambassador_common::{
     limits, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4, ServiceName,
-    ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4,
+    ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, Suspect,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Frontends: (VIP, port, proto) -> service id and slot count.
@@ -38,7 +38,7 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::pinned(limits::DEFAULT_SERVICES + 1, 0);
 
 /// Counters per verdict reason.
-#[map(name = "amb_reason_v1")]
+#[map(name = "amb_reason_v2")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 
 /// service id -> name. Only user space reads and writes it; it lives in the object so the
@@ -61,3 +61,11 @@ pub static SOCK_FORWARD: LruHashMap<SockKey4, SockNat4> =
 #[map(name = "amb_skrev4_v1")]
 pub static SOCK_REVERSE: LruHashMap<SockKey4, SockNat4> =
     LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// backend id -> suspicion: backends this host saw refuse or ignore a new flow (see `health`).
+#[map(name = "amb_suspect_v1")]
+pub static SUSPECTS: HashMap<u32, Suspect> = HashMap::pinned(limits::DEFAULT_BACKENDS, 0);
+
+/// Backend health transitions, for the daemon to log and count.
+#[map(name = "amb_health_v1")]
+pub static HEALTH_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);

@@ -2,7 +2,7 @@
 //! backend from the connection table, or a new one from the load balancer), and backend ->
 //! frontend on replies; and the rewrite both use.
 
-use ambassador_common::{csum, proto, CtEntry4, Reason, CT_CLOSING};
+use ambassador_common::{csum, proto, CtEntry4, Reason, CT_CLOSING, CT_REPLIED};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_ktime_get_ns,
@@ -13,7 +13,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    conntrack, lb,
+    conntrack, health, lb,
     parse::{self, Ipv4Packet, ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, L4, L4_DPORT, L4_SPORT},
     stats,
 };
@@ -156,8 +156,29 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
     let Some(rev) = conntrack::reverse(&ip, &l4) else {
         return Verdict::Pass;
     };
+    if ip.proto == proto::TCP {
+        let syn_ack = parse::TCP_SYN | parse::TCP_ACK;
+        if l4.tcp_flags & syn_ack == syn_ack {
+            conntrack::mark(&ip, &l4, &rev, CT_REPLIED);
+            health::answered(rev.backend_id, rev.service_id, unsafe {
+                bpf_ktime_get_ns()
+            });
+        } else if l4.tcp_flags & parse::TCP_RST != 0
+            && conntrack::refused(&ip, &l4, &rev, unsafe { bpf_ktime_get_ns() })
+        {
+            debug!(
+                ctx,
+                "backend {:i}:{} refused {:i}:{}: flow re-pointed, RST withheld",
+                u32::from_be(ip.saddr_be),
+                u16::from_be(l4.sport_be),
+                u32::from_be(ip.daddr_be),
+                u16::from_be(l4.dport_be)
+            );
+            return Verdict::Done(Reason::Failover);
+        }
+    }
     if l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
-        conntrack::mark_closing(&ip, &l4, &rev);
+        conntrack::mark(&ip, &l4, &rev, CT_CLOSING);
     }
     if rewrite(ctx, &ip, &l4, Side::Source, rev.vip_be, rev.vport_be).is_err() {
         stats::with_service(rev.service_id, |s| s.drops += 1);

@@ -52,13 +52,14 @@ pub struct Requested {
 impl Capacity {
     /// Every map whose size follows a setting, with that size. Service ids run from 1 to
     /// `services` and index the counter array, which is one longer.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 9] {
+    pub fn map_sizes(&self) -> [(&'static str, u32); 10] {
         [
             // One entry per service, and one address marker per distinct frontend address.
             (names::SERVICES, self.services.saturating_mul(2)),
             (names::NAMES, self.services),
             (names::SERVICE_STATS, self.services + 1),
             (names::BACKENDS, self.backends),
+            (names::SUSPECTS, self.backends),
             (names::SLOTS, self.slots),
             (names::CONNTRACK, self.flows),
             (names::REVERSE_NAT, self.flows),
@@ -186,7 +187,7 @@ impl Capacity {
 /// The setting that sizes map `name`.
 pub fn flag_of(name: &str) -> &'static str {
     match name {
-        names::BACKENDS => "--max-backends",
+        names::BACKENDS | names::SUSPECTS => "--max-backends",
         names::SLOTS => "--max-slots",
         names::CONNTRACK | names::REVERSE_NAT | names::SOCK_FORWARD | names::SOCK_REVERSE => {
             "--max-flows"

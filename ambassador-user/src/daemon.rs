@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use ambassador_common::{source, DaemonInfo};
+use ambassador_common::{source, suspicion, DaemonInfo, HealthEvent};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::watch,
@@ -70,12 +70,17 @@ pub struct RunConfig {
 pub const EXIT_GRACE_EXCEEDED: i32 = 70;
 
 /// Installs `desired` op by op, keeping `installed` equal to the maps. Returns the op count.
+/// A backend written or removed is no longer suspect: its entry changed, and etcd (or the
+/// file) is the source of truth.
 pub fn converge(maps: &mut Maps, installed: &mut Installed, desired: &Desired) -> Result<usize> {
     reconcile::validate(desired)?;
     let ops = reconcile::plan(installed, desired);
     for op in &ops {
         maps.apply(op)?;
         installed.apply(op);
+        if let Op::PutBackend { id, .. } | Op::DeleteBackend { id } = op {
+            maps.clear_suspect(*id)?;
+        }
     }
     Ok(ops.len())
 }
@@ -123,6 +128,7 @@ pub fn collect_garbage(
         let op = Op::DeleteBackend { id: *id };
         maps.apply(&op)?;
         installed.apply(&op);
+        maps.clear_suspect(*id)?;
     }
     done.backends = drained.len();
     Ok(done)
@@ -141,6 +147,10 @@ struct Telemetry {
     gc_backends: u64,
     /// Sockets destroyed because their backend went.
     sockets_destroyed: u64,
+    /// Backends the datapath found refusing, or silent, and how many answered again.
+    suspected_refused: u64,
+    suspected_silent: u64,
+    recovered: u64,
 }
 
 impl Default for Telemetry {
@@ -153,6 +163,9 @@ impl Default for Telemetry {
             gc_sockets: 0,
             gc_backends: 0,
             sockets_destroyed: 0,
+            suspected_refused: 0,
+            suspected_silent: 0,
+            recovered: 0,
         }
     }
 }
@@ -215,6 +228,27 @@ fn render_metrics(pin_dir: &Path, telemetry: &Mutex<Telemetry>) -> String {
         Kind::Counter,
         "Socket-datapath translations removed (an unconnected socket idle past --udp-timeout, or a backend gone).",
         t.gc_sockets as f64,
+    );
+    page.family(
+        "ambassador_backend_suspicions_total",
+        Kind::Counter,
+        "Backends this host's datapath found failing new flows, by how (refused: RST to a SYN; silent: a SYN retransmitted unanswered).",
+    )
+    .sample(
+        "ambassador_backend_suspicions_total",
+        &[("reason", "refused")],
+        t.suspected_refused as f64,
+    )
+    .sample(
+        "ambassador_backend_suspicions_total",
+        &[("reason", "silent")],
+        t.suspected_silent as f64,
+    );
+    page.single(
+        "ambassador_backend_recoveries_total",
+        Kind::Counter,
+        "Suspect backends that answered a new flow again.",
+        t.recovered as f64,
     );
     page.single(
         "ambassador_sockets_destroyed_total",
@@ -319,6 +353,12 @@ impl State {
             follow_kernel_log(log)?;
         }
         let installed = dp.maps.read_installed()?;
+        // Suspicion of backends that are gone is meaningless; of the others, still valid.
+        for id in dp.maps.suspects()?.keys() {
+            if !installed.backends.contains_key(id) {
+                dp.maps.clear_suspect(*id)?;
+            }
+        }
         let mut info = DaemonInfo {
             pid: std::process::id(),
             source: match cfg.source {
@@ -342,6 +382,53 @@ impl State {
         })
     }
 
+    /// Logs and counts the backend health transitions the datapath reported.
+    fn health_events(&mut self, ring: &mut loader::HealthEvents) {
+        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<HealthEvent>() {
+                continue;
+            }
+            // SAFETY: the datapath writes whole HealthEvents (checked length; any bit pattern
+            // is a valid value).
+            let ev: HealthEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let backend = self
+                .installed
+                .backends
+                .get(&ev.backend_id)
+                .map_or_else(|| format!("id {}", ev.backend_id), |b| b.addr.to_string());
+            let service = self
+                .installed
+                .names
+                .get(&ev.service_id)
+                .cloned()
+                .unwrap_or_else(|| format!("id {}", ev.service_id));
+            let retry_s = 1u64 << ev.strikes.saturating_sub(1).min(6);
+            match ev.reason {
+                suspicion::REFUSED | suspicion::SILENT => {
+                    let how = if ev.reason == suspicion::REFUSED {
+                        t.suspected_refused += 1;
+                        "refused a new flow (RST to its SYN)"
+                    } else {
+                        t.suspected_silent += 1;
+                        "left a new flow unanswered (its SYN was retransmitted)"
+                    };
+                    warn!(
+                        %backend,
+                        %service,
+                        strikes = ev.strikes,
+                        "backend {how}: suspect on this host, new flows go to the others; one may try it again in {retry_s} s"
+                    );
+                }
+                suspicion::ANSWERED => {
+                    t.recovered += 1;
+                    info!(%backend, %service, "suspect backend answered a new flow: in use again");
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Destroys the sockets the socket datapath connected to a backend that went (UDP: also
     /// to one that left its service), so their applications reconnect to a live backend.
     fn destroy_stale_sockets(&mut self) {
@@ -352,11 +439,12 @@ impl State {
             Ok(e) => e,
             Err(e) => return warn!("reading the socket datapath's entries failed: {e}"),
         };
-        if !entries.iter().any(|e| e.reverse && e.connected) {
-            return;
-        }
+        let doomed = sockets::doomed(&entries, &self.installed);
         let mut destroyed = 0;
         for proto in [Proto::Udp, Proto::Tcp] {
+            if !doomed.iter().any(|e| e.proto == proto) {
+                continue;
+            }
             let connected = match sockets::connected(proto) {
                 Ok(c) => c,
                 Err(e) => {
@@ -364,7 +452,7 @@ impl State {
                     continue;
                 }
             };
-            for socket in sockets::stale(&connected, &entries, &self.installed) {
+            for socket in sockets::stale(&connected, &doomed) {
                 match sockets::destroy(socket) {
                     Ok(()) => {
                         destroyed += 1;
@@ -508,6 +596,15 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         None
     };
     let mut heartbeat = tokio::time::interval(heartbeat::INTERVAL);
+    let mut health = state.dp.health_events.take().and_then(|ring| {
+        // SAFETY: the ring buffer owns its map's fd and never replaces or closes it while it
+        // lives; the AsyncFd owns the ring buffer.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| warn!("backend health events will not be logged: {e}"))
+        .ok()
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -532,6 +629,12 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             _ = gc_tick.tick() => state.collect_garbage(&cfg.timeouts),
             _ = heartbeat.tick() => state.write_info(),
             _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
+            ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
+                if let Ok(mut guard) = ready {
+                    state.health_events(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+            }
             ready = async { link_events.as_ref().expect("guarded").readable().await }, if link_events.is_some() => {
                 if let Ok(mut guard) = ready {
                     if guard.get_inner().drain() {

@@ -9,8 +9,8 @@ use std::{
 
 use ambassador_common::{
     map_names as names, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4,
-    ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, BACKEND_TERMINATING,
-    CT_CLOSING, FRONTEND_MARKER_PORT, SOCK_CONNECTED,
+    ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, Suspect,
+    BACKEND_TERMINATING, CT_CLOSING, FRONTEND_MARKER_PORT, SOCK_CONNECTED,
 };
 use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
@@ -107,6 +107,7 @@ pub struct Maps {
     info: Array<MapData, DaemonInfo>,
     sock_forward: HashMap<MapData, SockKey4, SockNat4>,
     sock_reverse: HashMap<MapData, SockKey4, SockNat4>,
+    suspects: HashMap<MapData, u32, Suspect>,
 }
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Error {
@@ -155,6 +156,7 @@ impl Maps {
             info: typed(names::INFO, &mut take)?,
             sock_forward: typed(names::SOCK_FORWARD, &mut take)?,
             sock_reverse: typed(names::SOCK_REVERSE, &mut take)?,
+            suspects: typed(names::SUSPECTS, &mut take)?,
         })
     }
 
@@ -412,6 +414,27 @@ impl Maps {
             .map_err(map_err(names::REVERSE_NAT, "deleting a flow"))?;
         ignore_missing(self.conntrack.remove(&fwd))
             .map_err(map_err(names::CONNTRACK, "deleting a flow"))
+    }
+
+    /// The backends the datapath holds suspect, by id.
+    pub fn suspects(&self) -> Result<BTreeMap<u32, Suspect>> {
+        let mut out = BTreeMap::new();
+        for entry in self.suspects.iter() {
+            match entry {
+                Ok((id, s)) => {
+                    out.insert(id, s);
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::SUSPECTS, "iterating")(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets that backend `id` was suspect (its entry changed, or it is gone).
+    pub fn clear_suspect(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.suspects.remove(&id))
+            .map_err(map_err(names::SUSPECTS, format!("clearing backend {id}")))
     }
 
     /// Every translation of the socket datapath, reverse entries then forward ones.

@@ -13,7 +13,7 @@
 //! not destroyed.
 
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     io,
     net::{IpAddr, SocketAddrV4},
 };
@@ -158,32 +158,31 @@ pub fn destroy(socket: &Connected) -> io::Result<()> {
     }
 }
 
-/// Of `sockets`, those the socket datapath connected to a backend that must no longer be
-/// talked to: a backend that is gone (or now at another address), and for UDP, also one that
-/// left its service (terminating). A TCP connection to a terminating backend is left to end
-/// by itself, as in the TC datapath.
-pub fn stale<'a>(
-    sockets: &'a [Connected],
-    entries: &[SockEntry],
-    installed: &Installed,
-) -> Vec<&'a Connected> {
-    let ours: BTreeMap<(u64, SocketAddrV4), &SockEntry> = entries
+/// The socket datapath's connected sockets (their reverse entries) whose backend must no
+/// longer be talked to: a backend that is gone (or now at another address), and for UDP, also
+/// one that left its service (terminating). A TCP connection to a terminating backend is left
+/// to end by itself, as in the TC datapath. Empty in the steady state: then no socket is even
+/// listed.
+pub fn doomed<'a>(entries: &'a [SockEntry], installed: &Installed) -> Vec<&'a SockEntry> {
+    entries
         .iter()
         .filter(|e| e.reverse && e.connected)
-        .map(|e| ((e.cookie, e.backend), e))
-        .collect();
+        .filter(|e| match installed.backends.get(&e.backend_id) {
+            None => true,
+            Some(b) if b.addr != e.backend => true,
+            Some(b) => b.terminating && e.proto == Proto::Udp,
+        })
+        .collect()
+}
+
+/// Of `sockets`, those that `doomed` entries describe (the same cookie, connected to the same
+/// backend).
+pub fn stale<'a>(sockets: &'a [Connected], doomed: &[&SockEntry]) -> Vec<&'a Connected> {
+    let keys: BTreeSet<(u64, SocketAddrV4)> =
+        doomed.iter().map(|e| (e.cookie, e.backend)).collect();
     sockets
         .iter()
-        .filter(|s| {
-            let Some(entry) = ours.get(&(s.cookie, s.peer)) else {
-                return false;
-            };
-            match installed.backends.get(&entry.backend_id) {
-                None => true,
-                Some(b) if b.addr != s.peer => true,
-                Some(b) => b.terminating && s.proto == Proto::Udp,
-            }
-        })
+        .filter(|s| keys.contains(&(s.cookie, s.peer)))
         .collect()
 }
 
@@ -201,13 +200,19 @@ mod tests {
         }
     }
 
-    fn entry(cookie: u64, backend: &str, backend_id: u32, connected: bool) -> SockEntry {
+    fn entry(
+        cookie: u64,
+        proto: Proto,
+        backend: &str,
+        backend_id: u32,
+        connected: bool,
+    ) -> SockEntry {
         SockEntry {
             reverse: true,
             cookie,
             frontend: "10.96.0.1:53".parse().unwrap(),
             backend: backend.parse().unwrap(),
-            proto: Proto::Udp,
+            proto,
             service_id: 1,
             backend_id,
             connected,
@@ -241,18 +246,24 @@ mod tests {
             socket(15, Proto::Udp, "10.0.1.3:53"), // entry from sendmsg, not connect: kept
             socket(16, Proto::Udp, "10.0.1.5:53"), // backend 3 moved address: stale
         ];
+        let (udp, tcp) = (Proto::Udp, Proto::Tcp);
         let entries = [
-            entry(10, "10.0.1.1:53", 1, true),
-            entry(11, "10.0.1.2:53", 2, true),
-            entry(12, "10.0.1.2:53", 2, true),
-            entry(13, "10.0.1.9:53", 9, true),
-            entry(15, "10.0.1.3:53", 3, false),
-            entry(16, "10.0.1.5:53", 3, true),
+            entry(10, udp, "10.0.1.1:53", 1, true),
+            entry(11, udp, "10.0.1.2:53", 2, true),
+            entry(12, tcp, "10.0.1.2:53", 2, true),
+            entry(13, udp, "10.0.1.9:53", 9, true),
+            entry(15, udp, "10.0.1.3:53", 3, false),
+            entry(16, udp, "10.0.1.5:53", 3, true),
         ];
-        let cookies: Vec<u64> = stale(&sockets, &entries, &installed)
-            .iter()
-            .map(|s| s.cookie)
-            .collect();
+        let doomed = doomed(&entries, &installed);
+        let cookies: Vec<u64> = stale(&sockets, &doomed).iter().map(|s| s.cookie).collect();
         assert_eq!(cookies, vec![11, 13, 16]);
+        // Nothing doomed (the steady state): nothing to list.
+        installed.backends.get_mut(&2).unwrap().terminating = false;
+        installed.backends.get_mut(&3).unwrap().addr = "10.0.1.5:53".parse().unwrap();
+        assert_eq!(
+            super::doomed(&entries[..2], &installed),
+            Vec::<&SockEntry>::new()
+        );
     }
 }

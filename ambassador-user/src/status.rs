@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use ambassador_common::{source, ServiceStats};
+use ambassador_common::{source, suspicion, ServiceStats};
 
 use crate::{
     error::Result,
@@ -126,6 +126,21 @@ pub struct BackendStatus {
     pub flows: usize,
     /// Sockets translated to it by the socket datapath.
     pub sockets: usize,
+    /// Set while this host's datapath holds it suspect: new flows avoid it.
+    pub suspect: Option<SuspectStatus>,
+}
+
+/// Why and until when new flows avoid a backend on this host.
+#[derive(Debug, Serialize)]
+pub struct SuspectStatus {
+    /// "refused" (a RST answered a SYN) or "silent" (a SYN went unanswered).
+    pub reason: &'static str,
+    /// Failures in a row.
+    pub strikes: u32,
+    /// For how long it has been suspect (ms).
+    pub for_ms: u64,
+    /// When a new flow may try it again (ms from now; 0: the next one may).
+    pub retry_in_ms: u64,
 }
 
 /// Reads the status from the maps pinned under `pin_dir`.
@@ -154,6 +169,8 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         }
     }
 
+    let suspects = maps.suspects()?;
+    let ms = |ns: u64| ns / 1_000_000;
     let backends_of = installed.backends_by_service();
     let mut services = Vec::new();
     for (&(frontend, proto), &(id, count)) in &installed.frontends {
@@ -183,6 +200,16 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
                 weight: weights.get(&bid).copied().unwrap_or(0),
                 flows: flows_by_backend.get(&bid).copied().unwrap_or(0),
                 sockets: sockets_by_backend.get(&bid).copied().unwrap_or(0),
+                suspect: suspects.get(&bid).map(|s| SuspectStatus {
+                    reason: if s.reason == suspicion::SILENT {
+                        "silent"
+                    } else {
+                        "refused"
+                    },
+                    strikes: s.strikes,
+                    for_ms: ms(now.saturating_sub(s.since_ns)),
+                    retry_in_ms: ms(s.retry_ns.saturating_sub(now)),
+                }),
             })
             .collect();
         backends.sort_by_key(|b| (b.state != "active", b.id));
@@ -356,11 +383,22 @@ pub fn render(status: &Status) -> String {
                 s.counters.drops
             );
             for b in &s.backends {
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "  -> {:<21} {:<11} weight {:<3} flows {} sockets {}",
                     b.addr, b.state, b.weight, b.flows, b.sockets
                 );
+                if let Some(s) = &b.suspect {
+                    let _ = write!(
+                        out,
+                        "  SUSPECT ({}, {} in a row, for {}; next try in {})",
+                        s.reason,
+                        s.strikes,
+                        secs(s.for_ms),
+                        secs(s.retry_in_ms)
+                    );
+                }
+                out.push('\n');
             }
         }
     }
@@ -428,7 +466,7 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
     page.single(
         "ambassador_links_pinned",
         Kind::Gauge,
-        "Program links pinned (TCX): they forward even while no daemon runs.",
+        "Program links pinned (TCX and cgroup links): they forward even while no daemon runs.",
         c.links_pinned as f64,
     );
     if let Some(age) = c.applied_age_ms {
@@ -587,6 +625,20 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
                     ("state", bk.state),
                 ],
                 bk.flows as f64,
+            );
+        }
+    }
+    page.family(
+        "ambassador_backend_suspect",
+        Kind::Gauge,
+        "1 while this host's datapath holds the backend suspect (it refused or ignored a new flow): new flows avoid it.",
+    );
+    for s in &status.services {
+        for bk in &s.backends {
+            page.sample(
+                "ambassador_backend_suspect",
+                &[("service", &s.name), ("backend", &bk.addr)],
+                f64::from(u8::from(bk.suspect.is_some())),
             );
         }
     }

@@ -31,18 +31,18 @@ fn fs_magic(path: &Path) -> Option<i64> {
 }
 
 /// Whether `path` is a directory of a cgroup v2 hierarchy.
-pub fn is_cgroup2(path: &Path) -> bool {
+fn is_cgroup2(path: &Path) -> bool {
     fs_magic(path) == Some(CGROUP2_SUPER_MAGIC)
 }
 
 /// The host's cgroup v2 root, if cgroup v2 is mounted where systemd and Docker mount it.
-pub fn default_root() -> Option<PathBuf> {
+fn default_root() -> Option<PathBuf> {
     ROOTS.iter().map(PathBuf::from).find(|p| is_cgroup2(p))
 }
 
 /// The cgroup the socket programs attach to: `requested`, which must be a cgroup v2
 /// directory, or else the host's cgroup v2 root.
-pub fn resolve(requested: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn resolve(requested: Option<&Path>) -> Result<PathBuf> {
     let Some(path) = requested else {
         return default_root().ok_or_else(|| Error::NotCgroup2 {
             path: PathBuf::from(ROOTS[0]),

@@ -30,7 +30,6 @@ mod kernel;
 mod links;
 mod pin;
 
-pub use cgroup::{default_root as default_cgroup, is_cgroup2};
 pub use kernel::{check_interface, TcAttach};
 use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
 use links::{
@@ -96,7 +95,12 @@ pub struct Datapath {
     sock: Option<(PathBuf, Vec<PathBuf>)>,
     /// The kernel's debug records (with `debug`): taken by whoever polls them.
     pub kernel_log: Option<KernelLog>,
+    /// Backend health transitions the datapath reports: taken by whoever polls them.
+    pub health_events: Option<HealthEvents>,
 }
+
+/// The ring buffer of backend health transitions (`ambassador_common::HealthEvent`).
+pub type HealthEvents = aya::maps::RingBuf<aya::maps::MapData>;
 
 /// Reads the datapath's aya-log ring buffer (`ambassador run --debug-datapath`).
 pub type KernelLog = aya_log::EbpfLogger<ToTracing>;
@@ -263,6 +267,14 @@ pub fn start(
     } else {
         None
     };
+    let health_events = match ebpf.take_map(ambassador_common::map_names::HEALTH_EVENTS) {
+        Some(map) => Some(HealthEvents::try_from(map).map_err(|source| Error::Map {
+            name: ambassador_common::map_names::HEALTH_EVENTS,
+            what: "unexpected map type".into(),
+            source,
+        })?),
+        None => None,
+    };
     let links_dir = pin_dir.join("links");
     if tcx || cgroup.is_some() {
         std::fs::create_dir_all(&links_dir)
@@ -285,6 +297,7 @@ pub fn start(
         bridges: Vec::new(),
         sock: None,
         kernel_log,
+        health_events,
     };
     for iface in ifaces {
         dp.attach(iface)?;

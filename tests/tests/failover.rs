@@ -1,0 +1,189 @@
+//! Failover in the datapath: a backend that refuses new flows (its process died) or ignores
+//! them (its link is cut) is left before any lease could expire, with no failed connection.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use ambassador_tests::*;
+
+const VIP: &str = "10.96.0.10:80";
+
+/// One connection: when it started, how long it took, and the server that answered (or why
+/// it failed).
+type Attempt = (Instant, Duration, Result<String, String>);
+
+/// One new connection every 5 ms (connect, read the server's identity) with a 5 s budget each,
+/// recording how long each took and where it went.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Attempt>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(client: &NetNs) -> Self {
+        let addr: SocketAddr = VIP.parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = client.spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = tcp_connect_here(addr, Duration::from_secs(5))
+                    .map(|(_, who)| who)
+                    .map_err(|e| e.to_string());
+                v.lock().unwrap().push((t0, t0.elapsed(), r));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Connections that started at or after `t` and went to `who`.
+    fn went_to_since(&self, who: &str, t: Instant) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t0, _, r)| *t0 >= t && r.as_deref() == Ok(who))
+            .count()
+    }
+
+    /// Stops; (all, failed, delayed past 300 ms, slowest).
+    fn finish(mut self) -> (usize, Vec<String>, usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let seen = self.seen.lock().unwrap();
+        let failed = seen
+            .iter()
+            .filter_map(|(_, _, r)| r.as_ref().err().cloned())
+            .collect();
+        let delayed = seen
+            .iter()
+            .filter(|(_, d, _)| *d > Duration::from_millis(300))
+            .count();
+        let slowest = seen.iter().map(|(_, d, _)| *d).max().unwrap_or_default();
+        (seen.len(), failed, delayed, slowest)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn backend(pin: &std::path::Path, addr: &str) -> serde_json::Value {
+    let web = service_status(pin, "web").expect("service web");
+    web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("{addr} not in {web}"))
+}
+
+/// The whole scenario: two backends, a stream of new connections, `fail` breaks backend 1,
+/// `heal` mends it; nothing may fail, only the first connections that meet the dead backend
+/// may wait for a SYN retransmission, and the mended backend is used again.
+fn failover(reason: &str, fail: impl FnOnce(&Topology), heal: impl FnOnce(&Topology)) -> String {
+    let topo = Topology::new(2);
+    let b1 = Topology::backend_addr(1, 8080);
+    let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
+    let _s2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{}\"]\n",
+        Topology::backend_addr(2, 8080)
+    ));
+    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+    d.wait_ready();
+
+    let stream = Stream::start(&topo.client);
+    assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
+    if reason == "refused" {
+        s1.take(); // the backend's process is gone: its port answers RST
+    }
+    fail(&topo);
+    let broken = Instant::now();
+    let n = stream.count();
+    assert!(wait_until(Duration::from_secs(20), || stream.count() >= n + 400));
+    let suspect = backend(&pin.path, &b1);
+    assert_eq!(suspect["suspect"]["reason"], reason, "{suspect}");
+    d.wait_log("suspect on this host", Duration::from_secs(2));
+    // Mended: after the backoff one new flow tries it, it answers, it is used again.
+    heal(&topo);
+    let s1 = s1.or_else(|| Some(TcpServer::start(&topo.backends[0], &b1, "b1")));
+    let healed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(90), || stream
+            .went_to_since("b1", healed)
+            >= 20),
+        "b1 is never used again: {}\n{}",
+        backend(&pin.path, &b1),
+        d.log()
+    );
+    assert!(backend(&pin.path, &b1)["suspect"].is_null());
+    d.wait_log("in use again", Duration::from_secs(2));
+    let (all, failed, delayed, slowest) = stream.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {all} connections failed after b1 broke ({:?} ago): {:?}",
+        failed.len(),
+        broken.elapsed(),
+        &failed[..failed.len().min(5)]
+    );
+    // Only connections that met the broken backend wait, for one retransmission (1 s), and
+    // backoff tries add one each.
+    assert!(slowest < Duration::from_millis(3500), "slowest {slowest:?}");
+    assert!(delayed < 20, "{delayed} of {all} connections delayed");
+    let st = status(&pin.path);
+    drop(s1);
+    format!(
+        "{reason}: {all} connections, 0 failed, {delayed} delayed past 300 ms, slowest {slowest:?}; verdicts {}",
+        st["reasons"]
+    )
+}
+
+#[test]
+fn a_backend_whose_process_died_is_left_with_no_failed_connection() {
+    if !require_root("a_backend_whose_process_died_is_left_with_no_failed_connection") {
+        return;
+    }
+    let summary = failover("refused", |_| {}, |_| {});
+    eprintln!("{summary}");
+}
+
+#[test]
+fn a_backend_whose_link_is_cut_is_left_with_no_failed_connection() {
+    if !require_root("a_backend_whose_link_is_cut_is_left_with_no_failed_connection") {
+        return;
+    }
+    let summary = failover(
+        "silent",
+        |topo| {
+            topo.backends[0].ip(&["link", "set", "eth0", "down"]);
+        },
+        |topo| {
+            topo.backends[0].ip(&["link", "set", "eth0", "up"]);
+            topo.backends[0].ip(&["route", "replace", "default", "via", "10.200.1.1"]);
+        },
+    );
+    eprintln!("{summary}");
+}
