@@ -128,14 +128,26 @@ fn insert_reverse(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> Result<(), Inse
 /// The frontend a backend's reply must appear to come from.
 #[inline(always)]
 pub fn reverse(ip: &Ipv4Packet, l4: &L4) -> Option<RevNat4> {
-    // SAFETY: plain integers, replaced whole.
-    (unsafe { REVERSE_NAT.get(&key(ip, l4)) }).copied()
+    reverse_of(&key(ip, l4))
 }
 
-/// The forward entry of the flow a backend's reply `ip`/`l4` belongs to.
+/// The reverse entry of the replies with key `reply`.
 #[inline(always)]
-fn forward_of(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) -> Option<*mut CtEntry4> {
-    let fwd = CtKey4::new(ip.daddr_be, l4.dport_be, rev.vip_be, rev.vport_be, ip.proto);
+pub fn reverse_of(reply: &CtKey4) -> Option<RevNat4> {
+    // SAFETY: plain integers, replaced whole.
+    (unsafe { REVERSE_NAT.get(reply) }).copied()
+}
+
+/// The forward entry of the flow whose replies have the key `reply`.
+#[inline(always)]
+fn forward_of(reply: &CtKey4, rev: &RevNat4) -> Option<*mut CtEntry4> {
+    let fwd = CtKey4::new(
+        reply.daddr_be,
+        reply.dport_be,
+        rev.vip_be,
+        rev.vport_be,
+        reply.proto,
+    );
     CONNTRACK.get_ptr_mut(&fwd)
 }
 
@@ -143,20 +155,20 @@ fn forward_of(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4) -> Option<*mut CtEntry4> 
 /// on the forward entry of the flow a backend's reply belongs to.
 #[inline(always)]
 pub fn mark(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, flag: u32) {
-    if let Some(entry) = forward_of(ip, l4, rev) {
+    if let Some(entry) = forward_of(&key(ip, l4), rev) {
         // SAFETY: see `established`.
         unsafe { (*entry).flags |= flag };
     }
 }
 
-/// A RST from a backend: if its flow never got past SYN-SENT, the backend refused a new flow.
-/// Then the backend turns suspect and, if the service has a backend that is not, the flow is
-/// re-pointed there (the client's SYN retransmission will land on it) and true is returned:
-/// the RST must not reach the client. False: a reset of a real connection, or nowhere better
-/// to go; the client gets the RST.
+/// The backend of the flow whose replies have the key `reply` refused it (a RST, or an ICMP
+/// "unreachable" about it). If the flow never got past SYN-SENT, the backend turns suspect
+/// and, if the service has a backend that is not, the flow is re-pointed there (the client's
+/// SYN retransmission will land on it) and true is returned: the refusal must not reach the
+/// client. False: a reset of a real connection, or nowhere better to go; the client gets it.
 #[inline(always)]
-pub fn refused(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, now: u64) -> bool {
-    let Some(entry) = forward_of(ip, l4, rev) else {
+pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
+    let Some(entry) = forward_of(reply, rev) else {
         return false;
     };
     // SAFETY: see `established`.
@@ -165,7 +177,7 @@ pub fn refused(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, now: u64) -> bool {
         return false;
     }
     health::failed(e.backend_id, e.service_id, suspicion::REFUSED, now);
-    let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, ip.proto) else {
+    let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, reply.proto) else {
         return false;
     };
     let Ok((id, backend)) = crate::lb::pick_backend(svc.service_id, svc.count) else {
@@ -174,14 +186,7 @@ pub fn refused(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, now: u64) -> bool {
     if id == e.backend_id || health::avoided(id, now) {
         return false;
     }
-    // This very packet's tuple is the old backend's reply key.
-    let _ = REVERSE_NAT.remove(&CtKey4::new(
-        ip.saddr_be,
-        l4.sport_be,
-        ip.daddr_be,
-        l4.dport_be,
-        ip.proto,
-    ));
+    let _ = REVERSE_NAT.remove(reply);
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;
     e.backend_port_be = backend.port_be;
@@ -195,12 +200,12 @@ pub fn refused(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, now: u64) -> bool {
         service_id: svc.service_id,
         backend_id: id,
     };
-    let reply = CtKey4::new(
+    let new_reply = CtKey4::new(
         backend.addr_be,
         backend.port_be,
-        ip.daddr_be,
-        l4.dport_be,
-        ip.proto,
+        reply.daddr_be,
+        reply.dport_be,
+        reply.proto,
     );
-    REVERSE_NAT.insert(&reply, &value, 0).is_ok()
+    REVERSE_NAT.insert(&new_reply, &value, 0).is_ok()
 }

@@ -2,7 +2,7 @@
 //! backend from the connection table, or a new one from the load balancer), and backend ->
 //! frontend on replies; and the rewrite both use.
 
-use ambassador_common::{csum, proto, CtEntry4, Reason, CT_CLOSING, CT_REPLIED};
+use ambassador_common::{csum, proto, CtEntry4, CtKey4, Reason, CT_CLOSING, CT_REPLIED};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_ktime_get_ns,
@@ -145,7 +145,7 @@ fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u3
 #[inline(always)]
 pub fn rnat(ctx: &TcContext) -> Verdict {
     let Some(ip) = parse::ipv4(ctx) else {
-        return Verdict::Pass;
+        return unreachable(ctx);
     };
     if ip.fragment {
         return Verdict::Pass;
@@ -164,7 +164,9 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
                 bpf_ktime_get_ns()
             });
         } else if l4.tcp_flags & parse::TCP_RST != 0
-            && conntrack::refused(&ip, &l4, &rev, unsafe { bpf_ktime_get_ns() })
+            && conntrack::refused(&conntrack::key(&ip, &l4), &rev, unsafe {
+                bpf_ktime_get_ns()
+            })
         {
             debug!(
                 ctx,
@@ -189,6 +191,25 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
         s.reply_bytes += ip.tot_len as u64;
     });
     Verdict::Done(Reason::ReverseNat)
+}
+
+/// An ICMP "destination unreachable" on its way to a client, about a new flow this datapath
+/// sent to a backend: the backend (or the way to it) refused the flow. Handled like a RST.
+#[inline(always)]
+fn unreachable(ctx: &TcContext) -> Verdict {
+    let Some(u) = parse::tcp_unreachable(ctx) else {
+        return Verdict::Pass;
+    };
+    // The key of the backend's replies to the embedded (client -> backend) segment.
+    let reply = CtKey4::new(u.daddr_be, u.dport_be, u.saddr_be, u.sport_be, proto::TCP);
+    let Some(rev) = conntrack::reverse_of(&reply) else {
+        return Verdict::Pass;
+    };
+    if conntrack::refused(&reply, &rev, unsafe { bpf_ktime_get_ns() }) {
+        Verdict::Done(Reason::Failover)
+    } else {
+        Verdict::Pass
+    }
 }
 
 /// Rewrites one end's address and port, with the L4 checksum (pseudo header included) and

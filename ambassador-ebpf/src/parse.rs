@@ -138,6 +138,66 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4Packet) -> Option<L4> {
     }
 }
 
+/// IP protocol number of ICMP.
+const IPPROTO_ICMP: u8 = 1;
+/// ICMP type "destination unreachable".
+const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP header length before the embedded packet.
+const ICMP_HLEN: usize = 8;
+
+/// The TCP flow an ICMP "destination unreachable" is about: the embedded packet's addresses
+/// and ports, network byte order (source: the client; destination: where it was sent).
+pub struct Unreachable {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+/// Parses an ICMP "destination unreachable" about a TCP segment (Ethernet + IPv4 + ICMP +
+/// the embedded IPv4 header and ports); `None` for anything else. Bounds-checked copies
+/// throughout: the offsets depend on two IP header lengths.
+#[inline(always)]
+pub fn tcp_unreachable(ctx: &TcContext) -> Option<Unreachable> {
+    let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let hdr: [u8; IP_MIN_HLEN] = ctx.load(ETH_HLEN).ok()?;
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if hdr[0] >> 4 != 4 || ihl < IP_MIN_HLEN || hdr[IP_PROTO] != IPPROTO_ICMP {
+        return None;
+    }
+    let icmp_off = ETH_HLEN + ihl;
+    let icmp_type: u8 = ctx.load(icmp_off).ok()?;
+    if icmp_type != ICMP_DEST_UNREACH {
+        return None;
+    }
+    let inner_off = icmp_off + ICMP_HLEN;
+    let inner: [u8; IP_MIN_HLEN] = ctx.load(inner_off).ok()?;
+    let inner_ihl = ((inner[0] & 0x0f) as usize) * 4;
+    if inner[0] >> 4 != 4 || inner_ihl < IP_MIN_HLEN || inner[IP_PROTO] != proto::TCP {
+        return None;
+    }
+    let ports: [u8; 4] = ctx.load(inner_off + inner_ihl).ok()?;
+    Some(Unreachable {
+        saddr_be: u32::from_ne_bytes([
+            inner[IP_SADDR],
+            inner[IP_SADDR + 1],
+            inner[IP_SADDR + 2],
+            inner[IP_SADDR + 3],
+        ]),
+        daddr_be: u32::from_ne_bytes([
+            inner[IP_DADDR],
+            inner[IP_DADDR + 1],
+            inner[IP_DADDR + 2],
+            inner[IP_DADDR + 3],
+        ]),
+        sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+    })
+}
+
 /// Reads the IPv4 header checksum (host order value of the wire field).
 #[inline(always)]
 pub fn ip_csum(ctx: &TcContext) -> Option<u16> {

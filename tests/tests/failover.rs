@@ -102,7 +102,12 @@ fn backend(pin: &std::path::Path, addr: &str) -> serde_json::Value {
 /// The whole scenario: two backends, a stream of new connections, `fail` breaks backend 1,
 /// `heal` mends it; nothing may fail, only the first connections that meet the dead backend
 /// may wait for a SYN retransmission, and the mended backend is used again.
-fn failover(reason: &str, fail: impl FnOnce(&Topology), heal: impl FnOnce(&Topology)) -> String {
+fn failover(
+    case: &str,
+    reason: &str,
+    fail: impl FnOnce(&Topology),
+    heal: impl FnOnce(&Topology),
+) -> String {
     let topo = Topology::new(2);
     let b1 = Topology::backend_addr(1, 8080);
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
@@ -117,7 +122,7 @@ fn failover(reason: &str, fail: impl FnOnce(&Topology), heal: impl FnOnce(&Topol
 
     let stream = Stream::start(&topo.client);
     assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
-    if reason == "refused" {
+    if case == "killed" {
         s1.take(); // the backend's process is gone: its port answers RST
     }
     fail(&topo);
@@ -156,7 +161,7 @@ fn failover(reason: &str, fail: impl FnOnce(&Topology), heal: impl FnOnce(&Topol
     let st = status(&pin.path);
     drop(s1);
     format!(
-        "{reason}: {all} connections, 0 failed, {delayed} delayed past 300 ms, slowest {slowest:?}; verdicts {}",
+        "{case}: {all} connections, 0 failed, {delayed} delayed past 300 ms, slowest {slowest:?}; verdicts {}",
         st["reasons"]
     )
 }
@@ -166,7 +171,7 @@ fn a_backend_whose_process_died_is_left_with_no_failed_connection() {
     if !require_root("a_backend_whose_process_died_is_left_with_no_failed_connection") {
         return;
     }
-    let summary = failover("refused", |_| {}, |_| {});
+    let summary = failover("killed", "refused", |_| {}, |_| {});
     eprintln!("{summary}");
 }
 
@@ -176,6 +181,7 @@ fn a_backend_whose_link_is_cut_is_left_with_no_failed_connection() {
         return;
     }
     let summary = failover(
+        "link cut",
         "silent",
         |topo| {
             topo.backends[0].ip(&["link", "set", "eth0", "down"]);
@@ -183,6 +189,41 @@ fn a_backend_whose_link_is_cut_is_left_with_no_failed_connection() {
         |topo| {
             topo.backends[0].ip(&["link", "set", "eth0", "up"]);
             topo.backends[0].ip(&["route", "replace", "default", "via", "10.200.1.1"]);
+        },
+    );
+    eprintln!("{summary}");
+}
+
+#[test]
+fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
+    if !require_root("a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection") {
+        return;
+    }
+    // The backend host rejects the port with an ICMP error, as a firewall or a host whose
+    // route to the backend is gone does.
+    let rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-unreachable",
+    ];
+    let summary = failover(
+        "icmp unreachable",
+        "refused",
+        |topo| {
+            let mut args = vec!["iptables", "-w", "-A"];
+            args.extend(rule);
+            topo.backends[0].exec(&args);
+        },
+        |topo| {
+            let mut args = vec!["iptables", "-w", "-D"];
+            args.extend(rule);
+            topo.backends[0].exec(&args);
         },
     );
     eprintln!("{summary}");
