@@ -40,9 +40,11 @@ fn the_database_moves_across_hosts_and_clouds_without_a_failed_request() {
     let hosts: Vec<&str> = report.long.iter().map(|l| l.backend.as_str()).collect();
     assert_eq!(hosts, ["h2", "h3", "h4"], "{text}");
     assert!(report.long.last().unwrap().ended.is_none(), "{text}");
-    // The hard failure: some requests fail (h2 is dead but still registered), and only until
-    // the lease expires.
-    assert!(report.hard.failed > 0, "{text}");
+    // The hard failure: h2 is dead but still registered until its lease expires. The
+    // datapath leaves it at its first refusal, so at most the requests in flight at the kill
+    // fail; the ones that meet h2 first wait for one SYN retransmission.
+    assert!(report.hard.failed <= 2, "{text}");
+    assert!(report.hard.slowest < Duration::from_secs(3), "{text}");
     assert!(
         report.hard.window <= report.hard.ttl + Duration::from_secs(2),
         "{text}"
