@@ -85,8 +85,8 @@ pub mod program_names {
 
 /// Default capacity of each map: what the object declares, and what `ambassador run` creates
 /// unless `--max-services`, `--max-backends`, `--max-slots` or `--max-flows` say otherwise (the
-/// loader sets every map's size at load time). About 21 MiB of kernel memory on a 2-CPU host;
-/// see the README's "Capacity".
+/// loader sets every map's size at load time). About 23 MiB of kernel memory on a 2-CPU host,
+/// 14 MiB more with the socket datapath; see the README's "Capacity".
 pub mod limits {
     /// Services (frontends). Service ids are 1..=services, indexing per-CPU counter arrays.
     pub const DEFAULT_SERVICES: u32 = 4_096;

@@ -52,7 +52,7 @@ pub struct Requested {
 impl Capacity {
     /// Every map whose size follows a setting, with that size. Service ids run from 1 to
     /// `services` and index the counter array, which is one longer.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 10] {
+    pub fn map_sizes(&self) -> [(&'static str, u32); 8] {
         [
             // One entry per service, and one address marker per distinct frontend address.
             (names::SERVICES, self.services.saturating_mul(2)),
@@ -63,8 +63,6 @@ impl Capacity {
             (names::SLOTS, self.slots),
             (names::CONNTRACK, self.flows),
             (names::REVERSE_NAT, self.flows),
-            (names::SOCK_FORWARD, self.flows),
-            (names::SOCK_REVERSE, self.flows),
         ]
     }
 

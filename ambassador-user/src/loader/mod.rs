@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ambassador_common::program_names;
+use ambassador_common::{map_names, program_names};
 use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink},
@@ -154,6 +154,10 @@ pub fn load(
     for (name, size) in capacity.map_sizes() {
         loader.map_max_entries(name, size);
     }
+    let sock_size = sock_map_size(pin_dir, capacity.flows, sock)?;
+    for name in [map_names::SOCK_FORWARD, map_names::SOCK_REVERSE] {
+        loader.map_max_entries(name, sock_size);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { ref io_error, .. })
             if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -196,6 +200,47 @@ where
             what: format!("program {name}"),
             source,
         })
+}
+
+/// Entries of the socket datapath's two maps. They cost memory (about 14 MiB at the default
+/// --max-flows) only where `sock` runs: `--max-flows` entries with it, one without. A pair an
+/// earlier daemon made keeps its size without `sock` (its links may still be attached until
+/// this daemon removes them); a one-entry pair is replaced when `sock` starts (it never held a
+/// translation).
+fn sock_map_size(pin_dir: &Path, flows: u32, sock: bool) -> Result<u32> {
+    let pinned = |name: &'static str| -> Result<Option<u32>> {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        aya::maps::MapInfo::from_pin(&path)
+            .map(|i| Some(i.max_entries()))
+            .map_err(|source| Error::Map {
+                name,
+                what: "reading the pinned map's size".into(),
+                source,
+            })
+    };
+    let names = [map_names::SOCK_FORWARD, map_names::SOCK_REVERSE];
+    let smallest = match (pinned(names[0])?, pinned(names[1])?) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match (sock, smallest) {
+        (true, Some(n)) if n < flows => {
+            for name in names {
+                let path = pin_dir.join(name);
+                if path.exists() {
+                    std::fs::remove_file(&path)
+                        .map_err(Error::io(format!("removing {}", path.display())))?;
+                }
+            }
+            flows
+        }
+        (true, _) => flows,
+        (false, Some(n)) => n,
+        (false, None) => 1,
+    })
 }
 
 /// Pins a new link at `path`: the pin keeps it attached after the daemon's descriptor closes.
@@ -267,9 +312,9 @@ pub fn start(
     } else {
         None
     };
-    let health_events = match ebpf.take_map(ambassador_common::map_names::HEALTH_EVENTS) {
+    let health_events = match ebpf.take_map(map_names::HEALTH_EVENTS) {
         Some(map) => Some(HealthEvents::try_from(map).map_err(|source| Error::Map {
-            name: ambassador_common::map_names::HEALTH_EVENTS,
+            name: map_names::HEALTH_EVENTS,
             what: "unexpected map type".into(),
             source,
         })?),
