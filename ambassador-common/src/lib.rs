@@ -278,6 +278,10 @@ pub const CT_REPLIED: u32 = 2;
 /// Conntrack flag: the flow was re-pointed after its backend refused it; the next SYN is the
 /// first the new backend sees.
 pub const CT_RETRY: u32 = 4;
+/// Conntrack flag: the flow was re-pointed once already; a second refusal reaches the client
+/// (every backend may be dead: the client must hear it rather than wait through its
+/// retransmissions).
+pub const CT_FAILED_OVER: u32 = 8;
 
 /// Why a backend became suspect.
 pub mod suspicion {

@@ -4,7 +4,8 @@
 //! evicted it.
 
 use ambassador_common::{
-    suspicion, CtEntry4, CtKey4, RevNat4, BACKEND_TERMINATING, CT_CLOSING, CT_REPLIED, CT_RETRY,
+    suspicion, CtEntry4, CtKey4, RevNat4, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER,
+    CT_REPLIED, CT_RETRY,
 };
 
 use crate::{
@@ -163,9 +164,10 @@ pub fn mark(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, flag: u32) {
 
 /// The backend of the flow whose replies have the key `reply` refused it (a RST, or an ICMP
 /// "unreachable" about it). If the flow never got past SYN-SENT, the backend turns suspect
-/// and, if the service has a backend that is not, the flow is re-pointed there (the client's
-/// SYN retransmission will land on it) and true is returned: the refusal must not reach the
-/// client. False: a reset of a real connection, or nowhere better to go; the client gets it.
+/// and, if the service has a backend that is not and the flow was not re-pointed before, the
+/// flow is re-pointed there (the client's SYN retransmission will land on it) and true is
+/// returned: the refusal must not reach the client. False: a reset of a real connection, a
+/// second refusal, or nowhere better to go; the client gets it.
 #[inline(always)]
 pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
     let Some(entry) = forward_of(reply, rev) else {
@@ -177,6 +179,9 @@ pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
         return false;
     }
     health::failed(e.backend_id, e.service_id, suspicion::REFUSED, now);
+    if e.flags & CT_FAILED_OVER != 0 {
+        return false;
+    }
     let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, reply.proto) else {
         return false;
     };
@@ -190,7 +195,7 @@ pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;
     e.backend_port_be = backend.port_be;
-    e.flags = CT_RETRY;
+    e.flags = CT_RETRY | CT_FAILED_OVER;
     e.created_ns = now;
     e.last_seen_ns = now;
     let value = RevNat4 {

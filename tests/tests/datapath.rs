@@ -433,6 +433,7 @@ fn programs_handle_the_fixture_table() {
         ("ct_insert_failed", 0),
         ("backend_missing", 0),
         ("rewrite_failed", 0),
+        ("failover", 0),
     ]
     .into();
     assert_eq!(reasons, want);

@@ -64,21 +64,24 @@ impl Stream {
             .count()
     }
 
-    /// Stops; (all, failed, delayed past 300 ms, slowest).
-    fn finish(mut self) -> (usize, Vec<String>, usize, Duration) {
+    /// Stops; of the connections that started after `broken`: (all, failed, delayed past
+    /// 300 ms, slowest). One already established with the backend when it broke (its reply lost
+    /// with the link) is not a new flow: no datapath can save it, and it is left out.
+    fn finish(mut self, broken: Instant) -> (usize, Vec<String>, usize, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap();
-        let failed = seen
+        let after: Vec<&Attempt> = seen.iter().filter(|(t0, _, _)| *t0 >= broken).collect();
+        let failed = after
             .iter()
             .filter_map(|(_, _, r)| r.as_ref().err().cloned())
             .collect();
-        let delayed = seen
+        let delayed = after
             .iter()
             .filter(|(_, d, _)| *d > Duration::from_millis(300))
             .count();
-        let slowest = seen.iter().map(|(_, d, _)| *d).max().unwrap_or_default();
-        (seen.len(), failed, delayed, slowest)
+        let slowest = after.iter().map(|(_, d, _)| *d).max().unwrap_or_default();
+        (after.len(), failed, delayed, slowest)
     }
 }
 
@@ -125,8 +128,8 @@ fn failover(
     if case == "killed" {
         s1.take(); // the backend's process is gone: its port answers RST
     }
-    fail(&topo);
     let broken = Instant::now();
+    fail(&topo);
     let n = stream.count();
     assert!(wait_until(Duration::from_secs(20), || stream.count() >= n + 400));
     let suspect = backend(&pin.path, &b1);
@@ -146,7 +149,7 @@ fn failover(
     );
     assert!(backend(&pin.path, &b1)["suspect"].is_null());
     d.wait_log("in use again", Duration::from_secs(2));
-    let (all, failed, delayed, slowest) = stream.finish();
+    let (all, failed, delayed, slowest) = stream.finish(broken);
     assert!(
         failed.is_empty(),
         "{} of {all} connections failed after b1 broke ({:?} ago): {:?}",
@@ -227,4 +230,65 @@ fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
         },
     );
     eprintln!("{summary}");
+}
+
+#[test]
+fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
+    if !require_root("with_no_live_backend_left_the_client_is_refused_not_left_hanging") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let pin = PinDir::new();
+    // "one" has a single backend; "both" has two. No server listens anywhere: every backend
+    // refuses.
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"one\"\nfrontend = \"10.96.0.11:80\"\nendpoints = [\"{}\"]\n\n\
+         [[service]]\nname = \"both\"\nfrontend = \"10.96.0.12:80\"\nendpoints = [\"{}\", \"{}\"]\n",
+        Topology::backend_addr(1, 8080),
+        Topology::backend_addr(1, 8080),
+        Topology::backend_addr(2, 8080),
+    ));
+    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+    d.wait_ready();
+    for (vip, within) in [
+        // No other backend: the refusal reaches the client at once, as without failover.
+        ("10.96.0.11:80", Duration::from_millis(500)),
+        // Both refuse: the first refusal is withheld (the other might live), the second, one
+        // SYN retransmission (1 s) later, is not.
+        ("10.96.0.12:80", Duration::from_millis(1800)),
+    ] {
+        let addr: SocketAddr = vip.parse().unwrap();
+        let (took, result) = topo.client.run(move || {
+            let t0 = Instant::now();
+            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+            (t0.elapsed(), r.map(|_| ()))
+        });
+        let err = result.expect_err("nothing listens");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{vip}: {err}"
+        );
+        assert!(took < within, "{vip}: refused after {took:?}");
+    }
+    // Every backend of "both" is suspect now, and new flows still go somewhere (refused again,
+    // never dropped by us).
+    let st = status(&pin.path);
+    let both = service_status(&pin.path, "both").unwrap();
+    assert!(
+        both["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| !b["suspect"].is_null()),
+        "{st}"
+    );
+    let addr: SocketAddr = "10.96.0.12:80".parse().unwrap();
+    let (took, result) = topo.client.run(move || {
+        let t0 = Instant::now();
+        let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+        (t0.elapsed(), r.map(|_| ()))
+    });
+    assert!(result.is_err());
+    assert!(took < Duration::from_millis(1800), "refused after {took:?}");
 }
