@@ -128,8 +128,11 @@ fn failover(
     if case == "killed" {
         s1.take(); // the backend's process is gone: its port answers RST
     }
-    let broken = Instant::now();
     fail(&topo);
+    // From here on the break is in effect: a connection that started earlier may have been
+    // established with b1 just before (then its reply is lost with the link), and no datapath
+    // can save an established connection.
+    let broken = Instant::now();
     let n = stream.count();
     assert!(wait_until(Duration::from_secs(20), || stream.count() >= n + 400));
     let suspect = backend(&pin.path, &b1);
