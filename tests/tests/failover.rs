@@ -295,3 +295,48 @@ fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
     assert!(result.is_err());
     assert!(took < Duration::from_millis(1800), "refused after {took:?}");
 }
+
+#[test]
+fn the_sock_datapath_avoids_a_backend_tc_found_dead() {
+    if !require_root("the_sock_datapath_avoids_a_backend_tc_found_dead") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let b1 = Topology::backend_addr(1, 8080);
+    let s1 = TcpServer::start(&topo.backends[0], &b1, "b1");
+    let _s2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+    let pin = PinDir::new();
+    let cg = Cgroup::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{}\"]\n",
+        Topology::backend_addr(2, 8080)
+    ));
+    let mut d = Daemon::run_file(
+        &topo.fwd,
+        "c0",
+        cfg.as_str(),
+        &pin.path,
+        &["--datapath", "tc,sock", "--cgroup-path", cg.arg()],
+    );
+    d.wait_ready();
+    drop(s1);
+    // The client behind c0 (tc) meets the dead backend and the datapath marks it suspect.
+    let stream = Stream::start(&topo.client);
+    assert!(
+        wait_until(Duration::from_secs(10), || !backend(&pin.path, &b1)
+            ["suspect"]
+            .is_null()),
+        "b1 never became suspect: {}",
+        d.log()
+    );
+    let broken = Instant::now();
+    // A process of the host (sock, translated at connect()) goes only to the live backend,
+    // without waiting: sock sees no packets, but it honours what tc found.
+    let probe = env!("CARGO_BIN_EXE_amb-probe");
+    let out = cg.run(&topo.fwd, probe, &["tcp-idents", VIP, "50", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 50, "{text}");
+    assert!(text.lines().all(|l| l.starts_with("ok b2 ")), "{text}");
+    let (_, failed, _, _) = stream.finish(broken);
+    assert!(failed.is_empty(), "{failed:?}");
+}
