@@ -1,6 +1,6 @@
 //! The network interfaces of this network namespace, from rtnetlink (an RTM_GETLINK dump, and
 //! the RTMGRP_LINK multicast group for changes), through the netlink-packet-route and
-//! netlink-sys crates.
+//! netlink-sys crates; and the one request/answer loop every netlink user here shares.
 //!
 //! Not sysfs: /sys/class/net shows the namespace of whoever mounted sysfs, which is not this
 //! process's under `nsenter --net` or in a container without its own /sys.
@@ -8,7 +8,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     link::{LinkAttribute, LinkInfo, LinkMessage},
@@ -55,41 +56,50 @@ impl From<&LinkMessage> for Link {
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink: {e}"))
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
 }
 
-/// Lists the interfaces of the calling thread's network namespace.
-pub fn links() -> io::Result<Vec<Link>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
+/// Sends one request of netlink `protocol` and hands each answer to `each` until the kernel says
+/// done (a dump) or acknowledges (a single request with NLM_F_ACK). An error answer is the
+/// request's error.
+pub fn exchange<T, R>(
+    protocol: isize,
+    payload: T,
+    flags: u16,
+    mut each: impl FnMut(&NetlinkPayload<R>),
+) -> io::Result<()>
+where
+    T: NetlinkSerializable,
+    NetlinkPayload<T>: From<T>,
+    R: NetlinkDeserializable,
+{
+    let mut socket = Socket::new(protocol)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
-    request.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    let mut request = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
+    request.header.flags = flags;
     request.header.sequence_number = 1;
     request.finalize();
     let mut buf = vec![0u8; request.buffer_len()];
     request.serialize(&mut buf);
     socket.send(&buf, 0)?;
 
-    let mut links = Vec::new();
     let mut rx = Vec::with_capacity(64 * 1024);
     loop {
         rx.clear();
         let n = socket.recv(&mut rx, 0)?;
         let mut at = 0;
         while at < n.min(rx.len()) {
-            let msg =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..]).map_err(invalid)?;
+            let msg = NetlinkMessage::<R>::deserialize(&rx[at..]).map_err(invalid)?;
             match &msg.payload {
-                NetlinkPayload::Done(_) => return Ok(links),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    links.push(Link::from(m));
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(_) => Err(e.to_io()),
+                        None => Ok(()), // the acknowledgement of a single request
+                    };
                 }
-                _ => {}
+                p => each(p),
             }
             let len = msg.header.length as usize;
             if len == 0 {
@@ -98,6 +108,22 @@ pub fn links() -> io::Result<Vec<Link>> {
             at += len.next_multiple_of(4);
         }
     }
+}
+
+/// Lists the interfaces of the calling thread's network namespace.
+pub fn links() -> io::Result<Vec<Link>> {
+    let mut links = Vec::new();
+    exchange(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_DUMP | NLM_F_REQUEST,
+        |p| {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = p {
+                links.push(Link::from(m));
+            }
+        },
+    )?;
+    Ok(links)
 }
 
 /// A socket that becomes readable whenever an interface appears, changes or goes (the

@@ -18,18 +18,15 @@ use std::{
     net::{IpAddr, SocketAddrV4},
 };
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
     constants::{AF_INET, IPPROTO_TCP, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
-use crate::{maps::SockEntry, model::Proto, reconcile::Installed};
+use crate::{maps::SockEntry, model::Proto, netlink, reconcile::Installed};
 
 /// A connected IPv4 socket of this network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,56 +66,6 @@ fn protocol(proto: Proto) -> u8 {
     }
 }
 
-fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}"))
-}
-
-/// Sends one request and hands each answer to `each` until the kernel says done (a dump) or
-/// acknowledges (a single request).
-fn exchange<T: NetlinkSerializable>(
-    payload: T,
-    flags: u16,
-    mut each: impl FnMut(&NetlinkPayload<SockDiagMessage>),
-) -> io::Result<()>
-where
-    NetlinkPayload<T>: From<T>,
-{
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
-    request.header.flags = flags;
-    request.header.sequence_number = 1;
-    request.finalize();
-    let mut buf = vec![0u8; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut rx = Vec::with_capacity(64 * 1024);
-    loop {
-        rx.clear();
-        let n = socket.recv(&mut rx, 0)?;
-        let mut at = 0;
-        while at < n.min(rx.len()) {
-            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[at..]).map_err(invalid)?;
-            match &msg.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        Some(_) => Err(e.to_io()),
-                        None => Ok(()), // the acknowledgement of a single request
-                    };
-                }
-                p => each(p),
-            }
-            let len = msg.header.length as usize;
-            if len == 0 {
-                return Err(invalid("a message of length 0"));
-            }
-            at += len.next_multiple_of(4);
-        }
-    }
-}
-
 /// The connected (or connecting) IPv4 sockets of `proto` in this network namespace.
 pub fn connected(proto: Proto) -> io::Result<Vec<Connected>> {
     let states = match proto {
@@ -134,11 +81,16 @@ pub fn connected(proto: Proto) -> io::Result<Vec<Connected>> {
         socket_id: SocketId::new_v4(),
     });
     let mut out = Vec::new();
-    exchange(request, NLM_F_REQUEST | NLM_F_DUMP, |p| {
-        if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = p {
-            out.extend(Connected::from_header(proto, &r.header));
-        }
-    })?;
+    netlink::exchange(
+        NETLINK_SOCK_DIAG,
+        request,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        |p| {
+            if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = p {
+                out.extend(Connected::from_header(proto, &r.header));
+            }
+        },
+    )?;
     Ok(out)
 }
 
@@ -152,7 +104,13 @@ pub fn destroy(socket: &Connected) -> io::Result<()> {
         states: StateFlags::all(),
         socket_id: socket.id.clone(),
     }));
-    match exchange(request, NLM_F_REQUEST | NLM_F_ACK, |_| {}) {
+    let ack = netlink::exchange::<_, SockDiagMessage>(
+        NETLINK_SOCK_DIAG,
+        request,
+        NLM_F_REQUEST | NLM_F_ACK,
+        |_| {},
+    );
+    match ack {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
