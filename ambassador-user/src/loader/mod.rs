@@ -440,42 +440,45 @@ impl Datapath {
         // links on the same hook (what BPF_F_ALLOW_MULTI is for the older attach call).
         for (name, hook) in program_names::SOCK_ADDR {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let what = || format!("attaching {name} to {} ({hook})", cgroup.display());
-            let id = prog
+            let link = prog
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program {
-                    what: what(),
-                    source,
-                })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program {
-                what: what(),
-                source,
-            })?;
-            let prog_id = prog.info().map(|i| i.id()).unwrap_or_default();
-            let path = self.links_dir.join(sock_link_file(hook, prog_id));
-            pin_link(link.try_into(), &path, &what)?;
-            pins.push(path);
+                .and_then(|id| prog.take_link(id));
+            let id = prog.info().map(|i| i.id()).unwrap_or_default();
+            pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
         }
-        let name = program_names::SOCK_RELEASE;
+        let (name, hook) = (program_names::SOCK_RELEASE, "release");
         let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
-        let what = || format!("attaching {name} to {} (sock_release)", cgroup.display());
-        let id = prog
+        let link = prog
             .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| Error::Program {
-                what: what(),
-                source,
-            })?;
-        let link = prog.take_link(id).map_err(|source| Error::Program {
-            what: what(),
-            source,
-        })?;
-        let prog_id = prog.info().map(|i| i.id()).unwrap_or_default();
-        let path = self.links_dir.join(sock_link_file("release", prog_id));
-        pin_link(link.try_into(), &path, &what)?;
-        pins.push(path);
+            .and_then(|id| prog.take_link(id));
+        let id = prog.info().map(|i| i.id()).unwrap_or_default();
+        pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
         info!(cgroup = %cgroup.display(), "socket datapath attached");
         self.sock = Some((cgroup, pins));
         Ok(())
+    }
+
+    /// Pins the cgroup link of socket program `name` (program id `id`) on `hook`, just
+    /// attached to `cgroup` (or the error of attaching it); returns the pin's path.
+    fn pin_sock_link<L: TryInto<FdLink>>(
+        &self,
+        link: std::result::Result<L, aya::programs::ProgramError>,
+        name: &str,
+        hook: &str,
+        id: u32,
+        cgroup: &Path,
+    ) -> Result<PathBuf>
+    where
+        L::Error: std::fmt::Display,
+    {
+        let what = || format!("attaching {name} to {} ({hook})", cgroup.display());
+        let link = link.map_err(|source| Error::Program {
+            what: what(),
+            source,
+        })?;
+        let path = self.links_dir.join(sock_link_file(hook, id));
+        pin_link(link.try_into(), &path, &what)?;
+        Ok(path)
     }
 
     /// The cgroup the socket datapath is attached to.
