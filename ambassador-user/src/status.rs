@@ -610,22 +610,33 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
             );
         }
     }
-    page.family(
-        "ambassador_backend_flows",
-        Kind::Gauge,
-        "Established flows per backend.",
-    );
-    for s in &status.services {
-        for bk in &s.backends {
-            page.sample(
-                "ambassador_backend_flows",
-                &[
-                    ("service", &s.name),
-                    ("backend", &bk.addr),
-                    ("state", bk.state),
-                ],
-                bk.flows as f64,
-            );
+    type BackendFamily = (&'static str, &'static str, fn(&BackendStatus) -> f64);
+    let backend_families: [BackendFamily; 2] = [
+        (
+            "ambassador_backend_flows",
+            "Established flows per backend.",
+            |b| b.flows as f64,
+        ),
+        (
+            "ambassador_backend_sockets",
+            "Sockets the socket datapath translated to each backend.",
+            |b| b.sockets as f64,
+        ),
+    ];
+    for (name, help, value) in backend_families {
+        page.family(name, Kind::Gauge, help);
+        for s in &status.services {
+            for bk in &s.backends {
+                page.sample(
+                    name,
+                    &[
+                        ("service", &s.name),
+                        ("backend", &bk.addr),
+                        ("state", bk.state),
+                    ],
+                    value(bk),
+                );
+            }
         }
     }
     page.family(
@@ -639,24 +650,6 @@ pub fn write_metrics(status: &Status, page: &mut Page) {
                 "ambassador_backend_suspect",
                 &[("service", &s.name), ("backend", &bk.addr)],
                 f64::from(u8::from(bk.suspect.is_some())),
-            );
-        }
-    }
-    page.family(
-        "ambassador_backend_sockets",
-        Kind::Gauge,
-        "Sockets the socket datapath translated to each backend.",
-    );
-    for s in &status.services {
-        for bk in &s.backends {
-            page.sample(
-                "ambassador_backend_sockets",
-                &[
-                    ("service", &s.name),
-                    ("backend", &bk.addr),
-                    ("state", bk.state),
-                ],
-                bk.sockets as f64,
             );
         }
     }
