@@ -74,6 +74,19 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
+/// The length of the IPv4 header `hdr` starts, if it is an IPv4 header of a valid length.
+#[inline(always)]
+fn header_len(hdr: &[u8; IP_MIN_HLEN]) -> Option<usize> {
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    (hdr[0] >> 4 == 4 && ihl >= IP_MIN_HLEN).then_some(ihl)
+}
+
+/// The address at `off` (IP_SADDR or IP_DADDR) of the IPv4 header `hdr`, network byte order.
+#[inline(always)]
+fn addr_at(hdr: &[u8; IP_MIN_HLEN], off: usize) -> u32 {
+    u32::from_ne_bytes([hdr[off], hdr[off + 1], hdr[off + 2], hdr[off + 3]])
+}
+
 /// Parses Ethernet + IPv4 for TCP or UDP; `None` for anything else (which the datapath
 /// leaves alone, including IPv4 headers too broken for the stack to accept).
 #[inline(always)]
@@ -84,29 +97,15 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
     }
     // One read covers the fixed header, so the verifier sees a single bounds check.
     let hdr: [u8; IP_MIN_HLEN] = read(ctx, ETH_HLEN)?;
-    let version = hdr[0] >> 4;
-    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-    if version != 4 || ihl < IP_MIN_HLEN {
-        return None;
-    }
+    let ihl = header_len(&hdr)?;
     let proto = hdr[IP_PROTO];
     if proto != proto::TCP && proto != proto::UDP {
         return None;
     }
     let frag = u16::from_be_bytes([hdr[IP_FRAG_OFF], hdr[IP_FRAG_OFF + 1]]);
     Some(Ipv4Packet {
-        saddr_be: u32::from_ne_bytes([
-            hdr[IP_SADDR],
-            hdr[IP_SADDR + 1],
-            hdr[IP_SADDR + 2],
-            hdr[IP_SADDR + 3],
-        ]),
-        daddr_be: u32::from_ne_bytes([
-            hdr[IP_DADDR],
-            hdr[IP_DADDR + 1],
-            hdr[IP_DADDR + 2],
-            hdr[IP_DADDR + 3],
-        ]),
+        saddr_be: addr_at(&hdr, IP_SADDR),
+        daddr_be: addr_at(&hdr, IP_DADDR),
         proto,
         tot_len: u16::from_be_bytes([hdr[IP_TOT_LEN], hdr[IP_TOT_LEN + 1]]),
         fragment: frag & (IP_MF | IP_OFFSET) != 0,
@@ -164,8 +163,8 @@ pub fn tcp_unreachable(ctx: &TcContext) -> Option<Unreachable> {
         return None;
     }
     let hdr: [u8; IP_MIN_HLEN] = ctx.load(ETH_HLEN).ok()?;
-    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-    if hdr[0] >> 4 != 4 || ihl < IP_MIN_HLEN || hdr[IP_PROTO] != IPPROTO_ICMP {
+    let ihl = header_len(&hdr)?;
+    if hdr[IP_PROTO] != IPPROTO_ICMP {
         return None;
     }
     let icmp_off = ETH_HLEN + ihl;
@@ -175,24 +174,14 @@ pub fn tcp_unreachable(ctx: &TcContext) -> Option<Unreachable> {
     }
     let inner_off = icmp_off + ICMP_HLEN;
     let inner: [u8; IP_MIN_HLEN] = ctx.load(inner_off).ok()?;
-    let inner_ihl = ((inner[0] & 0x0f) as usize) * 4;
-    if inner[0] >> 4 != 4 || inner_ihl < IP_MIN_HLEN || inner[IP_PROTO] != proto::TCP {
+    let inner_ihl = header_len(&inner)?;
+    if inner[IP_PROTO] != proto::TCP {
         return None;
     }
     let ports: [u8; 4] = ctx.load(inner_off + inner_ihl).ok()?;
     Some(Unreachable {
-        saddr_be: u32::from_ne_bytes([
-            inner[IP_SADDR],
-            inner[IP_SADDR + 1],
-            inner[IP_SADDR + 2],
-            inner[IP_SADDR + 3],
-        ]),
-        daddr_be: u32::from_ne_bytes([
-            inner[IP_DADDR],
-            inner[IP_DADDR + 1],
-            inner[IP_DADDR + 2],
-            inner[IP_DADDR + 3],
-        ]),
+        saddr_be: addr_at(&inner, IP_SADDR),
+        daddr_be: addr_at(&inner, IP_DADDR),
         sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
         dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
     })
