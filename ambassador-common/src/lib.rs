@@ -291,6 +291,14 @@ pub mod suspicion {
     pub const SILENT: u32 = 2;
     /// (An event only) it answered a new flow again: no longer suspect.
     pub const ANSWERED: u32 = 3;
+
+    /// How long new flows avoid a backend after `strikes` (1 or more) failures in a row: 1 s,
+    /// doubled per failure after the first, up to 64 s.
+    pub const fn backoff_ns(strikes: u32) -> u64 {
+        let doublings = strikes.saturating_sub(1);
+        let shift = if doublings < 6 { doublings } else { 6 };
+        1_000_000_000 << shift
+    }
 }
 
 /// Value of the suspect map: a backend this host's datapath saw refuse or ignore a new flow.
@@ -553,4 +561,19 @@ mod pod {
     unsafe impl aya::Pod for SockNat4 {}
     unsafe impl aya::Pod for Suspect {}
     unsafe impl aya::Pod for HealthEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suspicion::backoff_ns;
+
+    #[test]
+    fn suspect_backoff_doubles_from_one_second_up_to_64() {
+        let s = |strikes| backoff_ns(strikes) / 1_000_000_000;
+        assert_eq!(
+            [s(1), s(2), s(3), s(7), s(8), s(u32::MAX)],
+            [1, 2, 4, 64, 64, 64]
+        );
+        assert_eq!(s(0), 1);
+    }
 }

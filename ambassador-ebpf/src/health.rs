@@ -9,11 +9,6 @@ use ambassador_common::{suspicion, HealthEvent, Suspect};
 
 use crate::maps::{HEALTH_EVENTS, SUSPECTS};
 
-/// The first backoff.
-const FIRST_BACKOFF_NS: u64 = 1_000_000_000;
-/// The backoff stops doubling at 2^6 s.
-const MAX_BACKOFF_SHIFT: u32 = 6;
-
 /// Whether new flows should avoid `backend_id` at time `now`.
 #[inline(always)]
 pub fn avoided(backend_id: u32, now: u64) -> bool {
@@ -35,14 +30,9 @@ pub fn failed(backend_id: u32, service_id: u32, reason: u32, now: u64) {
         Some(s) => (s.strikes.saturating_add(1), s.since_ns),
         None => (1, now),
     };
-    let shift = if strikes - 1 < MAX_BACKOFF_SHIFT {
-        strikes - 1
-    } else {
-        MAX_BACKOFF_SHIFT
-    };
     let suspect = Suspect {
         since_ns,
-        retry_ns: now + (FIRST_BACKOFF_NS << shift),
+        retry_ns: now + suspicion::backoff_ns(strikes),
         strikes,
         reason,
     };

@@ -403,7 +403,7 @@ impl State {
                 .get(&ev.service_id)
                 .cloned()
                 .unwrap_or_else(|| format!("id {}", ev.service_id));
-            let retry_s = 1u64 << ev.strikes.saturating_sub(1).min(6);
+            let retry_s = suspicion::backoff_ns(ev.strikes) / 1_000_000_000;
             match ev.reason {
                 suspicion::REFUSED | suspicion::SILENT => {
                     let how = if ev.reason == suspicion::REFUSED {
