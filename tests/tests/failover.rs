@@ -235,6 +235,17 @@ fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
     eprintln!("{summary}");
 }
 
+/// One connection from `client` to `addr` (10 s at most): how long it took, and whether it was
+/// accepted.
+fn connect_timed(client: &NetNs, addr: &str) -> (Duration, std::io::Result<()>) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    client.run(move || {
+        let t0 = Instant::now();
+        let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+        (t0.elapsed(), r.map(|_| ()))
+    })
+}
+
 #[test]
 fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
     if !require_root("with_no_live_backend_left_the_client_is_refused_not_left_hanging") {
@@ -260,12 +271,7 @@ fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
         // SYN retransmission (1 s) later, is not.
         ("10.96.0.12:80", Duration::from_millis(1800)),
     ] {
-        let addr: SocketAddr = vip.parse().unwrap();
-        let (took, result) = topo.client.run(move || {
-            let t0 = Instant::now();
-            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
-            (t0.elapsed(), r.map(|_| ()))
-        });
+        let (took, result) = connect_timed(&topo.client, vip);
         let err = result.expect_err("nothing listens");
         assert_eq!(
             err.kind(),
@@ -286,12 +292,7 @@ fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
             .all(|b| !b["suspect"].is_null()),
         "{st}"
     );
-    let addr: SocketAddr = "10.96.0.12:80".parse().unwrap();
-    let (took, result) = topo.client.run(move || {
-        let t0 = Instant::now();
-        let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
-        (t0.elapsed(), r.map(|_| ()))
-    });
+    let (took, result) = connect_timed(&topo.client, "10.96.0.12:80");
     assert!(result.is_err());
     assert!(took < Duration::from_millis(1800), "refused after {took:?}");
 }

@@ -39,6 +39,28 @@ fn config(udp_backends: &[usize]) -> String {
     )
 }
 
+/// `web`'s servers: each backend answers on 8080 with its name ("b1", "b2").
+fn web_servers(topo: &Topology) -> [TcpServer; 2] {
+    [1, 2].map(|i| {
+        TcpServer::start(
+            &topo.backends[i - 1],
+            &Topology::backend_addr(i, 8080),
+            &format!("b{i}"),
+        )
+    })
+}
+
+/// `dns`'s servers: each backend answers on 5353 with its name.
+fn dns_servers(topo: &Topology) -> [UdpServer; 2] {
+    [1, 2].map(|i| {
+        UdpServer::start(
+            &topo.backends[i - 1],
+            &Topology::backend_addr(i, 5353),
+            &format!("b{i}"),
+        )
+    })
+}
+
 /// `ambassador run --datapath DATAPATH --cgroup-path CG --config CFG --pin-path PIN EXTRA...`
 /// in the forwarding host's namespace, waited for.
 fn run_sock(topo: &Topology, cg: &Cgroup, cfg: &TempFile, pin: &Path, extra: &[&str]) -> Daemon {
@@ -129,10 +151,8 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
         return;
     }
     let topo = Topology::new(2);
-    let _t1 = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1");
-    let _t2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
-    let _u1 = UdpServer::start(&topo.backends[0], &Topology::backend_addr(1, 5353), "b1");
-    let _u2 = UdpServer::start(&topo.backends[1], &Topology::backend_addr(2, 5353), "b2");
+    let _web = web_servers(&topo);
+    let _dns = dns_servers(&topo);
     let (_httpd, _root) = httpd(
         &topo.backends[0],
         &Topology::backend_addr(1, 8081),
@@ -243,10 +263,8 @@ fn sock_terminating_backend_keeps_its_connection_and_a_udp_socket_to_a_removed_b
         return;
     }
     let topo = Topology::new(2);
-    let _t1 = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1");
-    let _t2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
-    let _u1 = UdpServer::start(&topo.backends[0], &Topology::backend_addr(1, 5353), "b1");
-    let _u2 = UdpServer::start(&topo.backends[1], &Topology::backend_addr(2, 5353), "b2");
+    let _web = web_servers(&topo);
+    let _dns = dns_servers(&topo);
     let cg = Cgroup::new();
     let pin = PinDir::new();
     // dns has only b1 at first.
@@ -334,8 +352,7 @@ fn sock_forwarding_survives_sigkill_and_restart_and_uninstall_detaches() {
         return;
     }
     let topo = Topology::new(2);
-    let _t1 = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1");
-    let _t2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+    let _web = web_servers(&topo);
     let cg = Cgroup::new();
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(&[1]));
@@ -404,8 +421,7 @@ fn tc_and_sock_together_translate_each_connection_once() {
         return;
     }
     let topo = Topology::new(2);
-    let _t1 = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1");
-    let _t2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+    let _web = web_servers(&topo);
     let cg = Cgroup::new();
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(&[1]));
