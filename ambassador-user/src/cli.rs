@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the datapath on this host and keep its maps equal to etcd (or to a file).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show services, backends, flows, counters and the control plane, from the pinned maps.
     Status(StatusArgs),
     /// Define, show and remove services (frontends) in etcd.
@@ -37,6 +37,18 @@ pub enum Command {
     /// Add, list and remove endpoints (backends) in etcd by hand.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Show or set the range frontend addresses are allocated from, and list allocations.
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Print the variables Docker links defined for these services (DB_PORT=tcp://VIP:PORT,
+    /// DB_PORT_6379_TCP_ADDR, ...), for `docker run --env-file`.
+    Env {
+        /// Service names.
+        #[arg(required = true)]
+        services: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
     /// Register this host's labelled Docker containers as endpoints in etcd.
     Register(RegisterArgs),
     /// Remove the datapath a stopped `run` left in place: program links (detaching it from
@@ -183,6 +195,40 @@ pub struct RunArgs {
     /// Flows tracked at once; beyond it the least recently used is forgotten [default: 65536].
     #[arg(long, env = "AMBASSADOR_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(16..=1 << 26))]
     pub max_flows: Option<u32>,
+    /// Answer DNS for the services here (UDP and TCP; repeatable, or comma-separated), e.g.
+    /// the Docker bridge's 172.17.0.1:53 for `docker run --dns 172.17.0.1`. Not served unless
+    /// given.
+    #[arg(
+        long = "dns-listen",
+        env = "AMBASSADOR_DNS_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub dns_listen: Vec<std::net::SocketAddr>,
+    /// The domain the responder is authoritative for: `<service>.<domain>`.
+    #[arg(long, env = "AMBASSADOR_DNS_DOMAIN", value_name = "DOMAIN", default_value = crate::dns::zone::DEFAULT_DOMAIN, value_parser = crate::dns::zone::parse_domain)]
+    pub dns_domain: hickory_proto::rr::Name,
+    /// Resolvers that names outside the domain are forwarded to (repeatable, or
+    /// comma-separated) [default: the nameservers of /etc/resolv.conf].
+    #[arg(long = "dns-upstream", env = "AMBASSADOR_DNS_UPSTREAM", value_name = "ADDR[:PORT]", value_delimiter = ',', value_parser = crate::dns::parse_upstream)]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// Refuse names outside the domain instead of forwarding them.
+    #[arg(
+        long,
+        env = "AMBASSADOR_DNS_NO_FORWARD",
+        conflicts_with = "dns_upstream"
+    )]
+    pub dns_no_forward: bool,
+    /// Clients that may have names outside the domain forwarded (repeatable, or
+    /// comma-separated) [default: the subnets of the --dns-listen addresses]. Names of the
+    /// domain are answered to anyone who can reach the responder.
+    #[arg(
+        long = "dns-allow",
+        env = "AMBASSADOR_DNS_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub dns_allow: Vec<ipnet::IpNet>,
 }
 
 /// A datapath of `ambassador run`.
@@ -217,6 +263,22 @@ impl RunArgs {
         if !sock && a.cgroup_path.is_some() {
             return Err("--cgroup-path is for the sock datapath: add sock to --datapath".into());
         }
+        let dns_flags = !a.dns_upstream.is_empty() || a.dns_no_forward || !a.dns_allow.is_empty();
+        if a.dns_listen.is_empty() && dns_flags {
+            return Err("--dns-upstream, --dns-no-forward and --dns-allow are for the DNS responder: add --dns-listen".into());
+        }
+        let dns = (!a.dns_listen.is_empty()).then_some(crate::dns::DnsConfig {
+            listen: a.dns_listen,
+            domain: a.dns_domain,
+            forwarding: if a.dns_no_forward {
+                crate::dns::Forwarding::Off
+            } else if a.dns_upstream.is_empty() {
+                crate::dns::Forwarding::Host
+            } else {
+                crate::dns::Forwarding::To(a.dns_upstream)
+            },
+            allow: a.dns_allow,
+        });
         Ok(RunConfig {
             targets: crate::loader::Targets {
                 ifaces: a.ifaces,
@@ -233,6 +295,7 @@ impl RunArgs {
                 allow: a.allow_backend,
             },
             metrics_addr: a.metrics_addr,
+            dns,
             grace: Duration::from_secs(a.grace_period),
             debug_datapath: a.debug_datapath,
             capacity: crate::capacity::Requested {
@@ -285,13 +348,18 @@ pub enum ProtoArg {
 /// `ambassador service ...`.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
-    /// Create or change a service.
+    /// Create or change a service: with --frontend at that address, with --port alone at a
+    /// free address of the VIP range (`vip range`), allocated in an etcd transaction (an
+    /// existing service keeps its address).
     Set {
         /// Service name (a DNS label).
         name: String,
         /// Frontend IPv4:port that clients dial.
-        #[arg(long)]
-        frontend: String,
+        #[arg(long, required_unless_present = "port", conflicts_with = "port")]
+        frontend: Option<String>,
+        /// Frontend port, at an allocated address.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
         /// Protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
@@ -318,6 +386,25 @@ pub enum ServiceCmd {
         etcd: EtcdArgs,
     },
     /// List services.
+    Ls {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `ambassador vip ...`.
+#[derive(Debug, Subcommand)]
+pub enum VipCmd {
+    /// Show the range (no CIDR) or set it (CIDR); allocations outside a new range stay.
+    Range {
+        /// An IPv4 range, e.g. 10.96.0.0/12.
+        cidr: Option<ipnet::Ipv4Net>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// List allocated frontend addresses and their services.
     Ls {
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -397,6 +484,11 @@ pub struct RegisterArgs {
     /// Docker connection state). Not served unless given.
     #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Never create services: a labelled container whose service does not exist is
+    /// registered, and waits for an operator's `service set`. Without it, such a service is
+    /// created at a free address of the VIP range, on the container's port.
+    #[arg(long, env = "AMBASSADOR_NO_CREATE_SERVICES")]
+    pub no_create_services: bool,
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }
@@ -463,9 +555,16 @@ mod tests {
         walk(&Cli::command(), &mut missing);
         // Per-invocation operator inputs are arguments of one command, not settings.
         missing.retain(|m| {
-            !["--frontend", "--proto", "--id", "--weight", "--ttl"]
-                .iter()
-                .any(|f| m.ends_with(f))
+            ![
+                "--frontend",
+                "--port",
+                "--proto",
+                "--id",
+                "--weight",
+                "--ttl",
+            ]
+            .iter()
+            .any(|f| m.ends_with(f))
         });
         assert!(
             missing.is_empty(),

@@ -7,6 +7,8 @@
 //! <prefix>/v1/endpoints/<service>/<endpoint-id>  {"addr":"10.48.134.223:32769","weight":1,
 //!                                                 "host":"host2","container":"<id>"}
 //!                                                or a bare 10.48.134.223:32769 (quoted or not)
+//! <prefix>/v1/vips/<address>                     <service>: an allocated frontend address
+//! <prefix>/v1/settings/vip-range                 10.96.0.0/12: where addresses are allocated
 //! ```
 
 use std::{collections::BTreeMap, net::SocketAddrV4};
@@ -99,6 +101,21 @@ pub fn services_prefix(prefix: &str) -> String {
     format!("{}/v1/services/", prefix.trim_end_matches('/'))
 }
 
+/// The key of an allocated frontend address.
+pub fn vip_key(prefix: &str, ip: std::net::Ipv4Addr) -> String {
+    format!("{}/v1/vips/{ip}", prefix.trim_end_matches('/'))
+}
+
+/// The key prefix of all allocated frontend addresses.
+pub fn vips_prefix(prefix: &str) -> String {
+    format!("{}/v1/vips/", prefix.trim_end_matches('/'))
+}
+
+/// The key of the range frontend addresses are allocated from.
+pub fn vip_range_key(prefix: &str) -> String {
+    format!("{}/v1/settings/vip-range", prefix.trim_end_matches('/'))
+}
+
 /// The key prefix the daemon watches.
 pub fn watch_prefix(prefix: &str) -> String {
     format!("{}/", prefix.trim_end_matches('/'))
@@ -119,7 +136,11 @@ pub enum Key<'a> {
         /// The endpoint id (not validated).
         id: &'a str,
     },
-    /// Under `<prefix>/v1/` but neither.
+    /// `<prefix>/v1/vips/<address>`: an allocation (not part of the desired state).
+    Vip,
+    /// `<prefix>/v1/settings/<name>`: a cluster setting (not part of the desired state).
+    Setting,
+    /// Under `<prefix>/v1/` but none of these.
     Unknown,
 }
 
@@ -133,6 +154,8 @@ impl<'a> Key<'a> {
         Some(match rest.split('/').collect::<Vec<_>>().as_slice() {
             ["services", name] => Key::Service { name },
             ["endpoints", service, id] => Key::Endpoint { service, id },
+            ["vips", _] => Key::Vip,
+            ["settings", _] => Key::Setting,
             _ => Key::Unknown,
         })
     }
@@ -177,7 +200,11 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, St
                 endpoint: parse_endpoint(value)?,
             }))
         }
-        Key::Unknown => Err("not a v1 services/<name> or endpoints/<service>/<id> key".into()),
+        Key::Vip | Key::Setting => Ok(None),
+        Key::Unknown => Err(
+            "not a v1 services/<name>, endpoints/<service>/<id>, vips/<address> or settings/<name> key"
+                .into(),
+        ),
     }
 }
 

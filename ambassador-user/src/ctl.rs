@@ -7,11 +7,12 @@ use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
 use serde::Serialize;
 
 use crate::{
-    cli::{EndpointCmd, ProtoArg, ServiceCmd},
+    cli::{EndpointCmd, ProtoArg, ServiceCmd, VipCmd},
     contract::{self, EndpointValue, Entry, ServiceValue},
     error::{Error, Result},
     etcd::{timed, EtcdOptions},
-    model::{check_service_name, parse_addr},
+    model::{check_service_name, parse_addr, Proto},
+    vips,
 };
 
 /// A service as listed.
@@ -193,21 +194,45 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Set {
             name,
             frontend,
+            port,
             proto,
             etcd,
         } => {
             check_service_name(&name).map_err(Error::Usage)?;
+            let proto = match proto {
+                ProtoArg::Tcp => Proto::Tcp,
+                ProtoArg::Udp => Proto::Udp,
+            };
+            let opts: EtcdOptions = etcd.into();
+            let Some(frontend) = frontend else {
+                let port = port.expect("clap requires --frontend or --port");
+                let mut client = opts.connect().await?;
+                let outcome =
+                    vips::ensure(&mut client, &opts.prefix, &name, port, proto, true).await?;
+                match outcome {
+                    vips::Outcome::Created(a) => {
+                        println!("service {name} -> {a}/{proto} (address allocated)")
+                    }
+                    vips::Outcome::Existing(a) => println!("service {name} -> {a}/{proto}"),
+                }
+                return Ok(());
+            };
             let addr =
                 parse_addr(&frontend).map_err(|m| Error::Usage(format!("--frontend: {m}")))?;
-            let opts: EtcdOptions = etcd.into();
             let value = ServiceValue {
                 frontend: addr.to_string(),
-                proto: match proto {
-                    ProtoArg::Tcp => "tcp".into(),
-                    ProtoArg::Udp => "udp".into(),
-                },
+                proto: proto.to_string(),
             };
             let mut client = opts.connect().await?;
+            match vips::owner(&mut client, &opts.prefix, *addr.ip()).await? {
+                Some(owner) if owner != name => {
+                    return Err(Error::Usage(format!(
+                        "{} is allocated to service {owner}: choose another address, or leave out --frontend to have one allocated",
+                        addr.ip()
+                    )))
+                }
+                _ => {}
+            }
             let key = contract::service_key(&opts.prefix, &name);
             let json = serde_json::to_string(&value).expect("serializable");
             timed(
@@ -215,6 +240,8 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 client.put(key.clone(), json, None),
             )
             .await?;
+            // An address allocated to this service before is free again.
+            vips::release(&mut client, &opts.prefix, &name, Some(*addr.ip())).await?;
             println!("service {name} -> {addr}/{}", value.proto);
             Ok(())
         }
@@ -246,6 +273,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             let mut client = opts.connect().await?;
             let key = contract::service_key(&opts.prefix, &name);
             let resp = timed(&format!("deleting {key}"), client.delete(key, None)).await?;
+            let freed = vips::release(&mut client, &opts.prefix, &name, None).await?;
             let mut removed_eps = 0;
             if with_endpoints {
                 let p = contract::endpoints_prefix(&opts.prefix, Some(&name));
@@ -262,7 +290,15 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                     opts.prefix
                 )));
             }
-            println!("service {name} removed ({removed_eps} endpoints removed)");
+            let freed: Vec<String> = freed.iter().map(ToString::to_string).collect();
+            if freed.is_empty() {
+                println!("service {name} removed ({removed_eps} endpoints removed)");
+            } else {
+                println!(
+                    "service {name} removed ({removed_eps} endpoints removed; {} free again)",
+                    freed.join(", ")
+                );
+            }
             Ok(())
         }
         ServiceCmd::Ls { etcd, output } => {
@@ -352,5 +388,111 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `ambassador vip ...`.
+pub async fn vip(cmd: VipCmd) -> Result<()> {
+    match cmd {
+        VipCmd::Range { cidr, etcd } => {
+            let opts: EtcdOptions = etcd.into();
+            let mut client = opts.connect().await?;
+            match cidr {
+                Some(range) => {
+                    vips::set_range(&mut client, &opts.prefix, range).await?;
+                    println!("frontend addresses are allocated from {}", range.trunc());
+                }
+                None => {
+                    let (range, allocated) = vips::list(&mut client, &opts.prefix).await?;
+                    println!("{range} ({} allocated)", allocated.len());
+                }
+            }
+            Ok(())
+        }
+        VipCmd::Ls { etcd, output } => {
+            let opts: EtcdOptions = etcd.into();
+            let mut client = opts.connect().await?;
+            let (_, allocated) = vips::list(&mut client, &opts.prefix).await?;
+            if output.json {
+                print_json(&allocated);
+            } else {
+                let mut out = format!("{:<16} SERVICE\n", "ADDRESS");
+                for (ip, name) in &allocated {
+                    let _ = writeln!(out, "{:<16} {name}", ip.to_string());
+                }
+                print!("{out}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The variables a Docker link to `service` (frontend `addr`, `proto`) defined.
+pub fn link_env(
+    service: &str,
+    addr: std::net::SocketAddrV4,
+    proto: Proto,
+) -> Vec<(String, String)> {
+    let name = service.to_ascii_uppercase().replace('-', "_");
+    let (ip, port) = (addr.ip(), addr.port());
+    let url = format!("{proto}://{addr}");
+    let p = format!(
+        "{name}_PORT_{port}_{}",
+        proto.to_string().to_ascii_uppercase()
+    );
+    vec![
+        (format!("{name}_PORT"), url.clone()),
+        (p.clone(), url),
+        (format!("{p}_ADDR"), ip.to_string()),
+        (format!("{p}_PORT"), port.to_string()),
+        (format!("{p}_PROTO"), proto.to_string()),
+    ]
+}
+
+/// `ambassador env SERVICE...`.
+pub async fn env(services: Vec<String>, etcd: crate::cli::EtcdArgs) -> Result<()> {
+    for s in &services {
+        check_service_name(s).map_err(Error::Usage)?;
+    }
+    let opts: EtcdOptions = etcd.into();
+    let mut client = opts.connect().await?;
+    let rows = list(&mut client, &opts.prefix).await?;
+    let mut out = String::new();
+    for s in &services {
+        let row = rows.iter().find(|r| &r.name == s && r.error.is_none());
+        let Some(row) = row else {
+            return Err(Error::NotFound(format!(
+                "service {s:?} not found under {}",
+                opts.prefix
+            )));
+        };
+        let addr = parse_addr(&row.frontend).map_err(Error::Usage)?;
+        let proto = crate::model::parse_proto(&row.proto).map_err(Error::Usage)?;
+        for (k, v) in link_env(s, addr, proto) {
+            let _ = writeln!(out, "{k}={v}");
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_variables_are_dockers() {
+        let env = link_env("my-db", "10.96.0.10:6379".parse().unwrap(), Proto::Tcp);
+        let text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            text,
+            [
+                "MY_DB_PORT=tcp://10.96.0.10:6379",
+                "MY_DB_PORT_6379_TCP=tcp://10.96.0.10:6379",
+                "MY_DB_PORT_6379_TCP_ADDR=10.96.0.10",
+                "MY_DB_PORT_6379_TCP_PORT=6379",
+                "MY_DB_PORT_6379_TCP_PROTO=tcp",
+            ]
+        );
     }
 }

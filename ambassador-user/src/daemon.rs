@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub policy: BackendPolicy,
     /// Where Prometheus metrics are served (none: not served).
     pub metrics_addr: Option<SocketAddr>,
+    /// The DNS responder (none: not served).
+    pub dns: Option<crate::dns::DnsConfig>,
     /// How long a stop may take before the daemon exits anyway.
     pub grace: Duration,
     /// Kernel-side debug output (aya-log): new flows and drops.
@@ -171,7 +173,11 @@ impl Default for Telemetry {
 }
 
 /// The metrics page: the status read from the pinned maps, then the daemon's own figures.
-fn render_metrics(pin_dir: &Path, telemetry: &Mutex<Telemetry>) -> String {
+fn render_metrics(
+    pin_dir: &Path,
+    telemetry: &Mutex<Telemetry>,
+    dns: Option<&crate::dns::DnsStats>,
+) -> String {
     let mut page = Page::default();
     match status::read(pin_dir) {
         Ok(s) => {
@@ -256,6 +262,9 @@ fn render_metrics(pin_dir: &Path, telemetry: &Mutex<Telemetry>) -> String {
         "Sockets the socket datapath connected to a backend that went (UDP: also one that left its service), destroyed so the application reconnects.",
         t.sockets_destroyed as f64,
     );
+    if let Some(dns) = dns {
+        dns.write(&mut page);
+    }
     page.finish()
 }
 
@@ -274,6 +283,8 @@ struct State {
     telemetry: Arc<Mutex<Telemetry>>,
     /// The kernel refused SOCK_DESTROY once (said once, not at every pass).
     destroy_refused: bool,
+    /// The DNS responder, answering from what was last applied.
+    dns: Option<crate::dns::Responder>,
 }
 
 impl State {
@@ -306,7 +317,11 @@ impl State {
                     t.lag.observe(r.elapsed());
                 }
                 info!(services = desired.len(), changes, "{why}");
+                let serial = t.applies as u32;
                 drop(t);
+                if let Some(dns) = &self.dns {
+                    dns.update(desired, serial);
+                }
                 self.destroy_stale_sockets();
             }
             Err(e) => {
@@ -340,7 +355,7 @@ impl State {
     }
 
     /// Loads and attaches the datapath (adopting what is pinned) and records the daemon.
-    fn start(cfg: &RunConfig) -> Result<Self> {
+    fn start(cfg: &RunConfig, dns: Option<crate::dns::Responder>) -> Result<Self> {
         let mut dp = loader::start(&cfg.pin_dir, &cfg.targets, cfg.capacity, cfg.debug_datapath)?;
         info!(
             services = dp.capacity.services,
@@ -379,6 +394,7 @@ impl State {
             left_out: BTreeSet::new(),
             telemetry: Arc::default(),
             destroy_refused: false,
+            dns,
         })
     }
 
@@ -570,7 +586,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut int =
         signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
 
-    let mut state = State::start(&cfg)?;
+    // The responder binds its addresses before the kernel is touched: a bad address fails
+    // the start with nothing changed.
+    let dns = match &cfg.dns {
+        Some(d) => Some(crate::dns::Responder::start(d.clone()).await?),
+        None => None,
+    };
+    let mut state = State::start(&cfg, dns)?;
     if let Some(desired) = &initial {
         state.apply(desired, "configuration applied", None);
     }
@@ -578,7 +600,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = match cfg.metrics_addr {
         Some(addr) => {
             let (pin, t) = (cfg.pin_dir.clone(), state.telemetry.clone());
-            let render: metrics::Render = Arc::new(move || render_metrics(&pin, &t));
+            let dns = state.dns.as_ref().map(crate::dns::Responder::stats);
+            let render: metrics::Render =
+                Arc::new(move || render_metrics(&pin, &t, dns.as_deref()));
             Some(metrics::serve(addr, render).await?.1)
         }
         None => None,

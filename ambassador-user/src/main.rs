@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Run(args) => match args.into_config() {
+        Command::Run(args) => match (*args).into_config() {
             Ok(cfg) => block_on(daemon::run(cfg, std::future::pending())),
             Err(message) => {
                 let mut cli = Cli::command();
@@ -88,6 +88,8 @@ fn main() -> ExitCode {
         }),
         Command::Service(cmd) => block_on(ctl::service(cmd)),
         Command::Endpoint(cmd) => block_on(ctl::endpoint(cmd)),
+        Command::Vip(cmd) => block_on(ctl::vip(cmd)),
+        Command::Env { services, etcd } => block_on(ctl::env(services, etcd)),
         Command::Register(a) => block_on(register::run(RegisterConfig {
             docker: a.docker,
             advertise_ip: a.advertise_ip,
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
             address_mode: a.address_mode,
             reconcile_interval: Duration::from_secs(a.reconcile_interval),
             metrics_addr: a.metrics_addr,
+            create_services: !a.no_create_services,
             etcd: a.etcd.into(),
         })),
     };

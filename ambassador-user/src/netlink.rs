@@ -1,5 +1,5 @@
 //! The network interfaces of this network namespace, from rtnetlink (an RTM_GETLINK dump, and
-//! the RTMGRP_LINK multicast group for changes), through the netlink-packet-route and
+//! the RTMGRP_LINK multicast group for changes) and their addresses (an RTM_GETADDR dump), through the netlink-packet-route and
 //! netlink-sys crates; and the one request/answer loop every netlink user here shares.
 //!
 //! Not sysfs: /sys/class/net shows the namespace of whoever mounted sysfs, which is not this
@@ -12,6 +12,7 @@ use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
@@ -124,6 +125,39 @@ pub fn links() -> io::Result<Vec<Link>> {
         },
     )?;
     Ok(links)
+}
+
+/// The addresses of this network namespace's interfaces, with their prefixes (the subnets the
+/// host is on).
+pub fn addresses() -> io::Result<Vec<ipnet::IpNet>> {
+    let mut nets = Vec::new();
+    exchange(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_DUMP | NLM_F_REQUEST,
+        |p| {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) = p {
+                // IFA_LOCAL is the interface's own address on point-to-point links, where
+                // IFA_ADDRESS is the peer's; elsewhere they are equal.
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                if let Some(net) =
+                    addr.and_then(|ip| ipnet::IpNet::new(ip, m.header.prefix_len).ok())
+                {
+                    nets.push(net);
+                }
+            }
+        },
+    )?;
+    Ok(nets)
 }
 
 /// A socket that becomes readable whenever an interface appears, changes or goes (the

@@ -24,6 +24,7 @@ fn cfg(mode: AddressMode) -> RegisterConfig {
         address_mode: mode,
         reconcile_interval: std::time::Duration::from_secs(30),
         metrics_addr: None,
+        create_services: true,
         etcd: EtcdOptions {
             endpoints: vec![],
             prefix: "/ambassador".into(),

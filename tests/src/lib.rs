@@ -1385,3 +1385,101 @@ pub fn http_get(ns: &NetNs, addr: &str) -> std::io::Result<String> {
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok(body.trim().to_owned())
 }
+
+/// A redis-server in `ns` bound to `ip`:6379.
+pub fn redis_server(ns: &NetNs, ip: &str) -> Proc {
+    let args: Vec<String> = [
+        "--bind",
+        ip,
+        "--port",
+        "6379",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    Proc::spawn(&ns.name, "redis", Path::new("redis-server"), &args)
+}
+
+/// Waits until something accepts TCP connections at `addr` inside `ns`; panics after 5 s.
+pub fn wait_for_port(ns: &NetNs, addr: &str) {
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let up = wait_until(Duration::from_secs(5), || {
+        ns.run(move || {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+        })
+    });
+    assert!(up, "nothing listens on {addr} in {}", ns.name);
+}
+
+/// `dig ARGS` inside `ns` (one try, 2 s): its whole output.
+pub fn dig(ns: &NetNs, args: &[&str]) -> String {
+    let mut full = vec!["dig", "+time=2", "+tries=1"];
+    full.extend_from_slice(args);
+    ns.exec(&full)
+}
+
+/// The `status:` of a dig output (NOERROR, NXDOMAIN, REFUSED...).
+pub fn dig_status(out: &str) -> &str {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no status in dig's output:\n{out}"))
+}
+
+/// The header flags of a dig output (`qr aa rd`...).
+pub fn dig_flags(out: &str) -> Vec<&str> {
+    out.split("flags: ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no flags in dig's output:\n{out}"))
+        .split_whitespace()
+        .collect()
+}
+
+/// `/etc/netns/NS/resolv.conf` (what `ip netns exec` shows a namespace as /etc/resolv.conf),
+/// removed on drop.
+pub struct NetnsResolvConf {
+    dir: PathBuf,
+}
+
+impl NetnsResolvConf {
+    /// Makes `nameserver` the resolver of processes started with `ip netns exec NS`.
+    pub fn new(ns: &NetNs, nameserver: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"),
+        )
+        .unwrap();
+        Self { dir }
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian's dnsmasq in `ns`, in the foreground, reading no host file: `args` say what it does.
+pub fn dnsmasq(ns: &NetNs, args: &[&str]) -> Proc {
+    let mut all: Vec<String> = [
+        "--keep-in-foreground",
+        "--no-hosts",
+        "--no-resolv",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--conf-file=/dev/null",
+        "--user=root",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    all.extend(args.iter().map(|a| a.to_string()));
+    Proc::spawn(&ns.name, "dnsmasq", Path::new("/usr/sbin/dnsmasq"), &all)
+}

@@ -116,35 +116,6 @@ fn httpd(ns: &NetNs, addr: &str, body: &str) -> (Proc, TempDir) {
     (p, root)
 }
 
-/// A redis-server in `ns` bound to `ip`:6379.
-fn redis(ns: &NetNs, ip: &str) -> Proc {
-    let args: Vec<String> = [
-        "--bind",
-        ip,
-        "--port",
-        "6379",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    Proc::spawn(&ns.name, "redis", Path::new("redis-server"), &args)
-}
-
-fn wait_for_port(ns: &NetNs, addr: &str) {
-    let target: std::net::SocketAddr = addr.parse().unwrap();
-    let up = wait_until(Duration::from_secs(5), || {
-        ns.run(move || {
-            std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
-        })
-    });
-    assert!(up, "nothing listens on {addr} in {}", ns.name);
-}
-
 #[test]
 fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
     if !require_root("sock_real_clients_reach_frontends_see_the_vip_and_weights_spread") {
@@ -158,7 +129,7 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
         &Topology::backend_addr(1, 8081),
         "hello from b1\n",
     );
-    let _redis = redis(&topo.backends[1], "10.200.2.2");
+    let _redis = redis_server(&topo.backends[1], "10.200.2.2");
     wait_for_port(&topo.backends[0], &Topology::backend_addr(1, 8081));
     wait_for_port(&topo.backends[1], &Topology::backend_addr(2, 6379));
     let cg = Cgroup::new();

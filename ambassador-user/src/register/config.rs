@@ -32,4 +32,6 @@ pub struct RegisterConfig {
     pub etcd: EtcdOptions,
     /// Where Prometheus metrics are served (none: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Create a labelled container's service (at an allocated address) when it does not exist.
+    pub create_services: bool,
 }

@@ -12,7 +12,7 @@ use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
 use super::config::{AddressMode, RegisterConfig};
 use crate::{
     contract::{self, EndpointValue},
-    model::{check_service_name, parse_weight},
+    model::{check_service_name, parse_weight, Proto},
 };
 
 /// Container labels of the Docker contract.
@@ -36,6 +36,21 @@ pub struct Registration {
     pub addr: SocketAddrV4,
     /// The weight.
     pub weight: u32,
+    /// The container port, which a service created for it (zero-configuration) listens on.
+    pub frontend_port: u16,
+    /// The port's protocol.
+    pub proto: Proto,
+}
+
+/// The container port and protocol of a Docker port key (`6379/tcp`, `53/udp`, `80`).
+fn key_port(key: &str) -> (Option<u16>, Proto) {
+    let mut parts = key.split('/');
+    let port = parts.next().and_then(nonzero_port);
+    let proto = match parts.next() {
+        Some("udp") => Proto::Udp,
+        _ => Proto::Tcp,
+    };
+    (port, proto)
 }
 
 /// What the register writes for `c`: `Ok(None)` when it is not labelled (not ours),
@@ -60,7 +75,7 @@ pub fn registration(
     };
     let wanted_port = label(labels::PORT);
     let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
-    let addr = match cfg.address_mode {
+    let (addr, (frontend_port, proto)) = match cfg.address_mode {
         AddressMode::Published => {
             let advertise = cfg
                 .advertise_ip
@@ -76,8 +91,8 @@ pub fn registration(
                     Some((cport.as_str(), host_port))
                 })
                 .collect();
-            let host_port = pick(&published, wanted_port, "published")?;
-            SocketAddrV4::new(advertise, host_port)
+            let (key, host_port) = pick(&published, wanted_port, "published")?;
+            (SocketAddrV4::new(advertise, host_port), key_port(key))
         }
         AddressMode::Container => {
             let ip = c
@@ -104,7 +119,8 @@ pub fn registration(
                     exposed.insert(p, n);
                 }
             }
-            SocketAddrV4::new(ip, pick(&exposed, wanted_port, "exposed")?)
+            let (key, port) = pick(&exposed, wanted_port, "exposed")?;
+            (SocketAddrV4::new(ip, port), key_port(key))
         }
     };
     let container_id = c.id.as_deref().ok_or("the container has no id")?;
@@ -116,6 +132,8 @@ pub fn registration(
         id,
         addr,
         weight,
+        frontend_port: frontend_port.unwrap_or(addr.port()),
+        proto,
     }))
 }
 
@@ -133,8 +151,12 @@ pub fn ready(c: &ContainerInspectResponse) -> bool {
         )
 }
 
-/// Picks the port: the labelled one, else the only one.
-fn pick(ports: &BTreeMap<&str, u16>, wanted: Option<&str>, kind: &str) -> Result<u16, String> {
+/// Picks the port: the labelled one, else the only one. Returns its key (`6379/tcp`) and value.
+fn pick<'a>(
+    ports: &BTreeMap<&'a str, u16>,
+    wanted: Option<&str>,
+    kind: &str,
+) -> Result<(&'a str, u16), String> {
     match wanted {
         Some(w) => {
             let w_full = if w.contains('/') {
@@ -144,9 +166,9 @@ fn pick(ports: &BTreeMap<&str, u16>, wanted: Option<&str>, kind: &str) -> Result
             };
             let w_udp = format!("{w}/udp");
             ports
-                .get(w_full.as_str())
-                .or_else(|| ports.get(w_udp.as_str()))
-                .copied()
+                .get_key_value(w_full.as_str())
+                .or_else(|| ports.get_key_value(w_udp.as_str()))
+                .map(|(k, v)| (*k, *v))
                 .ok_or_else(|| {
                     format!(
                         "label {}={w} names no {kind} port (have: {})",
@@ -156,7 +178,7 @@ fn pick(ports: &BTreeMap<&str, u16>, wanted: Option<&str>, kind: &str) -> Result
                 })
         }
         None => match ports.len() {
-            1 => Ok(*ports.values().next().expect("one")),
+            1 => Ok(ports.iter().next().map(|(k, v)| (*k, *v)).expect("one")),
             0 => Err(format!(
                 "no {kind} port (publish one with -p, or use --address-mode container)"
             )),
@@ -231,6 +253,7 @@ mod tests {
             address_mode: mode,
             reconcile_interval: Duration::from_secs(30),
             metrics_addr: None,
+            create_services: true,
             etcd: EtcdOptions {
                 endpoints: vec![],
                 prefix: "/ambassador".into(),
@@ -334,7 +357,9 @@ mod tests {
                 service: "db".into(),
                 id: "h2-0123456789ab".into(),
                 addr: "192.0.2.7:32769".parse().unwrap(),
-                weight: 1
+                weight: 1,
+                frontend_port: 3306,
+                proto: Proto::Tcp,
             }
         );
     }

@@ -143,6 +143,11 @@ struct Register {
     /// Containers that were sent their stop signal, with the start time of the run being
     /// stopped: that run drains and is not registered again; a later run is.
     stopping: HashMap<String, String>,
+    /// Services labelled containers back, with the port and protocol a service created for
+    /// them gets (the first container's).
+    services: HashMap<String, (u16, crate::model::Proto)>,
+    /// Services known to exist (created or found), with their frontend.
+    ensured: HashMap<String, std::net::SocketAddrV4>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
@@ -179,6 +184,8 @@ impl Register {
             written: HashMap::new(),
             reported: HashSet::new(),
             stopping: HashMap::new(),
+            services: HashMap::new(),
+            ensured: HashMap::new(),
             keepalive,
             lost,
             stats,
@@ -271,9 +278,13 @@ impl Register {
         if !ready(c) {
             return None;
         }
-        match registration(c, &self.cfg)
-            .and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose())
-        {
+        let reg = registration(c, &self.cfg);
+        if let Ok(Some(r)) = &reg {
+            self.services
+                .entry(r.service.clone())
+                .or_insert((r.frontend_port, r.proto));
+        }
+        match reg.and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose()) {
             Ok(Some(e)) => {
                 self.reported.remove(&id);
                 Some(e)
@@ -286,6 +297,41 @@ impl Register {
                 None
             }
         }
+    }
+
+    /// Zero-configuration services: creates each labelled service that does not exist yet, at
+    /// an allocated address (one transaction: concurrent registers never create two). An
+    /// existing service is never changed; a container whose port disagrees with it is still
+    /// registered (its endpoint carries its own port) and the difference is logged once.
+    async fn ensure_services(&mut self) -> Result<()> {
+        if !self.cfg.create_services {
+            return Ok(());
+        }
+        let todo: Vec<(String, (u16, crate::model::Proto))> = self
+            .services
+            .iter()
+            .filter(|(s, _)| !self.ensured.contains_key(*s))
+            .map(|(s, v)| (s.clone(), *v))
+            .collect();
+        for (service, (port, proto)) in todo {
+            let prefix = self.cfg.etcd.prefix.clone();
+            let outcome =
+                crate::vips::ensure(&mut self.etcd, &prefix, &service, port, proto, false).await?;
+            let frontend = match outcome {
+                crate::vips::Outcome::Created(a) => {
+                    info!(%service, frontend = %a, %proto, "service created for its labelled containers (frontend address allocated)");
+                    a
+                }
+                crate::vips::Outcome::Existing(a) => {
+                    if a.port() != port {
+                        info!(%service, frontend = %a, "the service exists with another frontend port than its container's {port}: it stays as defined; clients dial {a}");
+                    }
+                    a
+                }
+            };
+            self.ensured.insert(service, frontend);
+        }
+        Ok(())
     }
 
     /// Lists the labelled running containers and syncs etcd with them.
@@ -316,6 +362,7 @@ impl Register {
         }
         let n = wanted.len();
         self.sync(wanted).await?;
+        self.ensure_services().await?;
         self.count();
         Ok(n)
     }
@@ -329,7 +376,10 @@ impl Register {
                 }
                 match docker.inspect_container(id, None).await {
                     Ok(c) => match self.entry_of(&c) {
-                        Some(kv) => self.put(id, kv).await?,
+                        Some(kv) => {
+                            self.put(id, kv).await?;
+                            self.ensure_services().await?;
+                        }
                         None => self.remove(id).await?,
                     },
                     Err(e) => debug!(container = %id, "inspect failed: {e}"),
