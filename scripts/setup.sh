@@ -27,6 +27,7 @@ APT_PACKAGES=(
   etcd-server etcd-client docker.io busybox-static     # the control plane's real components
   docker-compose                                       # docker-compose.yml, as the testbed brings every host up
   redis-server                                         # the database the migration testbed moves
+  bind9-dnsutils dnsmasq-base dnsperf                  # dig; a resolver in front of the responder and its bench peer; the DNS load generator
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )
 

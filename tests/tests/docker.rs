@@ -24,13 +24,18 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::with_daemon_args(&[])
+    }
+
+    /// The bed with `extra` arguments for the forwarding host's `ambassador run`.
+    fn with_daemon_args(extra: &[&str]) -> Self {
         let topo = Topology::new(2);
         let etcd = Etcd::single(&topo.fwd);
         let dockerd = Dockerd::start(&topo.backends[0], "10.250.1.1/24");
         dockerd.import_busybox(IMAGE);
         let b2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
         let pin = PinDir::new();
-        let mut daemon = Daemon::run_etcd(&topo.fwd, "c0", &etcd.urls(), &pin.path, &[]);
+        let mut daemon = Daemon::run_etcd(&topo.fwd, "c0", &etcd.urls(), &pin.path, extra);
         daemon.wait_ready();
         let urls = etcd.urls();
         ambassador_ok(
@@ -330,4 +335,136 @@ fn a_backend_host_cut_off_expires_with_its_lease_and_traffic_moves_then_returns(
         wait_until(Duration::from_secs(10), || bed.who() == "c1"),
         "c1 never answered again"
     );
+}
+
+#[test]
+fn a_labelled_container_without_a_service_gets_one_and_names_follow_its_containers() {
+    if !require_root(
+        "a_labelled_container_without_a_service_gets_one_and_names_follow_its_containers",
+    ) {
+        return;
+    }
+    // The responder on the forwarding host's side of h2's link, where h2's containers reach it.
+    let bed = Bed::with_daemon_args(&["--dns-listen", "10.200.1.1:53", "--dns-no-forward"]);
+    let reg = bed.register();
+    let dig_short = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["@10.200.1.1", "+short"];
+        all.extend_from_slice(args);
+        let mut lines: Vec<String> = dig(&bed.topo.client, &all)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let name = "cache.ambassador.internal";
+    assert!(dig_short(&[name]).is_empty(), "no service yet");
+
+    // No operator step: the container's labels make the service, at an allocated address.
+    bed.dockerd.run_web(
+        IMAGE,
+        "k1",
+        &["--label", "ambassador.service=cache", "-p", "8080"],
+    );
+    let mut vip = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            vip = dig_short(&[name]).concat();
+            !vip.is_empty()
+        }),
+        "{name} never answered:\n{}",
+        reg.log()
+    );
+    assert!(
+        vip.starts_with("10.96.0."),
+        "allocated from the default range: {vip}"
+    );
+    assert_ne!(vip, "10.96.0.10", "web's frontend is not allocated again");
+    assert!(
+        reg.log()
+            .contains("service created for its labelled containers"),
+        "{}",
+        reg.log()
+    );
+    assert_eq!(
+        dig_short(&["_cache._tcp.ambassador.internal", "SRV"]),
+        [format!("0 0 8080 {name}.")]
+    );
+    // Clients dial the name's address on the container's port.
+    let frontend = format!("{vip}:8080");
+    assert!(wait_until(Duration::from_secs(5), || {
+        identify(&bed.topo.client, &frontend).is_ok_and(|who| who == "k1")
+    }));
+
+    // The endpoint records follow containers: for clients that run no ambassador.
+    let eps = "_cache._tcp.endpoints.ambassador.internal";
+    let published = |c: &str| {
+        bed.dockerd
+            .docker(&["port", c, "8080/tcp"])
+            .lines()
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let k1 = published("k1");
+    assert_eq!(
+        dig_short(&[eps, "SRV"]),
+        [format!(
+            "0 1 {k1} 10-200-1-2.endpoints.ambassador.internal."
+        )]
+    );
+    bed.dockerd.run_web(
+        IMAGE,
+        "k2",
+        &[
+            "--label",
+            "ambassador.service=cache",
+            "--label",
+            "ambassador.weight=2",
+            "-p",
+            "8080",
+        ],
+    );
+    let k2 = published("k2");
+    let mut both = vec![
+        format!("0 1 {k1} 10-200-1-2.endpoints.ambassador.internal."),
+        format!("0 2 {k2} 10-200-1-2.endpoints.ambassador.internal."),
+    ];
+    both.sort();
+    assert!(
+        wait_until(Duration::from_secs(10), || dig_short(&[eps, "SRV"]) == both),
+        "{:?}",
+        dig_short(&[eps, "SRV"])
+    );
+    bed.dockerd.docker(&["stop", "-t", "1", "k1"]);
+    let left = [format!(
+        "0 2 {k2} 10-200-1-2.endpoints.ambassador.internal."
+    )];
+    assert!(
+        wait_until(Duration::from_secs(10), || dig_short(&[eps, "SRV"]) == left),
+        "{:?}",
+        dig_short(&[eps, "SRV"])
+    );
+    assert_eq!(
+        dig_short(&["10-200-1-2.endpoints.ambassador.internal"]),
+        ["10.200.1.2"]
+    );
+    // The service stays when its containers go: the name and address are stable.
+    assert_eq!(dig_short(&[name]), [vip.clone()]);
+
+    // A container whose resolver is the responder (`docker run --dns`) finds the service.
+    let out = bed.dockerd.docker(&[
+        "run",
+        "--rm",
+        "--dns",
+        "10.200.1.1",
+        IMAGE,
+        "busybox",
+        "nslookup",
+        name,
+    ]);
+    assert!(out.contains(&vip), "{out}");
 }

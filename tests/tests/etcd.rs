@@ -713,3 +713,141 @@ fn ten_thousand_services_churning_while_traffic_runs_lose_nothing_and_converge()
     );
     assert_eq!(st["control_plane"]["malformed"], 0);
 }
+
+#[test]
+fn allocated_frontends_never_collide_and_are_answered_by_name() {
+    if !require_root("allocated_frontends_never_collide_and_are_answered_by_name") {
+        return;
+    }
+    let bed = Bed::new(1, 1);
+    let _d = bed.daemon_with(&["--dns-listen", "10.200.0.1:53", "--dns-no-forward"]);
+    let default = bed.ctl(&["vip", "range"]);
+    assert!(
+        default.starts_with("10.96.0.0/12 (0 allocated)"),
+        "{default}"
+    );
+    bed.ctl(&["vip", "range", "10.97.0.0/24"]);
+    // A manual frontend inside the range: allocation must step over it.
+    bed.ctl(&["service", "set", "web", "--frontend", "10.97.0.1:80"]);
+
+    // 12 services allocated at once, and 4 allocators racing for the same name.
+    let urls = bed.etcd.urls();
+    let fwd = bed.topo.fwd.name.clone();
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let (urls, fwd) = (urls.clone(), fwd.clone());
+            std::thread::spawn(move || {
+                let name = if i < 12 {
+                    format!("s{i}")
+                } else {
+                    "same".into()
+                };
+                let out = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{fwd}"))
+                    .arg(ambassador_bin())
+                    .args(["service", "set", &name, "--port", "80", "--etcd", &urls])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            })
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap();
+    }
+    let services: serde_json::Value =
+        serde_json::from_str(&bed.ctl(&["service", "ls", "--json"])).unwrap();
+    let mut frontends: Vec<String> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["frontend"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(frontends.len(), 14, "{services}");
+    frontends.sort();
+    frontends.dedup();
+    assert_eq!(
+        frontends.len(),
+        14,
+        "two services share a frontend: {services}"
+    );
+    let vips: serde_json::Value = serde_json::from_str(&bed.ctl(&["vip", "ls", "--json"])).unwrap();
+    let vips = vips.as_object().unwrap();
+    assert_eq!(
+        vips.len(),
+        13,
+        "one allocation per allocated service: {vips:?}"
+    );
+    assert!(
+        !vips.contains_key("10.97.0.1"),
+        "the manual frontend was allocated: {vips:?}"
+    );
+    let ip_of = |name: &str| {
+        vips.iter()
+            .find(|(_, v)| v.as_str() == Some(name))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| panic!("{name} has no allocation: {vips:?}"))
+    };
+    let s1 = ip_of("s1");
+
+    // Reached by name, through the allocated frontend.
+    bed.ctl(&["endpoint", "add", "s1", &Topology::backend_addr(1, 8080)]);
+    let name = "s1.ambassador.internal";
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            dig(&bed.topo.client, &["@10.200.0.1", "+short", name]).trim() == s1
+        }),
+        "{name} never answered {s1}"
+    );
+    let (_, ident) = tcp_connect(&bed.topo.client, &format!("{s1}:80")).unwrap();
+    assert_eq!(ident, "b1");
+    // Docker-link variables.
+    let env = bed.ctl(&["env", "s1"]);
+    assert!(env.contains(&format!("S1_PORT=tcp://{s1}:80\n")), "{env}");
+    assert!(
+        env.contains(&format!("S1_PORT_80_TCP_ADDR={s1}\n")),
+        "{env}"
+    );
+
+    // An allocated address is not taken by hand.
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &[
+            "service",
+            "set",
+            "other",
+            "--frontend",
+            &format!("{s1}:81"),
+            "--etcd",
+            &urls,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is allocated to service s1"));
+    // Removing a service frees its address, and the name goes.
+    let rm = bed.ctl(&["service", "rm", "s1"]);
+    assert!(rm.contains(&format!("{s1} free again")), "{rm}");
+    assert!(!bed.ctl(&["vip", "ls"]).contains(&format!("{s1} ")));
+    assert!(wait_until(Duration::from_secs(5), || {
+        dig(&bed.topo.client, &["@10.200.0.1", name]).contains("NXDOMAIN")
+    }));
+
+    // An exhausted range says so.
+    bed.ctl(&["vip", "range", "10.98.0.0/30"]);
+    bed.ctl(&["service", "set", "x1", "--port", "80"]);
+    bed.ctl(&["service", "set", "x2", "--port", "80"]);
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &["service", "set", "x3", "--port", "80", "--etcd", &urls],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no free frontend address left in 10.98.0.0/30"),
+        "{err}"
+    );
+}
