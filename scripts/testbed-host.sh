@@ -12,6 +12,7 @@
 #   TTL            the register's lease TTL in seconds
 #   PIN_DIR        bpffs pin directory of `ambassador run`
 #   IFACE          client-facing interface of `ambassador run` (docker0)
+#   DNS_LISTEN     (optional) where `ambassador run` answers DNS (docker0's address:53)
 #   DOCKER_SOCK    host path of this engine's socket, mounted into the register
 #   RECONCILE      (optional) seconds between the register's full reconciles (default 30)
 #   LOG            (optional) log filter of both containers (default info)
@@ -33,6 +34,9 @@ if [ -n "${ETCD_SELF:-}" ]; then
 fi
 
 # `ambassador run` and `ambassador register`: the project's compose file, as a user runs it.
+if [ -n "${DNS_LISTEN:-}" ]; then
+  export AMBASSADOR_DNS_LISTEN="$DNS_LISTEN"
+fi
 AMBASSADOR_ETCD="$ETCD" AMBASSADOR_ADVERTISE_IP="$ADVERTISE_IP" AMBASSADOR_IFACE="$IFACE" \
 AMBASSADOR_HOST_ID="$HOST_ID" AMBASSADOR_TTL="$TTL" AMBASSADOR_PIN_PATH="$PIN_DIR" \
 AMBASSADOR_DOCKER_SOCKET="$DOCKER_SOCK" AMBASSADOR_RECONCILE_INTERVAL="${RECONCILE:-30}" \

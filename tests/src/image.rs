@@ -257,7 +257,7 @@ wait $pid
 pub fn busybox(out_dir: &Path) -> Image {
     let tar = out_dir.join("busybox.tar");
     Rootfs::new()
-        .busybox(&["sh", "sleep", "cat", "echo"])
+        .busybox(&["sh", "sleep", "cat", "echo", "nslookup"])
         .tar(&tar);
     Image {
         tag: BUSYBOX,

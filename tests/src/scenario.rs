@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::testbed::{Testbed, DB_PORT, DB_VIP};
+use crate::testbed::{Testbed, DB_FRONTEND_PORT, DB_NAME, DB_PORT};
 
 /// Requests per second of the short-connection loop.
 pub const RATE: u32 = 50;
@@ -80,9 +80,26 @@ pub struct Hard {
     pub ttl: Duration,
 }
 
+/// The client's name lookups (its container's resolver: the responder on h1's docker0).
+#[derive(Clone, Debug, Default)]
+pub struct Naming {
+    /// The address and port the name and its SRV record gave.
+    pub frontend: Option<SocketAddr>,
+    /// Lookups during the run (every [`RESOLVE_EVERY`]), and those that failed.
+    pub lookups: u64,
+    /// Lookups that failed.
+    pub failed: u64,
+}
+
+/// How often the client looks its name up again during the run, as a client whose cached
+/// answer expires would.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
+
 /// What the scenario measured.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The client's name lookups.
+    pub naming: Naming,
     /// Short requests sent during the graceful moves.
     pub requests: u64,
     /// Of which failed.
@@ -149,8 +166,32 @@ fn ask(conn: &mut BufReader<TcpStream>) -> Result<String, String> {
     Ok(value.trim().to_owned())
 }
 
-fn connect() -> Result<BufReader<TcpStream>, String> {
-    let addr: SocketAddr = DB_VIP.parse().expect("valid");
+/// Looks `db` up as the client container does (busybox nslookup, through its resolv.conf,
+/// which `docker run --dns` points at the responder): the address from the A record, the port
+/// from the SRV record.
+pub fn resolve(tb: &Testbed) -> Result<SocketAddr, String> {
+    let a = tb.docker_output("h1", &["exec", "client", "nslookup", "-type=A", DB_NAME])?;
+    let ip = a
+        .split(&format!("Name:\t{DB_NAME}"))
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("Address: ")))
+        .and_then(|ip| ip.trim().parse::<std::net::Ipv4Addr>().ok())
+        .ok_or_else(|| format!("no address for {DB_NAME}: {a}"))?;
+    let srv_name = format!("_db._tcp.{}", DB_NAME.trim_start_matches("db."));
+    let srv = tb.docker_output(
+        "h1",
+        &["exec", "client", "nslookup", "-type=SRV", &srv_name],
+    )?;
+    let port = srv
+        .lines()
+        .find_map(|l| l.split("service = ").nth(1))
+        .and_then(|v| v.split_whitespace().nth(2))
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("no SRV record for {srv_name}: {srv}"))?;
+    Ok(SocketAddr::from((ip, port)))
+}
+
+fn connect(addr: SocketAddr) -> Result<BufReader<TcpStream>, String> {
     // A client's usual connect timeout outlasts one SYN retransmission (1 s), which is what a
     // connection that meets a dead backend waits for while the datapath re-points it.
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
@@ -161,6 +202,8 @@ fn connect() -> Result<BufReader<TcpStream>, String> {
 }
 
 struct Shared {
+    /// Where the name points (the resolver thread keeps it current).
+    target: Mutex<SocketAddr>,
     start: Instant,
     stop: AtomicBool,
     samples: Mutex<Vec<Sample>>,
@@ -182,7 +225,8 @@ fn load(shared: Arc<Shared>) {
     let mut next = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let at = shared.start.elapsed();
-        let result = connect().and_then(|mut c| ask(&mut c));
+        let target = *shared.target.lock().unwrap();
+        let result = connect(target).and_then(|mut c| ask(&mut c));
         let took = shared.start.elapsed() - at;
         shared
             .samples
@@ -200,7 +244,8 @@ fn load(shared: Arc<Shared>) {
 
 fn long_lived(shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
-        let Ok(mut conn) = connect() else {
+        let target = *shared.target.lock().unwrap();
+        let Ok(mut conn) = connect(target) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
@@ -247,7 +292,10 @@ fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// Runs the scenario on an up testbed. `bin` is the host's `ambassador` (for `service set`
 /// and `status`); `progress` is called about twice a second.
 pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> Report {
-    tb.ctl(bin, &["service", "set", "db", "--frontend", DB_VIP]);
+    // No address is chosen by hand: the service's frontend is allocated, and the client finds
+    // it by name.
+    let port = DB_FRONTEND_PORT.to_string();
+    tb.ctl(bin, &["service", "set", "db", "--port", &port]);
     tb.start_db("h2");
     let pin = tb.pin("h1");
     let backend_in_maps = |host: &str| {
@@ -266,7 +314,23 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
         backend_in_maps("h2")
     });
 
+    let mut first = Err(String::new());
+    wait(
+        &format!("{DB_NAME} answered by the responder"),
+        Duration::from_secs(20),
+        || {
+            first = resolve(tb);
+            first.is_ok()
+        },
+    );
+    let frontend = first.expect("resolved");
+    let naming = Mutex::new(Naming {
+        frontend: Some(frontend),
+        lookups: 1,
+        failed: 0,
+    });
     let shared = Arc::new(Shared {
+        target: Mutex::new(frontend),
         start: Instant::now(),
         stop: AtomicBool::new(false),
         samples: Mutex::new(Vec::new()),
@@ -290,6 +354,21 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
             while !shared.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(500));
                 progress(&snapshot(&shared, &phase.lock().unwrap()));
+            }
+        });
+        scope.spawn(|| {
+            while !shared.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(RESOLVE_EVERY);
+                let looked_up = resolve(tb);
+                let mut n = naming.lock().unwrap();
+                n.lookups += 1;
+                match looked_up {
+                    Ok(addr) => {
+                        *shared.target.lock().unwrap() = addr;
+                        n.frontend = Some(addr);
+                    }
+                    Err(_) => n.failed += 1,
+                }
             }
         });
         std::thread::sleep(Duration::from_secs(2));
@@ -365,6 +444,7 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
     let slowest = after_kill().map(|s| s.took).max().unwrap_or_default();
     let long = shared.long.lock().unwrap().clone();
     Report {
+        naming: naming.into_inner().unwrap(),
         requests: graceful.len() as u64,
         failed: graceful.iter().filter(|s| s.result.is_err()).count() as u64,
         failures: graceful
@@ -416,6 +496,12 @@ fn snapshot(shared: &Shared, phase: &str) -> Progress {
 /// The report as a table for people.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
+    out.push_str(&format!(
+        "name: {DB_NAME} -> {} (A and SRV, from the client container's resolver: the responder on h1's docker0); {} lookups during the run, {} failed\n\n",
+        r.naming.frontend.map_or("-".into(), |a| a.to_string()),
+        r.naming.lookups,
+        r.naming.failed
+    ));
     out.push_str(&format!(
         "graceful moves: {} requests through the VIP, {} failed\n\n",
         r.requests, r.failed

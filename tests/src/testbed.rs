@@ -25,8 +25,11 @@ use std::{
 
 use crate::{image, sh, wait_until};
 
-/// The frontend of the testbed's database service.
-pub const DB_VIP: &str = "10.96.0.10:6379";
+/// The name clients use for the testbed's database service (its frontend address is
+/// allocated by `service set db --port 6379`; the responder on each host's docker0 answers it).
+pub const DB_NAME: &str = "db.ambassador.internal";
+/// The database service's frontend port.
+pub const DB_FRONTEND_PORT: u16 = 6379;
 /// The host port every backend host publishes the database on (and the NAT forwards).
 pub const DB_PORT: u16 = 16379;
 /// Debian's Docker client.
@@ -109,6 +112,20 @@ impl Testbed {
     /// `docker ARGS` on `host`; panics unless it succeeds; returns stdout.
     pub fn docker(&self, host: &str, args: &[&str]) -> String {
         crate::docker_at(&self.socket(host), args)
+    }
+
+    /// `docker ARGS` on `host`: its stdout, or why it failed.
+    pub fn docker_output(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(DOCKER)
+            .args(["-H", &self.socket(host)])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
     }
 
     /// `docker ARGS` on `host`, whatever the outcome.
@@ -298,11 +315,14 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         .collect();
     let cluster = cluster.join(",");
     let ttl = ttl.to_string();
-    for h in HOSTS {
+    for (i, h) in HOSTS.into_iter().enumerate() {
         let pin = tb.pin(h.name);
         let socket = tb.socket(h.name);
         let advertise = h.advertise.to_string();
         let own = h.addr.split('/').next().expect("address");
+        // The responder listens on docker0 (dockerd's --bip), where the host's containers
+        // reach it with `docker run --dns`.
+        let dns_listen = format!("{}:53", docker0(i + 1));
         let mut env = vec![
             ("DOCKER_HOST", socket.as_str()),
             ("DOCKER_SOCK", socket.trim_start_matches("unix://")),
@@ -312,6 +332,7 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             ("TTL", ttl.as_str()),
             ("PIN_DIR", pin.to_str().unwrap()),
             ("IFACE", "docker0"),
+            ("DNS_LISTEN", dns_listen.as_str()),
             // Every second, so reconciles certainly meet draining containers in the scenario.
             ("RECONCILE", "1"),
             ("LOG", "info,ambassador_user::register=debug"),
@@ -342,7 +363,19 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             .is_ok_and(|s| s.success())
     });
     assert!(healthy, "the etcd cluster did not form");
-    tb.docker("h1", &["run", "-d", "--name", "client", image::BUSYBOX]);
+    let dns = docker0(1).to_string();
+    tb.docker(
+        "h1",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "client",
+            "--dns",
+            &dns,
+            image::BUSYBOX,
+        ],
+    );
     let ready = wait_until(Duration::from_secs(20), || {
         HOSTS.iter().all(|h| {
             Command::new(bin)
@@ -364,6 +397,11 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
     tb
 }
 
+/// The docker0 address of the `index`th host (1-based).
+fn docker0(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 251, index as u8, 1)
+}
+
 fn start_dockerd(tb: &Testbed, host: &str, index: usize) {
     let dir = tb.dir().join(host);
     std::fs::create_dir_all(&dir).unwrap();
@@ -382,7 +420,7 @@ fn start_dockerd(tb: &Testbed, host: &str, index: usize) {
         .arg(format!("--pidfile={}/docker.pid", dir.display()))
         .arg(format!("--host={}", tb.socket(host)))
         .arg("--storage-driver=overlay2")
-        .arg(format!("--bip=10.251.{index}.1/24"))
+        .arg(format!("--bip={}/24", docker0(index)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

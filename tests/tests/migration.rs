@@ -28,6 +28,10 @@ fn the_database_moves_across_hosts_and_clouds_without_a_failed_request() {
     eprintln!("{text}");
 
     assert!(report.requests > 300, "the load ran: {text}");
+    // The client found the database by name, through the responder, during the whole run.
+    assert!(report.naming.frontend.is_some(), "{text}");
+    assert!(report.naming.lookups > 5, "{text}");
+    assert_eq!(report.naming.failed, 0, "{text}");
     assert_eq!(
         report.failed, 0,
         "graceful moves must not fail a request: {text}"

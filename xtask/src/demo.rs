@@ -45,7 +45,7 @@ pub fn run(bin: &Path, prefix: &str, keep: bool) -> Result<()> {
     println!("ambassador: the seed experiment (a database moves between hosts and clouds; the client never notices)\n");
     let tb = testbed::up(prefix, bin, TTL, &|m| println!("  {m}"));
     print!("\n{}", testbed::status(prefix));
-    println!("\nclient container on h1 -> VIP {} -> db on h2, then h3, then h4 (behind NAT, advertised as 10.210.1.254)\n", testbed::DB_VIP);
+    println!("\nclient container on h1 -> {} (an allocated frontend) -> db on h2, then h3, then h4 (behind NAT, advertised as 10.210.1.254)\n", testbed::DB_NAME);
     let report = scenario::run(&tb, bin, &show);
     if std::io::stdout().is_terminal() {
         println!();
