@@ -1,11 +1,13 @@
 //! `ambassador-bench`: the measurements `cargo xtask bench` runs, written to `target/bench/`:
-//! the datapath against its peers (`datapath`), scale (`scale`) and the control plane
-//! (`control_plane`). A package of its own so that `xtask` needs nothing but a Rust toolchain:
-//! this one links `ambassador-user` and `etcd-client`, which need the packages setup installs.
+//! the datapath against its peers (`datapath`), scale (`scale`), the control plane
+//! (`control_plane`) and the DNS responder against dnsmasq (`dns`). A package of its own so
+//! that `xtask` needs nothing but a Rust toolchain: this one links `ambassador-user` and
+//! `etcd-client`, which need the packages setup installs.
 
 mod chart;
 mod control_plane;
 mod datapath;
+mod dns;
 mod scale;
 mod stats;
 
@@ -53,6 +55,8 @@ pub enum Only {
     Scale,
     /// etcd and Docker to the maps, and loading 10,000 services from etcd.
     ControlPlane,
+    /// The DNS responder against dnsmasq: queries per second and answer latency.
+    Dns,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -114,6 +118,11 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     }
     if wanted(Only::ControlPlane) {
         control_plane::control_plane(&dir, quick)?;
+    }
+    if wanted(Only::Dns) {
+        println!("dns: the responder against dnsmasq, the same names, interleaved");
+        let (md, json) = crate::dns::run(quick)?;
+        write(&dir, "dns", &md, &json)?;
     }
     println!(
         "{mode} run measured in {:.0} s (the build before it not counted)",

@@ -1467,19 +1467,23 @@ impl Drop for NetnsResolvConf {
     }
 }
 
-/// Debian's dnsmasq in `ns`, in the foreground, reading no host file: `args` say what it does.
+/// Debian's dnsmasq.
+pub const DNSMASQ_BIN: &str = "/usr/sbin/dnsmasq";
+/// How tests run dnsmasq: in the foreground, reading neither /etc/hosts nor resolv.conf nor
+/// a configuration file, bound to the addresses it is given.
+pub const DNSMASQ_ARGS: [&str; 7] = [
+    "--keep-in-foreground",
+    "--no-hosts",
+    "--no-resolv",
+    "--bind-interfaces",
+    "--pid-file=",
+    "--conf-file=/dev/null",
+    "--user=root",
+];
+
+/// dnsmasq in `ns` ([`DNSMASQ_ARGS`]): `args` say what it does.
 pub fn dnsmasq(ns: &NetNs, args: &[&str]) -> Proc {
-    let mut all: Vec<String> = [
-        "--keep-in-foreground",
-        "--no-hosts",
-        "--no-resolv",
-        "--bind-interfaces",
-        "--pid-file=",
-        "--conf-file=/dev/null",
-        "--user=root",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut all: Vec<String> = DNSMASQ_ARGS.map(str::to_owned).to_vec();
     all.extend(args.iter().map(|a| a.to_string()));
-    Proc::spawn(&ns.name, "dnsmasq", Path::new("/usr/sbin/dnsmasq"), &all)
+    Proc::spawn(&ns.name, "dnsmasq", Path::new(DNSMASQ_BIN), &all)
 }

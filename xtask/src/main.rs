@@ -71,7 +71,7 @@ enum Task {
         testbed: bool,
     },
     /// Set up, build, then measure (results in target/bench/). The arguments go to
-    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane`
+    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane|dns`
     /// (`cargo xtask bench --help` lists them).
     Bench {
         /// Arguments for ambassador-bench.
@@ -79,7 +79,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Build the cargo-fuzz targets in fuzz/ (etcd keys and values, the TOML configuration,
-    /// Docker labels) and run each for a while; a failure leaves its input under
+    /// Docker labels, DNS queries) and run each for a while; a failure leaves its input under
     /// target/fuzz/artifacts/.
     Fuzz {
         /// How long to run each target.

@@ -237,6 +237,8 @@ pub struct Responder {
     shared: Arc<Shared>,
     ns_addrs: Vec<Ipv4Addr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The UDP threads' sockets, to wake them when stopping.
+    udp_sockets: Vec<UdpSocket>,
 }
 
 impl Drop for Responder {
@@ -244,6 +246,12 @@ impl Drop for Responder {
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in &self.tasks {
             t.abort();
+        }
+        // A blocked recv_from returns at once once the socket is shut down for reading: no
+        // receive timeout on the hot path.
+        for s in &self.udp_sockets {
+            // SAFETY: shutdown on a socket this struct owns (a duplicate of the thread's).
+            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(s), libc::SHUT_RD) };
         }
     }
 }
@@ -282,11 +290,14 @@ impl Responder {
             stop: AtomicBool::new(false),
         });
         let mut tasks = Vec::new();
+        let mut udp_sockets = Vec::new();
         let runtime = tokio::runtime::Handle::current();
         for addr in &cfg.listen {
             let udp = UdpSocket::bind(addr).map_err(|e| listen_error(*addr, "UDP", e))?;
-            udp.set_read_timeout(Some(Duration::from_secs(1)))
-                .map_err(Error::io("setting the DNS socket's timeout"))?;
+            udp_sockets.push(
+                udp.try_clone()
+                    .map_err(Error::io("duplicating the DNS socket"))?,
+            );
             let tcp = TcpListener::bind(addr)
                 .await
                 .map_err(|e| listen_error(*addr, "TCP", e))?;
@@ -326,6 +337,7 @@ impl Responder {
             shared,
             ns_addrs,
             tasks,
+            udp_sockets,
         })
     }
 
@@ -357,22 +369,14 @@ fn listen_error(addr: SocketAddr, what: &str, e: io::Error) -> Error {
     }
 }
 
-/// One UDP listener: answer, or hand the query to the runtime to forward.
+/// One UDP listener: answer, or hand the query to the runtime to forward. Ends when the
+/// [`Responder`] is dropped (it shuts the socket down).
 fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: tokio::runtime::Handle) {
     let mut buf = vec![0u8; 65535];
     while !shared.stop.load(Ordering::Relaxed) {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 warn!("DNS: receiving on UDP failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
