@@ -309,38 +309,34 @@ fn bad_dns_flags_are_usage_errors_and_a_busy_address_is_named() {
     if !require_root("bad_dns_flags_are_usage_errors_and_a_busy_address_is_named") {
         return;
     }
-    let out = ambassador(&[
-        "run",
-        "--iface",
-        "lo",
-        "--config",
-        "/dev/null",
-        "--dns-upstream",
-        "10.0.0.1",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("add --dns-listen"));
-    let out = ambassador(&[
-        "run",
-        "--iface",
-        "lo",
-        "--dns-listen",
-        "127.0.0.1:53",
-        "--dns-domain",
-        "a..b",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let out = ambassador(&[
-        "run",
-        "--iface",
-        "lo",
-        "--dns-listen",
-        "127.0.0.1:53",
-        "--dns-no-forward",
-        "--dns-upstream",
-        "10.0.0.1",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
+    let lo = ["run", "--iface", "lo", "--config", "/dev/null"];
+    for (extra, says) in [
+        (&["--dns-upstream", "10.0.0.1"][..], "add --dns-listen"),
+        (
+            &["--dns-listen", "127.0.0.1:53", "--dns-domain", "a..b"],
+            "a..b",
+        ),
+        (
+            &[
+                "--dns-listen",
+                "127.0.0.1:53",
+                "--dns-no-forward",
+                "--dns-upstream",
+                "10.0.0.1",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["--dns-listen", "127.0.0.1:53", "--dns-allow", "nope"],
+            "nope",
+        ),
+    ] {
+        let args: Vec<&str> = lo.iter().chain(extra).copied().collect();
+        let out = ambassador(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     // An address another server holds: the start fails before the kernel is touched.
     let ns = NetNs::new("d");
     let _busy = dnsmasq(&ns, &["--listen-address=127.0.0.1", "--port=5353"]);

@@ -732,33 +732,20 @@ fn allocated_frontends_never_collide_and_are_answered_by_name() {
 
     // 12 services allocated at once, and 4 allocators racing for the same name.
     let urls = bed.etcd.urls();
-    let fwd = bed.topo.fwd.name.clone();
-    let racers: Vec<_> = (0..16)
-        .map(|i| {
-            let (urls, fwd) = (urls.clone(), fwd.clone());
-            std::thread::spawn(move || {
+    std::thread::scope(|scope| {
+        for i in 0..16 {
+            let (bed, urls) = (&bed, &urls);
+            scope.spawn(move || {
                 let name = if i < 12 {
                     format!("s{i}")
                 } else {
                     "same".into()
                 };
-                let out = std::process::Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{fwd}"))
-                    .arg(ambassador_bin())
-                    .args(["service", "set", &name, "--port", "80", "--etcd", &urls])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            })
-        })
-        .collect();
-    for r in racers {
-        r.join().unwrap();
-    }
+                let args = ["service", "set", &name, "--port", "80", "--etcd", urls];
+                ambassador_ok(&bed.topo.fwd, &args);
+            });
+        }
+    });
     let services: serde_json::Value =
         serde_json::from_str(&bed.ctl(&["service", "ls", "--json"])).unwrap();
     let mut frontends: Vec<String> = services

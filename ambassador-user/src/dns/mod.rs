@@ -220,6 +220,19 @@ impl Shared {
             && self.allow.iter().any(|n| n.contains(&client))
     }
 
+    /// Handles one query from `from`, counting what is answered or dropped.
+    fn reply(&self, query: &[u8], transport: Transport, from: SocketAddr) -> Reply {
+        let reply = zone::handle(query, &self.zone(), transport, self.may_forward(from.ip()));
+        match &reply {
+            Reply::Answer {
+                rcode, truncated, ..
+            } => self.stats.answered(*rcode, *truncated, from),
+            Reply::Drop => self.stats.dropped(from),
+            Reply::Forward { .. } => {}
+        }
+        reply
+    }
+
     fn zone(&self) -> Arc<Zone> {
         self.zone.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -384,22 +397,11 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: tokio::runtime::Ha
             }
         };
         let query = &buf[..n];
-        let reply = zone::handle(
-            query,
-            &shared.zone(),
-            Transport::Udp,
-            shared.may_forward(from.ip()),
-        );
-        match reply {
-            Reply::Answer {
-                bytes,
-                rcode,
-                truncated,
-            } => {
-                shared.stats.answered(rcode, truncated, from);
+        match shared.reply(query, Transport::Udp, from) {
+            Reply::Answer { bytes, .. } => {
                 let _ = socket.send_to(&bytes, from);
             }
-            Reply::Drop => shared.stats.dropped(from),
+            Reply::Drop => {}
             Reply::Forward { limit } => {
                 let Ok(permit) = shared.forwards.try_acquire() else {
                     send_servfail(&socket, query, from, &shared.stats);
@@ -523,25 +525,9 @@ async fn serve_connection(mut s: TcpStream, from: SocketAddr, shared: &Shared) -
         let Some(query) = read? else {
             return Ok(());
         };
-        let reply = zone::handle(
-            &query,
-            &shared.zone(),
-            Transport::Tcp,
-            shared.may_forward(from.ip()),
-        );
-        let answer = match reply {
-            Reply::Answer {
-                bytes,
-                rcode,
-                truncated,
-            } => {
-                shared.stats.answered(rcode, truncated, from);
-                bytes
-            }
-            Reply::Drop => {
-                shared.stats.dropped(from);
-                return Ok(());
-            }
+        let answer = match shared.reply(&query, Transport::Tcp, from) {
+            Reply::Answer { bytes, .. } => bytes,
+            Reply::Drop => return Ok(()),
             Reply::Forward { .. } => match forward_tcp(&query, shared.upstreams()).await {
                 Some(a) => {
                     bump(&shared.stats.forwarded);
