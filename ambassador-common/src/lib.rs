@@ -24,7 +24,7 @@ pub mod map_names {
     /// Per-CPU counters per service id.
     pub const SERVICE_STATS: &str = "amb_sstat_v1";
     /// Per-CPU counters per [`crate::Reason`].
-    pub const REASONS: &str = "amb_reason_v2";
+    pub const REASONS: &str = "amb_reason_v3";
     /// service id -> service name; written and read by user space only.
     pub const NAMES: &str = "amb_names_v1";
     /// The daemon's control-plane state (one entry); user space only.
@@ -138,11 +138,15 @@ pub enum Reason {
     /// another backend; the flow was re-pointed there, and the client's SYN retransmission
     /// lands on it instead of the client seeing the refusal.
     Failover = 8,
+    /// Translated: an ICMP error about a translated flow (its quoted packet, and the outer
+    /// address that was the backend or the frontend), so the client's or the backend's stack
+    /// matches it to its socket (path MTU discovery through a frontend).
+    IcmpError = 9,
 }
 
 impl Reason {
     /// Number of reasons (the size of the reasons array).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Forwarded,
@@ -154,6 +158,7 @@ impl Reason {
         Reason::BackendMissing,
         Reason::RewriteFailed,
         Reason::Failover,
+        Reason::IcmpError,
     ];
 
     /// Stable name for logs, status and metrics.
@@ -168,12 +173,16 @@ impl Reason {
             Reason::BackendMissing => "backend_missing",
             Reason::RewriteFailed => "rewrite_failed",
             Reason::Failover => "failover",
+            Reason::IcmpError => "icmp_error",
         }
     }
 
     /// Whether packets counted under this reason were dropped.
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Reason::Forwarded | Reason::ReverseNat)
+        !matches!(
+            self,
+            Reason::Forwarded | Reason::ReverseNat | Reason::IcmpError
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod conntrack;
 mod health;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;

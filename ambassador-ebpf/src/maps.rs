@@ -38,7 +38,7 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::pinned(limits::DEFAULT_SERVICES + 1, 0);
 
 /// Counters per verdict reason.
-#[map(name = "amb_reason_v2")]
+#[map(name = "amb_reason_v3")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 
 /// service id -> name. Only user space reads and writes it; it lives in the object so the

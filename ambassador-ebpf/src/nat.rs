@@ -2,7 +2,7 @@
 //! backend from the connection table, or a new one from the load balancer), and backend ->
 //! frontend on replies; and the rewrite both use.
 
-use ambassador_common::{csum, proto, CtEntry4, CtKey4, Reason, CT_CLOSING, CT_REPLIED};
+use ambassador_common::{csum, proto, CtEntry4, Reason, CT_CLOSING, CT_REPLIED};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_ktime_get_ns,
@@ -13,7 +13,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    conntrack, health, lb,
+    conntrack, health, icmp, lb,
     parse::{self, Ipv4Packet, ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, L4, L4_DPORT, L4_SPORT},
     stats,
 };
@@ -33,7 +33,7 @@ const CSUM_PORT: u64 = 2;
 
 /// Which end of the packet a rewrite changes.
 #[derive(Clone, Copy)]
-enum Side {
+pub enum Side {
     Source,
     Destination,
 }
@@ -41,8 +41,9 @@ enum Side {
 /// Ingress of a client-facing interface.
 #[inline(always)]
 pub fn dnat(ctx: &TcContext) -> Verdict {
+    parse::pull_headers(ctx);
     let Some(ip) = parse::ipv4(ctx) else {
-        return Verdict::Pass;
+        return icmp::from_client(ctx);
     };
     if ip.fragment {
         // Only the first fragment carries ports, so a fragment can never be matched to a
@@ -144,8 +145,9 @@ fn forward(ctx: &TcContext, ip: &Ipv4Packet, l4: &L4, service_id: u32, count: u3
 /// Egress of a client-facing interface.
 #[inline(always)]
 pub fn rnat(ctx: &TcContext) -> Verdict {
+    parse::pull_headers(ctx);
     let Some(ip) = parse::ipv4(ctx) else {
-        return unreachable(ctx);
+        return icmp::to_client(ctx);
     };
     if ip.fragment {
         return Verdict::Pass;
@@ -191,25 +193,6 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
         s.reply_bytes += ip.tot_len as u64;
     });
     Verdict::Done(Reason::ReverseNat)
-}
-
-/// An ICMP "destination unreachable" on its way to a client, about a new flow this datapath
-/// sent to a backend: the backend (or the way to it) refused the flow. Handled like a RST.
-#[inline(always)]
-fn unreachable(ctx: &TcContext) -> Verdict {
-    let Some(u) = parse::tcp_unreachable(ctx) else {
-        return Verdict::Pass;
-    };
-    // The key of the backend's replies to the embedded (client -> backend) segment.
-    let reply = CtKey4::new(u.daddr_be, u.dport_be, u.saddr_be, u.sport_be, proto::TCP);
-    let Some(rev) = conntrack::reverse_of(&reply) else {
-        return Verdict::Pass;
-    };
-    if conntrack::refused(&reply, &rev, unsafe { bpf_ktime_get_ns() }) {
-        Verdict::Done(Reason::Failover)
-    } else {
-        Verdict::Pass
-    }
 }
 
 /// Rewrites one end's address and port, with the L4 checksum (pseudo header included) and

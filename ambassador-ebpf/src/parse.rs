@@ -74,6 +74,23 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
+/// Makes the headers the parser reads in place (Ethernet and the fixed IPv4 header; the rest
+/// is read and written with the kernel's copying helpers, which reach page fragments) part of
+/// the linear buffer when the packet keeps them in page fragments, as frames from AF_PACKET
+/// rings and tap devices, some drivers and some GRO paths may: direct packet access only sees
+/// the linear part, and without this such packets would pass untranslated (Cilium's
+/// revalidate-and-pull). One comparison when they are linear already, the usual case. A
+/// failed pull leaves the packet as it was (it then passes untouched).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    const DIRECT: usize = ETH_HLEN + IP_MIN_HLEN;
+    // Pointer plus constant against the end: the comparison the verifier accepts even
+    // without CAP_PERFMON (it refuses subtracting packet pointers).
+    if ctx.data() + DIRECT > ctx.data_end() && ctx.len() as usize >= DIRECT {
+        let _ = ctx.pull_data(DIRECT as u32);
+    }
+}
+
 /// The length of the IPv4 header `hdr` starts, if it is an IPv4 header of a valid length.
 #[inline(always)]
 fn header_len(hdr: &[u8; IP_MIN_HLEN]) -> Option<usize> {
@@ -139,25 +156,45 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4Packet) -> Option<L4> {
 
 /// IP protocol number of ICMP.
 const IPPROTO_ICMP: u8 = 1;
-/// ICMP type "destination unreachable".
-const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP error types that carry the offending packet's headers.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// Code of "destination unreachable": fragmentation needed and DF set (path MTU discovery).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 /// ICMP header length before the embedded packet.
 const ICMP_HLEN: usize = 8;
+/// Offset of the ICMP checksum in the ICMP header.
+const ICMP_CSUM: usize = 2;
 
-/// The TCP flow an ICMP "destination unreachable" is about: the embedded packet's addresses
-/// and ports, network byte order (source: the client; destination: where it was sent).
-pub struct Unreachable {
+/// An ICMP error (destination unreachable, time exceeded, parameter problem) about a TCP or
+/// UDP packet: the outer addresses, and the embedded packet's header fields and where they
+/// are. Addresses and ports in network byte order.
+pub struct IcmpError {
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The outer header's addresses.
     pub saddr_be: u32,
     pub daddr_be: u32,
-    pub sport_be: u16,
-    pub dport_be: u16,
+    /// Offset of the ICMP checksum from the start of the frame.
+    pub icmp_csum_off: usize,
+    /// The embedded packet: its IPv4 header's offset, addresses, protocol and checksum.
+    pub inner_off: usize,
+    pub inner_saddr_be: u32,
+    pub inner_daddr_be: u32,
+    pub inner_proto: u8,
+    pub inner_csum: u16,
+    /// Offset of the embedded L4 header, and its ports.
+    pub inner_l4_off: usize,
+    pub inner_sport_be: u16,
+    pub inner_dport_be: u16,
 }
 
-/// Parses an ICMP "destination unreachable" about a TCP segment (Ethernet + IPv4 + ICMP +
-/// the embedded IPv4 header and ports); `None` for anything else. Bounds-checked copies
-/// throughout: the offsets depend on two IP header lengths.
+/// Parses an ICMP error about a TCP or UDP packet (Ethernet + IPv4 + ICMP + the embedded IPv4
+/// header and ports); `None` for anything else. Bounds-checked copies throughout: the offsets
+/// depend on two IP header lengths.
 #[inline(always)]
-pub fn tcp_unreachable(ctx: &TcContext) -> Option<Unreachable> {
+pub fn icmp_error(ctx: &TcContext) -> Option<IcmpError> {
     let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
     if ethertype != ETH_P_IP {
         return None;
@@ -168,23 +205,51 @@ pub fn tcp_unreachable(ctx: &TcContext) -> Option<Unreachable> {
         return None;
     }
     let icmp_off = ETH_HLEN + ihl;
-    let icmp_type: u8 = ctx.load(icmp_off).ok()?;
-    if icmp_type != ICMP_DEST_UNREACH {
+    let [icmp_type, icmp_code]: [u8; 2] = ctx.load(icmp_off).ok()?;
+    if !matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
         return None;
     }
     let inner_off = icmp_off + ICMP_HLEN;
     let inner: [u8; IP_MIN_HLEN] = ctx.load(inner_off).ok()?;
     let inner_ihl = header_len(&inner)?;
-    if inner[IP_PROTO] != proto::TCP {
+    let inner_proto = inner[IP_PROTO];
+    if inner_proto != proto::TCP && inner_proto != proto::UDP {
         return None;
     }
-    let ports: [u8; 4] = ctx.load(inner_off + inner_ihl).ok()?;
-    Some(Unreachable {
-        saddr_be: addr_at(&inner, IP_SADDR),
-        daddr_be: addr_at(&inner, IP_DADDR),
-        sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-        dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+    let inner_l4_off = inner_off + inner_ihl;
+    let ports: [u8; 4] = ctx.load(inner_l4_off).ok()?;
+    Some(IcmpError {
+        icmp_type,
+        icmp_code,
+        saddr_be: addr_at(&hdr, IP_SADDR),
+        daddr_be: addr_at(&hdr, IP_DADDR),
+        icmp_csum_off: icmp_off + ICMP_CSUM,
+        inner_off,
+        inner_saddr_be: addr_at(&inner, IP_SADDR),
+        inner_daddr_be: addr_at(&inner, IP_DADDR),
+        inner_proto,
+        inner_csum: u16::from_be_bytes([inner[IP_CSUM], inner[IP_CSUM + 1]]),
+        inner_l4_off,
+        inner_sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        inner_dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
     })
+}
+
+/// The offset of the embedded packet's L4 checksum, when the ICMP error carries it (an ICMP
+/// error need only carry the first 8 bytes of the L4 header: a UDP checksum always, a TCP one
+/// only when the router quoted more).
+#[inline(always)]
+pub fn inner_l4_csum_off(ctx: &TcContext, e: &IcmpError) -> Option<usize> {
+    let off = e.inner_l4_off
+        + if e.inner_proto == proto::TCP {
+            TCP_CSUM
+        } else {
+            UDP_CSUM
+        };
+    (off + 2 <= ctx.len() as usize).then_some(off)
 }
 
 /// Reads the IPv4 header checksum (host order value of the wire field).

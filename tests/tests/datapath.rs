@@ -9,8 +9,9 @@ use ambassador_tests::{require_root, PinDir};
 use ambassador_user::{config, daemon, loader};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use etherparse::{
-    IpNumber, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader,
-    TransportHeader, UdpHeader,
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
+    Icmpv4Type, IpNumber, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders,
+    TcpHeader, TransportHeader, UdpHeader,
 };
 
 const NEXT: i32 = -1;
@@ -84,6 +85,24 @@ fn udp_no_checksum(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: 
     v
 }
 
+/// An ICMP error from `src` to `dst` quoting `frame`'s IPv4 packet (without its Ethernet
+/// header).
+fn icmp(src: [u8; 4], dst: [u8; 4], kind: Icmpv4Type, frame: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .icmpv4(kind)
+        .write(&mut v, &frame[14..])
+        .unwrap();
+    v
+}
+
+fn frag_needed() -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1280,
+    })
+}
+
 /// A TCP SYN with 4 bytes of IPv4 options (ihl = 6).
 fn tcp_with_ip_options(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut t = TcpHeader::new(sport, dport, 1000, 64000);
@@ -136,6 +155,13 @@ enum Expect {
     Rewritten {
         src: ([u8; 4], u16),
         dst: ([u8; 4], u16),
+    },
+    /// An ICMP error translated: these outer addresses, this quoted packet's endpoints, and
+    /// every checksum valid (outer IPv4, ICMP, the quoted IPv4 header and L4 checksum).
+    IcmpTranslated {
+        outer: ([u8; 4], [u8; 4]),
+        src: Endpoint,
+        dst: Endpoint,
     },
 }
 
@@ -192,6 +218,46 @@ fn inspect(frame: &[u8]) -> (Endpoint, Endpoint, Result<(), String>) {
     ((ip.source, sport), (ip.destination, dport), ok)
 }
 
+/// Checks an ICMP error: its outer addresses, its quoted packet's endpoints, and every
+/// checksum, each recomputed by etherparse.
+fn check_icmp(
+    frame: &[u8],
+    outer: ([u8; 4], [u8; 4]),
+    src: Endpoint,
+    dst: Endpoint,
+) -> Result<(), String> {
+    let p = PacketHeaders::from_ethernet_slice(frame).map_err(|e| e.to_string())?;
+    let Some(NetHeaders::Ipv4(ip, _)) = &p.net else {
+        return Err("not IPv4".into());
+    };
+    if (ip.source, ip.destination) != outer {
+        return Err(format!(
+            "outer {:?} -> {:?}, want {outer:?}",
+            ip.source, ip.destination
+        ));
+    }
+    if ip.calc_header_checksum() != ip.header_checksum {
+        return Err("bad outer IPv4 header checksum".into());
+    }
+    let Some(TransportHeader::Icmpv4(icmp)) = &p.transport else {
+        return Err("not ICMP".into());
+    };
+    let quoted = p.payload.slice();
+    if icmp.icmp_type.calc_checksum(quoted) != icmp.checksum {
+        return Err(format!("bad ICMP checksum {:#06x}", icmp.checksum));
+    }
+    // The quoted packet, framed again, through the same checks as any rewritten packet.
+    let mut framed = frame[..14].to_vec();
+    framed.extend_from_slice(quoted);
+    let (got_src, got_dst, csums) = inspect(&framed);
+    if (got_src, got_dst) != (src, dst) {
+        return Err(format!(
+            "quoted {got_src:?} -> {got_dst:?}, want {src:?} -> {dst:?}"
+        ));
+    }
+    csums.map_err(|e| format!("quoted packet: {e}"))
+}
+
 #[test]
 fn programs_handle_the_fixture_table() {
     if !require_root("programs_handle_the_fixture_table") {
@@ -212,7 +278,7 @@ fn programs_handle_the_fixture_table() {
     };
     let (dnat, rnat) = (program_names::TC_DNAT, program_names::TC_RNAT);
 
-    let cases = vec![
+    let mut cases = vec![
         Case {
             what: "TCP SYN to a frontend goes to its backend",
             program: dnat,
@@ -371,6 +437,73 @@ fn programs_handle_the_fixture_table() {
         },
     ];
 
+    // ICMP errors about the flows above (TCP 40000 and UDP 41000), translated so that the
+    // stack at the other end matches them to its socket.
+    cases.extend([
+        Case {
+            what: "a router's fragmentation-needed about a client's segment, quoted as the backend saw it, is about the frontend",
+            program: rnat,
+            input: icmp(OTHER, CLIENT, frag_needed(), &tcp(CLIENT, 40000, BACKEND, 8080, false, b"")),
+            verdict: NEXT,
+            expect: Expect::IcmpTranslated {
+                outer: (OTHER, CLIENT),
+                src: (CLIENT, 40000),
+                dst: (VIP, 80),
+            },
+        },
+        Case {
+            what: "the backend host's port unreachable about a datagram comes from the frontend",
+            program: rnat,
+            input: icmp(
+                BACKEND,
+                CLIENT,
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                &udp(CLIENT, 41000, BACKEND, 5353, b"query"),
+            ),
+            verdict: NEXT,
+            expect: Expect::IcmpTranslated {
+                outer: (VIP, CLIENT),
+                src: (CLIENT, 41000),
+                dst: (VIP, 53),
+            },
+        },
+        Case {
+            what: "a client's fragmentation-needed about the frontend's reply goes to the backend, about the backend's packet",
+            program: dnat,
+            input: icmp(CLIENT, VIP, frag_needed(), &tcp(VIP, 80, CLIENT, 40000, false, b"data")),
+            verdict: NEXT,
+            expect: Expect::IcmpTranslated {
+                outer: (CLIENT, BACKEND),
+                src: (BACKEND, 8080),
+                dst: (CLIENT, 40000),
+            },
+        },
+        Case {
+            what: "a time exceeded about a flow ambassador never saw passes untouched",
+            program: rnat,
+            input: icmp(
+                OTHER,
+                CLIENT,
+                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+                &udp(CLIENT, 41999, OTHER, 53, b"q"),
+            ),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            what: "an echo reply passes untouched",
+            program: rnat,
+            input: icmp(
+                OTHER,
+                CLIENT,
+                Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 1, seq: 1 }),
+                &udp(CLIENT, 41000, BACKEND, 5353, b"ping"),
+            ),
+            verdict: NEXT,
+            expect: Expect::Unchanged,
+        },
+    ]);
+
     let mut failures = Vec::new();
     for case in &cases {
         let (verdict, out) = test_run(prog(case.program), &case.input);
@@ -414,6 +547,14 @@ fn programs_handle_the_fixture_table() {
                     failures.push(format!("{}: a zero UDP checksum was filled in", case.what));
                 }
             }
+            Expect::IcmpTranslated { outer, src, dst } => {
+                if let Err(e) = check_icmp(&out, *outer, *src, *dst) {
+                    failures.push(format!("{}: {e}", case.what));
+                }
+                if out.len() != case.input.len() {
+                    failures.push(format!("{}: length changed", case.what));
+                }
+            }
         }
     }
     assert!(
@@ -434,6 +575,7 @@ fn programs_handle_the_fixture_table() {
         ("backend_missing", 0),
         ("rewrite_failed", 0),
         ("failover", 0),
+        ("icmp_error", 3),
     ]
     .into();
     assert_eq!(reasons, want);

@@ -929,3 +929,259 @@ fn status_counts_live_flows_with_the_daemons_timeouts() {
         "still in the table (not collected yet): {st}"
     );
 }
+
+/// The MAC address of `iface` in `ns`.
+fn mac(ns: &NetNs, iface: &str) -> String {
+    let out = ns.ip(&["-br", "link", "show", iface]);
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no MAC in {out:?}"))
+        .to_owned()
+}
+
+/// trafgen's byte list for a MAC address.
+fn mac_bytes(mac: &str) -> String {
+    mac.split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn frames_whose_headers_are_outside_the_linear_buffer_are_translated() {
+    if !require_root("frames_whose_headers_are_outside_the_linear_buffer_are_translated") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let server = UdpServer::start(&topo.backends[0], &Topology::backend_addr(1, 5353), "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[], &[Topology::backend_addr(1, 5353)]));
+    let _d = start(&topo, &pin, &cfg);
+
+    // UDP 10.200.0.2:40000 -> 10.96.0.10:53 with a 32-byte payload, sent from an AF_PACKET TX
+    // ring (trafgen): the kernel keeps such a frame's bytes in page fragments, not in the
+    // linear part of the buffer the datapath's direct reads see. The UDP checksum is 0 (none),
+    // the IPv4 one computed by trafgen.
+    let frame = format!(
+        "{{\n  {dst},\n  {src},\n  0x08, 0x00,\n  \
+         0x45, 0x00, const16(60), const16(1), 0x40, 0x00, 64, 17, csumip(14, 33),\n  \
+         10, 200, 0, 2,\n  10, 96, 0, 10,\n  \
+         const16(40000), const16(53), const16(40), const16(0),\n  \
+         fill(0x61, 32)\n}}\n",
+        dst = mac_bytes(&mac(&topo.fwd, "c0")),
+        src = mac_bytes(&mac(&topo.client, "eth0")),
+    );
+    let conf = TempFile::new(&frame);
+    // With transmit checksum offload (and so scatter-gather) on, as on most real interfaces,
+    // the frame leaves the ring unlinearized; without it the kernel would copy it whole.
+    topo.client
+        .exec(&["ethtool", "-K", "eth0", "tx", "on", "sg", "on"]);
+    eprintln!("{}", topo.fwd.exec(&["ethtool", "-k", "c0"]));
+    topo.fwd.exec(&["ethtool", "-K", "c0", "gro", "off"]);
+    topo.client.exec(&[
+        "trafgen",
+        "--dev",
+        "eth0",
+        "--conf",
+        conf.as_str(),
+        "--num",
+        "1000",
+        "--cpus",
+        "1",
+        "--gap",
+        "100us",
+        // Leave the machine's socket memory and IRQ affinity alone.
+        "--no-sock-mem",
+        "--notouch-irq",
+        "--no-cpu-stats",
+    ]);
+    let delivered = wait_until(Duration::from_secs(5), || server.received() == 1000);
+    let st = status(&pin.path);
+    assert!(
+        delivered,
+        "{} of 1000 frames reached the backend through the frontend: {st}",
+        server.received()
+    );
+    let dns = service_status(&pin.path, "dns").unwrap();
+    assert_eq!(dns["counters"]["packets"], 1000, "{dns}");
+}
+
+/// A TAP device `name` in `ns` with a virtio-net header on every frame written to it: the
+/// kernel makes a buffer whose linear part holds `hdr_len` bytes and puts the rest in page
+/// fragments, as virtual machines' and containers' tap devices do. Closed on drop (the device
+/// goes with the namespace).
+struct Tap {
+    fd: std::fs::File,
+}
+
+impl Tap {
+    fn new(ns: &NetNs, name: &str) -> Self {
+        let name = name.to_owned();
+        let fd = ns.run(move || {
+            use std::os::fd::AsRawFd as _;
+            let fd = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("/dev/net/tun");
+            // struct ifreq: the name, then the flags.
+            let mut ifr = [0u8; 40];
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as u16;
+            ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+            const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+            // SAFETY: a valid tun descriptor and a 40-byte ifreq.
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) };
+            assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+            fd
+        });
+        Self { fd }
+    }
+
+    /// Writes `frame` with a virtio-net header whose header length is the Ethernet header
+    /// alone: everything after it lands in page fragments.
+    fn send(&mut self, frame: &[u8]) {
+        use std::io::Write as _;
+        // flags, gso_type (none), hdr_len, gso_size, csum_start, csum_offset.
+        let mut buf = vec![0u8, 0];
+        buf.extend_from_slice(&14u16.to_le_bytes());
+        buf.extend_from_slice(&[0; 6]);
+        buf.extend_from_slice(frame);
+        self.fd.write_all(&buf).expect("writing to the tap device");
+    }
+}
+
+#[test]
+fn frames_from_a_tap_device_with_headers_in_page_fragments_are_translated() {
+    if !require_root("frames_from_a_tap_device_with_headers_in_page_fragments_are_translated") {
+        return;
+    }
+    let topo = Topology::new(1);
+    let mut tap = Tap::new(&topo.fwd, "t0");
+    topo.fwd.ip(&["addr", "add", "10.201.0.1/24", "dev", "t0"]);
+    topo.fwd.ip(&["link", "set", "t0", "up"]);
+    let server = UdpServer::start(&topo.backends[0], &Topology::backend_addr(1, 5353), "b1");
+    let tcp = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(
+        &[Topology::backend_addr(1, 8080)],
+        &[Topology::backend_addr(1, 5353)],
+    ));
+    let mut d = Daemon::run_file(&topo.fwd, "t0", cfg.as_str(), &pin.path, &[]);
+    d.wait_ready();
+
+    let mac: [u8; 6] = {
+        let m = mac(&topo.fwd, "t0");
+        let b: Vec<u8> = m
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        b.try_into().unwrap()
+    };
+    let peer = [0x02, 0, 0, 0, 0, 0x02];
+    for i in 0..200u16 {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(peer, mac)
+            .ipv4([10, 201, 0, 2], [10, 96, 0, 10], 64)
+            .udp(40000 + i, 53)
+            .write(&mut frame, b"from a tap device")
+            .unwrap();
+        tap.send(&frame);
+    }
+    // A TCP SYN too: the new flow is created from headers in fragments.
+    let mut syn = Vec::new();
+    etherparse::PacketBuilder::ethernet2(peer, mac)
+        .ipv4([10, 201, 0, 2], [10, 96, 0, 10], 64)
+        .tcp(41000, 80, 1, 64000)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    tap.send(&syn);
+    let delivered = wait_until(Duration::from_secs(5), || server.received() == 200);
+    assert!(
+        delivered,
+        "{} of 200 datagrams from the tap device reached the backend: {}",
+        server.received(),
+        status(&pin.path)
+    );
+    let dns = service_status(&pin.path, "dns").unwrap();
+    assert_eq!(dns["counters"]["packets"], 200, "{dns}");
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            service_status(&pin.path, "web").unwrap()["counters"]["new_flows"] == 1
+        }),
+        "{}",
+        status(&pin.path)
+    );
+    drop(tcp);
+}
+
+/// A server in `ns` at `addr` that reads `n` bytes from each connection, then answers "ok".
+fn sink(ns: &NetNs, addr: &str, n: usize) -> std::thread::JoinHandle<()> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let listener = ns.run(move || std::net::TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = vec![0u8; n];
+            if conn.read_exact(&mut buf).is_ok() {
+                let _ = conn.write_all(b"ok\n");
+            }
+        }
+    })
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_frontend() {
+    if !require_root("path_mtu_discovery_works_through_a_frontend") {
+        return;
+    }
+    let topo = Topology::new(1);
+    // The link from the forwarding host to the backend carries 1280-byte packets; the backend
+    // does not know it (its own MTU is 1500, so it offers a 1460-byte MSS).
+    topo.fwd.ip(&["link", "set", "b1", "mtu", "1280"]);
+    let size = 1 << 20;
+    let server = sink(&topo.backends[0], &Topology::backend_addr(1, 9000), size);
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[Topology::backend_addr(1, 9000)], &[]));
+    let _d = start(&topo, &pin, &cfg);
+
+    // 1 MiB with path MTU discovery on (Linux's default: DF set): the first full-size segment
+    // meets the 1280 link, the forwarding host answers "fragmentation needed" quoting the
+    // client -> backend packet, and only translated back does the client's stack match it
+    // to its socket, lower the path MTU and resend smaller.
+    let started = std::time::Instant::now();
+    let answer = topo.client.run(move || -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &VIP_TCP.parse().unwrap(),
+            Duration::from_secs(2),
+        )?;
+        s.set_write_timeout(Some(Duration::from_secs(15)))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(&vec![0x5a; size])?;
+        let mut ok = [0u8; 3];
+        s.read_exact(&mut ok)?;
+        Ok(String::from_utf8_lossy(&ok).into_owned())
+    });
+    let st = status(&pin.path);
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some("ok\n"),
+        "the 1 MiB write stalled ({answer:?} after {:?}): {st}",
+        started.elapsed()
+    );
+    server.join().unwrap();
+    eprintln!(
+        "1 MiB through the frontend over a 1280-byte link in {:?}",
+        started.elapsed()
+    );
+    let route = topo.client.exec(&["ip", "route", "get", "10.96.0.10"]);
+    assert!(
+        route.contains("mtu 1280"),
+        "the client learned no path MTU: {route}"
+    );
+    assert!(st["reasons"]["icmp_error"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(topo.client.snmp("Tcp", "InCsumErrors"), 0);
+    assert_eq!(topo.client.snmp("Icmp", "InCsumErrors"), 0);
+}
