@@ -28,6 +28,7 @@ APT_PACKAGES=(
   docker-compose                                       # docker-compose.yml, as the testbed brings every host up
   redis-server                                         # the database the migration testbed moves
   bind9-dnsutils dnsmasq-base dnsperf                  # dig; a resolver in front of the responder and its bench peer; the DNS load generator
+  netsniff-ng                                          # trafgen: frames from an AF_PACKET ring
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )
 

@@ -148,6 +148,8 @@ struct Register {
     services: HashMap<String, (u16, crate::model::Proto)>,
     /// Services known to exist (created or found), with their frontend.
     ensured: HashMap<String, std::net::SocketAddrV4>,
+    /// Containers whose port differs from their service's frontend port (said once).
+    disagreeing: HashSet<String>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
@@ -186,6 +188,7 @@ impl Register {
             stopping: HashMap::new(),
             services: HashMap::new(),
             ensured: HashMap::new(),
+            disagreeing: HashSet::new(),
             keepalive,
             lost,
             stats,
@@ -283,6 +286,11 @@ impl Register {
             self.services
                 .entry(r.service.clone())
                 .or_insert((r.frontend_port, r.proto));
+            if let Some(frontend) = self.ensured.get(&r.service) {
+                if frontend.port() != r.frontend_port && self.disagreeing.insert(id.clone()) {
+                    info!(container = %short_id(&id), service = %r.service, %frontend, "the container's port {} differs from its service's frontend port: it is registered with its own port, and clients reach it through {frontend}", r.frontend_port);
+                }
+            }
         }
         match reg.and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose()) {
             Ok(Some(e)) => {
@@ -322,12 +330,7 @@ impl Register {
                     info!(%service, frontend = %a, %proto, "service created for its labelled containers (frontend address allocated)");
                     a
                 }
-                crate::vips::Outcome::Existing(a) => {
-                    if a.port() != port {
-                        info!(%service, frontend = %a, "the service exists with another frontend port than its container's {port}: it stays as defined; clients dial {a}");
-                    }
-                    a
-                }
+                crate::vips::Outcome::Existing(a) => a,
             };
             self.ensured.insert(service, frontend);
         }
