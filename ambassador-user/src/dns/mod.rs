@@ -2,10 +2,11 @@
 //! daemon's current state ([`zone`]) over UDP and TCP, and forwards other names to the host's
 //! upstream resolvers for the clients it serves.
 //!
-//! UDP is served by one thread per listen address (blocking `recv_from`/`send_to`: nothing
-//! between a query and its answer but the lookup); TCP and forwarding run on the daemon's
-//! runtime. Answers come from a [`Zone`] swapped whole at every apply, so an etcd change is
-//! answered as soon as it is in the maps, with no etcd round trip per query.
+//! UDP is served by one thread per listen address (blocking `recvmmsg`/`sendmmsg`: nothing
+//! between a query and its answer but the lookup, and under load one system call for every
+//! datagram waiting); TCP and forwarding run on the daemon's runtime. Answers come from a
+//! [`Zone`] swapped whole at every apply, so an etcd change is answered as soon as it is in
+//! the maps, with no etcd round trip per query.
 
 pub mod zone;
 
@@ -43,6 +44,10 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 pub const MAX_FORWARDS: usize = 512;
 /// TCP connections served at once (beyond this, a new one is closed at once).
 pub const MAX_TCP: usize = 256;
+/// Datagrams received, and answers sent, in one system call (recvmmsg/sendmmsg) under load.
+const BATCH: usize = 32;
+/// The longest UDP query read whole; a longer one is cut, and so malformed.
+const MAX_QUERY: usize = 4096;
 
 /// Where names outside the domain go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -385,50 +390,96 @@ fn listen_error(addr: SocketAddr, what: &str, e: io::Error) -> Error {
 /// One UDP listener: answer, or hand the query to the runtime to forward. Ends when the
 /// [`Responder`] is dropped (it shuts the socket down).
 fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: tokio::runtime::Handle) {
-    let mut buf = vec![0u8; 65535];
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+    let fd = socket.as_raw_fd();
+    let mut bufs = vec![[0u8; MAX_QUERY]; BATCH];
+    let mut received = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut sending = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                warn!("DNS: receiving on UDP failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
+        // Every datagram waiting, up to BATCH, in one call (blocking for the first).
+        let batch: Vec<(usize, SocketAddr)> = {
+            let mut iovs: Vec<[io::IoSliceMut; 1]> =
+                bufs.iter_mut().map(|b| [io::IoSliceMut::new(b)]).collect();
+            match recvmmsg(
+                fd,
+                &mut received,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(msgs) => msgs
+                    .filter_map(|m| Some((m.bytes, std_addr(&m.address?)?)))
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("DNS: receiving on UDP failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
             }
         };
-        let query = &buf[..n];
-        match shared.reply(query, Transport::Udp, from) {
-            Reply::Answer { bytes, .. } => {
-                let _ = socket.send_to(&bytes, from);
-            }
-            Reply::Drop => {}
-            Reply::Forward { limit } => {
-                let Ok(permit) = shared.forwards.try_acquire() else {
-                    send_servfail(&socket, query, from, &shared.stats);
-                    continue;
-                };
-                permit.forget();
-                let (query, shared) = (query.to_vec(), shared.clone());
-                let Ok(socket) = socket.try_clone() else {
-                    shared.forwards.add_permits(1);
-                    continue;
-                };
-                runtime.spawn(async move {
-                    match forward_udp(&query, shared.upstreams()).await {
-                        Some(answer) => match zone::fit(&answer, limit) {
-                            Some(answer) => {
-                                bump(&shared.stats.forwarded);
-                                let _ = socket.send_to(&answer, from);
-                            }
-                            None => send_servfail(&socket, &query, from, &shared.stats),
-                        },
-                        None => send_servfail(&socket, &query, from, &shared.stats),
-                    }
-                    shared.forwards.add_permits(1);
-                });
+        let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(batch.len());
+        for (buf, (n, from)) in bufs.iter().zip(&batch) {
+            let (query, from) = (&buf[..*n], *from);
+            match shared.reply(query, Transport::Udp, from) {
+                Reply::Answer { bytes, .. } => answers.push((bytes, SockaddrStorage::from(from))),
+                Reply::Drop => {}
+                Reply::Forward { limit } => forward(&socket, query, from, limit, &shared, &runtime),
             }
         }
+        // Every answer in one call.
+        if !answers.is_empty() {
+            let iovs: Vec<[io::IoSlice; 1]> =
+                answers.iter().map(|(a, _)| [io::IoSlice::new(a)]).collect();
+            let to: Vec<Option<SockaddrStorage>> = answers.iter().map(|(_, t)| Some(*t)).collect();
+            let _ = sendmmsg(fd, &mut sending, &iovs, &to, [], MsgFlags::empty());
+        }
     }
+}
+
+/// The standard address of a received datagram's source.
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+}
+
+/// Hands a query for a name outside the domain to the runtime, which relays it upstream and
+/// answers the client (SERVFAIL at once when too many are in flight).
+fn forward(
+    socket: &UdpSocket,
+    query: &[u8],
+    from: SocketAddr,
+    limit: usize,
+    shared: &Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let Ok(permit) = shared.forwards.try_acquire() else {
+        return send_servfail(socket, query, from, &shared.stats);
+    };
+    permit.forget();
+    let (query, shared) = (query.to_vec(), shared.clone());
+    let Ok(socket) = socket.try_clone() else {
+        return shared.forwards.add_permits(1);
+    };
+    runtime.spawn(async move {
+        match forward_udp(&query, shared.upstreams()).await {
+            Some(answer) => match zone::fit(&answer, limit) {
+                Some(answer) => {
+                    bump(&shared.stats.forwarded);
+                    let _ = socket.send_to(&answer, from);
+                }
+                None => send_servfail(&socket, &query, from, &shared.stats),
+            },
+            None => send_servfail(&socket, &query, from, &shared.stats),
+        }
+        shared.forwards.add_permits(1);
+    });
 }
 
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
