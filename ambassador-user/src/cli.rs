@@ -160,8 +160,8 @@ pub struct RunArgs {
     /// Allow backends only in this IPv4 range (repeatable, or comma-separated in the
     /// environment). Loopback, link-local, multicast, broadcast and frontend addresses are
     /// refused whatever this says.
-    #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = clap::value_parser!(crate::policy::Cidr))]
-    pub allow_backend: Vec<crate::policy::Cidr>,
+    #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = crate::model::parse_cidr)]
+    pub allow_backend: Vec<ipnet::Ipv4Net>,
     /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
     #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
@@ -400,6 +400,7 @@ pub enum VipCmd {
     /// Show the range (no CIDR) or set it (CIDR); allocations outside a new range stay.
     Range {
         /// An IPv4 range, e.g. 10.96.0.0/12.
+        #[arg(value_parser = crate::model::parse_cidr)]
         cidr: Option<ipnet::Ipv4Net>,
         #[command(flatten)]
         etcd: EtcdArgs,

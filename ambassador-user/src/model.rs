@@ -135,3 +135,23 @@ pub fn check_endpoint_id(id: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Parses an IPv4 range strictly (`--allow-backend`, `vip range`): `a.b.c.d/len`, or a bare address for one host;
+/// host bits set are a mistake worth saying (`10.1.2.3/16`: did you mean 10.1.0.0/16?).
+pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let with_len = if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("{s}/32")
+    };
+    let net: ipnet::Ipv4Net = with_len.parse().map_err(|_| {
+        format!("{s:?} is not an IPv4 network (like 10.1.0.0/16) with a prefix length of 0..=32")
+    })?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{s:?} has host bits set: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}

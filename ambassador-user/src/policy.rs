@@ -5,82 +5,37 @@
 //! also lie in one of the given ranges. A refused endpoint is left out of the maps, logged
 //! once, and counted in `status`; the rest of its service is applied.
 
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr, str::FromStr};
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
 
 use crate::model::Desired;
 
-/// An IPv4 network, `a.b.c.d/len`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Cidr {
-    const fn new(a: u8, b: u8, c: u8, d: u8, len: u8) -> Self {
-        Self {
-            addr: Ipv4Addr::new(a, b, c, d),
-            len,
-        }
-    }
-
-    fn mask(self) -> u32 {
-        if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.len))
-        }
-    }
-
-    /// Whether `ip` lies in this network.
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 network (like 10.1.0.0/16)"))?;
-        let len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{s:?}: the prefix length must be 0..=32"))?;
-        let cidr = Self { addr, len };
-        if u32::from(addr) & !cidr.mask() != 0 {
-            return Err(format!(
-                "{s:?} has host bits set: did you mean {}/{len}?",
-                Ipv4Addr::from(u32::from(addr) & cidr.mask())
-            ));
-        }
-        Ok(cidr)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
 /// Ranges that are never backends, with why.
-const NEVER: [(Cidr, &str); 5] = [
-    (Cidr::new(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8)"),
-    (Cidr::new(127, 0, 0, 0, 8), "loopback (127.0.0.0/8)"),
-    (Cidr::new(169, 254, 0, 0, 16), "link-local (169.254.0.0/16)"),
-    (Cidr::new(224, 0, 0, 0, 4), "multicast (224.0.0.0/4)"),
-    (Cidr::new(255, 255, 255, 255, 32), "broadcast"),
+const NEVER: [(Ipv4Net, &str); 5] = [
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
+        "\"this network\" (0.0.0.0/8)",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8),
+        "loopback (127.0.0.0/8)",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16),
+        "link-local (169.254.0.0/16)",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4),
+        "multicast (224.0.0.0/4)",
+    ),
+    (Ipv4Net::new_assert(Ipv4Addr::BROADCAST, 32), "broadcast"),
 ];
 
 /// The backend policy: `--allow-backend` ranges (empty: anywhere not refused).
 #[derive(Clone, Debug, Default)]
 pub struct BackendPolicy {
-    pub allow: Vec<Cidr>,
+    pub allow: Vec<Ipv4Net>,
 }
 
 /// One endpoint left out, and why.
@@ -104,14 +59,14 @@ impl fmt::Display for Refusal {
 impl BackendPolicy {
     /// Why `ip` may not be a backend, given every frontend address.
     fn refuse(&self, ip: Ipv4Addr, frontends: &BTreeSet<Ipv4Addr>) -> Option<String> {
-        if let Some((_, why)) = NEVER.iter().find(|(c, _)| c.contains(ip)) {
+        if let Some((_, why)) = NEVER.iter().find(|(c, _)| c.contains(&ip)) {
             return Some(format!("{why} is never a backend"));
         }
         if frontends.contains(&ip) {
             return Some("it is a frontend address (a loop)".into());
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(ip)) {
-            let list: Vec<String> = self.allow.iter().map(Cidr::to_string).collect();
+        if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(&ip)) {
+            let list: Vec<String> = self.allow.iter().map(Ipv4Net::to_string).collect();
             return Some(format!("outside --allow-backend {}", list.join(",")));
         }
         None
@@ -144,7 +99,7 @@ impl BackendPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Proto, ServiceSpec};
+    use crate::model::{parse_cidr, Endpoint, Proto, ServiceSpec};
 
     fn desired(endpoints: &[&str]) -> Desired {
         let mut d = Desired::new();
@@ -168,26 +123,21 @@ mod tests {
     #[test]
     fn cidrs_parse_strictly() {
         assert_eq!(
-            "10.1.0.0/16".parse::<Cidr>().unwrap().to_string(),
+            parse_cidr("10.1.0.0/16").unwrap().to_string(),
             "10.1.0.0/16"
         );
-        assert_eq!(
-            "10.1.2.3".parse::<Cidr>().unwrap().to_string(),
-            "10.1.2.3/32"
-        );
-        assert!("0.0.0.0/0"
-            .parse::<Cidr>()
+        assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert!(parse_cidr("0.0.0.0/0")
             .unwrap()
-            .contains(Ipv4Addr::new(1, 2, 3, 4)));
-        assert!("10.1.2.3/16"
-            .parse::<Cidr>()
+            .contains(&Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(parse_cidr("10.1.2.3/16")
             .unwrap_err()
             .contains("10.1.0.0/16"));
-        assert!("10.1.0.0/33".parse::<Cidr>().is_err());
-        assert!("nope/8".parse::<Cidr>().is_err());
-        let c: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(c.contains(Ipv4Addr::new(10, 1, 255, 1)));
-        assert!(!c.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(parse_cidr("10.1.0.0/33").is_err());
+        assert!(parse_cidr("nope/8").is_err());
+        let c = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(c.contains(&Ipv4Addr::new(10, 1, 255, 1)));
+        assert!(!c.contains(&Ipv4Addr::new(10, 2, 0, 1)));
     }
 
     #[test]
@@ -211,7 +161,7 @@ mod tests {
     #[test]
     fn allow_backend_restricts() {
         let p = BackendPolicy {
-            allow: vec!["10.1.0.0/16".parse().unwrap()],
+            allow: vec![parse_cidr("10.1.0.0/16").unwrap()],
         };
         let (out, refused) = p.filter(&desired(&["10.1.0.2:80", "10.2.0.2:80"]));
         assert_eq!(out["web"].endpoints.len(), 1);
