@@ -270,7 +270,9 @@ fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error +
         if text.contains("Permission denied") || text.contains("Operation not permitted") {
             // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
             // parser's packet-pointer arithmetic (a Spectre mitigation).
-            let why = if text.contains("prohibited for !root") {
+            let why = if text.contains("prohibited for !root")
+                || text.contains("pointer -= pointer prohibited")
+            {
                 " (the verifier refuses its pointer arithmetic without CAP_PERFMON)"
             } else {
                 ""
