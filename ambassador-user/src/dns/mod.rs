@@ -250,7 +250,8 @@ impl Shared {
     }
 }
 
-/// A running responder. Dropping it stops the UDP threads (within a second) and the TCP tasks.
+/// A running responder. Dropping it stops the UDP threads (their sockets are shut down, which
+/// wakes them) and the TCP tasks.
 pub struct Responder {
     shared: Arc<Shared>,
     ns_addrs: Vec<Ipv4Addr>,
@@ -265,7 +266,7 @@ impl Drop for Responder {
         for t in &self.tasks {
             t.abort();
         }
-        // A blocked recv_from returns at once once the socket is shut down for reading: no
+        // A blocked recvmmsg returns at once when the socket is shut down for reading: no
         // receive timeout on the hot path.
         for s in &self.udp_sockets {
             // SAFETY: shutdown on a socket this struct owns (a duplicate of the thread's).
