@@ -35,12 +35,20 @@ pub mod map_names {
     /// Socket datapath: (socket cookie, backend) -> the frontend `recvmsg` and `getpeername`
     /// report instead.
     pub const SOCK_REVERSE: &str = "amb_skrev4_v1";
+    /// IPv6 frontends: (address, port, proto) -> service id and slot count.
+    pub const SERVICES6: &str = "amb_svc6_v1";
+    /// backend id -> IPv6 backend address (ids are shared with [`BACKENDS`]: never reused).
+    pub const BACKENDS6: &str = "amb_be6_v1";
+    /// Forward conntrack of IPv6 flows.
+    pub const CONNTRACK6: &str = "amb_ct6_v1";
+    /// Reverse NAT of IPv6 flows.
+    pub const REVERSE_NAT6: &str = "amb_rnat6_v1";
     /// backend id -> why and until when new flows avoid it ([`crate::Suspect`]).
     pub const SUSPECTS: &str = "amb_suspect_v1";
     /// Ring buffer of backend health transitions ([`crate::HealthEvent`]), read by the daemon.
     pub const HEALTH_EVENTS: &str = "amb_health_v1";
     /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -54,6 +62,10 @@ pub mod map_names {
         SOCK_REVERSE,
         SUSPECTS,
         HEALTH_EVENTS,
+        SERVICES6,
+        BACKENDS6,
+        CONNTRACK6,
+        REVERSE_NAT6,
     ];
 }
 
@@ -186,12 +198,27 @@ impl Reason {
     }
 }
 
+/// An IP address as the maps hold it, in network byte order: `u32` for IPv4, 16 bytes for
+/// IPv6. The map types below are generic over it; the `4` and `6` aliases are the two
+/// families (separate maps with the same shapes, Cilium's way).
+pub trait Addr: Copy + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static {
+    /// The explicit padding that aligns [`CtEntry`]'s timestamps after an address of this
+    /// size.
+    type Pad: Copy + Default + PartialEq + Eq + core::fmt::Debug + 'static;
+}
+impl Addr for u32 {
+    type Pad = u32;
+}
+impl Addr for [u8; 16] {
+    type Pad = u64;
+}
+
 /// Key of the service map: a frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ServiceKey4 {
+pub struct ServiceKey<A> {
     /// Frontend (virtual) address, network byte order.
-    pub vip_be: u32,
+    pub vip_be: A,
     /// Frontend port, network byte order.
     pub port_be: u16,
     /// IP protocol ([`proto::TCP`] or [`proto::UDP`]).
@@ -200,7 +227,12 @@ pub struct ServiceKey4 {
     pub pad: u8,
 }
 
-/// Value of the service map.
+/// An IPv4 frontend.
+pub type ServiceKey4 = ServiceKey<u32>;
+/// An IPv6 frontend.
+pub type ServiceKey6 = ServiceKey<[u8; 16]>;
+
+/// Value of the service map (both families).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue4 {
@@ -226,9 +258,9 @@ pub const BACKEND_TERMINATING: u32 = 1;
 /// Value of the backend map (keyed by a `u32` backend id that is never reused).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backend4 {
+pub struct Backend<A> {
     /// Backend address, network byte order.
-    pub addr_be: u32,
+    pub addr_be: A,
     /// Backend port, network byte order.
     pub port_be: u16,
     /// Always zero.
@@ -239,14 +271,19 @@ pub struct Backend4 {
     pub flags: u32,
 }
 
+/// An IPv4 backend.
+pub type Backend4 = Backend<u32>;
+/// An IPv6 backend.
+pub type Backend6 = Backend<[u8; 16]>;
+
 /// Conntrack key: a flow's 5-tuple as seen in its packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtKey4 {
+pub struct CtKey<A> {
     /// Source address, network byte order.
-    pub saddr_be: u32,
+    pub saddr_be: A,
     /// Destination address, network byte order.
-    pub daddr_be: u32,
+    pub daddr_be: A,
     /// Source port, network byte order.
     pub sport_be: u16,
     /// Destination port, network byte order.
@@ -257,17 +294,16 @@ pub struct CtKey4 {
     pub pad: [u8; 3],
 }
 
-impl CtKey4 {
+/// An IPv4 flow.
+pub type CtKey4 = CtKey<u32>;
+/// An IPv6 flow.
+pub type CtKey6 = CtKey<[u8; 16]>;
+
+impl<A: Addr> CtKey<A> {
     /// The key of a packet from `saddr_be:sport_be` to `daddr_be:dport_be` (all in network
     /// byte order) with IP protocol `proto`.
     #[inline(always)]
-    pub const fn new(
-        saddr_be: u32,
-        sport_be: u16,
-        daddr_be: u32,
-        dport_be: u16,
-        proto: u8,
-    ) -> Self {
+    pub const fn new(saddr_be: A, sport_be: u16, daddr_be: A, dport_be: u16, proto: u8) -> Self {
         Self {
             saddr_be,
             daddr_be,
@@ -345,13 +381,13 @@ pub struct HealthEvent {
 /// Forward conntrack value: where the flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtEntry4 {
+pub struct CtEntry<A: Addr> {
     /// Backend chosen when the flow started.
     pub backend_id: u32,
     /// Service the flow belongs to.
     pub service_id: u32,
     /// Backend address, network byte order (copied so the rewrite never changes mid-flow).
-    pub backend_addr_be: u32,
+    pub backend_addr_be: A,
     /// Backend port, network byte order.
     pub backend_port_be: u16,
     /// Always zero.
@@ -359,19 +395,24 @@ pub struct CtEntry4 {
     /// `CT_*` flags.
     pub flags: u32,
     /// Always zero.
-    pub pad2: u32,
+    pub pad2: A::Pad,
     /// `bpf_ktime_get_ns` when the flow started.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` when a packet of the flow was last seen (updated at most once a second).
     pub last_seen_ns: u64,
 }
 
+/// An IPv4 flow's entry.
+pub type CtEntry4 = CtEntry<u32>;
+/// An IPv6 flow's entry.
+pub type CtEntry6 = CtEntry<[u8; 16]>;
+
 /// Reverse NAT value: the frontend a reply must appear to come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RevNat4 {
+pub struct RevNat<A> {
     /// Frontend address, network byte order.
-    pub vip_be: u32,
+    pub vip_be: A,
     /// Frontend port, network byte order.
     pub vport_be: u16,
     /// Always zero.
@@ -381,6 +422,11 @@ pub struct RevNat4 {
     /// Backend of the flow.
     pub backend_id: u32,
 }
+
+/// An IPv4 flow's frontend.
+pub type RevNat4 = RevNat<u32>;
+/// An IPv6 flow's frontend.
+pub type RevNat6 = RevNat<[u8; 16]>;
 
 /// Key of the socket datapath's maps: a socket (its cookie) and an address.
 #[repr(C)]
@@ -542,6 +588,11 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey4>() == 16);
     assert!(core::mem::size_of::<CtEntry4>() == 40);
     assert!(core::mem::size_of::<RevNat4>() == 16);
+    assert!(core::mem::size_of::<ServiceKey6>() == 20);
+    assert!(core::mem::size_of::<Backend6>() == 28);
+    assert!(core::mem::size_of::<CtKey6>() == 40);
+    assert!(core::mem::size_of::<CtEntry6>() == 56);
+    assert!(core::mem::size_of::<RevNat6>() == 28);
     assert!(core::mem::size_of::<ServiceStats>() == 48);
     assert!(core::mem::size_of::<ServiceName>() == 64);
     assert!(core::mem::size_of::<SockKey4>() == 16);
@@ -556,13 +607,13 @@ mod pod {
     use super::*;
     // SAFETY: each type is #[repr(C)], Copy, has explicit padding (no implicit holes; the
     // size assertions above prove it) and every bit pattern is a valid value.
-    unsafe impl aya::Pod for ServiceKey4 {}
+    unsafe impl<A: Addr> aya::Pod for ServiceKey<A> {}
     unsafe impl aya::Pod for ServiceValue4 {}
     unsafe impl aya::Pod for SlotKey {}
-    unsafe impl aya::Pod for Backend4 {}
-    unsafe impl aya::Pod for CtKey4 {}
-    unsafe impl aya::Pod for CtEntry4 {}
-    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl<A: Addr> aya::Pod for Backend<A> {}
+    unsafe impl<A: Addr> aya::Pod for CtKey<A> {}
+    unsafe impl<A: Addr> aya::Pod for CtEntry<A> {}
+    unsafe impl<A: Addr> aya::Pod for RevNat<A> {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for DaemonInfo {}

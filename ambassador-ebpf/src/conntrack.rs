@@ -4,14 +4,14 @@
 //! evicted it.
 
 use ambassador_common::{
-    suspicion, CtEntry4, CtKey4, RevNat4, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER,
-    CT_REPLIED, CT_RETRY,
+    suspicion, CtEntry, CtKey, RevNat, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER, CT_REPLIED,
+    CT_RETRY,
 };
 
 use crate::{
+    family::Family,
     health,
-    maps::{BACKENDS, CONNTRACK, REVERSE_NAT},
-    parse::{Ipv4Packet, L4},
+    parse::{IpPacket, L4},
 };
 
 /// A SYN seen this long after the flow's first one, with no answer from its backend in
@@ -28,8 +28,8 @@ pub struct InsertFailed;
 
 /// The forward key of the packet's flow.
 #[inline(always)]
-pub fn key(ip: &Ipv4Packet, l4: &L4) -> CtKey4 {
-    CtKey4::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto)
+pub fn key<A: Family>(ip: &IpPacket<A>, l4: &L4) -> CtKey<A> {
+    CtKey::new(ip.saddr_be, l4.sport_be, ip.daddr_be, l4.dport_be, ip.proto)
 }
 
 /// The flow's backend (address, port; network byte order) if its entry may still be used:
@@ -37,16 +37,16 @@ pub fn key(ip: &Ipv4Packet, l4: &L4) -> CtKey4 {
 /// terminating backend, and a SYN retransmitted to a backend that never answered goes
 /// elsewhere (the backend turns suspect). Marks the flow closing, and refreshes it, on the way.
 #[inline(always)]
-pub fn established(
-    key: &CtKey4,
-    ip: &Ipv4Packet,
+pub fn established<A: Family>(
+    key: &CtKey<A>,
+    ip: &IpPacket<A>,
     l4: &L4,
     syn_only: bool,
     closing: bool,
     now: u64,
-) -> Option<Result<(u32, u16), InsertFailed>> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
-    if !usable(entry, syn_only) {
+) -> Option<Result<(A, u16), InsertFailed>> {
+    let entry = A::conntrack().get_ptr_mut(key)?;
+    if !usable::<A>(entry, syn_only) {
         return None;
     }
     // SAFETY: a pointer from a map lookup stays valid for this program run; racing writers
@@ -59,7 +59,7 @@ pub fn established(
             e.created_ns = now;
         } else if now.wrapping_sub(e.created_ns) > SILENT_AFTER_NS {
             health::failed(e.backend_id, e.service_id, suspicion::SILENT, now);
-            let _ = REVERSE_NAT.remove(&reply_key(ip, l4, e));
+            let _ = A::reverse_nat().remove(&reply_key(ip, l4, e));
             return None;
         }
     }
@@ -76,10 +76,10 @@ pub fn established(
 }
 
 #[inline(always)]
-fn usable(entry: *mut CtEntry4, syn_only: bool) -> bool {
+fn usable<A: Family>(entry: *mut CtEntry<A>, syn_only: bool) -> bool {
     // SAFETY: see `established`.
     let backend_id = unsafe { (*entry).backend_id };
-    match BACKENDS.get_ptr(&backend_id) {
+    match A::backends().get_ptr(&backend_id) {
         None => false,
         Some(b) => !(syn_only && unsafe { (*b).flags } & BACKEND_TERMINATING != 0),
     }
@@ -87,13 +87,13 @@ fn usable(entry: *mut CtEntry4, syn_only: bool) -> bool {
 
 /// Records a new flow: its forward entry and the reverse entry of its replies.
 #[inline(always)]
-pub fn create(
-    key: &CtKey4,
-    ip: &Ipv4Packet,
+pub fn create<A: Family>(
+    key: &CtKey<A>,
+    ip: &IpPacket<A>,
     l4: &L4,
-    entry: &CtEntry4,
+    entry: &CtEntry<A>,
 ) -> Result<(), InsertFailed> {
-    if CONNTRACK.insert(key, entry, 0).is_err() {
+    if A::conntrack().insert(key, entry, 0).is_err() {
         return Err(InsertFailed);
     }
     insert_reverse(ip, l4, entry)
@@ -101,8 +101,8 @@ pub fn create(
 
 /// The key of the replies to the client's packet `ip`/`l4` from `entry`'s backend.
 #[inline(always)]
-fn reply_key(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> CtKey4 {
-    CtKey4::new(
+fn reply_key<A: Family>(ip: &IpPacket<A>, l4: &L4, entry: &CtEntry<A>) -> CtKey<A> {
+    CtKey::new(
         entry.backend_addr_be,
         entry.backend_port_be,
         ip.saddr_be,
@@ -112,50 +112,54 @@ fn reply_key(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> CtKey4 {
 }
 
 #[inline(always)]
-fn insert_reverse(ip: &Ipv4Packet, l4: &L4, entry: &CtEntry4) -> Result<(), InsertFailed> {
+fn insert_reverse<A: Family>(
+    ip: &IpPacket<A>,
+    l4: &L4,
+    entry: &CtEntry<A>,
+) -> Result<(), InsertFailed> {
     let reply = reply_key(ip, l4, entry);
-    let value = RevNat4 {
+    let value = RevNat {
         vip_be: ip.daddr_be,
         vport_be: l4.dport_be,
         pad: 0,
         service_id: entry.service_id,
         backend_id: entry.backend_id,
     };
-    REVERSE_NAT
+    A::reverse_nat()
         .insert(&reply, &value, 0)
         .map_err(|_| InsertFailed)
 }
 
 /// The frontend a backend's reply must appear to come from.
 #[inline(always)]
-pub fn reverse(ip: &Ipv4Packet, l4: &L4) -> Option<RevNat4> {
+pub fn reverse<A: Family>(ip: &IpPacket<A>, l4: &L4) -> Option<RevNat<A>> {
     reverse_of(&key(ip, l4))
 }
 
 /// The reverse entry of the replies with key `reply`.
 #[inline(always)]
-pub fn reverse_of(reply: &CtKey4) -> Option<RevNat4> {
+pub fn reverse_of<A: Family>(reply: &CtKey<A>) -> Option<RevNat<A>> {
     // SAFETY: plain integers, replaced whole.
-    (unsafe { REVERSE_NAT.get(reply) }).copied()
+    (unsafe { A::reverse_nat().get(reply) }).copied()
 }
 
 /// The forward entry of the flow whose replies have the key `reply`.
 #[inline(always)]
-fn forward_of(reply: &CtKey4, rev: &RevNat4) -> Option<*mut CtEntry4> {
-    let fwd = CtKey4::new(
+fn forward_of<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>) -> Option<*mut CtEntry<A>> {
+    let fwd = CtKey::new(
         reply.daddr_be,
         reply.dport_be,
         rev.vip_be,
         rev.vport_be,
         reply.proto,
     );
-    CONNTRACK.get_ptr_mut(&fwd)
+    A::conntrack().get_ptr_mut(&fwd)
 }
 
 /// Sets `flag` (`CT_CLOSING`: the backend sent FIN or RST; `CT_REPLIED`: it answered the SYN)
 /// on the forward entry of the flow a backend's reply belongs to.
 #[inline(always)]
-pub fn mark(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, flag: u32) {
+pub fn mark<A: Family>(ip: &IpPacket<A>, l4: &L4, rev: &RevNat<A>, flag: u32) {
     if let Some(entry) = forward_of(&key(ip, l4), rev) {
         // SAFETY: see `established`.
         unsafe { (*entry).flags |= flag };
@@ -169,7 +173,7 @@ pub fn mark(ip: &Ipv4Packet, l4: &L4, rev: &RevNat4, flag: u32) {
 /// returned: the refusal must not reach the client. False: a reset of a real connection, a
 /// second refusal, or nowhere better to go; the client gets it.
 #[inline(always)]
-pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
+pub fn refused<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>, now: u64) -> bool {
     let Some(entry) = forward_of(reply, rev) else {
         return false;
     };
@@ -185,32 +189,32 @@ pub fn refused(reply: &CtKey4, rev: &RevNat4, now: u64) -> bool {
     let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, reply.proto) else {
         return false;
     };
-    let Ok((id, backend)) = crate::lb::pick_backend(svc.service_id, svc.count) else {
+    let Ok((id, backend)) = crate::lb::pick_backend::<A>(svc.service_id, svc.count) else {
         return false;
     };
     if id == e.backend_id || health::avoided(id, now) {
         return false;
     }
-    let _ = REVERSE_NAT.remove(reply);
+    let _ = A::reverse_nat().remove(reply);
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;
     e.backend_port_be = backend.port_be;
     e.flags = CT_RETRY | CT_FAILED_OVER;
     e.created_ns = now;
     e.last_seen_ns = now;
-    let value = RevNat4 {
+    let value = RevNat {
         vip_be: rev.vip_be,
         vport_be: rev.vport_be,
         pad: 0,
         service_id: svc.service_id,
         backend_id: id,
     };
-    let new_reply = CtKey4::new(
+    let new_reply = CtKey::new(
         backend.addr_be,
         backend.port_be,
         reply.daddr_be,
         reply.dport_be,
         reply.proto,
     );
-    REVERSE_NAT.insert(&new_reply, &value, 0).is_ok()
+    A::reverse_nat().insert(&new_reply, &value, 0).is_ok()
 }

@@ -39,7 +39,7 @@ pub fn to_client(ctx: &TcContext) -> Verdict {
         e.inner_sport_be,
         e.inner_proto,
     );
-    let Some(rev) = conntrack::reverse_of(&reply) else {
+    let Some(rev) = conntrack::reverse_of::<u32>(&reply) else {
         return Verdict::Pass;
     };
     if e.icmp_type == parse::ICMP_DEST_UNREACH

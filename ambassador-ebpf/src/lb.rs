@@ -2,26 +2,27 @@
 //! (Katran keeps this apart from the connection table, and so do we).
 
 use ambassador_common::{
-    Backend4, Reason, ServiceKey4, ServiceValue4, SlotKey, FRONTEND_MARKER_PORT,
+    Backend, Reason, ServiceKey, ServiceValue4, SlotKey, FRONTEND_MARKER_PORT,
 };
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 
 use crate::{
+    family::Family,
     health,
-    maps::{BACKENDS, SERVICES, SLOTS},
-    parse::{Ipv4Packet, L4},
+    maps::SLOTS,
+    parse::{IpPacket, L4},
 };
 
 /// The service whose frontend the packet is addressed to.
 #[inline(always)]
-pub fn service(ip: &Ipv4Packet, l4: &L4) -> Option<ServiceValue4> {
+pub fn service<A: Family>(ip: &IpPacket<A>, l4: &L4) -> Option<ServiceValue4> {
     frontend(ip.daddr_be, l4.dport_be, ip.proto)
 }
 
 /// The service of frontend `vip_be:port_be` (network byte order) for IP protocol `proto`.
 #[inline(always)]
-pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue4> {
-    let key = ServiceKey4 {
+pub fn frontend<A: Family>(vip_be: A, port_be: u16, proto: u8) -> Option<ServiceValue4> {
+    let key = ServiceKey {
         vip_be,
         port_be,
         proto,
@@ -29,19 +30,19 @@ pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue4> {
     };
     // SAFETY: entries of this map are only replaced whole by user space; a concurrent update
     // yields either the old or the new value of these two plain integers.
-    (unsafe { SERVICES.get(&key) }).copied()
+    (unsafe { A::services().get(&key) }).copied()
 }
 
 /// Whether the packet goes to a frontend address (any port): see [`FRONTEND_MARKER_PORT`].
 #[inline(always)]
-pub fn is_frontend_address(ip: &Ipv4Packet) -> bool {
-    let key = ServiceKey4 {
+pub fn is_frontend_address<A: Family>(ip: &IpPacket<A>) -> bool {
+    let key = ServiceKey {
         vip_be: ip.daddr_be,
         port_be: FRONTEND_MARKER_PORT,
         proto: ip.proto,
         pad: 0,
     };
-    SERVICES.get_ptr(&key).is_some()
+    A::services().get_ptr(&key).is_some()
 }
 
 /// How many slots after a random one are looked at for a backend that is not suspect.
@@ -52,12 +53,12 @@ const SCAN: u32 = 64;
 /// is passed over for the next slots' backends; when every one of them is suspect, the first
 /// pick stands: never a black hole of our own making.
 #[inline(always)]
-pub fn pick_backend(service_id: u32, count: u32) -> Result<(u32, Backend4), Reason> {
+pub fn pick_backend<A: Family>(service_id: u32, count: u32) -> Result<(u32, Backend<A>), Reason> {
     if count == 0 {
         return Err(Reason::NoBackend);
     }
     let start = unsafe { bpf_get_prandom_u32() } % count;
-    let first = slot_backend(service_id, start)?;
+    let first = slot_backend::<A>(service_id, start)?;
     let now = unsafe { bpf_ktime_get_ns() };
     if !health::avoided(first.0, now) {
         return Ok(first);
@@ -67,7 +68,7 @@ pub fn pick_backend(service_id: u32, count: u32) -> Result<(u32, Backend4), Reas
             break;
         }
         let slot = (start + i) % count;
-        if let Ok(other) = slot_backend(service_id, slot) {
+        if let Ok(other) = slot_backend::<A>(service_id, slot) {
             if !health::avoided(other.0, now) {
                 return Ok(other);
             }
@@ -78,10 +79,10 @@ pub fn pick_backend(service_id: u32, count: u32) -> Result<(u32, Backend4), Reas
 
 /// The backend in slot `slot` of `service_id`.
 #[inline(always)]
-fn slot_backend(service_id: u32, slot: u32) -> Result<(u32, Backend4), Reason> {
+fn slot_backend<A: Family>(service_id: u32, slot: u32) -> Result<(u32, Backend<A>), Reason> {
     let slot_key = SlotKey { service_id, slot };
     // SAFETY: u32 values are replaced atomically.
     let backend_id = *unsafe { SLOTS.get(&slot_key) }.ok_or(Reason::BackendMissing)?;
-    let backend = *unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
+    let backend = *unsafe { A::backends().get(&backend_id) }.ok_or(Reason::BackendMissing)?;
     Ok((backend_id, backend))
 }

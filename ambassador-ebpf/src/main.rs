@@ -5,6 +5,7 @@
 #![no_main]
 
 mod conntrack;
+mod family;
 mod health;
 mod icmp;
 mod lb;

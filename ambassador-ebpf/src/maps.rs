@@ -3,8 +3,9 @@
 //! declared here are the defaults: the loader sets each one from `ambassador run`'s settings.
 
 use ambassador_common::{
-    limits, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4, ServiceName,
-    ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, Suspect,
+    limits, Backend4, Backend6, CtEntry4, CtEntry6, CtKey4, CtKey6, DaemonInfo, Reason, RevNat4,
+    RevNat6, ServiceKey4, ServiceKey6, ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4,
+    SockNat4, Suspect,
 };
 use aya_ebpf::{
     macros::map,
@@ -31,6 +32,24 @@ pub static CONNTRACK: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(limits::
 /// Backend's reply tuple -> the frontend to restore.
 #[map(name = "amb_rnat4_v1")]
 pub static REVERSE_NAT: LruHashMap<CtKey4, RevNat4> = LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// IPv6 frontends: (address, port, proto) -> service id and slot count (one service id
+/// space for both families: the slot, name and counter maps are shared).
+#[map(name = "amb_svc6_v1")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue4> =
+    HashMap::pinned(limits::DEFAULT_SERVICES, 0);
+
+/// backend id -> IPv6 address, owner service and flags (ids are shared with `BACKENDS`).
+#[map(name = "amb_be6_v1")]
+pub static BACKENDS6: HashMap<u32, Backend6> = HashMap::pinned(limits::DEFAULT_BACKENDS, 0);
+
+/// IPv6 flows: client's original tuple -> the flow's backend.
+#[map(name = "amb_ct6_v1")]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// IPv6 flows: backend's reply tuple -> the frontend to restore.
+#[map(name = "amb_rnat6_v1")]
+pub static REVERSE_NAT6: LruHashMap<CtKey6, RevNat6> = LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
 
 /// Counters per service id.
 #[map(name = "amb_sstat_v1")]

@@ -8,6 +8,22 @@ pub const ETH_HLEN: usize = 14;
 /// Offset of the ethertype in the Ethernet header.
 const ETH_TYPE: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// IPv6 header field offsets, relative to the start of the IPv6 header.
+const IP6_PAYLOAD_LEN: usize = 4;
+const IP6_NEXT: usize = 6;
+pub const IP6_SADDR: usize = 8;
+pub const IP6_DADDR: usize = 24;
+const IP6_HLEN: usize = 40;
+/// IPv6 extension headers the parser walks (hop-by-hop, routing, destination options), and
+/// the fragment header.
+const IP6_HOPOPTS: u8 = 0;
+const IP6_ROUTING: u8 = 43;
+const IP6_FRAGMENT: u8 = 44;
+const IP6_DSTOPTS: u8 = 60;
+/// The most extension headers walked before the L4 header; a packet with more is left alone.
+const IP6_MAX_EXT: usize = 4;
 
 /// IPv4 header field offsets, relative to the start of the IPv4 header.
 pub const IP_TOT_LEN: usize = 2;
@@ -35,19 +51,25 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The fields of an IPv4 packet the datapath reads. Addresses and ports are in network byte
-/// order, exactly as on the wire.
-pub struct Ipv4Packet {
-    pub saddr_be: u32,
-    pub daddr_be: u32,
+/// The fields of an IP packet the datapath reads: `A` is `u32` for IPv4, `[u8; 16]` for
+/// IPv6. Addresses and ports are in network byte order, exactly as on the wire.
+pub struct IpPacket<A> {
+    pub saddr_be: A,
+    pub daddr_be: A,
+    /// The L4 protocol (for IPv6: after the extension headers).
     pub proto: u8,
-    /// IP total length (host order), used for byte counters.
+    /// Bytes of the IP packet (host order), used for byte counters.
     pub tot_len: u16,
     /// True for any fragment: more-fragments set or a non-zero offset.
     pub fragment: bool,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
 }
+
+/// An IPv4 packet.
+pub type Ipv4Packet = IpPacket<u32>;
+/// An IPv6 packet.
+pub type Ipv6Packet = IpPacket<[u8; 16]>;
 
 /// Ports and TCP flags; absent when the L4 header is truncated.
 pub struct L4 {
@@ -130,10 +152,64 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
     })
 }
 
-/// Reads ports (and TCP flags) through the kernel's bounds-checked copy: the L4 offset
-/// depends on the IP options, which direct packet access would make hard to verify.
+/// Parses Ethernet + IPv6, walking up to [`IP6_MAX_EXT`] extension headers, for TCP or UDP;
+/// `None` for anything else (which the datapath leaves alone). A fragment header marks the
+/// packet a fragment (only the first carries ports). Bounds-checked copies throughout: the L4
+/// offset depends on the extension headers.
 #[inline(always)]
-pub fn l4(ctx: &TcContext, ip: &Ipv4Packet) -> Option<L4> {
+pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
+    let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
+    if ethertype != ETH_P_IPV6 {
+        return None;
+    }
+    let hdr: [u8; IP6_HLEN] = ctx.load(ETH_HLEN).ok()?;
+    if hdr[0] >> 4 != 6 {
+        return None;
+    }
+    let mut next = hdr[IP6_NEXT];
+    let mut off = ETH_HLEN + IP6_HLEN;
+    let mut fragment = false;
+    for _ in 0..IP6_MAX_EXT {
+        match next {
+            IP6_HOPOPTS | IP6_ROUTING | IP6_DSTOPTS => {
+                let ext: [u8; 2] = ctx.load(off).ok()?;
+                next = ext[0];
+                off += (ext[1] as usize + 1) * 8;
+            }
+            IP6_FRAGMENT => {
+                let ext: [u8; 4] = ctx.load(off).ok()?;
+                next = ext[0];
+                // Offset (13 bits) and more-fragments: any of them set makes a fragment.
+                fragment = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff9 != 0;
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    if next != proto::TCP && next != proto::UDP {
+        return None;
+    }
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&hdr[at..at + 16]);
+        a
+    };
+    let payload = u16::from_be_bytes([hdr[IP6_PAYLOAD_LEN], hdr[IP6_PAYLOAD_LEN + 1]]);
+    Some(Ipv6Packet {
+        saddr_be: addr(IP6_SADDR),
+        daddr_be: addr(IP6_DADDR),
+        proto: next,
+        tot_len: payload.saturating_add(IP6_HLEN as u16),
+        fragment,
+        l4_off: off,
+    })
+}
+
+/// Reads ports (and TCP flags) through the kernel's bounds-checked copy: the L4 offset
+/// depends on the IP options or extension headers, which direct packet access would make hard
+/// to verify.
+#[inline(always)]
+pub fn l4<A>(ctx: &TcContext, ip: &IpPacket<A>) -> Option<L4> {
     let off = ip.l4_off;
     if ip.proto == proto::TCP {
         let hdr: [u8; TCP_MIN_HLEN] = ctx.load(off).ok()?;

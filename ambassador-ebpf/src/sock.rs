@@ -54,7 +54,7 @@ pub fn forward(ctx: &SockAddrContext, call: Call) -> i32 {
         17 => proto::UDP,
         _ => return ALLOW,
     };
-    let Some(svc) = lb::frontend(vip_be, port_be, proto) else {
+    let Some(svc) = lb::frontend::<u32>(vip_be, port_be, proto) else {
         return ALLOW;
     };
     // SAFETY: the helper only reads the context's socket.
@@ -73,7 +73,7 @@ pub fn forward(ctx: &SockAddrContext, call: Call) -> i32 {
     let (backend_id, backend, up_to_date) = match kept {
         Some(Kept::Fresh(id, b)) => (id, b, true),
         Some(Kept::Stale(id, b)) => (id, b, false),
-        None => match lb::pick_backend(svc.service_id, svc.count) {
+        None => match lb::pick_backend::<u32>(svc.service_id, svc.count) {
             Ok((id, b)) => (id, b, false),
             Err(reason) => return reject(reason, svc.service_id, ECONNREFUSED),
         },
@@ -212,7 +212,7 @@ pub fn reverse(ctx: &SockAddrContext, call: Peer) -> i32 {
     let Some(nat) = (unsafe { SOCK_REVERSE.get(&key) }).copied() else {
         return ALLOW;
     };
-    if lb::frontend(nat.addr_be, nat.port_be, nat.proto).is_none() {
+    if lb::frontend::<u32>(nat.addr_be, nat.port_be, nat.proto).is_none() {
         return ALLOW;
     }
     // SAFETY: as in `forward`.

@@ -52,10 +52,15 @@ pub struct Requested {
 impl Capacity {
     /// Every map whose size follows a setting, with that size. Service ids run from 1 to
     /// `services` and index the counter array, which is one longer.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 8] {
+    /// The IPv6 maps take the same settings as the IPv4 ones.
+    pub fn map_sizes(&self) -> [(&'static str, u32); 12] {
         [
             // One entry per service, and one address marker per distinct frontend address.
             (names::SERVICES, self.services.saturating_mul(2)),
+            (names::SERVICES6, self.services.saturating_mul(2)),
+            (names::BACKENDS6, self.backends),
+            (names::CONNTRACK6, self.flows),
+            (names::REVERSE_NAT6, self.flows),
             (names::NAMES, self.services),
             (names::SERVICE_STATS, self.services + 1),
             (names::BACKENDS, self.backends),
@@ -196,7 +201,7 @@ pub fn flag_of(name: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddrV4;
+    use std::net::SocketAddr;
 
     use super::*;
     use crate::model::{Endpoint, Proto, ServiceSpec};
@@ -207,12 +212,12 @@ mod tests {
             .enumerate()
             .map(|(i, (name, eps))| {
                 let spec = ServiceSpec {
-                    frontend: SocketAddrV4::new([10, 96, 0, i as u8 + 1].into(), 80),
+                    frontend: SocketAddr::from(([10, 96, 0, i as u8 + 1], 80)),
                     proto: Proto::Tcp,
                     endpoints: eps
                         .iter()
                         .map(|&(port, weight)| Endpoint {
-                            addr: SocketAddrV4::new([10, 1, 0, 1].into(), port),
+                            addr: SocketAddr::from(([10, 1, 0, 1], port)),
                             weight,
                         })
                         .collect(),

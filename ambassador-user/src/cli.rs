@@ -1,6 +1,6 @@
 //! Command line. Every flag can also be set through an `AMBASSADOR_*` environment variable.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -157,11 +157,11 @@ pub struct RunArgs {
     /// Seconds a closing TCP flow (FIN or RST seen) is kept.
     #[arg(long, env = "AMBASSADOR_TCP_CLOSING_TIMEOUT", default_value_t = crate::gc::DEFAULT_TCP_CLOSING_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_closing_timeout: u64,
-    /// Allow backends only in this IPv4 range (repeatable, or comma-separated in the
+    /// Allow backends only in this IPv4 or IPv6 range (repeatable, or comma-separated in the
     /// environment). Loopback, link-local, multicast, broadcast and frontend addresses are
     /// refused whatever this says.
-    #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = crate::model::parse_cidr)]
-    pub allow_backend: Vec<ipnet::Ipv4Net>,
+    #[arg(long = "allow-backend", env = "AMBASSADOR_ALLOW_BACKEND", value_name = "CIDR", value_delimiter = ',', value_parser = crate::model::parse_net)]
+    pub allow_backend: Vec<ipnet::IpNet>,
     /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
     #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
@@ -466,9 +466,9 @@ pub struct RegisterArgs {
     )]
     pub docker: String,
     /// The address at which other hosts reach this host's published ports (required in
-    /// published mode: guessing it was the most common registrator bug).
+    /// published mode: guessing it was the most common registrator bug). IPv4 or IPv6.
     #[arg(long, env = "AMBASSADOR_ADVERTISE_IP")]
-    pub advertise_ip: Option<Ipv4Addr>,
+    pub advertise_ip: Option<IpAddr>,
     /// Seconds the endpoints outlive this register if it dies (the etcd lease's TTL).
     #[arg(long, env = "AMBASSADOR_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=3600))]
     pub ttl: i64,

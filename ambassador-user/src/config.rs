@@ -178,8 +178,8 @@ proto = "udp"
         assert_eq!(e.line, 6, "{e}");
         assert!(e.message.contains("port 0"), "{e}");
 
-        let e = error_of("[[service]]\nname = \"web\"\nfrontend = \"[::1]:80\"\n");
-        assert!(e.message.contains("IPv6"), "{e}");
+        let e = error_of("[[service]]\nname = \"web\"\nfrontend = \"[fe80::1%2]:80\"\n");
+        assert!(e.message.contains("scope id"), "{e}");
 
         let e = error_of("[[service]]\nname = \"web\"\nfrontnd = \"10.96.0.10:80\"\n");
         assert!(e.line >= 1 && e.message.contains("frontnd"), "{e}");

@@ -11,7 +11,7 @@
 //! <prefix>/v1/settings/vip-range                 10.96.0.0/12: where addresses are allocated
 //! ```
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,7 @@ pub enum Entry {
     /// A service definition.
     Service {
         name: String,
-        frontend: SocketAddrV4,
+        frontend: SocketAddr,
         proto: Proto,
     },
     /// An endpoint of a service.
@@ -102,7 +102,7 @@ pub fn services_prefix(prefix: &str) -> String {
 }
 
 /// The key of an allocated frontend address.
-pub fn vip_key(prefix: &str, ip: std::net::Ipv4Addr) -> String {
+pub fn vip_key(prefix: &str, ip: std::net::IpAddr) -> String {
     format!("{}/v1/vips/{ip}", prefix.trim_end_matches('/'))
 }
 
@@ -235,7 +235,7 @@ fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
 /// The contract's contents as last seen: what was parsed, by key.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
-    services: BTreeMap<String, (SocketAddrV4, Proto)>,
+    services: BTreeMap<String, (SocketAddr, Proto)>,
     endpoints: BTreeMap<(String, String), Endpoint>,
     /// Keys whose current value is malformed, with the reason.
     pub malformed: BTreeMap<String, String>,
@@ -305,7 +305,7 @@ impl Store {
     /// already claims their frontend.
     pub fn desired(&self) -> (Desired, Vec<String>) {
         let mut desired = Desired::new();
-        let mut claimed: BTreeMap<(SocketAddrV4, Proto), &str> = BTreeMap::new();
+        let mut claimed: BTreeMap<(SocketAddr, Proto), &str> = BTreeMap::new();
         let mut conflicts = Vec::new();
         for (name, &(frontend, proto)) in &self.services {
             if let Some(owner) = claimed.get(&(frontend, proto)) {
@@ -426,7 +426,7 @@ mod tests {
             (b"/ambassador/v1/services/db", b"\xff\xfe"),
             (b"/ambassador/v1/endpoints/db/x", b"10.0.0.1"),
             (b"/ambassador/v1/endpoints/db/x", b"10.0.0.1:0"),
-            (b"/ambassador/v1/endpoints/db/x", b"[::1]:80"),
+            (b"/ambassador/v1/endpoints/db/x", b"[fe80::1%2]:80"),
             (
                 b"/ambassador/v1/endpoints/db/x",
                 br#"{"addr":"10.0.0.1:1","weight":0}"#,

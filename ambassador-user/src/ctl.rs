@@ -224,7 +224,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 proto: proto.to_string(),
             };
             let mut client = opts.connect().await?;
-            match vips::owner(&mut client, &opts.prefix, *addr.ip()).await? {
+            match vips::owner(&mut client, &opts.prefix, addr.ip()).await? {
                 Some(owner) if owner != name => {
                     return Err(Error::Usage(format!(
                         "{} is allocated to service {owner}: choose another address, or leave out --frontend to have one allocated",
@@ -241,7 +241,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             )
             .await?;
             // An address allocated to this service before is free again.
-            vips::release(&mut client, &opts.prefix, &name, Some(*addr.ip())).await?;
+            vips::release(&mut client, &opts.prefix, &name, Some(addr.ip())).await?;
             println!("service {name} -> {addr}/{}", value.proto);
             Ok(())
         }
@@ -428,11 +428,7 @@ pub async fn vip(cmd: VipCmd) -> Result<()> {
 }
 
 /// The variables a Docker link to `service` (frontend `addr`, `proto`) defined.
-pub fn link_env(
-    service: &str,
-    addr: std::net::SocketAddrV4,
-    proto: Proto,
-) -> Vec<(String, String)> {
+pub fn link_env(service: &str, addr: std::net::SocketAddr, proto: Proto) -> Vec<(String, String)> {
     let name = service.to_ascii_uppercase().replace('-', "_");
     let (ip, port) = (addr.ip(), addr.port());
     let url = format!("{proto}://{addr}");

@@ -1,14 +1,15 @@
 //! Typed access to the datapath's maps. This is the only module that converts between host and
-//! network byte order: everything above it speaks `SocketAddrV4`.
+//! network byte order: everything above it speaks `SocketAddr`. Each address family has its
+//! own frontend, backend and connection maps of the same shapes.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
 use ambassador_common::{
-    map_names as names, Backend4, CtEntry4, CtKey4, DaemonInfo, Reason, RevNat4, ServiceKey4,
+    map_names as names, Addr, Backend, CtEntry, CtKey, DaemonInfo, Reason, RevNat, ServiceKey,
     ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, Suspect,
     BACKEND_TERMINATING, CT_CLOSING, FRONTEND_MARKER_PORT, SOCK_CONNECTED,
 };
@@ -25,24 +26,210 @@ use crate::{
     reconcile::{Installed, InstalledBackend, Op},
 };
 
-fn addr_be(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+/// An address as a map holds it (network byte order): `u32` for IPv4, 16 bytes for IPv6.
+trait Wire: Addr + aya::Pod {
+    /// The map form of `ip`, if it is of this family.
+    fn wire(ip: IpAddr) -> Option<Self>;
+    /// The address.
+    fn ip(self) -> IpAddr;
 }
 
-fn ip_of(addr_be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr_be.to_ne_bytes())
+impl Wire for u32 {
+    fn wire(ip: IpAddr) -> Option<u32> {
+        match ip {
+            IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self.to_ne_bytes()))
+    }
 }
 
-fn sock(addr_be: u32, port_be: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip_of(addr_be), u16::from_be(port_be))
+impl Wire for [u8; 16] {
+    fn wire(ip: IpAddr) -> Option<[u8; 16]> {
+        match ip {
+            IpAddr::V6(v6) => Some(v6.octets()),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
 }
 
-fn service_key(frontend: SocketAddrV4, proto: Proto) -> ServiceKey4 {
-    ServiceKey4 {
-        vip_be: addr_be(*frontend.ip()),
-        port_be: frontend.port().to_be(),
+fn sock<A: Wire>(addr_be: A, port_be: u16) -> SocketAddr {
+    SocketAddr::new(addr_be.ip(), u16::from_be(port_be))
+}
+
+/// The IPv4 form of an address the caller knows to be IPv4.
+fn v4(ip: IpAddr) -> u32 {
+    u32::wire(ip).unwrap_or_default()
+}
+
+fn service_key<A: Wire>(vip: A, port: u16, proto: Proto) -> ServiceKey<A> {
+    ServiceKey {
+        vip_be: vip,
+        port_be: port.to_be(),
         proto: proto.number(),
         pad: 0,
+    }
+}
+
+/// The maps of one address family.
+struct FamilyMaps<A: Addr> {
+    services: HashMap<MapData, ServiceKey<A>, ServiceValue4>,
+    backends: HashMap<MapData, u32, Backend<A>>,
+    conntrack: HashMap<MapData, CtKey<A>, CtEntry<A>>,
+    reverse_nat: HashMap<MapData, CtKey<A>, RevNat<A>>,
+    names: [&'static str; 4],
+}
+
+impl<A: Wire> FamilyMaps<A>
+where
+    ServiceKey<A>: aya::Pod,
+    Backend<A>: aya::Pod,
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+    RevNat<A>: aya::Pod,
+{
+    fn build(
+        names: [&'static str; 4],
+        take: &mut impl FnMut(&'static str) -> Result<Map>,
+    ) -> Result<Self> {
+        Ok(Self {
+            services: typed(names[0], take)?,
+            backends: typed(names[1], take)?,
+            conntrack: typed(names[2], take)?,
+            reverse_nat: typed(names[3], take)?,
+            names,
+        })
+    }
+
+    fn read_services(&self, inst: &mut Installed) -> Result<()> {
+        for entry in self.services.iter() {
+            let (k, v) = entry.map_err(map_err(self.names[0], "iterating"))?;
+            let Some(proto) = Proto::from_number(k.proto) else {
+                continue;
+            };
+            if k.port_be == FRONTEND_MARKER_PORT {
+                inst.markers.insert((k.vip_be.ip(), proto));
+            } else {
+                inst.frontends
+                    .insert((sock(k.vip_be, k.port_be), proto), (v.service_id, v.count));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_backends(&self, inst: &mut Installed) -> Result<()> {
+        for entry in self.backends.iter() {
+            let (id, b) = entry.map_err(map_err(self.names[1], "iterating"))?;
+            inst.backends.insert(
+                id,
+                InstalledBackend {
+                    service_id: b.service_id,
+                    addr: sock(b.addr_be, b.port_be),
+                    terminating: b.flags & BACKEND_TERMINATING != 0,
+                },
+            );
+            inst.next_backend_id = inst.next_backend_id.max(id + 1);
+        }
+        Ok(())
+    }
+
+    fn put_backend(&mut self, id: u32, addr: A, backend: &InstalledBackend) -> Result<()> {
+        let value = Backend {
+            addr_be: addr,
+            port_be: backend.addr.port().to_be(),
+            pad: 0,
+            service_id: backend.service_id,
+            flags: if backend.terminating {
+                BACKEND_TERMINATING
+            } else {
+                0
+            },
+        };
+        self.backends
+            .insert(id, value, 0)
+            .map_err(map_err(self.names[1], format!("writing backend {id}")))
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.backends.remove(&id))
+            .map_err(map_err(self.names[1], format!("deleting backend {id}")))
+    }
+
+    fn put_service(
+        &mut self,
+        key: ServiceKey<A>,
+        value: ServiceValue4,
+        what: String,
+    ) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err(self.names[0], what))
+    }
+
+    fn delete_service(&mut self, key: ServiceKey<A>, what: String) -> Result<()> {
+        ignore_missing(self.services.remove(&key)).map_err(map_err(self.names[0], what))
+    }
+
+    fn flows(&self, out: &mut Vec<Flow>) -> Result<()> {
+        for entry in self.conntrack.iter() {
+            let (k, e) = match entry {
+                Ok(kv) => kv,
+                // The LRU may drop an entry between two steps of the iteration.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(self.names[2], "iterating")(e)),
+            };
+            let Some(proto) = Proto::from_number(k.proto) else {
+                continue;
+            };
+            out.push(Flow {
+                client: sock(k.saddr_be, k.sport_be),
+                frontend: sock(k.daddr_be, k.dport_be),
+                proto,
+                service_id: e.service_id,
+                backend_id: e.backend_id,
+                backend: sock(e.backend_addr_be, e.backend_port_be),
+                closing: e.flags & CT_CLOSING != 0,
+                created_ns: e.created_ns,
+                last_seen_ns: e.last_seen_ns,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets a flow of this family (`None`: not of this family).
+    fn delete_flow(&mut self, flow: &Flow) -> Option<Result<()>> {
+        let (client, frontend, backend) = (
+            A::wire(flow.client.ip())?,
+            A::wire(flow.frontend.ip())?,
+            A::wire(flow.backend.ip())?,
+        );
+        let proto = flow.proto.number();
+        let fwd = CtKey::new(
+            client,
+            flow.client.port().to_be(),
+            frontend,
+            flow.frontend.port().to_be(),
+            proto,
+        );
+        let rev = CtKey::new(
+            backend,
+            flow.backend.port().to_be(),
+            client,
+            flow.client.port().to_be(),
+            proto,
+        );
+        let result = ignore_missing(self.reverse_nat.remove(&rev))
+            .map_err(map_err(self.names[3], "deleting a flow"))
+            .and_then(|()| {
+                ignore_missing(self.conntrack.remove(&fwd))
+                    .map_err(map_err(self.names[2], "deleting a flow"))
+            });
+        Some(result)
     }
 }
 
@@ -50,9 +237,9 @@ fn service_key(frontend: SocketAddrV4, proto: Proto) -> ServiceKey4 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     /// The client's address as it sent the packet.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The frontend it dialled.
-    pub frontend: SocketAddrV4,
+    pub frontend: SocketAddr,
     /// Protocol.
     pub proto: Proto,
     /// Service of the flow.
@@ -60,7 +247,7 @@ pub struct Flow {
     /// Backend id of the flow.
     pub backend_id: u32,
     /// Backend address.
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// A FIN or RST was seen.
     pub closing: bool,
     /// Monotonic time of the flow's first packet.
@@ -78,9 +265,9 @@ pub struct SockEntry {
     /// The socket's cookie.
     pub cookie: u64,
     /// The frontend the socket dialled.
-    pub frontend: SocketAddrV4,
+    pub frontend: SocketAddr,
     /// The backend it was given.
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// Protocol.
     pub proto: Proto,
     /// Service of the frontend.
@@ -96,11 +283,9 @@ pub struct SockEntry {
 
 /// The datapath's maps.
 pub struct Maps {
-    services: HashMap<MapData, ServiceKey4, ServiceValue4>,
+    v4: FamilyMaps<u32>,
+    v6: FamilyMaps<[u8; 16]>,
     slots: HashMap<MapData, SlotKey, u32>,
-    backends: HashMap<MapData, u32, Backend4>,
-    conntrack: HashMap<MapData, CtKey4, CtEntry4>,
-    reverse_nat: HashMap<MapData, CtKey4, RevNat4>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
     reasons: PerCpuArray<MapData, u64>,
     names: HashMap<MapData, u32, ServiceName>,
@@ -145,11 +330,25 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 impl Maps {
     fn build(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            services: typed(names::SERVICES, &mut take)?,
+            v4: FamilyMaps::build(
+                [
+                    names::SERVICES,
+                    names::BACKENDS,
+                    names::CONNTRACK,
+                    names::REVERSE_NAT,
+                ],
+                &mut take,
+            )?,
+            v6: FamilyMaps::build(
+                [
+                    names::SERVICES6,
+                    names::BACKENDS6,
+                    names::CONNTRACK6,
+                    names::REVERSE_NAT6,
+                ],
+                &mut take,
+            )?,
             slots: typed(names::SLOTS, &mut take)?,
-            backends: typed(names::BACKENDS, &mut take)?,
-            conntrack: typed(names::CONNTRACK, &mut take)?,
-            reverse_nat: typed(names::REVERSE_NAT, &mut take)?,
             service_stats: typed(names::SERVICE_STATS, &mut take)?,
             reasons: typed(names::REASONS, &mut take)?,
             names: typed(names::NAMES, &mut take)?,
@@ -201,34 +400,14 @@ impl Maps {
     /// know, a name that is not UTF-8) are left out, so the next plan removes them.
     pub fn read_installed(&self) -> Result<Installed> {
         let mut inst = Installed::default();
-        for entry in self.services.iter() {
-            let (k, v) = entry.map_err(map_err(names::SERVICES, "iterating"))?;
-            let Some(proto) = Proto::from_number(k.proto) else {
-                continue;
-            };
-            if k.port_be == FRONTEND_MARKER_PORT {
-                inst.markers.insert((ip_of(k.vip_be), proto));
-            } else {
-                inst.frontends
-                    .insert((sock(k.vip_be, k.port_be), proto), (v.service_id, v.count));
-            }
-        }
+        self.v4.read_services(&mut inst)?;
+        self.v6.read_services(&mut inst)?;
         for entry in self.slots.iter() {
             let (k, v) = entry.map_err(map_err(names::SLOTS, "iterating"))?;
             inst.slots.insert((k.service_id, k.slot), v);
         }
-        for entry in self.backends.iter() {
-            let (id, b) = entry.map_err(map_err(names::BACKENDS, "iterating"))?;
-            inst.backends.insert(
-                id,
-                InstalledBackend {
-                    service_id: b.service_id,
-                    addr: sock(b.addr_be, b.port_be),
-                    terminating: b.flags & BACKEND_TERMINATING != 0,
-                },
-            );
-            inst.next_backend_id = inst.next_backend_id.max(id + 1);
-        }
+        self.v4.read_backends(&mut inst)?;
+        self.v6.read_backends(&mut inst)?;
         for entry in self.names.iter() {
             let (id, n) = entry.map_err(map_err(names::NAMES, "iterating"))?;
             if let Some(name) = n.as_str() {
@@ -265,24 +444,15 @@ impl Maps {
             }
             Op::DeleteName { id } => ignore_missing(self.names.remove(id))
                 .map_err(map_err(names::NAMES, format!("deleting {id}"))),
-            Op::PutBackend { id, backend } => {
-                let value = Backend4 {
-                    addr_be: addr_be(*backend.addr.ip()),
-                    port_be: backend.addr.port().to_be(),
-                    pad: 0,
-                    service_id: backend.service_id,
-                    flags: if backend.terminating {
-                        BACKEND_TERMINATING
-                    } else {
-                        0
-                    },
-                };
-                self.backends
-                    .insert(id, value, 0)
-                    .map_err(map_err(names::BACKENDS, format!("writing backend {id}")))
+            Op::PutBackend { id, backend } => match backend.addr.ip() {
+                ip @ IpAddr::V4(_) => self.v4.put_backend(*id, v4(ip), backend),
+                IpAddr::V6(ip) => self.v6.put_backend(*id, ip.octets(), backend),
+            },
+            // A backend's family never changes (a new address is a new id): it is in one map.
+            Op::DeleteBackend { id } => {
+                self.v4.delete_backend(*id)?;
+                self.v6.delete_backend(*id)
             }
-            Op::DeleteBackend { id } => ignore_missing(self.backends.remove(id))
-                .map_err(map_err(names::BACKENDS, format!("deleting backend {id}"))),
             Op::PutSlot {
                 service_id,
                 slot,
@@ -314,41 +484,68 @@ impl Maps {
                 proto,
                 id,
                 count,
-            } => self
-                .services
-                .insert(
-                    service_key(*frontend, *proto),
-                    ServiceValue4 {
-                        service_id: *id,
-                        count: *count,
-                    },
-                    0,
-                )
-                .map_err(map_err(
-                    names::SERVICES,
-                    format!("writing {frontend}/{proto}"),
-                )),
-            Op::DeleteService { frontend, proto } => {
-                ignore_missing(self.services.remove(&service_key(*frontend, *proto))).map_err(
-                    map_err(names::SERVICES, format!("deleting {frontend}/{proto}")),
-                )
-            }
-            Op::PutMarker { vip, proto } => self
-                .services
-                .insert(
-                    service_key(SocketAddrV4::new(*vip, FRONTEND_MARKER_PORT), *proto),
-                    ServiceValue4 {
-                        service_id: 0,
-                        count: 0,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::SERVICES, format!("marking {vip}/{proto}"))),
-            Op::DeleteMarker { vip, proto } => ignore_missing(self.services.remove(&service_key(
-                SocketAddrV4::new(*vip, FRONTEND_MARKER_PORT),
+            } => self.put_service(
+                frontend.ip(),
+                frontend.port(),
                 *proto,
-            )))
-            .map_err(map_err(names::SERVICES, format!("unmarking {vip}/{proto}"))),
+                ServiceValue4 {
+                    service_id: *id,
+                    count: *count,
+                },
+                format!("writing {frontend}/{proto}"),
+            ),
+            Op::DeleteService { frontend, proto } => self.delete_service(
+                frontend.ip(),
+                frontend.port(),
+                *proto,
+                format!("deleting {frontend}/{proto}"),
+            ),
+            Op::PutMarker { vip, proto } => self.put_service(
+                *vip,
+                u16::from_be(FRONTEND_MARKER_PORT),
+                *proto,
+                ServiceValue4 {
+                    service_id: 0,
+                    count: 0,
+                },
+                format!("marking {vip}/{proto}"),
+            ),
+            Op::DeleteMarker { vip, proto } => self.delete_service(
+                *vip,
+                u16::from_be(FRONTEND_MARKER_PORT),
+                *proto,
+                format!("unmarking {vip}/{proto}"),
+            ),
+        }
+    }
+
+    fn put_service(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: Proto,
+        value: ServiceValue4,
+        what: String,
+    ) -> Result<()> {
+        match vip {
+            IpAddr::V4(_) => self
+                .v4
+                .put_service(service_key(v4(vip), port, proto), value, what),
+            IpAddr::V6(v6) => {
+                self.v6
+                    .put_service(service_key(v6.octets(), port, proto), value, what)
+            }
+        }
+    }
+
+    fn delete_service(&mut self, vip: IpAddr, port: u16, proto: Proto, what: String) -> Result<()> {
+        match vip {
+            IpAddr::V4(_) => self
+                .v4
+                .delete_service(service_key(v4(vip), port, proto), what),
+            IpAddr::V6(v6) => self
+                .v6
+                .delete_service(service_key(v6.octets(), port, proto), what),
         }
     }
 
@@ -366,54 +563,20 @@ impl Maps {
             .map_err(map_err(names::INFO, "writing"))
     }
 
-    /// Every tracked flow.
+    /// Every tracked flow, IPv4 then IPv6.
     pub fn flows(&self) -> Result<Vec<Flow>> {
         let mut out = Vec::new();
-        for entry in self.conntrack.iter() {
-            let (k, e) = match entry {
-                Ok(kv) => kv,
-                // The LRU may drop an entry between two steps of the iteration.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(names::CONNTRACK, "iterating")(e)),
-            };
-            let Some(proto) = Proto::from_number(k.proto) else {
-                continue;
-            };
-            out.push(Flow {
-                client: sock(k.saddr_be, k.sport_be),
-                frontend: sock(k.daddr_be, k.dport_be),
-                proto,
-                service_id: e.service_id,
-                backend_id: e.backend_id,
-                backend: sock(e.backend_addr_be, e.backend_port_be),
-                closing: e.flags & CT_CLOSING != 0,
-                created_ns: e.created_ns,
-                last_seen_ns: e.last_seen_ns,
-            });
-        }
+        self.v4.flows(&mut out)?;
+        self.v6.flows(&mut out)?;
         Ok(out)
     }
 
     /// Forgets a flow: its conntrack entry and its reverse NAT entry.
     pub fn delete_flow(&mut self, flow: &Flow) -> Result<()> {
-        let fwd = CtKey4::new(
-            addr_be(*flow.client.ip()),
-            flow.client.port().to_be(),
-            addr_be(*flow.frontend.ip()),
-            flow.frontend.port().to_be(),
-            flow.proto.number(),
-        );
-        let rev = CtKey4::new(
-            addr_be(*flow.backend.ip()),
-            flow.backend.port().to_be(),
-            addr_be(*flow.client.ip()),
-            flow.client.port().to_be(),
-            flow.proto.number(),
-        );
-        ignore_missing(self.reverse_nat.remove(&rev))
-            .map_err(map_err(names::REVERSE_NAT, "deleting a flow"))?;
-        ignore_missing(self.conntrack.remove(&fwd))
-            .map_err(map_err(names::CONNTRACK, "deleting a flow"))
+        self.v4
+            .delete_flow(flow)
+            .or_else(|| self.v6.delete_flow(flow))
+            .unwrap_or(Ok(()))
     }
 
     /// The backends the datapath holds suspect, by id.
@@ -485,7 +648,7 @@ impl Maps {
         };
         let key = SockKey4 {
             cookie: e.cookie,
-            addr_be: addr_be(*addr.ip()),
+            addr_be: v4(addr.ip()),
             port_be: addr.port().to_be(),
             pad: 0,
         };
@@ -500,10 +663,10 @@ impl Maps {
                 .map_err(map_err(name, "reading its size"))
         };
         Ok(Capacity::from_entries(
-            size(names::SERVICES, self.services.map())?,
-            size(names::BACKENDS, self.backends.map())?,
+            size(names::SERVICES, self.v4.services.map())?,
+            size(names::BACKENDS, self.v4.backends.map())?,
             size(names::SLOTS, self.slots.map())?,
-            size(names::CONNTRACK, self.conntrack.map())?,
+            size(names::CONNTRACK, self.v4.conntrack.map())?,
         ))
     }
 

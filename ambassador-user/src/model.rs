@@ -2,7 +2,7 @@
 //! every source of them uses (the TOML file, the etcd contract, the operator commands, the
 //! register). Pure: no I/O.
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
@@ -50,8 +50,8 @@ pub const MAX_WEIGHT: u32 = 256;
 /// One backend address of a service, with its share of new flows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Where flows go.
-    pub addr: SocketAddrV4,
+    /// Where flows go (the same family as its service's frontend).
+    pub addr: SocketAddr,
     /// Relative share of new flows, `1..=MAX_WEIGHT`.
     pub weight: u32,
 }
@@ -59,8 +59,8 @@ pub struct Endpoint {
 /// What a service should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
-    /// The frontend clients dial.
-    pub frontend: SocketAddrV4,
+    /// The frontend clients dial (IPv4 or IPv6).
+    pub frontend: SocketAddr,
     /// Its protocol.
     pub proto: Proto,
     /// Its backends; duplicates of the same address are merged (weights added).
@@ -93,14 +93,18 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `IPv4:port` with a non-zero port.
-pub fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
-    match s.parse::<std::net::SocketAddr>() {
-        Ok(std::net::SocketAddr::V4(a)) if a.port() != 0 => Ok(a),
-        Ok(std::net::SocketAddr::V4(_)) => Err(format!("{s:?}: port 0 is not allowed")),
-        Ok(std::net::SocketAddr::V6(_)) => Err(format!("{s:?}: IPv6 is not supported yet")),
+/// Parses `IPv4:port` or `[IPv6]:port` with a non-zero port. IPv6 scope ids (`%eth0`) are
+/// refused: a frontend or backend is reachable from every host, never one link's.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not allowed")),
+        Ok(SocketAddr::V6(a)) if a.scope_id() != 0 => {
+            Err(format!("{s:?}: a scope id ties an address to one link"))
+        }
+        Ok(SocketAddr::V6(a)) => Ok(SocketAddr::new(std::net::IpAddr::V6(*a.ip()), a.port())),
+        Ok(a) => Ok(a),
         Err(_) => Err(format!(
-            "{s:?} is not an IPv4 address and port like \"10.96.0.10:80\""
+            "{s:?} is not an address and port like \"10.96.0.10:80\" or \"[fd00::10]:80\""
         )),
     }
 }
@@ -136,17 +140,18 @@ pub fn check_endpoint_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses an IPv4 range strictly (`--allow-backend`, `vip range`): `a.b.c.d/len`, or a bare address for one host;
-/// host bits set are a mistake worth saying (`10.1.2.3/16`: did you mean 10.1.0.0/16?).
-pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
-    let with_len = if s.contains('/') {
-        s.to_owned()
-    } else {
-        format!("{s}/32")
+/// Parses an IPv4 or IPv6 range strictly (`--allow-backend`): `addr/len`, or a bare address
+/// for one host; host bits set are a mistake worth saying (`10.1.2.3/16`: did you mean
+/// 10.1.0.0/16?).
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let with_len = match (s.contains('/'), s.contains(':')) {
+        (true, _) => s.to_owned(),
+        (false, false) => format!("{s}/32"),
+        (false, true) => format!("{s}/128"),
     };
-    let net: ipnet::Ipv4Net = with_len.parse().map_err(|_| {
-        format!("{s:?} is not an IPv4 network (like 10.1.0.0/16) with a prefix length of 0..=32")
-    })?;
+    let net: ipnet::IpNet = with_len
+        .parse()
+        .map_err(|_| format!("{s:?} is not a network like 10.1.0.0/16 or fd00:1::/64"))?;
     if net.addr() != net.network() {
         return Err(format!(
             "{s:?} has host bits set: did you mean {}?",
@@ -154,4 +159,14 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
         ));
     }
     Ok(net)
+}
+
+/// Parses an IPv4 range strictly (`vip range`): as [`parse_net`], IPv4 only.
+pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    match parse_net(s)? {
+        ipnet::IpNet::V4(net) => Ok(net),
+        ipnet::IpNet::V6(_) => Err(format!(
+            "{s:?}: frontend addresses are allocated from an IPv4 range"
+        )),
+    }
 }

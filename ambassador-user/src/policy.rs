@@ -5,13 +5,38 @@
 //! also lie in one of the given ranges. A refused endpoint is left out of the maps, logged
 //! once, and counted in `status`; the rest of its service is applied.
 
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::model::Desired;
 
-/// Ranges that are never backends, with why.
+/// IPv6 ranges that are never backends, with why (IPv4-mapped addresses are judged as the
+/// IPv4 address they carry).
+const NEVER6: [(Ipv6Net, &str); 4] = [
+    (
+        Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128),
+        "the unspecified address (::)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128),
+        "loopback (::1)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+        "link-local (fe80::/10)",
+    ),
+    (
+        Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+        "multicast (ff00::/8)",
+    ),
+];
+
+/// IPv4 ranges that are never backends, with why.
 const NEVER: [(Ipv4Net, &str); 5] = [
     (
         Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
@@ -35,7 +60,7 @@ const NEVER: [(Ipv4Net, &str); 5] = [
 /// The backend policy: `--allow-backend` ranges (empty: anywhere not refused).
 #[derive(Clone, Debug, Default)]
 pub struct BackendPolicy {
-    pub allow: Vec<Ipv4Net>,
+    pub allow: Vec<IpNet>,
 }
 
 /// One endpoint left out, and why.
@@ -57,16 +82,35 @@ impl fmt::Display for Refusal {
 }
 
 impl BackendPolicy {
-    /// Why `ip` may not be a backend, given every frontend address.
-    fn refuse(&self, ip: Ipv4Addr, frontends: &BTreeSet<Ipv4Addr>) -> Option<String> {
-        if let Some((_, why)) = NEVER.iter().find(|(c, _)| c.contains(&ip)) {
+    /// Why `ip` may not be a backend of a service at `frontend`, given every frontend
+    /// address.
+    fn refuse(&self, ip: IpAddr, frontend: IpAddr, frontends: &BTreeSet<IpAddr>) -> Option<String> {
+        let ip = ip.to_canonical();
+        if ip.is_ipv4() != frontend.is_ipv4() {
+            let (fam, other) = if frontend.is_ipv4() {
+                ("IPv4", "an IPv6")
+            } else {
+                ("IPv6", "an IPv4")
+            };
+            return Some(format!(
+                "{other} endpoint of an {fam} frontend: a service's frontend and backends are one family"
+            ));
+        }
+        let never = match ip {
+            IpAddr::V4(v4) => NEVER.iter().find(|(c, _)| c.contains(&v4)).map(|(_, w)| *w),
+            IpAddr::V6(v6) => NEVER6
+                .iter()
+                .find(|(c, _)| c.contains(&v6))
+                .map(|(_, w)| *w),
+        };
+        if let Some(why) = never {
             return Some(format!("{why} is never a backend"));
         }
         if frontends.contains(&ip) {
             return Some("it is a frontend address (a loop)".into());
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(&ip)) {
-            let list: Vec<String> = self.allow.iter().map(Ipv4Net::to_string).collect();
+            let list: Vec<String> = self.allow.iter().map(IpNet::to_string).collect();
             return Some(format!("outside --allow-backend {}", list.join(",")));
         }
         None
@@ -74,12 +118,13 @@ impl BackendPolicy {
 
     /// `desired` without the refused endpoints, and the refusals (sorted).
     pub fn filter(&self, desired: &Desired) -> (Desired, Vec<Refusal>) {
-        let frontends: BTreeSet<Ipv4Addr> = desired.values().map(|s| *s.frontend.ip()).collect();
+        let frontends: BTreeSet<IpAddr> = desired.values().map(|s| s.frontend.ip()).collect();
         let mut refused = Vec::new();
         let mut out = desired.clone();
         for (name, spec) in &mut out {
+            let frontend = spec.frontend.ip();
             spec.endpoints
-                .retain(|e| match self.refuse(*e.addr.ip(), &frontends) {
+                .retain(|e| match self.refuse(e.addr.ip(), frontend, &frontends) {
                     None => true,
                     Some(why) => {
                         refused.push(Refusal {
@@ -99,7 +144,7 @@ impl BackendPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{parse_cidr, Endpoint, Proto, ServiceSpec};
+    use crate::model::{parse_cidr, parse_net, Endpoint, Proto, ServiceSpec};
 
     fn desired(endpoints: &[&str]) -> Desired {
         let mut d = Desired::new();
@@ -161,7 +206,7 @@ mod tests {
     #[test]
     fn allow_backend_restricts() {
         let p = BackendPolicy {
-            allow: vec![parse_cidr("10.1.0.0/16").unwrap()],
+            allow: vec![parse_net("10.1.0.0/16").unwrap()],
         };
         let (out, refused) = p.filter(&desired(&["10.1.0.2:80", "10.2.0.2:80"]));
         assert_eq!(out["web"].endpoints.len(), 1);

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use crate::model::{Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT};
@@ -20,7 +20,7 @@ pub struct InstalledBackend {
     /// Owning service.
     pub service_id: u32,
     /// Address.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Takes no new flows.
     pub terminating: bool,
 }
@@ -30,9 +30,9 @@ pub struct InstalledBackend {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
     /// Service map (real frontends): (frontend, proto) -> (service id, slot count).
-    pub frontends: BTreeMap<(SocketAddrV4, Proto), (u32, u32)>,
+    pub frontends: BTreeMap<(SocketAddr, Proto), (u32, u32)>,
     /// Service map address markers: (VIP, proto).
-    pub markers: BTreeSet<(Ipv4Addr, Proto)>,
+    pub markers: BTreeSet<(IpAddr, Proto)>,
     /// Slot map: (service id, slot) -> backend id.
     pub slots: BTreeMap<(u32, u32), u32>,
     /// Backend map.
@@ -67,20 +67,17 @@ pub enum Op {
     DeleteSlot { service_id: u32, slot: u32 },
     /// Insert or update a frontend.
     PutService {
-        frontend: SocketAddrV4,
+        frontend: SocketAddr,
         proto: Proto,
         id: u32,
         count: u32,
     },
     /// Remove a frontend.
-    DeleteService {
-        frontend: SocketAddrV4,
-        proto: Proto,
-    },
+    DeleteService { frontend: SocketAddr, proto: Proto },
     /// Mark an address as a frontend address (fragments to it are dropped, not leaked).
-    PutMarker { vip: Ipv4Addr, proto: Proto },
+    PutMarker { vip: IpAddr, proto: Proto },
     /// Remove an address marker.
-    DeleteMarker { vip: Ipv4Addr, proto: Proto },
+    DeleteMarker { vip: IpAddr, proto: Proto },
 }
 
 /// Why a desired state cannot be installed.
@@ -91,7 +88,7 @@ pub enum PlanError {
     DuplicateFrontend {
         first: String,
         second: String,
-        frontend: SocketAddrV4,
+        frontend: SocketAddr,
         proto: Proto,
     },
 }
@@ -99,7 +96,7 @@ pub enum PlanError {
 /// Refuses desired states that cannot be installed as a whole. (What exceeds the maps'
 /// capacity is left out before this: `Capacity::fit`.)
 pub fn validate(desired: &Desired) -> Result<(), PlanError> {
-    let mut seen: BTreeMap<(SocketAddrV4, Proto), &str> = BTreeMap::new();
+    let mut seen: BTreeMap<(SocketAddr, Proto), &str> = BTreeMap::new();
     for (name, spec) in desired {
         if let Some(first) = seen.insert((spec.frontend, spec.proto), name) {
             return Err(PlanError::DuplicateFrontend {
@@ -114,8 +111,8 @@ pub fn validate(desired: &Desired) -> Result<(), PlanError> {
 }
 
 /// Merges duplicate endpoints and clamps weights: the (address, weight) list a service gets.
-fn normalized(endpoints: &[Endpoint]) -> Vec<(SocketAddrV4, u32)> {
-    let mut merged: Vec<(SocketAddrV4, u32)> = Vec::new();
+fn normalized(endpoints: &[Endpoint]) -> Vec<(SocketAddr, u32)> {
+    let mut merged: Vec<(SocketAddr, u32)> = Vec::new();
     for ep in endpoints {
         match merged.iter_mut().find(|(a, _)| *a == ep.addr) {
             Some((_, w)) => *w = (*w + ep.weight).min(MAX_WEIGHT),
@@ -202,9 +199,9 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
     }
 
     // Address markers follow the frontends.
-    let wanted: BTreeSet<(Ipv4Addr, Proto)> = desired
+    let wanted: BTreeSet<(IpAddr, Proto)> = desired
         .values()
-        .map(|s| (*s.frontend.ip(), s.proto))
+        .map(|s| (s.frontend.ip(), s.proto))
         .collect();
     for &(vip, proto) in wanted.difference(&installed.markers) {
         ops.push(Op::PutMarker { vip, proto });

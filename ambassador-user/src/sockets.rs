@@ -15,7 +15,7 @@
 use std::{
     collections::BTreeSet,
     io,
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
@@ -36,7 +36,7 @@ pub struct Connected {
     /// TCP or UDP.
     pub proto: Proto,
     /// Where it is connected to.
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// The kernel's identity of the socket, for SOCK_DESTROY.
     id: SocketId,
 }
@@ -53,7 +53,7 @@ impl Connected {
         Some(Self {
             cookie: u64::from(high) << 32 | u64::from(low),
             proto,
-            peer: SocketAddrV4::new(ip, h.socket_id.destination_port),
+            peer: SocketAddr::new(IpAddr::V4(ip), h.socket_id.destination_port),
             id: h.socket_id.clone(),
         })
     }
@@ -136,8 +136,7 @@ pub fn doomed<'a>(entries: &'a [SockEntry], installed: &Installed) -> Vec<&'a So
 /// Of `sockets`, those that `doomed` entries describe (the same cookie, connected to the same
 /// backend).
 pub fn stale<'a>(sockets: &'a [Connected], doomed: &[&SockEntry]) -> Vec<&'a Connected> {
-    let keys: BTreeSet<(u64, SocketAddrV4)> =
-        doomed.iter().map(|e| (e.cookie, e.backend)).collect();
+    let keys: BTreeSet<(u64, SocketAddr)> = doomed.iter().map(|e| (e.cookie, e.backend)).collect();
     sockets
         .iter()
         .filter(|s| keys.contains(&(s.cookie, s.peer)))

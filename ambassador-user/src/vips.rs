@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -37,7 +37,7 @@ pub fn pick(range: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
 
 /// What etcd holds about services and allocations, read at one revision.
 struct View {
-    services: BTreeMap<String, (SocketAddrV4, Proto, i64)>,
+    services: BTreeMap<String, (SocketAddr, Proto, i64)>,
     vips: BTreeMap<Ipv4Addr, String>,
     range: Ipv4Net,
 }
@@ -107,9 +107,9 @@ async fn read(client: &mut Client, prefix: &str) -> Result<View> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The service was created with a newly allocated frontend.
-    Created(SocketAddrV4),
+    Created(SocketAddr),
     /// The service existed; its frontend was kept (its port changed when `update` said so).
-    Existing(SocketAddrV4),
+    Existing(SocketAddr),
 }
 
 /// Makes service `name` exist with frontend port `port`: a new service gets a free address of
@@ -131,7 +131,7 @@ pub async fn ensure(
             if !update || (frontend.port() == port && *old_proto == proto) {
                 return Ok(Outcome::Existing(*frontend));
             }
-            let addr = SocketAddrV4::new(*frontend.ip(), port);
+            let addr = SocketAddr::new(frontend.ip(), port);
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     service_key.clone(),
@@ -151,7 +151,10 @@ pub async fn ensure(
             .vips
             .keys()
             .copied()
-            .chain(view.services.values().map(|(f, _, _)| *f.ip()))
+            .chain(view.services.values().filter_map(|(f, _, _)| match f.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            }))
             .collect();
         let ip = pick(view.range, &used).ok_or_else(|| {
             Error::Usage(format!(
@@ -160,8 +163,8 @@ pub async fn ensure(
                 view.vips.len()
             ))
         })?;
-        let vip_key = contract::vip_key(prefix, ip);
-        let addr = SocketAddrV4::new(ip, port);
+        let vip_key = contract::vip_key(prefix, IpAddr::V4(ip));
+        let addr = SocketAddr::new(IpAddr::V4(ip), port);
         let txn = Txn::new()
             .when([
                 Compare::create_revision(vip_key.clone(), CompareOp::Equal, 0),
@@ -183,7 +186,7 @@ pub async fn ensure(
     )))
 }
 
-fn value(addr: SocketAddrV4, proto: Proto) -> String {
+fn value(addr: SocketAddr, proto: Proto) -> String {
     serde_json::to_string(&ServiceValue {
         frontend: addr.to_string(),
         proto: proto.to_string(),
@@ -193,7 +196,7 @@ fn value(addr: SocketAddrV4, proto: Proto) -> String {
 
 /// The allocation `ip` belongs to another service than `name` (a manual frontend must not take
 /// an allocated address).
-pub async fn owner(client: &mut Client, prefix: &str, ip: Ipv4Addr) -> Result<Option<String>> {
+pub async fn owner(client: &mut Client, prefix: &str, ip: IpAddr) -> Result<Option<String>> {
     let key = contract::vip_key(prefix, ip);
     let resp = timed(format!("reading {key}"), client.get(key, None)).await?;
     Ok(resp
@@ -207,13 +210,13 @@ pub async fn release(
     client: &mut Client,
     prefix: &str,
     name: &str,
-    keep: Option<Ipv4Addr>,
+    keep: Option<IpAddr>,
 ) -> Result<Vec<Ipv4Addr>> {
     let view = read(client, prefix).await?;
     let mut freed = Vec::new();
     for (ip, owner) in &view.vips {
-        if owner == name && Some(*ip) != keep {
-            let key = contract::vip_key(prefix, *ip);
+        if owner == name && Some(IpAddr::V4(*ip)) != keep {
+            let key = contract::vip_key(prefix, IpAddr::V4(*ip));
             // Only if it still belongs to `name`.
             let txn = Txn::new()
                 .when([Compare::value(key.clone(), CompareOp::Equal, name)])

@@ -156,6 +156,17 @@ impl NetNs {
         })
     }
 
+    /// An IPv6 counter of the namespace (/proc/net/snmp6), e.g. "Udp6InCsumErrors".
+    pub fn snmp6(&self, field: &str) -> u64 {
+        let text = self.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap());
+        text.lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(char::is_whitespace)?;
+                (name == field).then(|| value.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{field} not in /proc/net/snmp6"))
+    }
+
     /// The namespace's SNMP counters (what `nstat` reads), e.g. ("Tcp", "InCsumErrors").
     pub fn snmp(&self, group: &str, field: &str) -> u64 {
         let text = self.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
@@ -531,7 +542,12 @@ impl Drop for UdpServer {
 pub fn udp_client(ns: &NetNs, addr: &str) -> UdpSocket {
     let addr: SocketAddr = addr.parse().unwrap();
     let sock = ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let any = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let s = UdpSocket::bind(any).unwrap();
         s.connect(addr).unwrap();
         s
     });
@@ -595,6 +611,53 @@ impl Topology {
     /// Address of backend `i` (1-based) on `port`.
     pub fn backend_addr(i: usize, port: u16) -> String {
         format!("10.200.{i}.2:{port}")
+    }
+
+    /// Adds IPv6 beside IPv4: the client `fd00:200::2/64` (default route via the forwarding
+    /// host's `fd00:200::1`), backend N `fd00:200:N::2/64` (via `fd00:200:N::1`), forwarding on.
+    /// Addresses skip duplicate address detection, so they are usable at once.
+    pub fn add_ipv6(&self) {
+        let add = |ns: &NetNs, addr: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        };
+        add(&self.client, "fd00:200::2/64", "eth0");
+        add(&self.fwd, "fd00:200::1/64", "c0");
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", "fd00:200::1"]);
+        self.fwd
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        for (i, b) in self.backends.iter().enumerate() {
+            let n = i + 1;
+            add(&self.fwd, &format!("fd00:200:{n}::1/64"), &format!("b{n}"));
+            add(b, &format!("fd00:200:{n}::2/64"), "eth0");
+            b.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:200:{n}::1"),
+            ]);
+        }
+        // The links' own link-local addresses go through duplicate address detection (about
+        // a second), and neighbour discovery is unreliable until it ends.
+        let all: Vec<&NetNs> = [&self.client, &self.fwd]
+            .into_iter()
+            .chain(&self.backends)
+            .collect();
+        let settled = wait_until(Duration::from_secs(10), || {
+            all.iter().all(|ns| {
+                ns.ip(&["-6", "addr", "show", "tentative"])
+                    .trim()
+                    .is_empty()
+            })
+        });
+        assert!(settled, "IPv6 addresses still tentative after 10 s");
+    }
+
+    /// IPv6 address of backend `i` (1-based) on `port`.
+    pub fn backend_addr6(i: usize, port: u16) -> String {
+        format!("[fd00:200:{i}::2]:{port}")
     }
 }
 

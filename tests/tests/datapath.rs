@@ -582,3 +582,166 @@ fn programs_handle_the_fixture_table() {
     let flows = maps.flows().unwrap();
     assert_eq!(flows.len(), 4, "{flows:?}");
 }
+
+const CLIENT6: [u8; 16] = [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const VIP6: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const BACKEND6: [u8; 16] = [0xfd, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+const CONFIG6: &str = r#"
+[[service]]
+name = "web6"
+frontend = "[fd00:96::10]:80"
+endpoints = ["[fd00:200:1::2]:8080"]
+
+[[service]]
+name = "dns6"
+frontend = "[fd00:96::10]:53"
+proto = "udp"
+endpoints = ["[fd00:200:1::2]:5353"]
+"#;
+
+/// An IPv6 frame: TCP (`tcp`: SYN, SYN-ACK or ACK with payload) or UDP.
+fn frame6(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    tcp: Option<(bool, bool)>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(src, dst, 64);
+    let mut v = Vec::new();
+    match tcp {
+        Some((syn, ack)) => {
+            let t = b.tcp(sport, dport, 1000, 64000);
+            let t = if syn { t.syn() } else { t };
+            let t = if ack { t.ack(1) } else { t };
+            t.write(&mut v, payload).unwrap();
+        }
+        None => b.udp(sport, dport).write(&mut v, payload).unwrap(),
+    }
+    v
+}
+
+/// An IPv6 address and port.
+type Endpoint6 = ([u8; 16], u16);
+
+/// Endpoints and checksum validity of an IPv6 TCP/UDP frame, via etherparse.
+fn inspect6(frame: &[u8]) -> (Endpoint6, Endpoint6, Result<(), String>) {
+    let p = PacketHeaders::from_ethernet_slice(frame).expect("output parses");
+    let Some(NetHeaders::Ipv6(ip, _)) = &p.net else {
+        panic!("output is not IPv6")
+    };
+    let payload = p.payload.slice();
+    let (sport, dport, ok) = match &p.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            let want = t.calc_checksum_ipv6(ip, payload).unwrap();
+            let ok = if want == t.checksum {
+                Ok(())
+            } else {
+                Err(format!(
+                    "bad TCP checksum {:#06x}, want {want:#06x}",
+                    t.checksum
+                ))
+            };
+            (t.source_port, t.destination_port, ok)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            let want =
+                UdpHeader::with_ipv6_checksum(u.source_port, u.destination_port, ip, payload)
+                    .unwrap()
+                    .checksum;
+            let ok = if want == u.checksum {
+                Ok(())
+            } else {
+                Err(format!(
+                    "bad UDP checksum {:#06x}, want {want:#06x}",
+                    u.checksum
+                ))
+            };
+            (u.source_port, u.destination_port, ok)
+        }
+        _ => panic!("output is not TCP or UDP"),
+    };
+    ((ip.source, sport), (ip.destination, dport), ok)
+}
+
+#[test]
+fn ipv6_packets_are_translated_both_ways_with_valid_checksums() {
+    if !require_root("ipv6_packets_are_translated_both_ways_with_valid_checksums") {
+        return;
+    }
+    let pin = PinDir::new();
+    let (ebpf, mut maps, _lock, _) =
+        loader::load(&pin.path, Default::default(), false, false).expect("load the datapath");
+    let desired = config::parse("fixture6.toml", CONFIG6).unwrap();
+    let mut installed = maps.read_installed().unwrap();
+    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    let prog = |name: &str| -> &SchedClassifier {
+        ebpf.program(name)
+            .expect("in the object")
+            .try_into()
+            .expect("a TC program")
+    };
+    let (dnat, rnat) = (prog(program_names::TC_DNAT), prog(program_names::TC_RNAT));
+    let cases: Vec<(&str, &SchedClassifier, Vec<u8>, Endpoint6, Endpoint6)> = vec![
+        (
+            "a SYN to the IPv6 frontend goes to its backend",
+            dnat,
+            frame6(CLIENT6, 40000, VIP6, 80, Some((true, false)), b""),
+            (CLIENT6, 40000),
+            (BACKEND6, 8080),
+        ),
+        (
+            "the backend's SYN-ACK comes from the frontend",
+            rnat,
+            frame6(BACKEND6, 8080, CLIENT6, 40000, Some((true, true)), b""),
+            (VIP6, 80),
+            (CLIENT6, 40000),
+        ),
+        (
+            "a data segment follows the flow",
+            dnat,
+            frame6(CLIENT6, 40000, VIP6, 80, Some((false, true)), b"GET /"),
+            (CLIENT6, 40000),
+            (BACKEND6, 8080),
+        ),
+        (
+            "UDP to the IPv6 frontend goes to its backend",
+            dnat,
+            frame6(CLIENT6, 41000, VIP6, 53, None, b"query"),
+            (CLIENT6, 41000),
+            (BACKEND6, 5353),
+        ),
+        (
+            "the UDP answer comes from the frontend",
+            rnat,
+            frame6(BACKEND6, 5353, CLIENT6, 41000, None, b"answer"),
+            (VIP6, 53),
+            (CLIENT6, 41000),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, p, input, src, dst) in &cases {
+        let (verdict, out) = test_run(p, input);
+        if verdict != NEXT {
+            failures.push(format!("{what}: verdict {verdict}"));
+            continue;
+        }
+        let (s, d, csum) = inspect6(&out);
+        if (s, d) != (*src, *dst) {
+            failures.push(format!("{what}: {s:?} -> {d:?}, want {src:?} -> {dst:?}"));
+        }
+        if let Err(e) = csum {
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "IPv6 fixture failures:\n  {}",
+        failures.join("\n  ")
+    );
+    let reasons = maps.reasons().unwrap();
+    assert_eq!(reasons["forwarded"], 3, "{reasons:?}");
+    assert_eq!(reasons["reverse_nat"], 2, "{reasons:?}");
+}

@@ -1185,3 +1185,81 @@ fn path_mtu_discovery_works_through_a_frontend() {
     assert_eq!(topo.client.snmp("Tcp", "InCsumErrors"), 0);
     assert_eq!(topo.client.snmp("Icmp", "InCsumErrors"), 0);
 }
+
+#[test]
+fn ipv6_tcp_and_udp_spread_over_backends_with_valid_checksums() {
+    if !require_root("ipv6_tcp_and_udp_spread_over_backends_with_valid_checksums") {
+        return;
+    }
+    let topo = Topology::new(2);
+    topo.add_ipv6();
+    let b6 = Topology::backend_addr6;
+    let _t =
+        [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b6(i, 8080), &format!("b{i}")));
+    // The topology itself carries IPv6 to both backends.
+    for i in [1, 2] {
+        let (_, ident) = tcp_connect(&topo.client, &b6(i, 8080)).unwrap_or_else(|e| {
+            panic!(
+                "IPv6 without ambassador: {e}\n{}\n{}\n{}\n{}\n{}",
+                topo.client.ip(&["-6", "route"]),
+                topo.client.ip(&["-6", "addr"]),
+                topo.fwd.ip(&["-6", "route"]),
+                topo.fwd.ip(&["-6", "neigh"]),
+                topo.backends[0].ip(&["-6", "addr"]),
+            )
+        });
+        assert_eq!(ident, format!("b{i}"));
+    }
+    let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b6(i, 5353), &format!("b{i}")));
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web6\"\nfrontend = \"[fd00:96::10]:80\"\nendpoints = [\"{}\", \"{}\", \"10.200.1.2:8080\"]\n\n\
+         [[service]]\nname = \"dns6\"\nfrontend = \"[fd00:96::10]:53\"\nproto = \"udp\"\nendpoints = [\"{}\", \"{}\"]\n\n\
+         [[service]]\nname = \"web4\"\nfrontend = \"10.96.0.10:80\"\nendpoints = [\"{}\"]\n",
+        b6(1, 8080),
+        b6(2, 8080),
+        b6(1, 5353),
+        b6(2, 5353),
+        Topology::backend_addr(1, 8080),
+    ));
+    let pin = PinDir::new();
+    let d = start(&topo, &pin, &cfg);
+
+    // TCP: new connections spread over both IPv6 backends, each answering through the VIP.
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let (mut conn, ident) = tcp_connect(&topo.client, "[fd00:96::10]:80")
+            .unwrap_or_else(|e| panic!("connect over IPv6: {e}: {}", status(&pin.path)));
+        assert_eq!(tcp_echo(&mut conn, "ping").unwrap(), "ping");
+        *seen.entry(ident).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both backends used: {seen:?}");
+    // UDP: the reply comes from the frontend (a connected socket only accepts that).
+    let sock = udp_client(&topo.client, "[fd00:96::10]:53");
+    for i in 0..20 {
+        sock.send(format!("q{i}").as_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("a reply from the frontend");
+        assert!(buf[..n].ends_with(format!("q{i}").as_bytes()));
+    }
+    assert!(u.iter().map(UdpServer::received).sum::<u32>() == 20);
+    // IPv4 beside it, unchanged.
+    let _t4 = TcpServer::start(&topo.backends[0], &Topology::backend_addr(1, 8080), "b1v4");
+    let (_, ident) = tcp_connect(&topo.client, "10.96.0.10:80").unwrap();
+    assert_eq!(ident, "b1v4");
+
+    for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
+        assert_eq!(ns.snmp("Tcp", "InCsumErrors"), 0);
+        assert_eq!(ns.snmp6("Udp6InCsumErrors"), 0);
+    }
+    let web6 = service_status(&pin.path, "web6").unwrap();
+    assert_eq!(web6["frontend"], "[fd00:96::10]:80", "{web6}");
+    assert_eq!(web6["counters"]["new_flows"], 40, "{web6}");
+    assert_eq!(web6["backends"].as_array().unwrap().len(), 2, "{web6}");
+    // The IPv4 endpoint of an IPv6 service is refused, said and counted.
+    assert!(
+        d.log().contains("an IPv4 endpoint of an IPv6 frontend"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(status(&pin.path)["control_plane"]["refused_endpoints"], 1);
+}

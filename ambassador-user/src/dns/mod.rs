@@ -254,7 +254,7 @@ impl Shared {
 /// wakes them) and the TCP tasks.
 pub struct Responder {
     shared: Arc<Shared>,
-    ns_addrs: Vec<Ipv4Addr>,
+    ns_addrs: Vec<IpAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The UDP threads' sockets, to wake them when stopping.
     udp_sockets: Vec<UdpSocket>,
@@ -292,13 +292,11 @@ impl Responder {
         } else {
             cfg.allow.clone()
         };
-        let ns_addrs: Vec<Ipv4Addr> = cfg
+        let ns_addrs: Vec<IpAddr> = cfg
             .listen
             .iter()
-            .filter_map(|l| match l.ip() {
-                IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
-                _ => None,
-            })
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified())
             .collect();
         let shared = Arc::new(Shared {
             zone: RwLock::new(Arc::new(Zone::empty(cfg.domain.clone(), ns_addrs.clone()))),

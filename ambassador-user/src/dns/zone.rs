@@ -16,14 +16,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
-        rdata::{A, NS, SOA, SRV},
+        rdata::{A, AAAA, NS, SOA, SRV},
         DNSClass, Name, RData, Record, RecordType,
     },
 };
@@ -85,9 +85,9 @@ pub enum Reply {
 /// A service as the responder sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    frontend: SocketAddrV4,
+    frontend: SocketAddr,
     proto: Proto,
-    endpoints: Vec<(SocketAddrV4, u32)>,
+    endpoints: Vec<(SocketAddr, u32)>,
 }
 
 /// Everything the responder answers from: built from the applied desired state, replaced whole
@@ -96,8 +96,8 @@ struct Entry {
 pub struct Zone {
     domain: Name,
     services: BTreeMap<String, Entry>,
-    endpoint_addrs: BTreeSet<Ipv4Addr>,
-    ns_addrs: Vec<Ipv4Addr>,
+    endpoint_addrs: BTreeSet<IpAddr>,
+    ns_addrs: Vec<IpAddr>,
     serial: u32,
 }
 
@@ -111,9 +111,13 @@ pub fn parse_domain(s: &str) -> Result<Name, String> {
     Ok(name.to_lowercase())
 }
 
-/// The name of an endpoint's address record: `10-0-0-1.endpoints.<domain>`.
-pub fn endpoint_host(addr: Ipv4Addr, domain: &Name) -> Name {
-    let label = addr.to_string().replace('.', "-");
+/// The name of an endpoint's address record: `10-0-0-1.endpoints.<domain>`, or for IPv6 the
+/// eight groups of the address: `fd00-0-0-0-0-0-0-10.endpoints.<domain>`.
+pub fn endpoint_host(addr: IpAddr, domain: &Name) -> Name {
+    let label = match addr {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => v6.segments().map(|g| format!("{g:x}")).join("-"),
+    };
     Name::from_labels([label.as_bytes(), b"endpoints"])
         .and_then(|n| n.append_domain(domain))
         .expect("a dotted quad and a valid domain make a valid name")
@@ -122,7 +126,7 @@ pub fn endpoint_host(addr: Ipv4Addr, domain: &Name) -> Name {
 impl Zone {
     /// The zone of `desired`. `ns_addrs` are where the responder listens (the glue of its NS
     /// record); `serial` changes with every apply.
-    pub fn new(domain: Name, desired: &Desired, ns_addrs: Vec<Ipv4Addr>, serial: u32) -> Self {
+    pub fn new(domain: Name, desired: &Desired, ns_addrs: Vec<IpAddr>, serial: u32) -> Self {
         let services: BTreeMap<String, Entry> = desired
             .iter()
             .map(|(name, spec)| {
@@ -136,7 +140,7 @@ impl Zone {
             .collect();
         let endpoint_addrs = services
             .values()
-            .flat_map(|e| e.endpoints.iter().map(|(a, _)| *a.ip()))
+            .flat_map(|e| e.endpoints.iter().map(|(a, _)| a.ip()))
             .collect();
         Self {
             domain,
@@ -148,7 +152,7 @@ impl Zone {
     }
 
     /// An empty zone (before the first apply).
-    pub fn empty(domain: Name, ns_addrs: Vec<Ipv4Addr>) -> Self {
+    pub fn empty(domain: Name, ns_addrs: Vec<IpAddr>) -> Self {
         Self::new(domain, &Desired::new(), ns_addrs, 0)
     }
 
@@ -183,7 +187,7 @@ impl Zone {
     fn ns_glue(&self) -> Vec<Record> {
         self.ns_addrs
             .iter()
-            .map(|ip| Record::from_rdata(self.ns_name(), ZONE_TTL, RData::A(A(*ip))))
+            .map(|ip| Record::from_rdata(self.ns_name(), ZONE_TTL, address(*ip)))
             .collect()
     }
 
@@ -235,7 +239,7 @@ enum Node<'a> {
     Service(&'a Entry),
     Srv(&'a str, &'a Entry),
     EndpointSrv(&'a Entry),
-    EndpointHost(Ipv4Addr),
+    EndpointHost(IpAddr),
     /// A name with nothing of its own but names below it (RFC 8020: never NXDOMAIN, or a
     /// resolver doing QNAME minimisation would stop there).
     Empty,
@@ -243,8 +247,32 @@ enum Node<'a> {
 }
 
 /// `10-0-0-1` -> 10.0.0.1.
-fn host_label(label: &str) -> Option<Ipv4Addr> {
-    Ipv4Addr::from_str(&label.replace('-', ".")).ok()
+fn host_label(label: &str) -> Option<IpAddr> {
+    let v4 = Ipv4Addr::from_str(&label.replace('-', "."))
+        .ok()
+        .map(IpAddr::V4);
+    v4.or_else(|| {
+        Ipv6Addr::from_str(&label.replace('-', ":"))
+            .ok()
+            .map(IpAddr::V6)
+    })
+}
+
+/// The A or AAAA record data of an address.
+fn address(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+/// The record type of an address.
+fn address_type(ip: IpAddr) -> RecordType {
+    if ip.is_ipv4() {
+        RecordType::A
+    } else {
+        RecordType::AAAA
+    }
 }
 
 /// The largest answer a query invites over `transport`.
@@ -321,16 +349,16 @@ pub fn handle(bytes: &[u8], zone: &Zone, transport: Transport, may_forward: bool
             }
         }
         Node::NameServer => {
-            if wants(RecordType::A) {
-                for mut r in zone.ns_glue() {
+            for mut r in zone.ns_glue() {
+                if wants(r.record_type()) {
                     r.name = owner.clone();
                     answers.push(r);
                 }
             }
         }
         Node::Service(e) => {
-            if wants(RecordType::A) {
-                let a = RData::A(A(*e.frontend.ip()));
+            if wants(address_type(e.frontend.ip())) {
+                let a = address(e.frontend.ip());
                 answers.push(Record::from_rdata(owner.clone(), FRONTEND_TTL, a));
             }
         }
@@ -343,14 +371,14 @@ pub fn handle(bytes: &[u8], zone: &Zone, transport: Transport, may_forward: bool
                     FRONTEND_TTL,
                     RData::SRV(srv),
                 ));
-                let a = RData::A(A(*e.frontend.ip()));
+                let a = address(e.frontend.ip());
                 additionals.push(Record::from_rdata(target, FRONTEND_TTL, a));
             }
         }
         Node::EndpointSrv(e) => {
             if wants(RecordType::SRV) {
                 for (addr, weight) in &e.endpoints {
-                    let target = endpoint_host(*addr.ip(), &zone.domain);
+                    let target = endpoint_host(addr.ip(), &zone.domain);
                     let w = (*weight).min(u16::MAX as u32) as u16;
                     let srv = SRV::new(0, w, addr.port(), target.clone());
                     answers.push(Record::from_rdata(
@@ -358,7 +386,7 @@ pub fn handle(bytes: &[u8], zone: &Zone, transport: Transport, may_forward: bool
                         ENDPOINT_TTL,
                         RData::SRV(srv),
                     ));
-                    let a = Record::from_rdata(target, ENDPOINT_TTL, RData::A(A(*addr.ip())));
+                    let a = Record::from_rdata(target, ENDPOINT_TTL, address(addr.ip()));
                     if !additionals.contains(&a) {
                         additionals.push(a);
                     }
@@ -366,12 +394,8 @@ pub fn handle(bytes: &[u8], zone: &Zone, transport: Transport, may_forward: bool
             }
         }
         Node::EndpointHost(ip) => {
-            if wants(RecordType::A) {
-                answers.push(Record::from_rdata(
-                    owner.clone(),
-                    ENDPOINT_TTL,
-                    RData::A(A(ip)),
-                ));
+            if wants(address_type(ip)) {
+                answers.push(Record::from_rdata(owner.clone(), ENDPOINT_TTL, address(ip)));
             }
         }
         Node::Empty => {}
@@ -515,7 +539,7 @@ mod tests {
         );
         let many = (0..60)
             .map(|i| Endpoint {
-                addr: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, i), 8000),
+                addr: SocketAddr::from((Ipv4Addr::new(198, 51, 100, i), 8000)),
                 weight: 1,
             })
             .collect();
@@ -530,7 +554,7 @@ mod tests {
         Zone::new(
             parse_domain("Ambassador.Internal").unwrap(),
             &d,
-            vec![Ipv4Addr::new(127, 0, 0, 53)],
+            vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))],
             7,
         )
     }

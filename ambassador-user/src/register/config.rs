@@ -1,6 +1,6 @@
 //! `ambassador register`'s validated settings.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use crate::etcd::EtcdOptions;
 
@@ -19,7 +19,7 @@ pub struct RegisterConfig {
     /// Docker socket path.
     pub docker: String,
     /// Address other hosts reach this host's published ports at.
-    pub advertise_ip: Option<Ipv4Addr>,
+    pub advertise_ip: Option<IpAddr>,
     /// Lease TTL in seconds.
     pub ttl: i64,
     /// This host's id.

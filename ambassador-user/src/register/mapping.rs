@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
@@ -33,7 +33,7 @@ pub struct Registration {
     /// The endpoint id (`<host-id>-<container id, 12 characters>`).
     pub id: String,
     /// The address other hosts dial.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// The weight.
     pub weight: u32,
     /// The container port, which a service created for it (zero-configuration) listens on.
@@ -92,7 +92,7 @@ pub fn registration(
                 })
                 .collect();
             let (key, host_port) = pick(&published, wanted_port, "published")?;
-            (SocketAddrV4::new(advertise, host_port), key_port(key))
+            (SocketAddr::new(advertise, host_port), key_port(key))
         }
         AddressMode::Container => {
             let ip = c
@@ -100,13 +100,21 @@ pub fn registration(
                 .as_ref()
                 .and_then(|n| n.networks.as_ref())
                 .and_then(|nets| {
+                    // An IPv4 address of any network (by network name), else a global IPv6 one.
                     let mut names: Vec<&String> = nets.keys().collect();
                     names.sort();
-                    names
-                        .into_iter()
-                        .find_map(|n| nets[n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok())
+                    let v4 = names.iter().find_map(|n| {
+                        let ip = nets[*n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok()?;
+                        Some(IpAddr::V4(ip))
+                    });
+                    v4.or_else(|| {
+                        names.iter().find_map(|n| {
+                            let ip = nets[*n].global_ipv6_address.as_deref()?;
+                            Some(IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?))
+                        })
+                    })
                 })
-                .ok_or("the container has no IPv4 address on any network")?;
+                .ok_or("the container has no IPv4 or global IPv6 address on any network")?;
             let mut exposed: BTreeMap<&str, u16> = BTreeMap::new();
             let from_config = c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_ref());
             for p in from_config
@@ -120,7 +128,7 @@ pub fn registration(
                 }
             }
             let (key, port) = pick(&exposed, wanted_port, "exposed")?;
-            (SocketAddrV4::new(ip, port), key_port(key))
+            (SocketAddr::new(ip, port), key_port(key))
         }
     };
     let container_id = c.id.as_deref().ok_or("the container has no id")?;

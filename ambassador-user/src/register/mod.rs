@@ -147,7 +147,7 @@ struct Register {
     /// them gets (the first container's).
     services: HashMap<String, (u16, crate::model::Proto)>,
     /// Services known to exist (created or found), with their frontend.
-    ensured: HashMap<String, std::net::SocketAddrV4>,
+    ensured: HashMap<String, std::net::SocketAddr>,
     /// Containers whose port differs from their service's frontend port (said once).
     disagreeing: HashSet<String>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".

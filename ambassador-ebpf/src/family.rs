@@ -1,0 +1,165 @@
+//! The two address families as one interface, so the load balancer, the connection table and
+//! the translation are written once: `u32` is IPv4, `[u8; 16]` is IPv6 (network byte order
+//! both). Each family has its own maps of the same shapes (Cilium's way); what differs is
+//! where the addresses sit in the header and what a rewrite must keep correct (IPv4 has a
+//! header checksum, IPv6 none; both L4 checksums cover the addresses through the pseudo
+//! header).
+
+use ambassador_common::{csum, Addr, Backend, CtEntry, CtKey, RevNat, ServiceKey, ServiceValue4};
+use aya_ebpf::{
+    bindings::BPF_F_PSEUDO_HDR,
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use aya_log_ebpf::macro_support::{Argument, IpFormatter};
+
+use crate::{
+    maps::{
+        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SERVICES, SERVICES6,
+    },
+    parse::{self, ETH_HLEN, IP6_DADDR, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR},
+};
+
+/// Size of one address word in a checksum update (the low bits of the helper's flags).
+const CSUM_WORD: u64 = 4;
+
+/// An address family of the datapath.
+pub trait Family: Addr {
+    /// How the debug log prints an address (`{:i}`).
+    type Shown: Copy + IpFormatter + Argument;
+    /// Offsets of the source and destination addresses from the start of the frame.
+    const SADDR_OFF: usize;
+    /// See [`Family::SADDR_OFF`].
+    const DADDR_OFF: usize;
+
+    /// Frontends.
+    fn services() -> &'static HashMap<ServiceKey<Self>, ServiceValue4>;
+    /// Backends by id.
+    fn backends() -> &'static HashMap<u32, Backend<Self>>;
+    /// Forward connection table.
+    fn conntrack() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>>;
+    /// Reverse NAT.
+    fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>>;
+    /// The address as the debug log prints it.
+    fn shown(self) -> Self::Shown;
+    /// Whether two addresses are equal (word by word: BPF has no `memcmp`).
+    fn same(self, other: Self) -> bool;
+    /// Writes `new` over the address `old` at `off` (SADDR_OFF or DADDR_OFF), with the L4
+    /// checksum at `csum_off` (`l4_flags`: extra flags of its update) and any header checksum
+    /// kept correct.
+    fn rewrite_addr(
+        ctx: &TcContext,
+        off: usize,
+        csum_off: usize,
+        old: Self,
+        new: Self,
+        l4_flags: u64,
+    ) -> Result<(), i64>;
+}
+
+impl Family for u32 {
+    type Shown = u32;
+    const SADDR_OFF: usize = ETH_HLEN + IP_SADDR;
+    const DADDR_OFF: usize = ETH_HLEN + IP_DADDR;
+
+    fn services() -> &'static HashMap<ServiceKey<Self>, ServiceValue4> {
+        &SERVICES
+    }
+    fn backends() -> &'static HashMap<u32, Backend<Self>> {
+        &BACKENDS
+    }
+    fn conntrack() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>> {
+        &CONNTRACK
+    }
+    fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
+        &REVERSE_NAT
+    }
+    fn shown(self) -> u32 {
+        u32::from_be(self)
+    }
+    fn same(self, other: u32) -> bool {
+        self == other
+    }
+
+    #[inline(always)]
+    fn rewrite_addr(
+        ctx: &TcContext,
+        off: usize,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        l4_flags: u64,
+    ) -> Result<(), i64> {
+        let ip_csum = parse::ip_csum(ctx).ok_or(-1i64)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            old as u64,
+            new as u64,
+            BPF_F_PSEUDO_HDR as u64 | l4_flags | CSUM_WORD,
+        )?;
+        ctx.store(off, &new, 0)?;
+        let new_csum = csum::replace4(ip_csum, u32::from_be(old), u32::from_be(new));
+        ctx.store(ETH_HLEN + IP_CSUM, &new_csum.to_be(), 0)?;
+        Ok(())
+    }
+}
+
+impl Family for [u8; 16] {
+    type Shown = [u8; 16];
+    const SADDR_OFF: usize = ETH_HLEN + IP6_SADDR;
+    const DADDR_OFF: usize = ETH_HLEN + IP6_DADDR;
+
+    fn services() -> &'static HashMap<ServiceKey<Self>, ServiceValue4> {
+        &SERVICES6
+    }
+    fn backends() -> &'static HashMap<u32, Backend<Self>> {
+        &BACKENDS6
+    }
+    fn conntrack() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>> {
+        &CONNTRACK6
+    }
+    fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
+        &REVERSE_NAT6
+    }
+    fn shown(self) -> [u8; 16] {
+        self
+    }
+    #[inline(always)]
+    fn same(self, other: [u8; 16]) -> bool {
+        (0..4).all(|i| word(&self, i) == word(&other, i))
+    }
+
+    /// No header checksum; the pseudo header's address is four words of the L4 checksum.
+    #[inline(always)]
+    fn rewrite_addr(
+        ctx: &TcContext,
+        off: usize,
+        csum_off: usize,
+        old: [u8; 16],
+        new: [u8; 16],
+        l4_flags: u64,
+    ) -> Result<(), i64> {
+        for i in 0..4 {
+            let w = |a: &[u8; 16]| {
+                u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+            };
+            let (o, n) = (w(&old), w(&new));
+            if o != n {
+                ctx.l4_csum_replace(
+                    csum_off,
+                    o as u64,
+                    n as u64,
+                    BPF_F_PSEUDO_HDR as u64 | l4_flags | CSUM_WORD,
+                )?;
+            }
+        }
+        ctx.store(off, &new, 0)?;
+        Ok(())
+    }
+}
+
+/// Word `i` (0..4) of an IPv6 address, as it lies in memory.
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+}
