@@ -170,3 +170,37 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_both_families_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_addr("10.96.0.10:80").unwrap().to_string(),
+            "10.96.0.10:80"
+        );
+        assert_eq!(
+            parse_addr("[FD00::10]:80").unwrap().to_string(),
+            "[fd00::10]:80"
+        );
+        assert!(parse_addr("[fd00::10]:0").unwrap_err().contains("port 0"));
+        assert!(parse_addr("[fe80::1%2]:80")
+            .unwrap_err()
+            .contains("scope id"));
+        assert!(parse_addr("fd00::10:80").is_err(), "IPv6 needs brackets");
+        assert!(parse_addr("db:80").is_err());
+    }
+
+    #[test]
+    fn networks_parse_strictly_in_both_families() {
+        assert_eq!(parse_net("fd00:1::/64").unwrap().to_string(), "fd00:1::/64");
+        assert_eq!(parse_net("fd00::1").unwrap().to_string(), "fd00::1/128");
+        assert!(parse_net("fd00::1/64").unwrap_err().contains("fd00::/64"));
+        assert!(
+            parse_cidr("fd00::/64").is_err(),
+            "allocation ranges are IPv4"
+        );
+    }
+}

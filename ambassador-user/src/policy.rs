@@ -204,6 +204,48 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_backends_follow_the_same_rules_and_families_never_mix() {
+        let mut d = Desired::new();
+        d.insert(
+            "web6".into(),
+            ServiceSpec {
+                frontend: "[fd00:96::10]:80".parse().unwrap(),
+                proto: Proto::Tcp,
+                endpoints: [
+                    "[fd00:1::2]:80",
+                    "[::1]:80",
+                    "[fe80::1]:80",
+                    "[ff02::1]:80",
+                    "10.1.0.2:80",
+                    "[::ffff:127.0.0.1]:80",
+                ]
+                .iter()
+                .map(|a| Endpoint {
+                    addr: a.parse().unwrap(),
+                    weight: 1,
+                })
+                .collect(),
+            },
+        );
+        let p = BackendPolicy {
+            allow: vec![parse_net("fd00:1::/64").unwrap()],
+        };
+        let (out, refused) = p.filter(&d);
+        assert_eq!(out["web6"].endpoints.len(), 1, "{refused:?}");
+        let why: Vec<&str> = refused.iter().map(|r| r.why.as_str()).collect();
+        assert!(why.iter().any(|w| w.contains("loopback (::1)")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("link-local")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("multicast")), "{why:?}");
+        assert!(
+            why.iter()
+                .any(|w| w.contains("an IPv4 endpoint of an IPv6 frontend")),
+            "{why:?}"
+        );
+        // An IPv4-mapped address is judged as the IPv4 address it carries.
+        assert_eq!(refused.len(), 5, "{why:?}");
+    }
+
+    #[test]
     fn allow_backend_restricts() {
         let p = BackendPolicy {
             allow: vec![parse_net("10.1.0.0/16").unwrap()],

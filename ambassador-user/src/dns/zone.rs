@@ -823,6 +823,47 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_services_answer_aaaa_and_their_endpoints_have_names() {
+        let mut d = Desired::new();
+        d.insert(
+            "web6".into(),
+            ServiceSpec {
+                frontend: "[fd00:96::10]:80".parse().unwrap(),
+                proto: Proto::Tcp,
+                endpoints: vec![Endpoint {
+                    addr: "[fd00:1::2]:8080".parse().unwrap(),
+                    weight: 2,
+                }],
+            },
+        );
+        let z = Zone::new(parse_domain("ambassador.internal").unwrap(), &d, vec![], 1);
+        let get = |name: &str, t: RecordType| match handle(
+            &query(name, t, None),
+            &z,
+            Transport::Udp,
+            false,
+        ) {
+            Reply::Answer { bytes, .. } => Message::from_vec(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let m = get("web6.ambassador.internal.", RecordType::AAAA);
+        assert_eq!(rdata(&m), ["fd00:96::10"]);
+        let m = get("web6.ambassador.internal.", RecordType::A);
+        assert!(m.answers.is_empty(), "NODATA for A");
+        assert_eq!(m.response_code, ResponseCode::NoError);
+        let m = get("_web6._tcp.endpoints.ambassador.internal.", RecordType::SRV);
+        assert_eq!(
+            rdata(&m),
+            ["0 2 8080 fd00-1-0-0-0-0-0-2.endpoints.ambassador.internal."]
+        );
+        let m = get(
+            "fd00-1-0-0-0-0-0-2.endpoints.ambassador.internal.",
+            RecordType::AAAA,
+        );
+        assert_eq!(rdata(&m), ["fd00:1::2"]);
+    }
+
+    #[test]
     fn domains_are_validated_and_normalised() {
         assert_eq!(
             parse_domain("Svc.Example.").unwrap().to_string(),
