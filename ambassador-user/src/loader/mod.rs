@@ -267,7 +267,14 @@ fn pin_link<E: std::fmt::Display>(
 fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {
     move |source| {
         let text = source.to_string();
-        if text.contains("Permission denied") || text.contains("Operation not permitted") {
+        // EACCES is also the verifier's refusal of a program: as root, that is what it means,
+        // and its log says why.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let refused_by_verifier = text.contains("Verifier output") && root;
+        if !refused_by_verifier
+            && (text.contains("Permission denied") || text.contains("Operation not permitted"))
+        {
             // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
             // parser's packet-pointer arithmetic (a Spectre mitigation).
             let why = if text.contains("prohibited for !root")
