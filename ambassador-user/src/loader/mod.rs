@@ -267,19 +267,16 @@ fn pin_link<E: std::fmt::Display>(
 fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {
     move |source| {
         let text = source.to_string();
-        // EACCES is also the verifier's refusal of a program: as root, that is what it means,
-        // and its log says why.
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let refused_by_verifier = text.contains("Verifier output") && root;
-        if !refused_by_verifier
-            && (text.contains("Permission denied") || text.contains("Operation not permitted"))
-        {
-            // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the
-            // parser's packet-pointer arithmetic (a Spectre mitigation).
-            let why = if text.contains("prohibited for !root")
-                || text.contains("pointer -= pointer prohibited")
-            {
+        let denied = text.contains("Permission denied") || text.contains("Operation not permitted");
+        // Without CAP_PERFMON the verifier treats us as unprivileged and refuses the parser's
+        // packet-pointer arithmetic (a Spectre mitigation).
+        let no_perfmon =
+            text.contains("prohibited for !root") || text.contains("pointer -= pointer prohibited");
+        // EACCES is also the verifier's plain refusal of a program: with every capability
+        // (root's bounding set), that is what it means, and its log says why.
+        let all_caps = caps_all();
+        if denied && (no_perfmon || !all_caps || !text.contains("Verifier output")) {
+            let why = if no_perfmon {
                 " (the verifier refuses its pointer arithmetic without CAP_PERFMON)"
             } else {
                 ""
@@ -294,6 +291,20 @@ fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error +
             }
         }
     }
+}
+
+/// Whether this process holds CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (effective set, from
+/// /proc/self/status).
+fn caps_all() -> bool {
+    const NEEDED: u64 = (1 << 39) | (1 << 12) | (1 << 38); // CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & NEEDED == NEEDED)
 }
 
 /// Loads the datapath and attaches it where `targets` says: on each interface DNAT on
