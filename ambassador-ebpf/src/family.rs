@@ -17,7 +17,7 @@ use crate::{
     maps::{
         BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SERVICES, SERVICES6,
     },
-    parse::{self, ETH_HLEN, IP6_DADDR, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR},
+    parse::{self, IpPacket, ETH_HLEN, IP6_DADDR, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR},
 };
 
 /// Size of one address word in a checksum update (the low bits of the helper's flags).
@@ -40,6 +40,8 @@ pub trait Family: Addr {
     fn conntrack() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>>;
     /// Reverse NAT.
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>>;
+    /// The packet's IP header of this family, if it is one (TCP or UDP).
+    fn parse(ctx: &TcContext) -> Option<IpPacket<Self>>;
     /// The address as the debug log prints it.
     fn shown(self) -> Self::Shown;
     /// Whether two addresses are equal (word by word: BPF has no `memcmp`).
@@ -73,6 +75,10 @@ impl Family for u32 {
     }
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
         &REVERSE_NAT
+    }
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Option<IpPacket<u32>> {
+        parse::ipv4(ctx)
     }
     fn shown(self) -> u32 {
         u32::from_be(self)
@@ -121,6 +127,10 @@ impl Family for [u8; 16] {
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
         &REVERSE_NAT6
     }
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Option<IpPacket<[u8; 16]>> {
+        parse::ipv6(ctx)
+    }
     fn shown(self) -> [u8; 16] {
         self
     }
@@ -160,6 +170,6 @@ impl Family for [u8; 16] {
 
 /// Word `i` (0..4) of an IPv6 address, as it lies in memory.
 #[inline(always)]
-fn word(a: &[u8; 16], i: usize) -> u32 {
+pub fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
 }

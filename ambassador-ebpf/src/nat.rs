@@ -38,18 +38,20 @@ pub enum Side {
 #[inline(always)]
 pub fn dnat(ctx: &TcContext) -> Verdict {
     parse::pull_headers(ctx);
+    // One function (no BPF-to-BPF call): the IPv6 path's keys need most of the 512-byte stack,
+    // and a call would add the callee's frame to it.
     if let Some(ip) = parse::ipv4(ctx) {
-        return dnat_ip(ctx, &ip);
+        return dnat_packet(ctx, &ip);
     }
     if let Some(ip) = parse::ipv6(ctx) {
-        return dnat_ip(ctx, &ip);
+        return dnat_packet(ctx, &ip);
     }
     icmp::from_client(ctx)
 }
 
-/// DNAT of one IPv4 or IPv6 packet.
+/// DNAT of one IPv4 or IPv6 TCP or UDP packet.
 #[inline(always)]
-fn dnat_ip<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
+fn dnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
     if ip.fragment {
         // Only the first fragment carries ports, so a fragment can never be matched to a
         // flow: drop it if it goes to a frontend address, leave it alone otherwise.
@@ -157,18 +159,24 @@ fn forward<A: Family>(
 #[inline(always)]
 pub fn rnat(ctx: &TcContext) -> Verdict {
     parse::pull_headers(ctx);
-    if let Some(ip) = parse::ipv4(ctx) {
-        return rnat_ip(ctx, &ip);
-    }
-    if let Some(ip) = parse::ipv6(ctx) {
-        return rnat_ip(ctx, &ip);
-    }
-    icmp::to_client(ctx)
+    let handled = match parse::ethertype(ctx) {
+        Some(parse::ETH_P_IP) => rnat_ip::<u32>(ctx),
+        Some(parse::ETH_P_IPV6) => rnat_ip::<[u8; 16]>(ctx),
+        _ => return Verdict::Pass,
+    };
+    handled.unwrap_or_else(|| icmp::to_client(ctx))
 }
 
-/// Reverse NAT of one IPv4 or IPv6 packet.
+/// Reverse NAT of one IPv4 or IPv6 TCP or UDP packet (a function per family, like
+/// [`dnat_ip`]).
+#[inline(never)]
+fn rnat_ip<A: Family>(ctx: &TcContext) -> Option<Verdict> {
+    let ip = &A::parse(ctx)?;
+    Some(rnat_packet(ctx, ip))
+}
+
 #[inline(always)]
-fn rnat_ip<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
+fn rnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
     if ip.fragment {
         return Verdict::Pass;
     }

@@ -7,8 +7,8 @@ use aya_ebpf::programs::TcContext;
 pub const ETH_HLEN: usize = 14;
 /// Offset of the ethertype in the Ethernet header.
 const ETH_TYPE: usize = 12;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 /// IPv6 header field offsets, relative to the start of the IPv6 header.
 const IP6_PAYLOAD_LEN: usize = 4;
@@ -96,6 +96,12 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
+/// The frame's ethertype.
+#[inline(always)]
+pub fn ethertype(ctx: &TcContext) -> Option<u16> {
+    read::<u16>(ctx, ETH_TYPE).map(u16::from_be)
+}
+
 /// Makes the headers the parser reads in place (Ethernet and the fixed IPv4 header; the rest
 /// is read and written with the kernel's copying helpers, which reach page fragments) part of
 /// the linear buffer when the packet keeps them in page fragments, as frames from AF_PACKET
@@ -162,11 +168,13 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
     if ethertype != ETH_P_IPV6 {
         return None;
     }
-    let hdr: [u8; IP6_HLEN] = ctx.load(ETH_HLEN).ok()?;
-    if hdr[0] >> 4 != 6 {
+    // The fixed part and the addresses, each loaded where it is kept (no copy of the whole
+    // header: the stack is short).
+    let head: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+    if head[0] >> 4 != 6 {
         return None;
     }
-    let mut next = hdr[IP6_NEXT];
+    let mut next = head[IP6_NEXT];
     let mut off = ETH_HLEN + IP6_HLEN;
     let mut fragment = false;
     for _ in 0..IP6_MAX_EXT {
@@ -189,15 +197,10 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
     if next != proto::TCP && next != proto::UDP {
         return None;
     }
-    let addr = |at: usize| {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&hdr[at..at + 16]);
-        a
-    };
-    let payload = u16::from_be_bytes([hdr[IP6_PAYLOAD_LEN], hdr[IP6_PAYLOAD_LEN + 1]]);
+    let payload = u16::from_be_bytes([head[IP6_PAYLOAD_LEN], head[IP6_PAYLOAD_LEN + 1]]);
     Some(Ipv6Packet {
-        saddr_be: addr(IP6_SADDR),
-        daddr_be: addr(IP6_DADDR),
+        saddr_be: ctx.load(ETH_HLEN + IP6_SADDR).ok()?,
+        daddr_be: ctx.load(ETH_HLEN + IP6_DADDR).ok()?,
         proto: next,
         tot_len: payload.saturating_add(IP6_HLEN as u16),
         fragment,
@@ -243,21 +246,21 @@ const ICMP_HLEN: usize = 8;
 /// Offset of the ICMP checksum in the ICMP header.
 const ICMP_CSUM: usize = 2;
 
-/// An ICMP error (destination unreachable, time exceeded, parameter problem) about a TCP or
-/// UDP packet: the outer addresses, and the embedded packet's header fields and where they
-/// are. Addresses and ports in network byte order.
-pub struct IcmpError {
+/// An ICMP or ICMPv6 error (destination unreachable, time exceeded, parameter problem,
+/// packet too big) about a TCP or UDP packet: the outer addresses, and the embedded packet's
+/// header fields and where they are. Addresses and ports in network byte order.
+pub struct IcmpError<A> {
     pub icmp_type: u8,
     pub icmp_code: u8,
     /// The outer header's addresses.
-    pub saddr_be: u32,
-    pub daddr_be: u32,
+    pub saddr_be: A,
+    pub daddr_be: A,
     /// Offset of the ICMP checksum from the start of the frame.
     pub icmp_csum_off: usize,
-    /// The embedded packet: its IPv4 header's offset, addresses, protocol and checksum.
+    /// The embedded packet: its IP header's offset, addresses, protocol and (IPv4) checksum.
     pub inner_off: usize,
-    pub inner_saddr_be: u32,
-    pub inner_daddr_be: u32,
+    pub inner_saddr_be: A,
+    pub inner_daddr_be: A,
     pub inner_proto: u8,
     pub inner_csum: u16,
     /// Offset of the embedded L4 header, and its ports.
@@ -270,7 +273,7 @@ pub struct IcmpError {
 /// header and ports); `None` for anything else. Bounds-checked copies throughout: the offsets
 /// depend on two IP header lengths.
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext) -> Option<IcmpError> {
+pub fn icmp_error(ctx: &TcContext) -> Option<IcmpError<u32>> {
     let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
     if ethertype != ETH_P_IP {
         return None;
@@ -314,11 +317,61 @@ pub fn icmp_error(ctx: &TcContext) -> Option<IcmpError> {
     })
 }
 
+/// IP protocol number of ICMPv6.
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 error types that carry the offending packet.
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
+const ICMP6_TIME_EXCEEDED: u8 = 3;
+const ICMP6_PARAMETER_PROBLEM: u8 = 4;
+
+/// Parses an ICMPv6 error about a TCP or UDP packet (Ethernet + IPv6 + ICMPv6 + the embedded
+/// IPv6 header and ports); `None` for anything else, including errors whose outer or
+/// embedded packet carries extension headers (rare on errors, and left alone).
+#[inline(always)]
+pub fn icmp6_error(ctx: &TcContext) -> Option<IcmpError<[u8; 16]>> {
+    let head: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+    if head[0] >> 4 != 6 || head[IP6_NEXT] != IPPROTO_ICMPV6 {
+        return None;
+    }
+    let icmp_off = ETH_HLEN + IP6_HLEN;
+    let [icmp_type, icmp_code]: [u8; 2] = ctx.load(icmp_off).ok()?;
+    if !matches!(
+        icmp_type,
+        ICMP6_DEST_UNREACH | ICMP6_PACKET_TOO_BIG | ICMP6_TIME_EXCEEDED | ICMP6_PARAMETER_PROBLEM
+    ) {
+        return None;
+    }
+    let inner_off = icmp_off + ICMP_HLEN;
+    let inner: [u8; 8] = ctx.load(inner_off).ok()?;
+    let inner_proto = inner[IP6_NEXT];
+    if inner[0] >> 4 != 6 || (inner_proto != proto::TCP && inner_proto != proto::UDP) {
+        return None;
+    }
+    let inner_l4_off = inner_off + IP6_HLEN;
+    let ports: [u8; 4] = ctx.load(inner_l4_off).ok()?;
+    Some(IcmpError {
+        icmp_type,
+        icmp_code,
+        saddr_be: ctx.load(ETH_HLEN + IP6_SADDR).ok()?,
+        daddr_be: ctx.load(ETH_HLEN + IP6_DADDR).ok()?,
+        icmp_csum_off: icmp_off + ICMP_CSUM,
+        inner_off,
+        inner_saddr_be: ctx.load(inner_off + IP6_SADDR).ok()?,
+        inner_daddr_be: ctx.load(inner_off + IP6_DADDR).ok()?,
+        inner_proto,
+        inner_csum: 0,
+        inner_l4_off,
+        inner_sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        inner_dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+    })
+}
+
 /// The offset of the embedded packet's L4 checksum, when the ICMP error carries it (an ICMP
 /// error need only carry the first 8 bytes of the L4 header: a UDP checksum always, a TCP one
 /// only when the router quoted more).
 #[inline(always)]
-pub fn inner_l4_csum_off(ctx: &TcContext, e: &IcmpError) -> Option<usize> {
+pub fn inner_l4_csum_off<A>(ctx: &TcContext, e: &IcmpError<A>) -> Option<usize> {
     let off = e.inner_l4_off
         + if e.inner_proto == proto::TCP {
             TCP_CSUM

@@ -741,7 +741,49 @@ fn ipv6_packets_are_translated_both_ways_with_valid_checksums() {
         "IPv6 fixture failures:\n  {}",
         failures.join("\n  ")
     );
+    // A router's "packet too big" about the client's segment, quoted as the backend saw it, is
+    // about the frontend: the quoted destination and every checksum (the ICMPv6 one through
+    // its pseudo header) recomputed by etherparse.
+    const ROUTER6: [u8; 16] = [0xfd, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let quoted = frame6(CLIENT6, 40000, BACKEND6, 8080, Some((false, true)), b"data");
+    let mut ptb = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(ROUTER6, CLIENT6, 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut ptb, &quoted[14..])
+        .unwrap();
+    let (verdict, out) = test_run(rnat, &ptb);
+    assert_eq!(verdict, NEXT);
+    let p = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Icmpv6(icmp))) =
+        (&p.net, &p.transport)
+    else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(
+        (ip.source, ip.destination),
+        (ROUTER6, CLIENT6),
+        "a router's error keeps its source"
+    );
+    let payload = p.payload.slice();
+    assert_eq!(
+        icmp.icmp_type
+            .calc_checksum(ip.source, ip.destination, payload)
+            .unwrap(),
+        icmp.checksum,
+        "ICMPv6 checksum"
+    );
+    let mut framed = out[..14].to_vec();
+    framed.extend_from_slice(payload);
+    let (s, d, csum) = inspect6(&framed);
+    assert_eq!(
+        (s, d),
+        ((CLIENT6, 40000), (VIP6, 80)),
+        "the quote is about the frontend"
+    );
+    csum.expect("the quoted segment's checksum");
     let reasons = maps.reasons().unwrap();
     assert_eq!(reasons["forwarded"], 3, "{reasons:?}");
     assert_eq!(reasons["reverse_nat"], 2, "{reasons:?}");
+    assert_eq!(reasons["icmp_error"], 1, "{reasons:?}");
 }

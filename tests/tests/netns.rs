@@ -1263,3 +1263,53 @@ fn ipv6_tcp_and_udp_spread_over_backends_with_valid_checksums() {
     );
     assert_eq!(status(&pin.path)["control_plane"]["refused_endpoints"], 1);
 }
+
+#[test]
+fn ipv6_path_mtu_discovery_works_through_a_frontend() {
+    if !require_root("ipv6_path_mtu_discovery_works_through_a_frontend") {
+        return;
+    }
+    let topo = Topology::new(1);
+    topo.add_ipv6();
+    // As for IPv4: a 1280-byte link (IPv6's minimum) the backend does not know about.
+    topo.fwd.ip(&["link", "set", "b1", "mtu", "1280"]);
+    let size = 1 << 20;
+    let server = sink(&topo.backends[0], &Topology::backend_addr6(1, 9000), size);
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"bulk6\"\nfrontend = \"[fd00:96::10]:80\"\nendpoints = [\"{}\"]\n",
+        Topology::backend_addr6(1, 9000)
+    ));
+    let _d = start(&topo, &pin, &cfg);
+    let started = std::time::Instant::now();
+    let answer = topo.client.run(move || -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"[fd00:96::10]:80".parse().unwrap(),
+            Duration::from_secs(2),
+        )?;
+        s.set_write_timeout(Some(Duration::from_secs(15)))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(&vec![0x5a; size])?;
+        let mut ok = [0u8; 3];
+        s.read_exact(&mut ok)?;
+        Ok(String::from_utf8_lossy(&ok).into_owned())
+    });
+    let st = status(&pin.path);
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some("ok\n"),
+        "the 1 MiB write stalled ({answer:?} after {:?}): {st}",
+        started.elapsed()
+    );
+    server.join().unwrap();
+    let route = topo
+        .client
+        .exec(&["ip", "-6", "route", "get", "fd00:96::10"]);
+    assert!(
+        route.contains("mtu 1280"),
+        "the client learned no path MTU: {route}"
+    );
+    assert!(st["reasons"]["icmp_error"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(topo.client.snmp6("Icmp6InCsumErrors"), 0);
+}
