@@ -269,7 +269,13 @@ pub struct Throughput {
 }
 
 /// iperf3 with `streams` parallel streams.
-fn throughput(client: &NetNs, ip: &str, port: u16, secs: u32, streams: u32) -> Result<Throughput> {
+pub fn throughput(
+    client: &NetNs,
+    ip: &str,
+    port: u16,
+    secs: u32,
+    streams: u32,
+) -> Result<Throughput> {
     let (busy0, _) = cpu_seconds();
     let out = Command::new("ip")
         .args([

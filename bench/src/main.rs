@@ -8,6 +8,7 @@ mod chart;
 mod control_plane;
 mod datapath;
 mod dns;
+mod ipv6;
 mod scale;
 mod stats;
 
@@ -57,6 +58,8 @@ pub enum Only {
     ControlPlane,
     /// The DNS responder against dnsmasq: queries per second and answer latency.
     Dns,
+    /// IPv6: direct and ambassador-tc side by side.
+    Ipv6,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -118,6 +121,11 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     }
     if wanted(Only::ControlPlane) {
         control_plane::control_plane(&dir, quick)?;
+    }
+    if wanted(Only::Ipv6) {
+        println!("ipv6: direct and ambassador-tc over IPv6, interleaved");
+        let (md, json) = crate::ipv6::run(quick)?;
+        write(&dir, "ipv6", &md, &json)?;
     }
     if wanted(Only::Dns) {
         println!("dns: the responder against dnsmasq, the same names, interleaved");

@@ -219,7 +219,7 @@ fn malformed_and_hostile_values_are_skipped_and_counted_without_harming_other_se
             r#"{"addr":"10.200.2.2:8080","weight":-3}"#,
         ),
         ("/ambassador/v1/endpoints/web/huge", &huge),
-        ("/ambassador/v1/endpoints/web/v6", "[::1]:8080"),
+        ("/ambassador/v1/endpoints/web/scoped", "[fe80::1%2]:8080"),
     ];
     for (k, v) in bad {
         let out = bed.etcd.ctl(&["put", k, v]);

@@ -1,0 +1,201 @@
+//! IPv6 through the `tc` datapath against no proxy at all, the same way as the IPv4 table:
+//! client -> forwarding host -> backend over IPv6, `direct`, `direct (again)` (the run's
+//! resolution) and `ambassador-tc6` in a random order each repetition, ratios per
+//! repetition. sockperf (3.7) speaks no IPv6, so latency is a 64-byte TCP ping-pong of this
+//! benchmark's own (the same client for every mode); throughput is iperf3 `-6`.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, Topology};
+use anyhow::{bail, Result};
+use rand::{rngs::StdRng, seq::SliceRandom as _, SeedableRng as _};
+
+use crate::{
+    datapath::{conn_rate, throughput, RrServer},
+    stats::{median, pct, ratio, spread},
+};
+
+const BACKEND6: &str = "fd00:200:1::2";
+const VIP6: &str = "fd00:96::10";
+const LAT_PORT: u16 = 11111;
+const CONN_PORT: u16 = 12222;
+const TPUT_PORT: u16 = 5201;
+const MSG: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    DirectAgain,
+    Tc,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Direct, Mode::DirectAgain, Mode::Tc];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct6",
+            Mode::DirectAgain => "direct6 (again)",
+            Mode::Tc => "ambassador-tc6",
+        }
+    }
+
+    fn ip(self) -> &'static str {
+        match self {
+            Mode::Direct | Mode::DirectAgain => BACKEND6,
+            Mode::Tc => VIP6,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    conn: Vec<f64>,
+    gbps: Vec<f64>,
+}
+
+/// A 64-byte TCP ping-pong over one connection for `n` round trips: half round trip p50 and
+/// p99 in microseconds (sockperf's measure).
+fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 2]> {
+    let addr: SocketAddr = format!("[{ip}]:{LAT_PORT}").parse()?;
+    let mut us = client.run(move || -> std::io::Result<Vec<f64>> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [7u8; MSG];
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(&buf)?;
+            s.read_exact(&mut buf)?;
+            out.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+        Ok(out)
+    })?;
+    us.sort_by(f64::total_cmp);
+    Ok([pct(&us, 0.5), pct(&us, 0.99)])
+}
+
+/// An echo server for the ping-pong: every 64 bytes read are written back, per connection.
+fn echo(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let listener = ns.run(move || std::net::TcpListener::bind(addr).expect("bind"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let _ = c.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; MSG];
+                while c.read_exact(&mut buf).is_ok() && c.write_all(&buf).is_ok() {}
+            });
+        }
+    })
+}
+
+pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
+    let (reps, lat_n, secs) = if quick { (1, 2_000, 1) } else { (5, 20_000, 3) };
+    let topo = Topology::new(1);
+    topo.add_ipv6();
+    for (ns, dev) in [
+        (&topo.client, "eth0"),
+        (&topo.fwd, "c0"),
+        (&topo.fwd, "b1"),
+        (&topo.backends[0], "eth0"),
+    ] {
+        ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
+    }
+    let backend = &topo.backends[0];
+    // The echo server's listener lives as long as the process (its thread never ends).
+    let _echo = echo(backend, format!("[{BACKEND6}]:{LAT_PORT}").parse()?);
+    let _rr = RrServer::start(backend, &format!("[{BACKEND6}]:{CONN_PORT}"));
+    let _iperf = Proc::spawn(
+        &backend.name,
+        "iperf3",
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-B", BACKEND6, "-p", &TPUT_PORT.to_string()].map(str::to_owned),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut cfg = String::new();
+    for (name, port) in [("lat", LAT_PORT), ("conn", CONN_PORT), ("tput", TPUT_PORT)] {
+        let _ = write!(
+            cfg,
+            "[[service]]\nname = \"{name}\"\nfrontend = \"[{VIP6}]:{port}\"\nendpoints = [\"[{BACKEND6}]:{port}\"]\n\n"
+        );
+    }
+    let cfg = TempFile::new(&cfg);
+
+    let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
+    let mut rng = StdRng::seed_from_u64(0x6970_7636);
+    for rep in 0..reps {
+        let mut order: Vec<usize> = (0..Mode::ALL.len()).collect();
+        order.shuffle(&mut rng);
+        for i in order {
+            let mode = Mode::ALL[i];
+            println!("  rep {}/{reps}: {}", rep + 1, mode.name());
+            let _active = match mode {
+                Mode::Tc => {
+                    let pin = PinDir::new();
+                    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+                    d.wait_ready();
+                    Some((d, pin))
+                }
+                _ => None,
+            };
+            let [p50, p99] = latency(&topo.client, mode.ip(), lat_n)?;
+            let c = conn_rate(&topo.client, &format!("[{}]", mode.ip()), CONN_PORT, secs)?;
+            let t = throughput(&topo.client, mode.ip(), TPUT_PORT, secs, 1)?;
+            if c.failed > 0 {
+                bail!("{}: {} connections failed", mode.name(), c.failed);
+            }
+            let r = &mut results[i];
+            r.p50.push(p50);
+            r.p99.push(p99);
+            r.conn.push(c.per_sec);
+            r.gbps.push(t.gbps);
+        }
+    }
+
+    let direct = &results[0];
+    let mut md = format!(
+        "## IPv6: ambassador-tc against no proxy\n\nClient -> forwarding host -> backend over IPv6 (veth, checksum offload on), {reps} repetitions, the modes in a random order in each; latency: a 64-byte TCP ping-pong, {lat_n} round trips (half round trip); connections: one 64-byte request per connection for {secs} s; throughput: iperf3 -6, one stream, {secs} s. Ratios are the median of per-repetition ratios to direct6, with their min-max.\n\n\
+         | mode | p50 us | p50 / direct | p99 us | conn/s | conn / direct | Gbit/s | Gbit/s / direct |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let mut json = serde_json::Map::new();
+    for (mode, r) in Mode::ALL.iter().zip(&results) {
+        let (p50r, p50s) = ratio(&r.p50, &direct.p50, 2);
+        let (cr, cs) = ratio(&r.conn, &direct.conn, 2);
+        let (gr, gs) = ratio(&r.gbps, &direct.gbps, 2);
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} ({}) | {p50r:.2} ({p50s}) | {:.1} | {:.0} | {cr:.2} ({cs}) | {:.2} | {gr:.2} ({gs}) |",
+            mode.name(),
+            median(&mut r.p50.clone()),
+            spread(&r.p50, 1),
+            median(&mut r.p99.clone()),
+            median(&mut r.conn.clone()),
+            median(&mut r.gbps.clone()),
+        );
+        json.insert(
+            mode.name().into(),
+            serde_json::json!({"p50_us": r.p50, "p99_us": r.p99, "conn_per_sec": r.conn, "gbps": r.gbps}),
+        );
+    }
+    let (again, again_spread) = ratio(&results[1].p50, &direct.p50, 2);
+    let (tc, _) = ratio(&results[2].p50, &direct.p50, 2);
+    let (tput, _) = ratio(&results[2].gbps, &direct.gbps, 2);
+    let _ = write!(
+        md,
+        "\nResolution: `direct6 (again)` / `direct6` p50 = {again:.2}x ({again_spread}). Goals: p50 <= 1.05x direct: **{}** ({tc:.2}x); one-stream throughput >= 0.95x: **{}** ({tput:.2}x){}.\n",
+        if tc <= 1.05 { "met" } else { "not met" },
+        if tput >= 0.95 { "met" } else { "not met" },
+        if reps < 3 { "; a quick run: one repetition, not a measurement" } else { "" },
+    );
+    Ok((md, serde_json::Value::Object(json)))
+}
