@@ -111,6 +111,12 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     ] {
         ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
     }
+    // Many short connections: a wide port range and TIME_WAIT reuse (these IPv4-named settings
+    // govern IPv6 TCP too), as in the IPv4 table.
+    for ns in [&topo.client, &topo.fwd, &topo.backends[0]] {
+        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    }
     let backend = &topo.backends[0];
     // The echo server's listener lives as long as the process (its thread never ends).
     let _echo = echo(backend, format!("[{BACKEND6}]:{LAT_PORT}").parse()?);

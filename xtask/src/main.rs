@@ -71,7 +71,7 @@ enum Task {
         testbed: bool,
     },
     /// Set up, build, then measure (results in target/bench/). The arguments go to
-    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane|dns`
+    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane|dns|ipv6`
     /// (`cargo xtask bench --help` lists them).
     Bench {
         /// Arguments for ambassador-bench.
