@@ -430,6 +430,24 @@ impl Drop for BpfStats {
     }
 }
 
+/// Readies a one-backend topology for measuring: checksum offload back on (the benchmark
+/// measures forwarding, not software checksums), and for many short connections a wide port
+/// range and TIME_WAIT reuse everywhere (these IPv4-named settings govern IPv6 TCP too).
+pub fn tune(topo: &Topology) {
+    for (ns, dev) in [
+        (&topo.client, "eth0"),
+        (&topo.fwd, "c0"),
+        (&topo.fwd, "b1"),
+        (&topo.backends[0], "eth0"),
+    ] {
+        ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
+    }
+    for ns in [&topo.client, &topo.fwd, &topo.backends[0]] {
+        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    }
+}
+
 /// The topology with its servers on the backend: sockperf, iperf3 and the one-request server;
 /// and the cgroup this process joins, where `ambassador-sock` attaches (dropped last: it
 /// moves the process back out).
@@ -443,20 +461,7 @@ pub struct Bed {
 impl Bed {
     pub fn new() -> Result<Self> {
         let topo = Topology::new(1);
-        // Checksum offload back on: the benchmark measures forwarding, not software checksums.
-        for (ns, dev) in [
-            (&topo.client, "eth0"),
-            (&topo.fwd, "c0"),
-            (&topo.fwd, "b1"),
-            (&topo.backends[0], "eth0"),
-        ] {
-            ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
-        }
-        // Many short connections: a wide port range and TIME_WAIT reuse everywhere.
-        for ns in [&topo.client, &topo.fwd, &topo.backends[0]] {
-            ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
-            ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
-        }
+        tune(&topo);
         // Netfilter conntrack active on the forwarding host in every mode, as on any Docker
         // host (otherwise only the modes that run after the first iptables one would pay it).
         iptables_restore(&topo.fwd.name, "-A POSTROUTING -d 192.0.2.1/32 -j RETURN\n")?;

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use rand::{rngs::StdRng, seq::SliceRandom as _, SeedableRng as _};
 
 use crate::{
-    datapath::{conn_rate, throughput, RrServer},
+    datapath::{conn_rate, throughput, tune, RrServer},
     stats::{median, pct, ratio, spread},
 };
 
@@ -103,20 +103,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let (reps, lat_n, secs) = if quick { (1, 2_000, 1) } else { (5, 20_000, 3) };
     let topo = Topology::new(1);
     topo.add_ipv6();
-    for (ns, dev) in [
-        (&topo.client, "eth0"),
-        (&topo.fwd, "c0"),
-        (&topo.fwd, "b1"),
-        (&topo.backends[0], "eth0"),
-    ] {
-        ns.exec(&["ethtool", "-K", dev, "tx", "on"]);
-    }
-    // Many short connections: a wide port range and TIME_WAIT reuse (these IPv4-named settings
-    // govern IPv6 TCP too), as in the IPv4 table.
-    for ns in [&topo.client, &topo.fwd, &topo.backends[0]] {
-        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
-    }
+    tune(&topo);
     let backend = &topo.backends[0];
     // The echo server's listener lives as long as the process (its thread never ends).
     let _echo = echo(backend, format!("[{BACKEND6}]:{LAT_PORT}").parse()?);

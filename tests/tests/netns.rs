@@ -1116,6 +1116,22 @@ fn frames_from_a_tap_device_with_headers_in_page_fragments_are_translated() {
     drop(tcp);
 }
 
+/// Writes `size` bytes to `addr` from `ns` in one go (path MTU discovery on, as by default),
+/// then reads the [`sink`]'s answer.
+fn bulk_write(ns: &NetNs, addr: &str, size: usize) -> std::io::Result<String> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    ns.run(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_write_timeout(Some(Duration::from_secs(15)))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(&vec![0x5a; size])?;
+        let mut ok = [0u8; 3];
+        s.read_exact(&mut ok)?;
+        Ok(String::from_utf8_lossy(&ok).into_owned())
+    })
+}
+
 /// A server in `ns` at `addr` that reads `n` bytes from each connection, then answers "ok".
 fn sink(ns: &NetNs, addr: &str, n: usize) -> std::thread::JoinHandle<()> {
     let addr: std::net::SocketAddr = addr.parse().unwrap();
@@ -1151,19 +1167,7 @@ fn path_mtu_discovery_works_through_a_frontend() {
     // client -> backend packet, and only translated back does the client's stack match it
     // to its socket, lower the path MTU and resend smaller.
     let started = std::time::Instant::now();
-    let answer = topo.client.run(move || -> std::io::Result<String> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &VIP_TCP.parse().unwrap(),
-            Duration::from_secs(2),
-        )?;
-        s.set_write_timeout(Some(Duration::from_secs(15)))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(&vec![0x5a; size])?;
-        let mut ok = [0u8; 3];
-        s.read_exact(&mut ok)?;
-        Ok(String::from_utf8_lossy(&ok).into_owned())
-    });
+    let answer = bulk_write(&topo.client, VIP_TCP, size);
     let st = status(&pin.path);
     assert_eq!(
         answer.as_deref().ok(),
@@ -1282,19 +1286,7 @@ fn ipv6_path_mtu_discovery_works_through_a_frontend() {
     ));
     let _d = start(&topo, &pin, &cfg);
     let started = std::time::Instant::now();
-    let answer = topo.client.run(move || -> std::io::Result<String> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &"[fd00:96::10]:80".parse().unwrap(),
-            Duration::from_secs(2),
-        )?;
-        s.set_write_timeout(Some(Duration::from_secs(15)))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(&vec![0x5a; size])?;
-        let mut ok = [0u8; 3];
-        s.read_exact(&mut ok)?;
-        Ok(String::from_utf8_lossy(&ok).into_owned())
-    });
+    let answer = bulk_write(&topo.client, "[fd00:96::10]:80", size);
     let st = status(&pin.path);
     assert_eq!(
         answer.as_deref().ok(),
