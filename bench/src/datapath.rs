@@ -18,9 +18,8 @@ use std::{
 
 use ambassador_tests::{Cgroup, Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Context as _, Result};
-use rand::{rngs::StdRng, seq::SliceRandom as _, SeedableRng as _};
 
-use crate::stats::{cpu_seconds, median, pct, ratio, spread};
+use crate::stats::{cpu_seconds, median, pct, ratio, shuffled_orders, spread};
 
 pub const BACKEND: &str = "10.200.1.2";
 pub const LAT_PORT: u16 = 11111;
@@ -581,11 +580,9 @@ pub fn run(quick: bool) -> Result<Report> {
 
     let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
     let mut prog_ns: Vec<(String, u64, f64)> = Vec::new();
-    let mut rng = StdRng::seed_from_u64(0x616d_6261);
-    for rep in 0..plan.reps {
+    let orders = shuffled_orders(plan.reps, Mode::ALL.len(), 0x616d_6261);
+    for (rep, order) in orders.into_iter().enumerate() {
         let heavy = rep < plan.heavy_reps;
-        let mut order: Vec<usize> = (0..Mode::ALL.len()).collect();
-        order.shuffle(&mut rng);
         for i in order {
             let mode = Mode::ALL[i];
             println!("  rep {}/{}: {}", rep + 1, plan.reps, mode.name());

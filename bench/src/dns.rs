@@ -16,9 +16,8 @@ use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, DNSMASQ_ARGS, DNSM
 use ambassador_user::dns::zone::query;
 use anyhow::{bail, Context as _, Result};
 use hickory_proto::rr::RecordType;
-use rand::{rngs::StdRng, seq::SliceRandom as _, SeedableRng as _};
 
-use crate::stats::{median, pct, ratio, spread};
+use crate::stats::{median, pct, ratio, shuffled_orders, spread};
 
 /// Services, and so names, both servers hold.
 const NAMES: usize = 100;
@@ -176,10 +175,10 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     }
 
     let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
-    let mut rng = StdRng::seed_from_u64(0x646e_7321);
-    for rep in 0..reps {
-        let mut order: Vec<usize> = (0..Mode::ALL.len()).collect();
-        order.shuffle(&mut rng);
+    for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x646e_7321)
+        .into_iter()
+        .enumerate()
+    {
         for i in order {
             let mode = Mode::ALL[i];
             println!("  rep {}/{reps}: {}", rep + 1, mode.name());

@@ -14,11 +14,10 @@ use std::{
 
 use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Result};
-use rand::{rngs::StdRng, seq::SliceRandom as _, SeedableRng as _};
 
 use crate::{
     datapath::{conn_rate, throughput, tune, RrServer},
-    stats::{median, pct, ratio, spread},
+    stats::{median, pct, ratio, shuffled_orders, spread},
 };
 
 const BACKEND6: &str = "fd00:200:1::2";
@@ -125,10 +124,10 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let cfg = TempFile::new(&cfg);
 
     let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
-    let mut rng = StdRng::seed_from_u64(0x6970_7636);
-    for rep in 0..reps {
-        let mut order: Vec<usize> = (0..Mode::ALL.len()).collect();
-        order.shuffle(&mut rng);
+    for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x6970_7636)
+        .into_iter()
+        .enumerate()
+    {
         for i in order {
             let mode = Mode::ALL[i];
             println!("  rep {}/{reps}: {}", rep + 1, mode.name());
