@@ -208,13 +208,7 @@ fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
         return Verdict::Pass;
     };
     // The key of the backend's replies to the quoted (client -> backend) packet.
-    let reply = CtKey::new(
-        e.inner_daddr_be,
-        e.inner_dport_be,
-        e.inner_saddr_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
+    let reply = answer_key(e);
     if A::refused(ctx, e, &reply) {
         return Verdict::Done(Reason::Failover);
     }
@@ -249,13 +243,7 @@ fn from_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
         return Verdict::Pass;
     };
     // The flow's forward key: the quoted packet went frontend -> client.
-    let key = CtKey::new(
-        e.inner_daddr_be,
-        e.inner_dport_be,
-        e.inner_saddr_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
+    let key = answer_key(e);
     // SAFETY: plain integers, replaced whole.
     let Some(flow) = (unsafe { A::conntrack().get(&key) }) else {
         return Verdict::Pass;
@@ -269,6 +257,18 @@ fn from_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
         Ok(()) => Verdict::Done(Reason::IcmpError),
         Err(_) => Verdict::Done(Reason::RewriteFailed),
     }
+}
+
+/// The connection-table key of a packet going the other way than the quoted one.
+#[inline(always)]
+fn answer_key<A: IcmpFamily>(e: &IcmpError<A>) -> CtKey<A> {
+    CtKey::new(
+        e.inner_daddr_be,
+        e.inner_dport_be,
+        e.inner_saddr_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    )
 }
 
 /// Rewrites one end of the quoted packet (address and port, its IPv4 header checksum and,
