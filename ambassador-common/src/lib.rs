@@ -35,6 +35,10 @@ pub mod map_names {
     /// Socket datapath: (socket cookie, backend) -> the frontend `recvmsg` and `getpeername`
     /// report instead.
     pub const SOCK_REVERSE: &str = "amb_skrev4_v1";
+    /// [`SOCK_FORWARD`] for IPv6 frontends.
+    pub const SOCK_FORWARD6: &str = "amb_skfwd6_v1";
+    /// [`SOCK_REVERSE`] for IPv6 backends.
+    pub const SOCK_REVERSE6: &str = "amb_skrev6_v1";
     /// IPv6 frontends: (address, port, proto) -> service id and slot count.
     pub const SERVICES6: &str = "amb_svc6_v1";
     /// backend id -> IPv6 backend address (ids are shared with [`BACKENDS`]: never reused).
@@ -48,7 +52,7 @@ pub mod map_names {
     /// Ring buffer of backend health transitions ([`crate::HealthEvent`]), read by the daemon.
     pub const HEALTH_EVENTS: &str = "amb_health_v1";
     /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -66,7 +70,11 @@ pub mod map_names {
         BACKENDS6,
         CONNTRACK6,
         REVERSE_NAT6,
+        SOCK_FORWARD6,
+        SOCK_REVERSE6,
     ];
+    /// The socket datapath's maps (sized by whether `sock` runs, not by the capacity flags).
+    pub const SOCK: [&str; 4] = [SOCK_FORWARD, SOCK_REVERSE, SOCK_FORWARD6, SOCK_REVERSE6];
 }
 
 /// Program names as the kernel shows them (`bpftool prog show`).
@@ -84,21 +92,34 @@ pub mod program_names {
     pub const SOCK_RECVMSG4: &str = "amb_sk_recvmsg4";
     /// cgroup `getpeername4`: a socket connected to a backend reports the frontend as its peer.
     pub const SOCK_GETPEERNAME4: &str = "amb_sk_getpeer4";
+    /// cgroup `connect6`: [`SOCK_CONNECT4`] for IPv6 sockets (IPv6 frontends, and IPv4 ones
+    /// dialled as IPv4-mapped addresses).
+    pub const SOCK_CONNECT6: &str = "amb_sk_connect6";
+    /// cgroup `sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
+    pub const SOCK_SENDMSG6: &str = "amb_sk_sendmsg6";
+    /// cgroup `recvmsg6`: [`SOCK_RECVMSG4`] for IPv6 sockets.
+    pub const SOCK_RECVMSG6: &str = "amb_sk_recvmsg6";
+    /// cgroup `getpeername6`: [`SOCK_GETPEERNAME4`] for IPv6 sockets.
+    pub const SOCK_GETPEERNAME6: &str = "amb_sk_getpeer6";
     /// cgroup `sock_release`: a closed socket's reverse entries go.
     pub const SOCK_RELEASE: &str = "amb_sk_release";
     /// The socket datapath's address programs, with the cgroup hook each attaches to.
-    pub const SOCK_ADDR: [(&str, &str); 4] = [
+    pub const SOCK_ADDR: [(&str, &str); 8] = [
         (SOCK_CONNECT4, "connect4"),
         (SOCK_SENDMSG4, "sendmsg4"),
         (SOCK_RECVMSG4, "recvmsg4"),
         (SOCK_GETPEERNAME4, "getpeername4"),
+        (SOCK_CONNECT6, "connect6"),
+        (SOCK_SENDMSG6, "sendmsg6"),
+        (SOCK_RECVMSG6, "recvmsg6"),
+        (SOCK_GETPEERNAME6, "getpeername6"),
     ];
 }
 
 /// Default capacity of each map: what the object declares, and what `ambassador run` creates
 /// unless `--max-services`, `--max-backends`, `--max-slots` or `--max-flows` say otherwise (the
-/// loader sets every map's size at load time). About 23 MiB of kernel memory on a 2-CPU host,
-/// 14 MiB more with the socket datapath; see the README's "Capacity".
+/// loader sets every map's size at load time). About 44 MiB of kernel memory on a 2-CPU host,
+/// 32 MiB more with the socket datapath; see the README's "Capacity".
 pub mod limits {
     /// Services (frontends). Service ids are 1..=services, indexing per-CPU counter arrays.
     pub const DEFAULT_SERVICES: u32 = 4_096;
@@ -202,15 +223,19 @@ impl Reason {
 /// IPv6. The map types below are generic over it; the `4` and `6` aliases are the two
 /// families (separate maps with the same shapes, Cilium's way).
 pub trait Addr: Copy + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static {
-    /// The explicit padding that aligns [`CtEntry`]'s timestamps after an address of this
-    /// size.
+    /// The explicit padding that aligns [`CtEntry`]'s and [`SockNat`]'s timestamps after an
+    /// address of this size.
     type Pad: Copy + Default + PartialEq + Eq + core::fmt::Debug + 'static;
+    /// The explicit padding that ends [`SockKey`] on its 8-byte alignment.
+    type KeyPad: Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static;
 }
 impl Addr for u32 {
     type Pad = u32;
+    type KeyPad = [u8; 0];
 }
 impl Addr for [u8; 16] {
     type Pad = u64;
+    type KeyPad = u32;
 }
 
 /// Key of the service map: a frontend.
@@ -431,16 +456,37 @@ pub type RevNat6 = RevNat<[u8; 16]>;
 /// Key of the socket datapath's maps: a socket (its cookie) and an address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SockKey4 {
+pub struct SockKey<A: Addr> {
     /// The kernel's socket cookie (`bpf_get_socket_cookie`; unique while the kernel runs).
     pub cookie: u64,
     /// A frontend (forward map) or backend (reverse map) address, network byte order.
-    pub addr_be: u32,
+    pub addr_be: A,
     /// Its port, network byte order.
     pub port_be: u16,
     /// Always zero.
     pub pad: u16,
+    /// Always zero (empty for IPv4).
+    pub pad2: A::KeyPad,
 }
+
+impl<A: Addr> SockKey<A> {
+    /// The key of socket `cookie` and address `addr_be:port_be` (network byte order).
+    #[inline(always)]
+    pub fn new(cookie: u64, addr_be: A, port_be: u16) -> Self {
+        Self {
+            cookie,
+            addr_be,
+            port_be,
+            pad: 0,
+            pad2: A::KeyPad::default(),
+        }
+    }
+}
+
+/// An IPv4 socket translation's key.
+pub type SockKey4 = SockKey<u32>;
+/// An IPv6 socket translation's key.
+pub type SockKey6 = SockKey<[u8; 16]>;
 
 /// Socket entry flag: made by `connect` (the socket is connected to the backend); otherwise
 /// by `sendmsg` on an unconnected UDP socket.
@@ -449,9 +495,9 @@ pub const SOCK_CONNECTED: u32 = 1;
 /// Value of the socket datapath's maps: the other end of a translation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockNat4 {
+pub struct SockNat<A: Addr> {
     /// The backend (forward map) or frontend (reverse map) address, network byte order.
-    pub addr_be: u32,
+    pub addr_be: A,
     /// Its port, network byte order.
     pub port_be: u16,
     /// IP protocol of the socket.
@@ -465,11 +511,16 @@ pub struct SockNat4 {
     /// `SOCK_*` flags.
     pub flags: u32,
     /// Always zero.
-    pub pad2: u32,
+    pub pad2: A::Pad,
     /// `bpf_ktime_get_ns` of the translation, refreshed by each datagram of an unconnected
     /// socket (a connected socket's entries live until the socket is closed).
     pub last_seen_ns: u64,
 }
+
+/// An IPv4 socket translation.
+pub type SockNat4 = SockNat<u32>;
+/// An IPv6 socket translation.
+pub type SockNat6 = SockNat<[u8; 16]>;
 
 /// Per-service counters (one per CPU; user space sums them with `+=`).
 #[repr(C)]
@@ -597,6 +648,8 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceName>() == 64);
     assert!(core::mem::size_of::<SockKey4>() == 16);
     assert!(core::mem::size_of::<SockNat4>() == 32);
+    assert!(core::mem::size_of::<SockKey6>() == 32);
+    assert!(core::mem::size_of::<SockNat6>() == 48);
     assert!(core::mem::size_of::<Suspect>() == 24);
     assert!(core::mem::size_of::<HealthEvent>() == 24);
     assert!(Reason::ALL.len() == Reason::COUNT as usize);
@@ -617,8 +670,8 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for DaemonInfo {}
-    unsafe impl aya::Pod for SockKey4 {}
-    unsafe impl aya::Pod for SockNat4 {}
+    unsafe impl<A: Addr> aya::Pod for SockKey<A> {}
+    unsafe impl<A: Addr> aya::Pod for SockNat<A> {}
     unsafe impl aya::Pod for Suspect {}
     unsafe impl aya::Pod for HealthEvent {}
 }

@@ -2,10 +2,14 @@
 //! tuple), and replies find their frontend (reverse entries, keyed by the backend's tuple).
 //! Both are LRU maps; a forward hit re-asserts its reverse entry now and then, in case the LRU
 //! evicted it.
+//!
+//! Keys and values handed to the map helpers live in a per-CPU [`Scratch`] rather than on the
+//! stack (Cilium's way): an IPv6 key is 40 bytes, and BPF's stack is 512 for a whole call
+//! chain.
 
 use ambassador_common::{
-    suspicion, CtEntry, CtKey, RevNat, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER, CT_REPLIED,
-    CT_RETRY,
+    suspicion, Addr, CtEntry, CtKey, RevNat, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER,
+    CT_REPLIED, CT_RETRY,
 };
 
 use crate::{
@@ -26,6 +30,34 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// The reverse entry could not be written (the kernel refused the map update).
 pub struct InsertFailed;
 
+/// Per-CPU scratch space for the connection table's keys and values. A TC program runs to its
+/// end on its CPU before another starts there (softirq or bottom halves disabled), and each
+/// hook has its own slot ([`INGRESS`], [`EGRESS`]), so nothing else writes it meanwhile.
+#[repr(C)]
+pub struct Scratch<A: Addr> {
+    /// The packet's own key: the forward key on ingress, the reply key on egress (or the key
+    /// of the packet answering an ICMP error's quote).
+    pub key: CtKey<A>,
+    /// The key of the flow's other direction.
+    pub other: CtKey<A>,
+    /// A new flow's forward entry.
+    pub entry: CtEntry<A>,
+    /// A reverse entry being written.
+    pub rev: RevNat<A>,
+}
+
+/// The ingress program's slot of the scratch maps.
+pub const INGRESS: u32 = 0;
+/// The egress program's slot of the scratch maps.
+pub const EGRESS: u32 = 1;
+
+/// This CPU's scratch space of `hook` ([`INGRESS`] or [`EGRESS`]).
+#[inline(always)]
+pub fn scratch<A: Family>(hook: u32) -> Option<&'static mut Scratch<A>> {
+    // SAFETY: a per-CPU slot that only this program uses while it runs (see `Scratch`).
+    A::scratch().get_ptr_mut(hook).map(|p| unsafe { &mut *p })
+}
+
 /// The forward key of the packet's flow.
 #[inline(always)]
 pub fn key<A: Family>(ip: &IpPacket<A>, l4: &L4) -> CtKey<A> {
@@ -36,16 +68,17 @@ pub fn key<A: Family>(ip: &IpPacket<A>, l4: &L4) -> CtKey<A> {
 /// the backend exists, a bare SYN that reuses the tuple (a new connection) does not go to a
 /// terminating backend, and a SYN retransmitted to a backend that never answered goes
 /// elsewhere (the backend turns suspect). Marks the flow closing, and refreshes it, on the way.
+/// The flow's key is `s.key`.
 #[inline(always)]
 pub fn established<A: Family>(
-    key: &CtKey<A>,
+    s: &mut Scratch<A>,
     ip: &IpPacket<A>,
     l4: &L4,
     syn_only: bool,
     closing: bool,
     now: u64,
 ) -> Option<Result<(A, u16), InsertFailed>> {
-    let entry = A::conntrack().get_ptr_mut(key)?;
+    let entry = A::conntrack().get_ptr_mut(&s.key)?;
     if !usable::<A>(entry, syn_only) {
         return None;
     }
@@ -59,7 +92,8 @@ pub fn established<A: Family>(
             e.created_ns = now;
         } else if now.wrapping_sub(e.created_ns) > SILENT_AFTER_NS {
             health::failed(e.backend_id, e.service_id, suspicion::SILENT, now);
-            let _ = A::reverse_nat().remove(&reply_key(ip, l4, e));
+            s.other = reply_key(ip, l4, e);
+            let _ = A::reverse_nat().remove(&s.other);
             return None;
         }
     }
@@ -68,7 +102,7 @@ pub fn established<A: Family>(
     }
     if now.wrapping_sub(e.last_seen_ns) > REFRESH_NS {
         e.last_seen_ns = now;
-        if insert_reverse(ip, l4, e).is_err() {
+        if insert_reverse(&mut s.other, &mut s.rev, ip, l4, e).is_err() {
             return Some(Err(InsertFailed));
         }
     }
@@ -85,18 +119,18 @@ fn usable<A: Family>(entry: *mut CtEntry<A>, syn_only: bool) -> bool {
     }
 }
 
-/// Records a new flow: its forward entry and the reverse entry of its replies.
+/// Records a new flow: its forward entry (`s.entry` under `s.key`) and the reverse entry of
+/// its replies.
 #[inline(always)]
 pub fn create<A: Family>(
-    key: &CtKey<A>,
+    s: &mut Scratch<A>,
     ip: &IpPacket<A>,
     l4: &L4,
-    entry: &CtEntry<A>,
 ) -> Result<(), InsertFailed> {
-    if A::conntrack().insert(key, entry, 0).is_err() {
+    if A::conntrack().insert(&s.key, &s.entry, 0).is_err() {
         return Err(InsertFailed);
     }
-    insert_reverse(ip, l4, entry)
+    insert_reverse(&mut s.other, &mut s.rev, ip, l4, &s.entry)
 }
 
 /// The key of the replies to the client's packet `ip`/`l4` from `entry`'s backend.
@@ -111,14 +145,17 @@ fn reply_key<A: Family>(ip: &IpPacket<A>, l4: &L4, entry: &CtEntry<A>) -> CtKey<
     )
 }
 
+/// Writes the reverse entry of `entry`'s flow, built in `reply` and `value`.
 #[inline(always)]
 fn insert_reverse<A: Family>(
+    reply: &mut CtKey<A>,
+    value: &mut RevNat<A>,
     ip: &IpPacket<A>,
     l4: &L4,
     entry: &CtEntry<A>,
 ) -> Result<(), InsertFailed> {
-    let reply = reply_key(ip, l4, entry);
-    let value = RevNat {
+    *reply = reply_key(ip, l4, entry);
+    *value = RevNat {
         vip_be: ip.daddr_be,
         vport_be: l4.dport_be,
         pad: 0,
@@ -126,14 +163,8 @@ fn insert_reverse<A: Family>(
         backend_id: entry.backend_id,
     };
     A::reverse_nat()
-        .insert(&reply, &value, 0)
+        .insert(reply, value, 0)
         .map_err(|_| InsertFailed)
-}
-
-/// The frontend a backend's reply must appear to come from.
-#[inline(always)]
-pub fn reverse<A: Family>(ip: &IpPacket<A>, l4: &L4) -> Option<RevNat<A>> {
-    reverse_of(&key(ip, l4))
 }
 
 /// The reverse entry of the replies with key `reply`.
@@ -143,38 +174,39 @@ pub fn reverse_of<A: Family>(reply: &CtKey<A>) -> Option<RevNat<A>> {
     (unsafe { A::reverse_nat().get(reply) }).copied()
 }
 
-/// The forward entry of the flow whose replies have the key `reply`.
+/// The forward entry of the flow whose replies have the key `s.key` (its key is built in
+/// `s.other`).
 #[inline(always)]
-fn forward_of<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>) -> Option<*mut CtEntry<A>> {
-    let fwd = CtKey::new(
-        reply.daddr_be,
-        reply.dport_be,
+fn forward_of<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>) -> Option<*mut CtEntry<A>> {
+    s.other = CtKey::new(
+        s.key.daddr_be,
+        s.key.dport_be,
         rev.vip_be,
         rev.vport_be,
-        reply.proto,
+        s.key.proto,
     );
-    A::conntrack().get_ptr_mut(&fwd)
+    A::conntrack().get_ptr_mut(&s.other)
 }
 
 /// Sets `flag` (`CT_CLOSING`: the backend sent FIN or RST; `CT_REPLIED`: it answered the SYN)
-/// on the forward entry of the flow a backend's reply belongs to.
+/// on the forward entry of the flow a backend's reply (key `s.key`) belongs to.
 #[inline(always)]
-pub fn mark<A: Family>(ip: &IpPacket<A>, l4: &L4, rev: &RevNat<A>, flag: u32) {
-    if let Some(entry) = forward_of(&key(ip, l4), rev) {
+pub fn mark<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, flag: u32) {
+    if let Some(entry) = forward_of(s, rev) {
         // SAFETY: see `established`.
         unsafe { (*entry).flags |= flag };
     }
 }
 
-/// The backend of the flow whose replies have the key `reply` refused it (a RST, or an ICMP
+/// The backend of the flow whose replies have the key `s.key` refused it (a RST, or an ICMP
 /// "unreachable" about it). If the flow never got past SYN-SENT, the backend turns suspect
 /// and, if the service has a backend that is not and the flow was not re-pointed before, the
 /// flow is re-pointed there (the client's SYN retransmission will land on it) and true is
 /// returned: the refusal must not reach the client. False: a reset of a real connection, a
 /// second refusal, or nowhere better to go; the client gets it.
 #[inline(always)]
-pub fn refused<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>, now: u64) -> bool {
-    let Some(entry) = forward_of(reply, rev) else {
+pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool {
+    let Some(entry) = forward_of(s, rev) else {
         return false;
     };
     // SAFETY: see `established`.
@@ -186,7 +218,7 @@ pub fn refused<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>, now: u64) -> bool {
     if e.flags & CT_FAILED_OVER != 0 {
         return false;
     }
-    let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, reply.proto) else {
+    let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, s.key.proto) else {
         return false;
     };
     let Ok((id, backend)) = crate::lb::pick_backend::<A>(svc.service_id, svc.count) else {
@@ -195,26 +227,26 @@ pub fn refused<A: Family>(reply: &CtKey<A>, rev: &RevNat<A>, now: u64) -> bool {
     if id == e.backend_id || health::avoided(id, now) {
         return false;
     }
-    let _ = A::reverse_nat().remove(reply);
+    let _ = A::reverse_nat().remove(&s.key);
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;
     e.backend_port_be = backend.port_be;
     e.flags = CT_RETRY | CT_FAILED_OVER;
     e.created_ns = now;
     e.last_seen_ns = now;
-    let value = RevNat {
+    s.rev = RevNat {
         vip_be: rev.vip_be,
         vport_be: rev.vport_be,
         pad: 0,
         service_id: svc.service_id,
         backend_id: id,
     };
-    let new_reply = CtKey::new(
+    s.other = CtKey::new(
         backend.addr_be,
         backend.port_be,
-        reply.daddr_be,
-        reply.dport_be,
-        reply.proto,
+        s.key.daddr_be,
+        s.key.dport_be,
+        s.key.proto,
     );
-    A::reverse_nat().insert(&new_reply, &value, 0).is_ok()
+    A::reverse_nat().insert(&s.other, &s.rev, 0).is_ok()
 }

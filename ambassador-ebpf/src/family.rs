@@ -5,17 +5,21 @@
 //! header checksum, IPv6 none; both L4 checksums cover the addresses through the pseudo
 //! header).
 
-use ambassador_common::{csum, Addr, Backend, CtEntry, CtKey, RevNat, ServiceKey, ServiceValue4};
+use ambassador_common::{
+    csum, Addr, Backend, CtEntry, CtKey, RevNat, ServiceKey, ServiceValue4, SockKey, SockNat,
+};
 use aya_ebpf::{
     bindings::BPF_F_PSEUDO_HDR,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 
 use crate::{
+    conntrack::Scratch,
     maps::{
-        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SERVICES, SERVICES6,
+        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SCRATCH, SCRATCH6,
+        SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE, SOCK_REVERSE6,
     },
     parse::{self, IpPacket, ETH_HLEN, IP6_DADDR, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR},
 };
@@ -40,6 +44,12 @@ pub trait Family: Addr {
     fn conntrack() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>>;
     /// Reverse NAT.
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>>;
+    /// Scratch space for connection-table keys and values.
+    fn scratch() -> &'static PerCpuArray<Scratch<Self>>;
+    /// Socket datapath: (socket, frontend) -> backend of an unconnected socket.
+    fn sock_forward() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>>;
+    /// Socket datapath: (socket, backend) -> frontend.
+    fn sock_reverse() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>>;
     /// The packet's IP header of this family, if it is one (TCP or UDP).
     fn parse(ctx: &TcContext) -> Option<IpPacket<Self>>;
     /// The address as the debug log prints it.
@@ -75,6 +85,15 @@ impl Family for u32 {
     }
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
         &REVERSE_NAT
+    }
+    fn scratch() -> &'static PerCpuArray<Scratch<Self>> {
+        &SCRATCH
+    }
+    fn sock_forward() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>> {
+        &SOCK_FORWARD
+    }
+    fn sock_reverse() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>> {
+        &SOCK_REVERSE
     }
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Option<IpPacket<u32>> {
@@ -126,6 +145,15 @@ impl Family for [u8; 16] {
     }
     fn reverse_nat() -> &'static LruHashMap<CtKey<Self>, RevNat<Self>> {
         &REVERSE_NAT6
+    }
+    fn scratch() -> &'static PerCpuArray<Scratch<Self>> {
+        &SCRATCH6
+    }
+    fn sock_forward() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>> {
+        &SOCK_FORWARD6
+    }
+    fn sock_reverse() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>> {
+        &SOCK_REVERSE6
     }
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Option<IpPacket<[u8; 16]>> {

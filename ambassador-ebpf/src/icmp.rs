@@ -31,10 +31,10 @@ pub trait IcmpFamily: Family {
     const HDR_DADDR: usize;
     /// The frame's ICMP error of this family, if it is one about a TCP or UDP packet.
     fn parse_error(ctx: &TcContext) -> Option<IcmpError<Self>>;
-    /// Whether a backend's refusal of a new flow (a "destination unreachable" about its SYN)
-    /// re-points the flow, as a RST does. IPv4 only: the IPv6 path's stack has no room for
-    /// it (an ICMPv6 refusal reaches the client, translated; a RST still re-points).
-    fn refused(ctx: &TcContext, e: &IcmpError<Self>, reply: &CtKey<Self>) -> bool;
+    /// Whether the error says the quoted packet's destination refused it ("destination
+    /// unreachable", except IPv4's "fragmentation needed"): about a new flow's SYN, that
+    /// re-points the flow, as a RST does.
+    fn is_refusal(e: &IcmpError<Self>) -> bool;
     /// The quoted address changed from `old` to `new` at `off`: writes it, and keeps the
     /// quoted header's checksum (IPv4) and the ICMP checksum correct.
     fn rewrite_quoted(
@@ -67,18 +67,8 @@ impl IcmpFamily for u32 {
         parse::icmp_error(ctx)
     }
 
-    #[inline(always)]
-    fn refused(_ctx: &TcContext, e: &IcmpError<u32>, reply: &CtKey<u32>) -> bool {
-        if e.icmp_type != parse::ICMP_DEST_UNREACH
-            || e.icmp_code == parse::ICMP_FRAG_NEEDED
-            || e.inner_proto != proto::TCP
-        {
-            return false;
-        }
-        let Some(rev) = conntrack::reverse_of::<u32>(reply) else {
-            return false;
-        };
-        conntrack::refused(reply, &rev, unsafe { bpf_ktime_get_ns() })
+    fn is_refusal(e: &IcmpError<u32>) -> bool {
+        e.icmp_type == parse::ICMP_DEST_UNREACH && e.icmp_code != parse::ICMP_FRAG_NEEDED
     }
 
     #[inline(always)]
@@ -131,8 +121,9 @@ impl IcmpFamily for [u8; 16] {
         parse::icmp6_error(ctx)
     }
 
-    fn refused(_ctx: &TcContext, _e: &IcmpError<[u8; 16]>, _reply: &CtKey<[u8; 16]>) -> bool {
-        false
+    /// "Packet too big" is a type of its own in ICMPv6.
+    fn is_refusal(e: &IcmpError<[u8; 16]>) -> bool {
+        e.icmp_type == parse::ICMP6_DEST_UNREACH
     }
 
     /// No quoted header checksum; the address is four words of the ICMPv6 checksum.
@@ -198,23 +189,29 @@ pub fn to_client(ctx: &TcContext) -> Verdict {
 }
 
 /// An error about a packet the client sent through a frontend. A "destination unreachable"
-/// about an IPv4 flow that never got an answer is the backend refusing it (failover, as for a
+/// about a flow that never got an answer is the backend refusing it (failover, as for a
 /// RST); anything else is translated back to the frontend. One function per family (a
-/// BPF-to-BPF call): each family's copies of headers and keys get a stack frame of their own,
-/// within BPF's 512 bytes.
+/// BPF-to-BPF call): each family's copies of headers get a stack frame of their own, within
+/// BPF's 512 bytes.
 #[inline(never)]
 fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     let Some(e) = &A::parse_error(ctx) else {
         return Verdict::Pass;
     };
-    // The key of the backend's replies to the quoted (client -> backend) packet.
-    let reply = answer_key(e);
-    if A::refused(ctx, e, &reply) {
-        return Verdict::Done(Reason::Failover);
-    }
-    let Some(rev) = conntrack::reverse_of::<A>(&reply) else {
+    let Some(s) = conntrack::scratch::<A>(conntrack::EGRESS) else {
         return Verdict::Pass;
     };
+    // The key of the backend's replies to the quoted (client -> backend) packet.
+    s.key = answer_key(e);
+    let Some(rev) = conntrack::reverse_of::<A>(&s.key) else {
+        return Verdict::Pass;
+    };
+    if e.inner_proto == proto::TCP
+        && A::is_refusal(e)
+        && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() })
+    {
+        return Verdict::Done(Reason::Failover);
+    }
     // An error from the backend itself comes from the frontend; a router's keeps its source.
     let outer = e
         .saddr_be
@@ -226,26 +223,31 @@ fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     }
 }
 
-/// Ingress of a client-facing interface: an ICMP error a client sends about a reply it got
-/// from a frontend (a router on the client's side saying "fragmentation needed" about the
-/// backend's data, say). It goes to the backend, about the packet the backend sent. IPv4
-/// only: the ingress program runs the IPv6 translation in the same 512-byte stack frame, and
-/// an ICMPv6 error's copies do not fit beside it (a packet too big about a backend's IPv6
-/// data reaches the frontend's address untranslated).
+/// Ingress of a client-facing interface: an ICMP or ICMPv6 error a client sends about a
+/// reply it got from a frontend (a router on the client's side saying "fragmentation needed"
+/// about the backend's data, say). It goes to the backend, about the packet the backend sent.
 #[inline(always)]
 pub fn from_client(ctx: &TcContext) -> Verdict {
-    from_client_of::<u32>(ctx)
+    match parse::ethertype(ctx) {
+        Some(parse::ETH_P_IP) => from_client_of::<u32>(ctx),
+        Some(parse::ETH_P_IPV6) => from_client_of::<[u8; 16]>(ctx),
+        _ => Verdict::Pass,
+    }
 }
 
-#[inline(always)]
+/// One function per family, like [`to_client_of`].
+#[inline(never)]
 fn from_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     let Some(e) = &A::parse_error(ctx) else {
         return Verdict::Pass;
     };
+    let Some(s) = conntrack::scratch::<A>(conntrack::INGRESS) else {
+        return Verdict::Pass;
+    };
     // The flow's forward key: the quoted packet went frontend -> client.
-    let key = answer_key(e);
+    s.key = answer_key(e);
     // SAFETY: plain integers, replaced whole.
-    let Some(flow) = (unsafe { A::conntrack().get(&key) }) else {
+    let Some(flow) = (unsafe { A::conntrack().get(&s.key) }) else {
         return Verdict::Pass;
     };
     let (addr_be, port_be) = (flow.backend_addr_be, flow.backend_port_be);

@@ -54,13 +54,23 @@ const SCAN: u32 = 64;
 /// pick stands: never a black hole of our own making.
 #[inline(always)]
 pub fn pick_backend<A: Family>(service_id: u32, count: u32) -> Result<(u32, Backend<A>), Reason> {
+    let id = pick_id::<A>(service_id, count)?;
+    let backend = *unsafe { A::backends().get(&id) }.ok_or(Reason::BackendMissing)?;
+    Ok((id, backend))
+}
+
+/// The backend id [`pick_backend`] picks. The scan looks at ids only and copies one backend
+/// after it: a loop that copied an IPv6 backend per slot would take the stack the rest of a
+/// program needs.
+#[inline(always)]
+fn pick_id<A: Family>(service_id: u32, count: u32) -> Result<u32, Reason> {
     if count == 0 {
         return Err(Reason::NoBackend);
     }
     let start = unsafe { bpf_get_prandom_u32() } % count;
-    let first = slot_backend::<A>(service_id, start)?;
+    let first = slot_id::<A>(service_id, start)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    if !health::avoided(first.0, now) {
+    if !health::avoided(first, now) {
         return Ok(first);
     }
     for i in 1..SCAN {
@@ -68,8 +78,8 @@ pub fn pick_backend<A: Family>(service_id: u32, count: u32) -> Result<(u32, Back
             break;
         }
         let slot = (start + i) % count;
-        if let Ok(other) = slot_backend::<A>(service_id, slot) {
-            if !health::avoided(other.0, now) {
+        if let Ok(other) = slot_id::<A>(service_id, slot) {
+            if !health::avoided(other, now) {
                 return Ok(other);
             }
         }
@@ -77,12 +87,14 @@ pub fn pick_backend<A: Family>(service_id: u32, count: u32) -> Result<(u32, Back
     Ok(first)
 }
 
-/// The backend in slot `slot` of `service_id`.
+/// The id of the backend in slot `slot` of `service_id`, if that backend exists.
 #[inline(always)]
-fn slot_backend<A: Family>(service_id: u32, slot: u32) -> Result<(u32, Backend<A>), Reason> {
+fn slot_id<A: Family>(service_id: u32, slot: u32) -> Result<u32, Reason> {
     let slot_key = SlotKey { service_id, slot };
     // SAFETY: u32 values are replaced atomically.
     let backend_id = *unsafe { SLOTS.get(&slot_key) }.ok_or(Reason::BackendMissing)?;
-    let backend = *unsafe { A::backends().get(&backend_id) }.ok_or(Reason::BackendMissing)?;
-    Ok((backend_id, backend))
+    A::backends()
+        .get_ptr(&backend_id)
+        .map(|_| backend_id)
+        .ok_or(Reason::BackendMissing)
 }

@@ -40,25 +40,49 @@ pub fn amb_tc_rnat(ctx: TcContext) -> i32 {
 /// cgroup `connect4`: a socket connecting to a frontend connects to a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn amb_sk_connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx, sock::Call::Connect)
+    sock::forward4(&ctx, sock::Call::Connect)
 }
 
 /// cgroup `sendmsg4`: a datagram to a frontend on an unconnected UDP socket goes to a backend.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn amb_sk_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx, sock::Call::Sendmsg)
+    sock::forward4(&ctx, sock::Call::Sendmsg)
 }
 
 /// cgroup `recvmsg4`: a datagram from a backend appears to come from its frontend.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn amb_sk_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, sock::Peer::Recvmsg)
+    sock::reverse4(&ctx, sock::Peer::Recvmsg)
 }
 
 /// cgroup `getpeername4`: a socket connected to a backend reports its frontend.
 #[cgroup_sock_addr(getpeername4)]
 pub fn amb_sk_getpeer4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, sock::Peer::Getpeername)
+    sock::reverse4(&ctx, sock::Peer::Getpeername)
+}
+
+/// cgroup `connect6`: `connect4` for IPv6 sockets (and IPv4-mapped frontends).
+#[cgroup_sock_addr(connect6)]
+pub fn amb_sk_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, sock::Call::Connect)
+}
+
+/// cgroup `sendmsg6`: `sendmsg4` for IPv6 sockets.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn amb_sk_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, sock::Call::Sendmsg)
+}
+
+/// cgroup `recvmsg6`: `recvmsg4` for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn amb_sk_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx, sock::Peer::Recvmsg)
+}
+
+/// cgroup `getpeername6`: `getpeername4` for IPv6 sockets.
+#[cgroup_sock_addr(getpeername6)]
+pub fn amb_sk_getpeer6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx, sock::Peer::Getpeername)
 }
 
 /// cgroup `sock_release`: a closed socket's translation is forgotten.

@@ -2,10 +2,11 @@
 //! `ambassador_common`; all maps are pinned by name under the daemon's pin directory. The sizes
 //! declared here are the defaults: the loader sets each one from `ambassador run`'s settings.
 
+use crate::conntrack::{Scratch, EGRESS};
 use ambassador_common::{
     limits, Backend4, Backend6, CtEntry4, CtEntry6, CtKey4, CtKey6, DaemonInfo, Reason, RevNat4,
     RevNat6, ServiceKey4, ServiceKey6, ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4,
-    SockNat4, Suspect,
+    SockKey6, SockNat4, SockNat6, Suspect,
 };
 use aya_ebpf::{
     macros::map,
@@ -80,6 +81,25 @@ pub static SOCK_FORWARD: LruHashMap<SockKey4, SockNat4> =
 #[map(name = "amb_skrev4_v1")]
 pub static SOCK_REVERSE: LruHashMap<SockKey4, SockNat4> =
     LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// [`SOCK_FORWARD`] for IPv6 frontends.
+#[map(name = "amb_skfwd6_v1")]
+pub static SOCK_FORWARD6: LruHashMap<SockKey6, SockNat6> =
+    LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// [`SOCK_REVERSE`] for IPv6 backends.
+#[map(name = "amb_skrev6_v1")]
+pub static SOCK_REVERSE6: LruHashMap<SockKey6, SockNat6> =
+    LruHashMap::pinned(limits::DEFAULT_FLOWS, 0);
+
+/// Per-CPU scratch space of the IPv4 connection table (a slot per TC hook); not pinned: it
+/// holds nothing between two packets.
+#[map(name = "amb_scratch4")]
+pub static SCRATCH: PerCpuArray<Scratch<u32>> = PerCpuArray::with_max_entries(EGRESS + 1, 0);
+
+/// [`SCRATCH`] for IPv6.
+#[map(name = "amb_scratch6")]
+pub static SCRATCH6: PerCpuArray<Scratch<[u8; 16]>> = PerCpuArray::with_max_entries(EGRESS + 1, 0);
 
 /// backend id -> suspicion: backends this host saw refuse or ignore a new flow (see `health`).
 #[map(name = "amb_suspect_v1")]

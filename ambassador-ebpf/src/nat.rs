@@ -38,18 +38,22 @@ pub enum Side {
 #[inline(always)]
 pub fn dnat(ctx: &TcContext) -> Verdict {
     parse::pull_headers(ctx);
-    // One function (no BPF-to-BPF call): the IPv6 path's keys need most of the 512-byte stack,
-    // and a call would add the callee's frame to it.
-    if let Some(ip) = parse::ipv4(ctx) {
-        return dnat_packet(ctx, &ip);
-    }
-    if let Some(ip) = parse::ipv6(ctx) {
-        return dnat_packet(ctx, &ip);
-    }
-    icmp::from_client(ctx)
+    let handled = match parse::ethertype(ctx) {
+        Some(parse::ETH_P_IP) => dnat_ip::<u32>(ctx),
+        Some(parse::ETH_P_IPV6) => dnat_ip::<[u8; 16]>(ctx),
+        _ => return Verdict::Pass,
+    };
+    handled.unwrap_or_else(|| icmp::from_client(ctx))
 }
 
-/// DNAT of one IPv4 or IPv6 TCP or UDP packet.
+/// DNAT of one IPv4 or IPv6 TCP or UDP packet; `None` if it is not one. A function per
+/// family (a BPF-to-BPF call), so each family's copies get a stack frame of their own.
+#[inline(never)]
+fn dnat_ip<A: Family>(ctx: &TcContext) -> Option<Verdict> {
+    let ip = &A::parse(ctx)?;
+    Some(dnat_packet(ctx, ip))
+}
+
 #[inline(always)]
 fn dnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
     if ip.fragment {
@@ -103,13 +107,16 @@ fn forward<A: Family>(
     service_id: u32,
     count: u32,
 ) -> Reason {
-    let ct_key = conntrack::key(ip, l4);
+    let Some(s) = conntrack::scratch::<A>(conntrack::INGRESS) else {
+        return Reason::CtInsertFailed;
+    };
+    s.key = conntrack::key(ip, l4);
     let now = unsafe { bpf_ktime_get_ns() };
     let syn_only = ip.proto == proto::TCP
         && l4.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
     let closing = l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0;
 
-    let (addr_be, port_be) = match conntrack::established(&ct_key, ip, l4, syn_only, closing, now) {
+    let (addr_be, port_be) = match conntrack::established(s, ip, l4, syn_only, closing, now) {
         Some(Ok(backend)) => backend,
         Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
         None => {
@@ -117,7 +124,7 @@ fn forward<A: Family>(
                 Ok(b) => b,
                 Err(reason) => return reason,
             };
-            let entry = CtEntry {
+            s.entry = CtEntry {
                 backend_id,
                 service_id,
                 backend_addr_be: backend.addr_be,
@@ -128,7 +135,7 @@ fn forward<A: Family>(
                 created_ns: now,
                 last_seen_ns: now,
             };
-            if conntrack::create(&ct_key, ip, l4, &entry).is_err() {
+            if conntrack::create(s, ip, l4).is_err() {
                 return Reason::CtInsertFailed;
             }
             stats::with_service(service_id, |s| s.new_flows += 1);
@@ -167,8 +174,8 @@ pub fn rnat(ctx: &TcContext) -> Verdict {
     handled.unwrap_or_else(|| icmp::to_client(ctx))
 }
 
-/// Reverse NAT of one IPv4 or IPv6 TCP or UDP packet (a function per family, like
-/// [`dnat_ip`]).
+/// Reverse NAT of one IPv4 or IPv6 TCP or UDP packet; `None` if it is not one (a function per
+/// family, like [`dnat_ip`]).
 #[inline(never)]
 fn rnat_ip<A: Family>(ctx: &TcContext) -> Option<Verdict> {
     let ip = &A::parse(ctx)?;
@@ -183,20 +190,22 @@ fn rnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
     let Some(l4) = parse::l4(ctx, ip) else {
         return Verdict::Pass;
     };
-    let Some(rev) = conntrack::reverse(ip, &l4) else {
+    let Some(s) = conntrack::scratch::<A>(conntrack::EGRESS) else {
+        return Verdict::Pass;
+    };
+    s.key = conntrack::key(ip, &l4);
+    let Some(rev) = conntrack::reverse_of(&s.key) else {
         return Verdict::Pass;
     };
     if ip.proto == proto::TCP {
         let syn_ack = parse::TCP_SYN | parse::TCP_ACK;
         if l4.tcp_flags & syn_ack == syn_ack {
-            conntrack::mark(ip, &l4, &rev, CT_REPLIED);
+            conntrack::mark(s, &rev, CT_REPLIED);
             health::answered(rev.backend_id, rev.service_id, unsafe {
                 bpf_ktime_get_ns()
             });
         } else if l4.tcp_flags & parse::TCP_RST != 0
-            && conntrack::refused(&conntrack::key(ip, &l4), &rev, unsafe {
-                bpf_ktime_get_ns()
-            })
+            && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() })
         {
             debug!(
                 ctx,
@@ -210,7 +219,7 @@ fn rnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
         }
     }
     if l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
-        conntrack::mark(ip, &l4, &rev, CT_CLOSING);
+        conntrack::mark(s, &rev, CT_CLOSING);
     }
     if rewrite(ctx, ip, &l4, Side::Source, rev.vip_be, rev.vport_be).is_err() {
         stats::with_service(rev.service_id, |s| s.drops += 1);

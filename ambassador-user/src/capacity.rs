@@ -190,11 +190,16 @@ impl Capacity {
 /// The setting that sizes map `name`.
 pub fn flag_of(name: &str) -> &'static str {
     match name {
-        names::BACKENDS | names::SUSPECTS => "--max-backends",
+        names::BACKENDS | names::BACKENDS6 | names::SUSPECTS => "--max-backends",
         names::SLOTS => "--max-slots",
-        names::CONNTRACK | names::REVERSE_NAT | names::SOCK_FORWARD | names::SOCK_REVERSE => {
-            "--max-flows"
-        }
+        names::CONNTRACK
+        | names::REVERSE_NAT
+        | names::CONNTRACK6
+        | names::REVERSE_NAT6
+        | names::SOCK_FORWARD
+        | names::SOCK_REVERSE
+        | names::SOCK_FORWARD6
+        | names::SOCK_REVERSE6 => "--max-flows",
         _ => "--max-services",
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use ambassador_common::{
     map_names as names, Addr, Backend, CtEntry, CtKey, DaemonInfo, Reason, RevNat, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4, SockNat4, Suspect,
+    ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey, SockNat, Suspect,
     BACKEND_TERMINATING, CT_CLOSING, FRONTEND_MARKER_PORT, SOCK_CONNECTED,
 };
 use aya::{
@@ -82,7 +82,10 @@ struct FamilyMaps<A: Addr> {
     backends: HashMap<MapData, u32, Backend<A>>,
     conntrack: HashMap<MapData, CtKey<A>, CtEntry<A>>,
     reverse_nat: HashMap<MapData, CtKey<A>, RevNat<A>>,
-    names: [&'static str; 4],
+    sock_forward: HashMap<MapData, SockKey<A>, SockNat<A>>,
+    sock_reverse: HashMap<MapData, SockKey<A>, SockNat<A>>,
+    /// Services, backends, conntrack, reverse NAT, socket forward, socket reverse.
+    names: [&'static str; 6],
 }
 
 impl<A: Wire> FamilyMaps<A>
@@ -92,9 +95,11 @@ where
     CtKey<A>: aya::Pod,
     CtEntry<A>: aya::Pod,
     RevNat<A>: aya::Pod,
+    SockKey<A>: aya::Pod,
+    SockNat<A>: aya::Pod,
 {
     fn build(
-        names: [&'static str; 4],
+        names: [&'static str; 6],
         take: &mut impl FnMut(&'static str) -> Result<Map>,
     ) -> Result<Self> {
         Ok(Self {
@@ -102,6 +107,8 @@ where
             backends: typed(names[1], take)?,
             conntrack: typed(names[2], take)?,
             reverse_nat: typed(names[3], take)?,
+            sock_forward: typed(names[4], take)?,
+            sock_reverse: typed(names[5], take)?,
             names,
         })
     }
@@ -231,6 +238,54 @@ where
             });
         Some(result)
     }
+
+    fn sock_entries(&self, out: &mut Vec<SockEntry>) -> Result<()> {
+        for (reverse, name, map) in [
+            (true, self.names[5], &self.sock_reverse),
+            (false, self.names[4], &self.sock_forward),
+        ] {
+            for entry in map.iter() {
+                let (k, v) = match entry {
+                    Ok(kv) => kv,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(map_err(name, "iterating")(e)),
+                };
+                let Some(proto) = Proto::from_number(v.proto) else {
+                    continue;
+                };
+                let (key_addr, value_addr) =
+                    (sock(k.addr_be, k.port_be), sock(v.addr_be, v.port_be));
+                let (frontend, backend) = if reverse {
+                    (value_addr, key_addr)
+                } else {
+                    (key_addr, value_addr)
+                };
+                out.push(SockEntry {
+                    reverse,
+                    cookie: k.cookie,
+                    frontend,
+                    backend,
+                    proto,
+                    service_id: v.service_id,
+                    backend_id: v.backend_id,
+                    connected: v.flags & SOCK_CONNECTED != 0,
+                    last_seen_ns: v.last_seen_ns,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a translation of this family (`None`: not of this family).
+    fn delete_sock_entry(&mut self, e: &SockEntry) -> Option<Result<()>> {
+        let (name, map, addr) = if e.reverse {
+            (self.names[5], &mut self.sock_reverse, e.backend)
+        } else {
+            (self.names[4], &mut self.sock_forward, e.frontend)
+        };
+        let key = SockKey::new(e.cookie, A::wire(addr.ip())?, addr.port().to_be());
+        Some(ignore_missing(map.remove(&key)).map_err(map_err(name, "deleting a socket's entry")))
+    }
 }
 
 /// One tracked flow, decoded.
@@ -290,8 +345,6 @@ pub struct Maps {
     reasons: PerCpuArray<MapData, u64>,
     names: HashMap<MapData, u32, ServiceName>,
     info: Array<MapData, DaemonInfo>,
-    sock_forward: HashMap<MapData, SockKey4, SockNat4>,
-    sock_reverse: HashMap<MapData, SockKey4, SockNat4>,
     suspects: HashMap<MapData, u32, Suspect>,
 }
 
@@ -336,6 +389,8 @@ impl Maps {
                     names::BACKENDS,
                     names::CONNTRACK,
                     names::REVERSE_NAT,
+                    names::SOCK_FORWARD,
+                    names::SOCK_REVERSE,
                 ],
                 &mut take,
             )?,
@@ -345,6 +400,8 @@ impl Maps {
                     names::BACKENDS6,
                     names::CONNTRACK6,
                     names::REVERSE_NAT6,
+                    names::SOCK_FORWARD6,
+                    names::SOCK_REVERSE6,
                 ],
                 &mut take,
             )?,
@@ -353,8 +410,6 @@ impl Maps {
             reasons: typed(names::REASONS, &mut take)?,
             names: typed(names::NAMES, &mut take)?,
             info: typed(names::INFO, &mut take)?,
-            sock_forward: typed(names::SOCK_FORWARD, &mut take)?,
-            sock_reverse: typed(names::SOCK_REVERSE, &mut take)?,
             suspects: typed(names::SUSPECTS, &mut take)?,
         })
     }
@@ -600,59 +655,21 @@ impl Maps {
             .map_err(map_err(names::SUSPECTS, format!("clearing backend {id}")))
     }
 
-    /// Every translation of the socket datapath, reverse entries then forward ones.
+    /// Every translation of the socket datapath: IPv4 then IPv6, reverse entries then forward
+    /// ones.
     pub fn sock_entries(&self) -> Result<Vec<SockEntry>> {
         let mut out = Vec::new();
-        for (reverse, name, map) in [
-            (true, names::SOCK_REVERSE, &self.sock_reverse),
-            (false, names::SOCK_FORWARD, &self.sock_forward),
-        ] {
-            for entry in map.iter() {
-                let (k, v) = match entry {
-                    Ok(kv) => kv,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(map_err(name, "iterating")(e)),
-                };
-                let Some(proto) = Proto::from_number(v.proto) else {
-                    continue;
-                };
-                let (key_addr, value_addr) =
-                    (sock(k.addr_be, k.port_be), sock(v.addr_be, v.port_be));
-                let (frontend, backend) = if reverse {
-                    (value_addr, key_addr)
-                } else {
-                    (key_addr, value_addr)
-                };
-                out.push(SockEntry {
-                    reverse,
-                    cookie: k.cookie,
-                    frontend,
-                    backend,
-                    proto,
-                    service_id: v.service_id,
-                    backend_id: v.backend_id,
-                    connected: v.flags & SOCK_CONNECTED != 0,
-                    last_seen_ns: v.last_seen_ns,
-                });
-            }
-        }
+        self.v4.sock_entries(&mut out)?;
+        self.v6.sock_entries(&mut out)?;
         Ok(out)
     }
 
     /// Forgets one translation of the socket datapath.
     pub fn delete_sock_entry(&mut self, e: &SockEntry) -> Result<()> {
-        let (name, map, addr) = if e.reverse {
-            (names::SOCK_REVERSE, &mut self.sock_reverse, e.backend)
-        } else {
-            (names::SOCK_FORWARD, &mut self.sock_forward, e.frontend)
-        };
-        let key = SockKey4 {
-            cookie: e.cookie,
-            addr_be: v4(addr.ip()),
-            port_be: addr.port().to_be(),
-            pad: 0,
-        };
-        ignore_missing(map.remove(&key)).map_err(map_err(name, "deleting a socket's entry"))
+        self.v4
+            .delete_sock_entry(e)
+            .or_else(|| self.v6.delete_sock_entry(e))
+            .unwrap_or(Ok(()))
     }
 
     /// The capacity these maps were created with.

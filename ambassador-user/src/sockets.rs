@@ -12,15 +12,11 @@
 //! containers. Processes in other namespaces are translated all the same, but their sockets are
 //! not destroyed.
 
-use std::{
-    collections::BTreeSet,
-    io,
-    net::{IpAddr, SocketAddr},
-};
+use std::{collections::BTreeSet, io, net::SocketAddr};
 
 use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, IPPROTO_TCP, IPPROTO_UDP},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
@@ -28,24 +24,25 @@ use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 use crate::{maps::SockEntry, model::Proto, netlink, reconcile::Installed};
 
-/// A connected IPv4 socket of this network namespace.
+/// A connected IPv4 or IPv6 socket of this network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connected {
     /// The kernel's socket cookie (what the datapath's maps are keyed by).
     pub cookie: u64,
     /// TCP or UDP.
     pub proto: Proto,
-    /// Where it is connected to.
+    /// Where it is connected to; an IPv6 socket's IPv4-mapped peer is its IPv4 address (the
+    /// socket datapath translated it as one).
     pub peer: SocketAddr,
-    /// The kernel's identity of the socket, for SOCK_DESTROY.
+    /// The socket's family (`AF_INET` or `AF_INET6`) and the kernel's identity of it, for
+    /// SOCK_DESTROY.
+    family: u8,
     id: SocketId,
 }
 
 impl Connected {
-    fn from_header(proto: Proto, h: &InetResponseHeader) -> Option<Self> {
-        let IpAddr::V4(ip) = h.socket_id.destination_address else {
-            return None;
-        };
+    fn from_header(family: u8, proto: Proto, h: &InetResponseHeader) -> Option<Self> {
+        let ip = h.socket_id.destination_address.to_canonical();
         let c = h.socket_id.cookie;
         // The kernel stores the cookie as two host-order u32 halves, low half first.
         let low = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
@@ -53,7 +50,8 @@ impl Connected {
         Some(Self {
             cookie: u64::from(high) << 32 | u64::from(low),
             proto,
-            peer: SocketAddr::new(IpAddr::V4(ip), h.socket_id.destination_port),
+            peer: SocketAddr::new(ip, h.socket_id.destination_port),
+            family,
             id: h.socket_id.clone(),
         })
     }
@@ -66,31 +64,36 @@ fn protocol(proto: Proto) -> u8 {
     }
 }
 
-/// The connected (or connecting) IPv4 sockets of `proto` in this network namespace.
+/// The connected (or connecting) IPv4 and IPv6 sockets of `proto` in this network namespace.
 pub fn connected(proto: Proto) -> io::Result<Vec<Connected>> {
     let states = match proto {
         Proto::Tcp => StateFlags::ESTABLISHED | StateFlags::SYN_SENT | StateFlags::CLOSE_WAIT,
         // A connected UDP socket is "established"; an unconnected one is "close".
         Proto::Udp => StateFlags::ESTABLISHED,
     };
-    let request = SockDiagMessage::InetRequest(InetRequest {
-        family: AF_INET,
-        protocol: protocol(proto),
-        extensions: ExtensionFlags::empty(),
-        states,
-        socket_id: SocketId::new_v4(),
-    });
     let mut out = Vec::new();
-    netlink::exchange(
-        NETLINK_SOCK_DIAG,
-        request,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        |p| {
-            if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = p {
-                out.extend(Connected::from_header(proto, &r.header));
-            }
-        },
-    )?;
+    for (family, socket_id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: protocol(proto),
+            extensions: ExtensionFlags::empty(),
+            states: states.clone(),
+            socket_id,
+        });
+        netlink::exchange(
+            NETLINK_SOCK_DIAG,
+            request,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            |p| {
+                if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = p {
+                    out.extend(Connected::from_header(family, proto, &r.header));
+                }
+            },
+        )?;
+    }
     Ok(out)
 }
 
@@ -98,7 +101,7 @@ pub fn connected(proto: Proto) -> io::Result<Vec<Connected>> {
 /// already is no error.
 pub fn destroy(socket: &Connected) -> io::Result<()> {
     let request = SockDiagDestroy::new(SockDiagMessage::InetRequest(InetRequest {
-        family: AF_INET,
+        family: socket.family,
         protocol: protocol(socket.proto),
         extensions: ExtensionFlags::empty(),
         states: StateFlags::all(),
@@ -153,6 +156,7 @@ mod tests {
             cookie,
             proto,
             peer: peer.parse().unwrap(),
+            family: AF_INET,
             id: SocketId::new_v4(),
         }
     }

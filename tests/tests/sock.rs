@@ -17,6 +17,8 @@ const VIP_UDP: &str = "10.96.0.10:53";
 const VIP_HTTP: &str = "10.96.0.11:80";
 const VIP_REDIS: &str = "10.96.0.12:6379";
 const VIP_EMPTY: &str = "10.96.0.13:80";
+/// Pinned links of the socket datapath: one per address program, and `sock_release`.
+const SOCK_LINKS: usize = ambassador_common::program_names::SOCK_ADDR.len() + 1;
 
 /// `web` (TCP, b1 weight 3, b2 weight 1), `dns` (UDP, the given backends), `http` (busybox
 /// httpd on b1), `redis` (redis-server on b2), `empty` (no backend).
@@ -339,7 +341,7 @@ fn sock_forwarding_survives_sigkill_and_restart_and_uninstall_detaches() {
     };
     let mut d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
     let first = links();
-    assert_eq!(first.len(), 5, "{first:?}");
+    assert_eq!(first.len(), SOCK_LINKS, "{first:?}");
 
     // A new connection every 10 ms across a SIGKILL, a restart and a SIGTERM.
     let mut clients = cg.spawn(
@@ -353,7 +355,7 @@ fn sock_forwarding_survives_sigkill_and_restart_and_uninstall_detaches() {
     std::thread::sleep(Duration::from_millis(500));
     let mut d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
     let second = links();
-    assert_eq!(second.len(), 5, "{second:?}");
+    assert_eq!(second.len(), SOCK_LINKS, "{second:?}");
     assert!(
         first.iter().all(|l| !second.contains(l)),
         "the new daemon's links replace the old ones: {first:?} -> {second:?}"
@@ -498,4 +500,117 @@ fn sock_flags_are_checked_before_anything_is_attached() {
         );
     }
     assert!(!pin.path.join("links").exists(), "nothing was attached");
+}
+
+/// IPv6 sockets: an IPv6 frontend (connect6, sendmsg6, recvmsg6, getpeername6, and a connected
+/// UDP socket destroyed when its backend leaves, found by sock_diag over AF_INET6), and an IPv4
+/// frontend dialled as an IPv4-mapped address (what dual-stack runtimes do), which the kernel
+/// sends as IPv4 and the `*4` hooks never see.
+#[test]
+fn sock_ipv6_sockets_and_ipv4_mapped_addresses_are_translated() {
+    if !require_root("sock_ipv6_sockets_and_ipv4_mapped_addresses_are_translated") {
+        return;
+    }
+    const VIP6_TCP: &str = "[fd00:96::10]:80";
+    const VIP6_UDP: &str = "[fd00:96::10]:53";
+    const MAPPED_TCP: &str = "[::ffff:10.96.0.10]:80";
+    const MAPPED_UDP: &str = "[::ffff:10.96.0.10]:53";
+    let topo = Topology::new(2);
+    topo.add_ipv6();
+    let b6 = Topology::backend_addr6;
+    let _web = web_servers(&topo);
+    let _dns = dns_servers(&topo);
+    let _web6 =
+        [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b6(i, 8080), &format!("b{i}")));
+    let _dns6 =
+        [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b6(i, 5353), &format!("b{i}")));
+    let services = |udp: usize| {
+        format!(
+            "{}\n[[service]]\nname = \"web6\"\nfrontend = \"{VIP6_TCP}\"\nendpoints = [\"{}\", \"{}\"]\n\n\
+             [[service]]\nname = \"dns6\"\nfrontend = \"{VIP6_UDP}\"\nproto = \"udp\"\nendpoints = [\"{}\"]\n",
+            config(&[udp]),
+            b6(1, 8080),
+            b6(2, 8080),
+            b6(udp, 5353),
+        )
+    };
+    let cg = Cgroup::new();
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&services(1));
+    let d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
+
+    // TCP over IPv6: both backends, and getpeername says the frontend.
+    let lines = probe(&cg, &topo.fwd, &["tcp-idents", VIP6_TCP, "30", "0"]);
+    let seen: BTreeMap<&str, usize> = lines.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l.split(' ').nth(1).unwrap_or("")).or_default() += 1;
+        m
+    });
+    assert!(
+        lines.iter().all(|l| l.ends_with(&format!(" {VIP6_TCP}"))),
+        "{lines:?}"
+    );
+    assert!(
+        seen.contains_key("b1") && seen.contains_key("b2"),
+        "{seen:?}"
+    );
+    // UDP over IPv6, unconnected: the reply comes from the frontend (recvmsg6).
+    let lines = probe(&cg, &topo.fwd, &["udp-sendto", VIP6_UDP]);
+    assert!(
+        lines[0].starts_with(&format!("from {VIP6_UDP} b1")),
+        "{lines:?}"
+    );
+    // IPv4-mapped: an IPv4 service through IPv6 sockets, reported as the mapped frontend.
+    let lines = probe(&cg, &topo.fwd, &["tcp-idents", MAPPED_TCP, "10", "0"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("ok b") && l.ends_with(&format!(" {MAPPED_TCP}"))),
+        "{lines:?}"
+    );
+    let lines = probe(&cg, &topo.fwd, &["udp-sendto", MAPPED_UDP]);
+    assert!(
+        lines[0].starts_with(&format!("from {MAPPED_UDP} b1")),
+        "{lines:?}"
+    );
+    let st = status(&pin.path);
+    let forwarded = st["reasons"]["forwarded"].as_u64().unwrap_or(0);
+    assert!(forwarded >= 42, "{st}");
+
+    // Connected UDP sockets, IPv6 and IPv4-mapped, whose backend leaves: destroyed, and
+    // their owners reconnect to the new one.
+    let clients = [VIP6_UDP, MAPPED_UDP].map(|vip| {
+        cg.spawn(
+            &topo.fwd,
+            "udp-connected",
+            PROBE,
+            &["udp-connected", vip, "80", "50"],
+        )
+    });
+    for c in &clients {
+        assert!(
+            wait_until(Duration::from_secs(3), || c.log().contains("ok b1:")),
+            "{}",
+            c.log()
+        );
+    }
+    cfg.write(&services(2));
+    d.signal(libc::SIGHUP);
+    for (c, vip) in clients.iter().zip([VIP6_UDP, MAPPED_UDP]) {
+        assert!(
+            wait_until(Duration::from_secs(5), || c.log().contains("ok b2:")),
+            "the UDP client of {vip} never moved to b2:\n{}\n{}",
+            c.log(),
+            d.log()
+        );
+        let log = c.log();
+        let reconnected = log.find("reconnected peer").expect("a reconnection");
+        assert!(
+            log[reconnected..].starts_with(&format!("reconnected peer {vip}")),
+            "{log}"
+        );
+        assert!(!log[reconnected..].contains("ok b1:"), "{log}");
+    }
+    for mut c in clients {
+        c.kill();
+    }
 }

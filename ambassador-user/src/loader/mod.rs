@@ -155,7 +155,7 @@ pub fn load(
         loader.map_max_entries(name, size);
     }
     let sock_size = sock_map_size(pin_dir, capacity.flows, sock)?;
-    for name in [map_names::SOCK_FORWARD, map_names::SOCK_REVERSE] {
+    for name in map_names::SOCK {
         loader.map_max_entries(name, sock_size);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
@@ -202,11 +202,11 @@ where
         })
 }
 
-/// Entries of the socket datapath's two maps. They cost memory (about 14 MiB at the default
-/// --max-flows) only where `sock` runs: `--max-flows` entries with it, one without. A pair an
-/// earlier daemon made keeps its size without `sock` (its links may still be attached until
-/// this daemon removes them); a one-entry pair is replaced when `sock` starts (it never held a
-/// translation).
+/// Entries of each of the socket datapath's maps (IPv4 and IPv6, forward and reverse). They
+/// cost memory (32 MiB at the default --max-flows) only where `sock` runs: `--max-flows`
+/// entries with it, one without. Maps an earlier daemon made keep their size without `sock`
+/// (its links may still be attached until this daemon removes them); one-entry maps are
+/// replaced when `sock` starts (they never held a translation).
 fn sock_map_size(pin_dir: &Path, flows: u32, sock: bool) -> Result<u32> {
     let pinned = |name: &'static str| -> Result<Option<u32>> {
         let path = pin_dir.join(name);
@@ -221,14 +221,15 @@ fn sock_map_size(pin_dir: &Path, flows: u32, sock: bool) -> Result<u32> {
                 source,
             })
     };
-    let names = [map_names::SOCK_FORWARD, map_names::SOCK_REVERSE];
-    let smallest = match (pinned(names[0])?, pinned(names[1])?) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let mut smallest: Option<u32> = None;
+    for name in map_names::SOCK {
+        if let Some(n) = pinned(name)? {
+            smallest = Some(smallest.map_or(n, |s| s.min(n)));
+        }
+    }
     Ok(match (sock, smallest) {
         (true, Some(n)) if n < flows => {
-            for name in names {
+            for name in map_names::SOCK {
                 let path = pin_dir.join(name);
                 if path.exists() {
                     std::fs::remove_file(&path)

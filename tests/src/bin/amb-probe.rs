@@ -22,8 +22,18 @@ use std::{
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A UDP socket of `addr`'s family: an IPv6 one (dual-stack) for an IPv6 or IPv4-mapped
+/// address.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+}
+
 fn udp_connected(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = udp_socket(addr)?;
     s.connect(addr)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     Ok(s)
@@ -56,7 +66,7 @@ fn main() {
     let every = Duration::from_millis(args.get(3).map_or(0, |v| v.parse().expect("MS")));
     match mode.as_str() {
         "udp-sendto" => {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let s = udp_socket(addr).expect("bind");
             s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
             s.send_to(b"probe", addr).expect("sendto");
             let mut buf = [0u8; 2048];
