@@ -14,6 +14,30 @@ use std::{
 use ambassador_tests::*;
 
 const VIP: &str = "10.96.0.10:80";
+const VIP6: &str = "[fd00:96::10]:80";
+
+/// The address family a failover case runs over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    fn vip(self) -> &'static str {
+        match self {
+            Ip::V4 => VIP,
+            Ip::V6 => VIP6,
+        }
+    }
+
+    fn backend(self, i: usize) -> String {
+        match self {
+            Ip::V4 => Topology::backend_addr(i, 8080),
+            Ip::V6 => Topology::backend_addr6(i, 8080),
+        }
+    }
+}
 
 /// One connection: when it started, how long it took, and the server that answered (or why
 /// it failed).
@@ -28,8 +52,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn start(client: &NetNs) -> Self {
-        let addr: SocketAddr = VIP.parse().unwrap();
+    fn start(client: &NetNs, vip: &str) -> Self {
+        let addr: SocketAddr = vip.parse().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, v) = (stop.clone(), seen.clone());
@@ -108,22 +132,25 @@ fn backend(pin: &std::path::Path, addr: &str) -> serde_json::Value {
 fn failover(
     case: &str,
     reason: &str,
+    ip: Ip,
     fail: impl FnOnce(&Topology),
     heal: impl FnOnce(&Topology),
 ) -> String {
     let topo = Topology::new(2);
-    let b1 = Topology::backend_addr(1, 8080);
+    if ip == Ip::V6 {
+        topo.add_ipv6();
+    }
+    let (vip, b1, b2) = (ip.vip(), ip.backend(1), ip.backend(2));
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
-    let _s2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
+    let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
     let pin = PinDir::new();
     let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{}\"]\n",
-        Topology::backend_addr(2, 8080)
+        "[[service]]\nname = \"web\"\nfrontend = \"{vip}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
     ));
     let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
     d.wait_ready();
 
-    let stream = Stream::start(&topo.client);
+    let stream = Stream::start(&topo.client, vip);
     assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
     if case == "killed" {
         s1.take(); // the backend's process is gone: its port answers RST
@@ -177,7 +204,7 @@ fn a_backend_whose_process_died_is_left_with_no_failed_connection() {
     if !require_root("a_backend_whose_process_died_is_left_with_no_failed_connection") {
         return;
     }
-    let summary = failover("killed", "refused", |_| {}, |_| {});
+    let summary = failover("killed", "refused", Ip::V4, |_| {}, |_| {});
     eprintln!("{summary}");
 }
 
@@ -189,6 +216,7 @@ fn a_backend_whose_link_is_cut_is_left_with_no_failed_connection() {
     let summary = failover(
         "link cut",
         "silent",
+        Ip::V4,
         |topo| {
             topo.backends[0].ip(&["link", "set", "eth0", "down"]);
         },
@@ -221,6 +249,7 @@ fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
     let summary = failover(
         "icmp unreachable",
         "refused",
+        Ip::V4,
         |topo| {
             let mut args = vec!["iptables", "-w", "-A"];
             args.extend(rule);
@@ -228,6 +257,43 @@ fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
         },
         |topo| {
             let mut args = vec!["iptables", "-w", "-D"];
+            args.extend(rule);
+            topo.backends[0].exec(&args);
+        },
+    );
+    eprintln!("{summary}");
+}
+
+#[test]
+fn an_ipv6_backend_answering_icmpv6_unreachable_is_left_with_no_failed_connection() {
+    if !require_root(
+        "an_ipv6_backend_answering_icmpv6_unreachable_is_left_with_no_failed_connection",
+    ) {
+        return;
+    }
+    // As for IPv4: the backend host rejects the port, here with an ICMPv6 "port unreachable".
+    let rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp6-port-unreachable",
+    ];
+    let summary = failover(
+        "icmpv6 unreachable",
+        "refused",
+        Ip::V6,
+        |topo| {
+            let mut args = vec!["ip6tables", "-w", "-A"];
+            args.extend(rule);
+            topo.backends[0].exec(&args);
+        },
+        |topo| {
+            let mut args = vec!["ip6tables", "-w", "-D"];
             args.extend(rule);
             topo.backends[0].exec(&args);
         },
@@ -322,7 +388,7 @@ fn the_sock_datapath_avoids_a_backend_tc_found_dead() {
     d.wait_ready();
     drop(s1);
     // The client behind c0 (tc) meets the dead backend and the datapath marks it suspect.
-    let stream = Stream::start(&topo.client);
+    let stream = Stream::start(&topo.client, VIP);
     assert!(
         wait_until(Duration::from_secs(10), || !backend(&pin.path, &b1)
             ["suspect"]
