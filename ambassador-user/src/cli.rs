@@ -354,12 +354,16 @@ pub enum ServiceCmd {
     Set {
         /// Service name (a DNS label).
         name: String,
-        /// Frontend IPv4:port that clients dial.
+        /// Frontend address:port that clients dial (`10.96.0.10:80`, `[fd00::10]:80`).
         #[arg(long, required_unless_present = "port", conflicts_with = "port")]
         frontend: Option<String>,
         /// Frontend port, at an allocated address.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
+        /// Allocate an IPv6 address (for IPv6 backends: a service is one family) from the IPv6
+        /// range.
+        #[arg(long, requires = "port")]
+        ipv6: bool,
         /// Protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
@@ -397,11 +401,12 @@ pub enum ServiceCmd {
 /// `ambassador vip ...`.
 #[derive(Debug, Subcommand)]
 pub enum VipCmd {
-    /// Show the range (no CIDR) or set it (CIDR); allocations outside a new range stay.
+    /// Show the ranges (no CIDR) or set the range of the CIDR's family; allocations outside a
+    /// new range stay.
     Range {
-        /// An IPv4 range, e.g. 10.96.0.0/12.
-        #[arg(value_parser = crate::model::parse_cidr)]
-        cidr: Option<ipnet::Ipv4Net>,
+        /// An IPv4 range (10.96.0.0/12) or an IPv6 one (fd00:10:96::/112).
+        #[arg(value_parser = crate::model::parse_net)]
+        cidr: Option<ipnet::IpNet>,
         #[command(flatten)]
         etcd: EtcdArgs,
     },

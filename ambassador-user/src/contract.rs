@@ -9,6 +9,7 @@
 //!                                                or a bare 10.48.134.223:32769 (quoted or not)
 //! <prefix>/v1/vips/<address>                     <service>: an allocated frontend address
 //! <prefix>/v1/settings/vip-range                 10.96.0.0/12: where addresses are allocated
+//! <prefix>/v1/settings/vip-range6                fd00:10:96::/112: the same for IPv6
 //! ```
 
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -112,8 +113,9 @@ pub fn vips_prefix(prefix: &str) -> String {
 }
 
 /// The key of the range frontend addresses are allocated from.
-pub fn vip_range_key(prefix: &str) -> String {
-    format!("{}/v1/settings/vip-range", prefix.trim_end_matches('/'))
+pub fn vip_range_key(prefix: &str, ipv6: bool) -> String {
+    let name = if ipv6 { "vip-range6" } else { "vip-range" };
+    format!("{}/v1/settings/{name}", prefix.trim_end_matches('/'))
 }
 
 /// The key prefix the daemon watches.

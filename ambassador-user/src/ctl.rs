@@ -195,6 +195,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
             name,
             frontend,
             port,
+            ipv6,
             proto,
             etcd,
         } => {
@@ -208,7 +209,7 @@ pub async fn service(cmd: ServiceCmd) -> Result<()> {
                 let port = port.expect("clap requires --frontend or --port");
                 let mut client = opts.connect().await?;
                 let outcome =
-                    vips::ensure(&mut client, &opts.prefix, &name, port, proto, true).await?;
+                    vips::ensure(&mut client, &opts.prefix, &name, port, proto, ipv6, true).await?;
                 match outcome {
                     vips::Outcome::Created(a) => {
                         println!("service {name} -> {a}/{proto} (address allocated)")
@@ -403,8 +404,11 @@ pub async fn vip(cmd: VipCmd) -> Result<()> {
                     println!("frontend addresses are allocated from {}", range.trunc());
                 }
                 None => {
-                    let (range, allocated) = vips::list(&mut client, &opts.prefix).await?;
-                    println!("{range} ({} allocated)", allocated.len());
+                    let (ranges, allocated) = vips::list(&mut client, &opts.prefix).await?;
+                    for range in [ranges.of(false), ranges.of(true)] {
+                        let n = allocated.keys().filter(|ip| range.contains(*ip)).count();
+                        println!("{range} ({n} allocated)");
+                    }
                 }
             }
             Ok(())
@@ -416,9 +420,9 @@ pub async fn vip(cmd: VipCmd) -> Result<()> {
             if output.json {
                 print_json(&allocated);
             } else {
-                let mut out = format!("{:<16} SERVICE\n", "ADDRESS");
+                let mut out = format!("{:<24} SERVICE\n", "ADDRESS");
                 for (ip, name) in &allocated {
-                    let _ = writeln!(out, "{:<16} {name}", ip.to_string());
+                    let _ = writeln!(out, "{:<24} {name}", ip.to_string());
                 }
                 print!("{out}");
             }

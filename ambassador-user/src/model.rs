@@ -161,16 +161,6 @@ pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     Ok(net)
 }
 
-/// Parses an IPv4 range strictly (`vip range`): as [`parse_net`], IPv4 only.
-pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
-    match parse_net(s)? {
-        ipnet::IpNet::V4(net) => Ok(net),
-        ipnet::IpNet::V6(_) => Err(format!(
-            "{s:?}: frontend addresses are allocated from an IPv4 range"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,9 +188,5 @@ mod tests {
         assert_eq!(parse_net("fd00:1::/64").unwrap().to_string(), "fd00:1::/64");
         assert_eq!(parse_net("fd00::1").unwrap().to_string(), "fd00::1/128");
         assert!(parse_net("fd00::1/64").unwrap_err().contains("fd00::/64"));
-        assert!(
-            parse_cidr("fd00::/64").is_err(),
-            "allocation ranges are IPv4"
-        );
     }
 }

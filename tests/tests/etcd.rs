@@ -722,9 +722,9 @@ fn allocated_frontends_never_collide_and_are_answered_by_name() {
     let bed = Bed::new(1, 1);
     let _d = bed.daemon_with(&["--dns-listen", "10.200.0.1:53", "--dns-no-forward"]);
     let default = bed.ctl(&["vip", "range"]);
-    assert!(
-        default.starts_with("10.96.0.0/12 (0 allocated)"),
-        "{default}"
+    assert_eq!(
+        default,
+        "10.96.0.0/12 (0 allocated)\nfd00:10:96::/112 (0 allocated)\n"
     );
     bed.ctl(&["vip", "range", "10.97.0.0/24"]);
     // A manual frontend inside the range: allocation must step over it.
@@ -836,5 +836,60 @@ fn allocated_frontends_never_collide_and_are_answered_by_name() {
     assert!(
         err.contains("no free frontend address left in 10.98.0.0/30"),
         "{err}"
+    );
+
+    // IPv6 (for IPv6 backends): from the IPv6 range, answered as AAAA, reached through it.
+    bed.topo.add_ipv6();
+    let _b6 = TcpServer::start(
+        &bed.topo.backends[0],
+        &Topology::backend_addr6(1, 8080),
+        "b1",
+    );
+    bed.ctl(&["vip", "range", "fd00:10:97::/120"]);
+    let set = bed.ctl(&["service", "set", "web6", "--port", "8080", "--ipv6"]);
+    assert_eq!(
+        set,
+        "service web6 -> [fd00:10:97::1]:8080/tcp (address allocated)\n"
+    );
+    bed.ctl(&["endpoint", "add", "web6", &Topology::backend_addr6(1, 8080)]);
+    let name = "web6.ambassador.internal";
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            dig(&bed.topo.client, &["@10.200.0.1", "+short", "AAAA", name]).trim()
+                == "fd00:10:97::1"
+        }),
+        "{name} never answered fd00:10:97::1"
+    );
+    let (_, ident) = tcp_connect(&bed.topo.client, "[fd00:10:97::1]:8080").unwrap();
+    assert_eq!(ident, "b1");
+    let ranges = bed.ctl(&["vip", "range"]);
+    assert!(
+        ranges.contains("fd00:10:97::/120 (1 allocated)"),
+        "{ranges}"
+    );
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &[
+            "service",
+            "set",
+            "x4",
+            "--frontend",
+            "[fd00:10:97::1]:80",
+            "--etcd",
+            &urls,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is allocated to service web6"),
+        "{out:?}"
+    );
+    // A service stays one family.
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &["service", "set", "web6", "--port", "81", "--etcd", &urls],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("of the other family"),
+        "{out:?}"
     );
 }

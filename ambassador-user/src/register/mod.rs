@@ -145,7 +145,9 @@ struct Register {
     stopping: HashMap<String, String>,
     /// Services labelled containers back, with the port and protocol a service created for
     /// them gets (the first container's).
-    services: HashMap<String, (u16, crate::model::Proto)>,
+    /// Labelled services: the first container's port, protocol, and whether its address is
+    /// IPv6 (a service created for them gets a frontend of that family).
+    services: HashMap<String, (u16, crate::model::Proto, bool)>,
     /// Services known to exist (created or found), with their frontend.
     ensured: HashMap<String, std::net::SocketAddr>,
     /// Containers whose port differs from their service's frontend port (said once).
@@ -283,9 +285,11 @@ impl Register {
         }
         let reg = registration(c, &self.cfg);
         if let Ok(Some(r)) = &reg {
-            self.services
-                .entry(r.service.clone())
-                .or_insert((r.frontend_port, r.proto));
+            self.services.entry(r.service.clone()).or_insert((
+                r.frontend_port,
+                r.proto,
+                r.addr.is_ipv6(),
+            ));
             if let Some(frontend) = self.ensured.get(&r.service) {
                 if frontend.port() != r.frontend_port && self.disagreeing.insert(id.clone()) {
                     info!(container = %short_id(&id), service = %r.service, %frontend, "the container's port {} differs from its service's frontend port: it is registered with its own port, and clients reach it through {frontend}", r.frontend_port);
@@ -315,16 +319,17 @@ impl Register {
         if !self.cfg.create_services {
             return Ok(());
         }
-        let todo: Vec<(String, (u16, crate::model::Proto))> = self
+        let todo: Vec<(String, (u16, crate::model::Proto, bool))> = self
             .services
             .iter()
             .filter(|(s, _)| !self.ensured.contains_key(*s))
             .map(|(s, v)| (s.clone(), *v))
             .collect();
-        for (service, (port, proto)) in todo {
+        for (service, (port, proto, ipv6)) in todo {
             let prefix = self.cfg.etcd.prefix.clone();
             let outcome =
-                crate::vips::ensure(&mut self.etcd, &prefix, &service, port, proto, false).await?;
+                crate::vips::ensure(&mut self.etcd, &prefix, &service, port, proto, ipv6, false)
+                    .await?;
             let frontend = match outcome {
                 crate::vips::Outcome::Created(a) => {
                     info!(%service, frontend = %a, %proto, "service created for its labelled containers (frontend address allocated)");
