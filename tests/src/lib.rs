@@ -1278,6 +1278,7 @@ pub struct Dockerd {
     pub socket: String,
     ns: String,
     bip: String,
+    extra: Vec<String>,
     dir: TempDir,
     proc: Option<Proc>,
 }
@@ -1285,12 +1286,18 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts an engine in `ns`; its default bridge gets `bip` (a 10.x/24 inside the namespace).
     pub fn start(ns: &NetNs, bip: &str) -> Self {
+        Self::start_with(ns, bip, &[])
+    }
+
+    /// [`Dockerd::start`] with `extra` arguments for dockerd.
+    pub fn start_with(ns: &NetNs, bip: &str, extra: &[&str]) -> Self {
         let dir = temp_dir("dockerd");
         let socket = format!("unix://{}/docker.sock", dir.path().display());
         let mut d = Self {
             socket,
             ns: ns.name.clone(),
             bip: bip.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir,
             proc: None,
         };
@@ -1301,7 +1308,7 @@ impl Dockerd {
     /// Starts the engine again (after `stop`), with the same data.
     pub fn restart(&mut self) {
         let p = self.dir.path();
-        let args = vec![
+        let mut args = vec![
             format!("--data-root={}/data", p.display()),
             format!("--exec-root={}/exec", p.display()),
             format!("--pidfile={}/docker.pid", p.display()),
@@ -1309,6 +1316,7 @@ impl Dockerd {
             "--storage-driver=overlay2".into(),
             format!("--bip={}", self.bip),
         ];
+        args.extend(self.extra.iter().cloned());
         self.proc = Some(Proc::spawn(
             &self.ns,
             "dockerd",

@@ -468,3 +468,124 @@ fn a_labelled_container_without_a_service_gets_one_and_names_follow_its_containe
     ]);
     assert!(out.contains(&vip), "{out}");
 }
+
+/// The register over IPv6 with a real dockerd (`--ipv6`, containers on fd00:250:1::/64):
+/// published ports advertised at the host's IPv6 address, and containers' own IPv6 addresses
+/// (`--address-mode container-ipv6`); each labelled service is created with an IPv6 frontend
+/// (a service is one family), and clients reach the containers through it.
+#[test]
+fn ipv6_registers_advertise_published_ports_and_container_addresses() {
+    if !require_root("ipv6_registers_advertise_published_ports_and_container_addresses") {
+        return;
+    }
+    let topo = Topology::new(1);
+    topo.add_ipv6();
+    let h2 = &topo.backends[0];
+    let etcd = Etcd::single(&topo.fwd);
+    let dockerd = Dockerd::start_with(
+        h2,
+        "10.250.1.1/24",
+        &["--ipv6", "--fixed-cidr-v6=fd00:250:1::/64"],
+    );
+    dockerd.import_busybox(IMAGE);
+    // Containers' IPv6 addresses are routed through h2.
+    h2.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    topo.fwd.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:250:1::/64",
+        "via",
+        "fd00:200:1::2",
+    ]);
+    let pin = PinDir::new();
+    let mut daemon = Daemon::run_etcd(&topo.fwd, "c0", &etcd.urls(), &pin.path, &[]);
+    daemon.wait_ready();
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "register",
+            "--docker",
+            &dockerd.socket,
+            "--ttl",
+            TTL,
+            "--reconcile-interval",
+            "2",
+            "--etcd",
+            "http://10.200.1.1:2379",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut r = Daemon::start(h2, &args);
+        r.wait_log("following Docker events", Duration::from_secs(15));
+        r
+    };
+    let frontend_of = |service: &str| -> Option<String> {
+        let out = ambassador_in(
+            &topo.fwd,
+            &["service", "get", service, "--json", "--etcd", &etcd.urls()],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["frontend"].as_str()?.to_owned())
+    };
+    let reached = |service: &str, who: &str| -> String {
+        let mut frontend = String::new();
+        let ok = wait_until(Duration::from_secs(15), || {
+            frontend = frontend_of(service).unwrap_or_default();
+            !frontend.is_empty() && identify(&topo.client, &frontend).is_ok_and(|w| w == who)
+        });
+        assert!(
+            ok,
+            "{who} is not reached through {service} ({frontend:?}): {:?}",
+            service_status(&pin.path, service)
+        );
+        frontend
+    };
+
+    // Published: the host's IPv6 address and the port Docker published.
+    let published = register(&["--advertise-ip", "fd00:200:1::2", "--host-id", "h2"]);
+    dockerd.run_web(
+        IMAGE,
+        "p1",
+        &["--label", "ambassador.service=pub6", "-p", "8080"],
+    );
+    let frontend = reached("pub6", "p1");
+    assert!(
+        frontend.starts_with("[fd00:10:96::"),
+        "an IPv6 frontend from the IPv6 range: {frontend}"
+    );
+    let port = dockerd
+        .docker(&["port", "p1", "8080/tcp"])
+        .lines()
+        .find_map(|l| l.rsplit(':').next().map(str::to_owned))
+        .unwrap();
+    assert_eq!(
+        active_backends(&pin.path, "pub6"),
+        [format!("[fd00:200:1::2]:{port}")],
+        "{}",
+        published.log()
+    );
+
+    // Container addresses: the container's own global IPv6 address and port.
+    let direct = register(&["--address-mode", "container-ipv6", "--host-id", "h2c"]);
+    dockerd.run_web(
+        IMAGE,
+        "k1",
+        &["--label", "ambassador.service=dir6", "--expose", "8080"],
+    );
+    let frontend = reached("dir6", "k1");
+    assert!(frontend.starts_with("[fd00:10:96::"), "{frontend}");
+    let k1 = dockerd.docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+        "k1",
+    ]);
+    assert!(k1.starts_with("fd00:250:1:"), "{k1}");
+    assert_eq!(
+        active_backends(&pin.path, "dir6"),
+        [format!("[{k1}]:8080")],
+        "{}",
+        direct.log()
+    );
+}

@@ -9,8 +9,12 @@ use crate::etcd::EtcdOptions;
 pub enum AddressMode {
     /// `--advertise-ip` and the port Docker published on the host.
     Published,
-    /// The container's own IP and port (routed or overlay networks).
+    /// The container's own IP and port (routed or overlay networks): an IPv4 address, else a
+    /// global IPv6 one.
     Container,
+    /// The container's own global IPv6 address and port (IPv6-routed networks, `dockerd
+    /// --ipv6`), even when it has an IPv4 address too.
+    ContainerIpv6,
 }
 
 /// Validated settings of `ambassador register`.

@@ -94,7 +94,8 @@ pub fn registration(
             let (key, host_port) = pick(&published, wanted_port, "published")?;
             (SocketAddr::new(advertise, host_port), key_port(key))
         }
-        AddressMode::Container => {
+        AddressMode::Container | AddressMode::ContainerIpv6 => {
+            let ipv6_only = cfg.address_mode == AddressMode::ContainerIpv6;
             let ip = c
                 .network_settings
                 .as_ref()
@@ -103,7 +104,7 @@ pub fn registration(
                     // An IPv4 address of any network (by network name), else a global IPv6 one.
                     let mut names: Vec<&String> = nets.keys().collect();
                     names.sort();
-                    let v4 = names.iter().find_map(|n| {
+                    let v4 = names.iter().filter(|_| !ipv6_only).find_map(|n| {
                         let ip = nets[*n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok()?;
                         Some(IpAddr::V4(ip))
                     });
@@ -114,7 +115,11 @@ pub fn registration(
                         })
                     })
                 })
-                .ok_or("the container has no IPv4 or global IPv6 address on any network")?;
+                .ok_or(if ipv6_only {
+                    "the container has no global IPv6 address on any network (dockerd --ipv6 and an IPv6 subnet give it one)"
+                } else {
+                    "the container has no IPv4 or global IPv6 address on any network"
+                })?;
             let mut exposed: BTreeMap<&str, u16> = BTreeMap::new();
             let from_config = c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_ref());
             for p in from_config
@@ -320,6 +325,7 @@ mod tests {
                     "bridge".to_owned(),
                     EndpointSettings {
                         ip_address: Some("10.250.0.5".into()),
+                        global_ipv6_address: Some("fd00:250::5".into()),
                         ..Default::default()
                     },
                 )])),
@@ -404,6 +410,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.addr, "10.250.0.5:3306".parse().unwrap());
         assert_eq!(r.weight, 3);
+        let r = registration(&c, &cfg(AddressMode::ContainerIpv6))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.addr, "[fd00:250::5]:3306".parse().unwrap());
     }
 
     #[test]
