@@ -83,6 +83,9 @@ pub mod program_names {
     pub const TC_DNAT: &str = "amb_tc_dnat";
     /// TC egress on a client-facing interface: backend -> frontend on replies.
     pub const TC_RNAT: &str = "amb_tc_rnat";
+    /// XDP on a gateway's client- and backend-facing interfaces: both translations, and the
+    /// frame forwarded from there.
+    pub const XDP: &str = "amb_xdp";
     /// cgroup `connect4`: a TCP or UDP socket connecting to a frontend connects to a backend.
     pub const SOCK_CONNECT4: &str = "amb_sk_connect4";
     /// cgroup `sendmsg4`: a datagram sent to a frontend on an unconnected UDP socket goes to

@@ -9,19 +9,22 @@ use ambassador_common::{
     csum, Addr, Backend, CtEntry, CtKey, RevNat, ServiceKey, ServiceValue4, SockKey, SockNat,
 };
 use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR,
+    bindings::{bpf_fib_lookup, BPF_F_PSEUDO_HDR},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
 };
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 
 use crate::{
     conntrack::Scratch,
+    frame::Frame,
     maps::{
         BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SCRATCH, SCRATCH6,
         SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE, SOCK_REVERSE6,
     },
-    parse::{self, IpPacket, ETH_HLEN, IP6_DADDR, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR},
+    parse::{
+        self, IpPacket, ETH_HLEN, IP6_DADDR, IP6_HOP_LIMIT, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR,
+        IP_TTL,
+    },
 };
 
 /// Size of one address word in a checksum update (the low bits of the helper's flags).
@@ -51,7 +54,7 @@ pub trait Family: Addr {
     /// Socket datapath: (socket, backend) -> frontend.
     fn sock_reverse() -> &'static LruHashMap<SockKey<Self>, SockNat<Self>>;
     /// The packet's IP header of this family, if it is one (TCP or UDP).
-    fn parse(ctx: &TcContext) -> Option<IpPacket<Self>>;
+    fn parse(ctx: &impl Frame) -> Option<IpPacket<Self>>;
     /// The address as the debug log prints it.
     fn shown(self) -> Self::Shown;
     /// Whether two addresses are equal (word by word: BPF has no `memcmp`).
@@ -60,14 +63,23 @@ pub trait Family: Addr {
     /// checksum at `csum_off` (`l4_flags`: extra flags of its update) and any header checksum
     /// kept correct.
     fn rewrite_addr(
-        ctx: &TcContext,
+        ctx: &impl Frame,
         off: usize,
         csum_off: usize,
         old: Self,
         new: Self,
         l4_flags: u64,
     ) -> Result<(), i64>;
+    /// Fills the family and the addresses of a FIB lookup for a packet `src` -> `dst`.
+    fn fib_addrs(fib: &mut bpf_fib_lookup, src: Self, dst: Self);
+    /// Counts one hop (IPv4's TTL, with the header checksum; IPv6's hop limit), as forwarding
+    /// does; `Err` when it is spent (the stack answers with "time exceeded").
+    fn count_hop(ctx: &impl Frame) -> Result<(), i64>;
 }
+
+/// `AF_INET` and `AF_INET6`, as a FIB lookup names the family.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 impl Family for u32 {
     type Shown = u32;
@@ -96,7 +108,7 @@ impl Family for u32 {
         &SOCK_REVERSE
     }
     #[inline(always)]
-    fn parse(ctx: &TcContext) -> Option<IpPacket<u32>> {
+    fn parse(ctx: &impl Frame) -> Option<IpPacket<u32>> {
         parse::ipv4(ctx)
     }
     fn shown(self) -> u32 {
@@ -108,7 +120,7 @@ impl Family for u32 {
 
     #[inline(always)]
     fn rewrite_addr(
-        ctx: &TcContext,
+        ctx: &impl Frame,
         off: usize,
         csum_off: usize,
         old: u32,
@@ -116,16 +128,38 @@ impl Family for u32 {
         l4_flags: u64,
     ) -> Result<(), i64> {
         let ip_csum = parse::ip_csum(ctx).ok_or(-1i64)?;
-        ctx.l4_csum_replace(
+        Frame::l4_csum_replace(
+            ctx,
             csum_off,
             old as u64,
             new as u64,
             BPF_F_PSEUDO_HDR as u64 | l4_flags | CSUM_WORD,
         )?;
-        ctx.store(off, &new, 0)?;
+        Frame::store(ctx, off, &new)?;
         let new_csum = csum::replace4(ip_csum, u32::from_be(old), u32::from_be(new));
-        ctx.store(ETH_HLEN + IP_CSUM, &new_csum.to_be(), 0)?;
+        Frame::store(ctx, ETH_HLEN + IP_CSUM, &new_csum.to_be())?;
         Ok(())
+    }
+
+    fn fib_addrs(fib: &mut bpf_fib_lookup, src: u32, dst: u32) {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = src;
+        fib.__bindgen_anon_4.ipv4_dst = dst;
+    }
+
+    #[inline(always)]
+    fn count_hop(ctx: &impl Frame) -> Result<(), i64> {
+        // TTL and protocol are one 16-bit word of the header checksum.
+        let word: [u8; 2] = ctx.load(ETH_HLEN + IP_TTL)?;
+        if word[0] <= 1 {
+            return Err(-1);
+        }
+        let ip_csum = parse::ip_csum(ctx).ok_or(-1i64)?;
+        let old = u16::from_be_bytes(word);
+        let new = old - 0x100;
+        ctx.store(ETH_HLEN + IP_TTL, &(word[0] - 1))?;
+        let new_csum = csum::replace2(ip_csum, old, new);
+        ctx.store(ETH_HLEN + IP_CSUM, &new_csum.to_be())
     }
 }
 
@@ -156,7 +190,7 @@ impl Family for [u8; 16] {
         &SOCK_REVERSE6
     }
     #[inline(always)]
-    fn parse(ctx: &TcContext) -> Option<IpPacket<[u8; 16]>> {
+    fn parse(ctx: &impl Frame) -> Option<IpPacket<[u8; 16]>> {
         parse::ipv6(ctx)
     }
     fn shown(self) -> [u8; 16] {
@@ -170,7 +204,7 @@ impl Family for [u8; 16] {
     /// No header checksum; the pseudo header's address is four words of the L4 checksum.
     #[inline(always)]
     fn rewrite_addr(
-        ctx: &TcContext,
+        ctx: &impl Frame,
         off: usize,
         csum_off: usize,
         old: [u8; 16],
@@ -183,7 +217,8 @@ impl Family for [u8; 16] {
             };
             let (o, n) = (w(&old), w(&new));
             if o != n {
-                ctx.l4_csum_replace(
+                Frame::l4_csum_replace(
+                    ctx,
                     csum_off,
                     o as u64,
                     n as u64,
@@ -191,8 +226,26 @@ impl Family for [u8; 16] {
                 )?;
             }
         }
-        ctx.store(off, &new, 0)?;
+        Frame::store(ctx, off, &new)?;
         Ok(())
+    }
+
+    fn fib_addrs(fib: &mut bpf_fib_lookup, src: [u8; 16], dst: [u8; 16]) {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src =
+            [word(&src, 0), word(&src, 1), word(&src, 2), word(&src, 3)];
+        fib.__bindgen_anon_4.ipv6_dst =
+            [word(&dst, 0), word(&dst, 1), word(&dst, 2), word(&dst, 3)];
+    }
+
+    /// No header checksum.
+    #[inline(always)]
+    fn count_hop(ctx: &impl Frame) -> Result<(), i64> {
+        let hops: u8 = ctx.load(ETH_HLEN + IP6_HOP_LIMIT)?;
+        if hops <= 1 {
+            return Err(-1);
+        }
+        ctx.store(ETH_HLEN + IP6_HOP_LIMIT, &(hops - 1))
     }
 }
 

@@ -1,11 +1,14 @@
 //! ambassador's datapaths. `tc`: DNAT of frontend traffic to a backend on a client-facing
 //! interface's ingress, and the reverse rewrite of replies on its egress. `sock`: cgroup
 //! programs that translate a socket's destination once, at `connect()` or `sendmsg()`.
+//! `xdp`: both translations before the stack, on a gateway's interfaces, the frame forwarded
+//! from there.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod family;
+mod frame;
 mod health;
 mod icmp;
 mod lb;
@@ -14,10 +17,11 @@ mod nat;
 mod parse;
 mod sock;
 mod stats;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, SockContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 
 /// Leave the packet to the next program or the stack (TC_ACT_UNSPEC; TCX_NEXT under TCX).
@@ -35,6 +39,13 @@ pub fn amb_tc_dnat(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn amb_tc_rnat(ctx: TcContext) -> i32 {
     verdict(nat::rnat(&ctx))
+}
+
+/// XDP on a gateway's interfaces (clients' and backends'): frames to a frontend go to a
+/// backend, backends' replies come from the frontend, both forwarded from here.
+#[xdp]
+pub fn amb_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
 }
 
 /// cgroup `connect4`: a socket connecting to a frontend connects to a backend.

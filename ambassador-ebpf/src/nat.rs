@@ -11,6 +11,7 @@ use aya_log_ebpf::debug;
 use crate::{
     conntrack,
     family::Family,
+    frame::Frame,
     health, icmp, lb,
     parse::{self, IpPacket, L4, L4_DPORT, L4_SPORT},
     stats,
@@ -55,7 +56,7 @@ fn dnat_ip<A: Family>(ctx: &TcContext) -> Option<Verdict> {
 }
 
 #[inline(always)]
-fn dnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
+pub fn dnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
     if ip.fragment {
         // Only the first fragment carries ports, so a fragment can never be matched to a
         // flow: drop it if it goes to a frontend address, leave it alone otherwise.
@@ -101,7 +102,7 @@ fn dnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
 
 #[inline(always)]
 fn forward<A: Family>(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     ip: &IpPacket<A>,
     l4: &L4,
     service_id: u32,
@@ -183,7 +184,7 @@ fn rnat_ip<A: Family>(ctx: &TcContext) -> Option<Verdict> {
 }
 
 #[inline(always)]
-fn rnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
+pub fn rnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
     if ip.fragment {
         return Verdict::Pass;
     }
@@ -236,7 +237,7 @@ fn rnat_packet<A: Family>(ctx: &TcContext, ip: &IpPacket<A>) -> Verdict {
 /// for IPv4, the header checksum kept correct.
 #[inline(always)]
 fn rewrite<A: Family>(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     ip: &IpPacket<A>,
     l4: &L4,
     side: Side,
@@ -264,13 +265,14 @@ fn rewrite<A: Family>(
         )?;
     }
     if old_port_be != new_port_be {
-        ctx.l4_csum_replace(
+        Frame::l4_csum_replace(
+            ctx,
             l4.csum_off,
             old_port_be as u64,
             new_port_be as u64,
             mangled0 | CSUM_PORT,
         )?;
-        ctx.store(ip.l4_off + port_off, &new_port_be, 0)?;
+        Frame::store(ctx, ip.l4_off + port_off, &new_port_be)?;
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 use ambassador_common::proto;
 use aya_ebpf::programs::TcContext;
 
+use crate::frame::Frame;
+
 pub const ETH_HLEN: usize = 14;
 /// Offset of the ethertype in the Ethernet header.
 const ETH_TYPE: usize = 12;
@@ -13,6 +15,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv6 header field offsets, relative to the start of the IPv6 header.
 const IP6_PAYLOAD_LEN: usize = 4;
 const IP6_NEXT: usize = 6;
+pub const IP6_HOP_LIMIT: usize = 7;
 pub const IP6_SADDR: usize = 8;
 pub const IP6_DADDR: usize = 24;
 const IP6_HLEN: usize = 40;
@@ -28,6 +31,7 @@ const IP6_MAX_EXT: usize = 4;
 /// IPv4 header field offsets, relative to the start of the IPv4 header.
 pub const IP_TOT_LEN: usize = 2;
 pub const IP_FRAG_OFF: usize = 6;
+pub const IP_TTL: usize = 8;
 pub const IP_PROTO: usize = 9;
 pub const IP_CSUM: usize = 10;
 pub const IP_SADDR: usize = 12;
@@ -81,7 +85,7 @@ pub struct L4 {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -91,14 +95,14 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+fn read<T: Copy>(ctx: &impl Frame, offset: usize) -> Option<T> {
     // SAFETY: ptr_at checked that the whole T lies inside the packet.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
 /// The frame's ethertype.
 #[inline(always)]
-pub fn ethertype(ctx: &TcContext) -> Option<u16> {
+pub fn ethertype(ctx: &impl Frame) -> Option<u16> {
     read::<u16>(ctx, ETH_TYPE).map(u16::from_be)
 }
 
@@ -135,7 +139,7 @@ fn addr_at(hdr: &[u8; IP_MIN_HLEN], off: usize) -> u32 {
 /// Parses Ethernet + IPv4 for TCP or UDP; `None` for anything else (which the datapath
 /// leaves alone, including IPv4 headers too broken for the stack to accept).
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
+pub fn ipv4(ctx: &impl Frame) -> Option<Ipv4Packet> {
     let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
     if ethertype != ETH_P_IP {
         return None;
@@ -163,14 +167,14 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
 /// packet a fragment (only the first carries ports). Bounds-checked copies throughout: the L4
 /// offset depends on the extension headers.
 #[inline(always)]
-pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
+pub fn ipv6(ctx: &impl Frame) -> Option<Ipv6Packet> {
     let ethertype = u16::from_be(read::<u16>(ctx, ETH_TYPE)?);
     if ethertype != ETH_P_IPV6 {
         return None;
     }
     // The fixed part and the addresses, each loaded where it is kept (no copy of the whole
     // header: the stack is short).
-    let head: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+    let head: [u8; 8] = Frame::load(ctx, ETH_HLEN).ok()?;
     if head[0] >> 4 != 6 {
         return None;
     }
@@ -180,12 +184,12 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
     for _ in 0..IP6_MAX_EXT {
         match next {
             IP6_HOPOPTS | IP6_ROUTING | IP6_DSTOPTS => {
-                let ext: [u8; 2] = ctx.load(off).ok()?;
+                let ext: [u8; 2] = Frame::load(ctx, off).ok()?;
                 next = ext[0];
                 off += (ext[1] as usize + 1) * 8;
             }
             IP6_FRAGMENT => {
-                let ext: [u8; 4] = ctx.load(off).ok()?;
+                let ext: [u8; 4] = Frame::load(ctx, off).ok()?;
                 next = ext[0];
                 // Offset (13 bits) and more-fragments: any of them set makes a fragment.
                 fragment = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff9 != 0;
@@ -199,8 +203,8 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
     }
     let payload = u16::from_be_bytes([head[IP6_PAYLOAD_LEN], head[IP6_PAYLOAD_LEN + 1]]);
     Some(Ipv6Packet {
-        saddr_be: ctx.load(ETH_HLEN + IP6_SADDR).ok()?,
-        daddr_be: ctx.load(ETH_HLEN + IP6_DADDR).ok()?,
+        saddr_be: Frame::load(ctx, ETH_HLEN + IP6_SADDR).ok()?,
+        daddr_be: Frame::load(ctx, ETH_HLEN + IP6_DADDR).ok()?,
         proto: next,
         tot_len: payload.saturating_add(IP6_HLEN as u16),
         fragment,
@@ -212,10 +216,10 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6Packet> {
 /// depends on the IP options or extension headers, which direct packet access would make hard
 /// to verify.
 #[inline(always)]
-pub fn l4<A>(ctx: &TcContext, ip: &IpPacket<A>) -> Option<L4> {
+pub fn l4<A>(ctx: &impl Frame, ip: &IpPacket<A>) -> Option<L4> {
     let off = ip.l4_off;
     if ip.proto == proto::TCP {
-        let hdr: [u8; TCP_MIN_HLEN] = ctx.load(off).ok()?;
+        let hdr: [u8; TCP_MIN_HLEN] = Frame::load(ctx, off).ok()?;
         Some(L4 {
             sport_be: u16::from_ne_bytes([hdr[L4_SPORT], hdr[L4_SPORT + 1]]),
             dport_be: u16::from_ne_bytes([hdr[L4_DPORT], hdr[L4_DPORT + 1]]),
@@ -223,7 +227,7 @@ pub fn l4<A>(ctx: &TcContext, ip: &IpPacket<A>) -> Option<L4> {
             csum_off: off + TCP_CSUM,
         })
     } else {
-        let hdr: [u8; UDP_HLEN] = ctx.load(off).ok()?;
+        let hdr: [u8; UDP_HLEN] = Frame::load(ctx, off).ok()?;
         Some(L4 {
             sport_be: u16::from_ne_bytes([hdr[L4_SPORT], hdr[L4_SPORT + 1]]),
             dport_be: u16::from_ne_bytes([hdr[L4_DPORT], hdr[L4_DPORT + 1]]),
@@ -383,6 +387,6 @@ pub fn inner_l4_csum_off<A>(ctx: &TcContext, e: &IcmpError<A>) -> Option<usize> 
 
 /// Reads the IPv4 header checksum (host order value of the wire field).
 #[inline(always)]
-pub fn ip_csum(ctx: &TcContext) -> Option<u16> {
+pub fn ip_csum(ctx: &impl Frame) -> Option<u16> {
     read::<u16>(ctx, ETH_HLEN + IP_CSUM).map(u16::from_be)
 }

@@ -121,14 +121,16 @@ impl From<EtcdArgs> for EtcdOptions {
 /// `ambassador run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Client-facing interface of the `tc` datapath: where client traffic enters this host (a
-    /// container's veth, a bridge such as docker0, or an uplink). Repeatable, or
+    /// Client-facing interface of the `tc` or `xdp` datapath: where client traffic enters this
+    /// host (a container's veth, a bridge such as docker0, or an uplink). Repeatable, or
     /// comma-separated.
     #[arg(long = "iface", env = "AMBASSADOR_IFACE", value_delimiter = ',')]
     pub ifaces: Vec<String>,
-    /// Datapaths to attach, comma-separated: `tc` (packets entering --iface), `sock` (every
-    /// process in --cgroup-path, translated at connect()). `sock` changes what every process
-    /// of the host connects to, so it is never implied: name it. [default: tc]
+    /// Datapaths to attach, comma-separated: `tc` (packets entering --iface), `xdp` (instead
+    /// of tc on a gateway: packets entering --iface translated and forwarded before the
+    /// stack), `sock` (every process in --cgroup-path, translated at connect()). `sock`
+    /// changes what every process of the host connects to, so it is never implied: name it.
+    /// [default: tc]
     #[arg(long, env = "AMBASSADOR_DATAPATH", value_enum, value_delimiter = ',')]
     pub datapath: Vec<DatapathKind>,
     /// cgroup v2 directory whose processes the `sock` datapath serves. [default: the host's
@@ -165,6 +167,10 @@ pub struct RunArgs {
     /// How to attach the TC programs: TCX links (Linux 6.6+) or a clsact qdisc.
     #[arg(long, env = "AMBASSADOR_TC_ATTACH", value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
+    /// How to attach the XDP program: native (in the driver) where the driver supports it and
+    /// generic otherwise (`auto`), or only one of them. `status` shows which each interface got.
+    #[arg(long, env = "AMBASSADOR_XDP_ATTACH", value_enum, default_value_t = crate::loader::XdpAttach::Auto)]
+    pub xdp_attach: crate::loader::XdpAttach,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595; port 0 picks
     /// one and logs it). Not served unless given.
     #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
@@ -239,6 +245,9 @@ pub enum DatapathKind {
     /// cgroup socket programs on --cgroup-path: processes of this host, translated once per
     /// connection.
     Sock,
+    /// An XDP program on the --iface interfaces and on those towards the backends: a gateway
+    /// forwarding other machines' traffic, translated and forwarded before the stack.
+    Xdp,
 }
 
 impl RunArgs {
@@ -252,12 +261,22 @@ impl RunArgs {
         };
         let tc = datapaths.contains(&DatapathKind::Tc);
         let sock = datapaths.contains(&DatapathKind::Sock);
+        let xdp = datapaths.contains(&DatapathKind::Xdp);
+        if tc && xdp {
+            return Err("tc and xdp both translate the packets entering --iface: choose one (xdp for a gateway that forwards other machines' traffic, tc otherwise)".into());
+        }
         if tc && a.ifaces.is_empty() {
             return Err("the tc datapath (the default) needs --iface, where client traffic enters; for the processes of this host, use --datapath sock".into());
         }
-        if !tc && !a.ifaces.is_empty() {
+        if xdp && a.ifaces.is_empty() {
             return Err(
-                "--iface is for the tc datapath: add tc to --datapath (--datapath tc,sock)".into(),
+                "the xdp datapath needs --iface, where client traffic enters this gateway".into(),
+            );
+        }
+        if !tc && !xdp && !a.ifaces.is_empty() {
+            return Err(
+                "--iface is for the tc or xdp datapath: add one to --datapath (--datapath tc,sock)"
+                    .into(),
             );
         }
         if !sock && a.cgroup_path.is_some() {
@@ -281,9 +300,11 @@ impl RunArgs {
         });
         Ok(RunConfig {
             targets: crate::loader::Targets {
-                ifaces: a.ifaces,
+                ifaces: if tc { a.ifaces.clone() } else { Vec::new() },
                 tc_attach: a.tc_attach,
                 sock: sock.then_some(a.cgroup_path),
+                xdp_ifaces: if xdp { a.ifaces } else { Vec::new() },
+                xdp_attach: a.xdp_attach,
             },
             source: match a.config {
                 Some(path) => Source::File(path),

@@ -323,12 +323,24 @@ impl State {
                     dns.update(desired, serial);
                 }
                 self.destroy_stale_sockets();
+                self.follow_xdp_backends();
             }
             Err(e) => {
                 t.apply_failures += 1;
                 error!("{why}: applying failed, the maps keep what was applied before: {e}")
             }
         }
+    }
+
+    /// Keeps the XDP program on the interfaces towards the current backends.
+    fn follow_xdp_backends(&mut self) {
+        let backends: Vec<std::net::IpAddr> = self
+            .installed
+            .backends
+            .values()
+            .map(|b| b.addr.ip())
+            .collect();
+        self.dp.sync_xdp_backends(backends);
     }
 
     fn follow_etcd(&mut self, snap: &Snapshot) {
@@ -614,6 +626,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     // Bridge ports come and go with containers: a link event attaches a new port at once; the
     // periodic sweep is the safety net (a lost event, an overflowing socket).
     let mut ports = tokio::time::interval(Duration::from_secs(1));
+    let mut routes = tokio::time::interval(Duration::from_secs(5));
     let link_events = if state.dp.has_bridges() {
         link_events()
     } else {
@@ -653,6 +666,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             _ = gc_tick.tick() => state.collect_garbage(&cfg.timeouts),
             _ = heartbeat.tick() => state.write_info(),
             _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
+            // Routes to the backends change too (a subnet moves to another link).
+            _ = routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
             ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
                 if let Ok(mut guard) = ready {
                     state.health_events(guard.get_inner_mut());

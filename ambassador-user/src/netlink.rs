@@ -1,6 +1,7 @@
 //! The network interfaces of this network namespace, from rtnetlink (an RTM_GETLINK dump, and
-//! the RTMGRP_LINK multicast group for changes) and their addresses (an RTM_GETADDR dump), through the netlink-packet-route and
-//! netlink-sys crates; and the one request/answer loop every netlink user here shares.
+//! the RTMGRP_LINK multicast group for changes), their addresses (an RTM_GETADDR dump) and the
+//! route to an address (RTM_GETROUTE), through the netlink-packet-route and netlink-sys
+//! crates; and the one request/answer loop every netlink user here shares.
 //!
 //! Not sysfs: /sys/class/net shows the namespace of whoever mounted sysfs, which is not this
 //! process's under `nsenter --net` or in a container without its own /sys.
@@ -9,12 +10,13 @@ use std::io;
 
 use netlink_packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkInfo, LinkMessage},
-    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    route::{RouteAttribute, RouteMessage},
+    AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -29,6 +31,9 @@ pub struct Link {
     pub master: Option<u32>,
     /// Link kind ("bridge", "veth", ...), when the kernel reports one.
     pub kind: Option<String>,
+    /// How an XDP program is attached: "native" (the driver runs it), "generic" (the stack
+    /// does), "offload"; `None` without one.
+    pub xdp: Option<&'static str>,
 }
 
 impl From<&LinkMessage> for Link {
@@ -38,6 +43,7 @@ impl From<&LinkMessage> for Link {
             name: String::new(),
             master: None,
             kind: None,
+            xdp: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -46,6 +52,15 @@ impl From<&LinkMessage> for Link {
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.iter().find_map(|i| match i {
                         LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    });
+                }
+                LinkAttribute::Xdp(xdp) => {
+                    link.xdp = xdp.iter().find_map(|x| match x {
+                        LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+                        LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+                        LinkXdp::Attached(XdpAttached::Multiple) => Some("several modes"),
                         _ => None,
                     });
                 }
@@ -160,6 +175,43 @@ pub fn addresses() -> io::Result<Vec<ipnet::IpNet>> {
     Ok(nets)
 }
 
+/// The index of the interface this namespace's routes send packets for `ip` out of (what `ip
+/// route get` says); `None` when no route leads there (unreachable, or a local address).
+pub fn route_oif(ip: std::net::IpAddr) -> io::Result<Option<u32>> {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::from(ip);
+    m.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+    m.attributes.push(RouteAttribute::Destination(ip.into()));
+    let mut oif = None;
+    let answer = exchange(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetRoute(m),
+        // The acknowledgement ends the exchange (the answer itself is one message, no dump).
+        NLM_F_REQUEST | NLM_F_ACK,
+        |p| {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = p {
+                oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+            }
+        },
+    );
+    match answer {
+        // No route: unreachable, prohibited, or a blackhole.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(oif),
+    }
+}
+
 /// A socket that becomes readable whenever an interface appears, changes or goes (the
 /// RTMGRP_LINK multicast group), so bridge ports are attached as soon as they join.
 pub struct LinkEvents {
@@ -202,6 +254,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_route_to_loopback_leaves_through_lo() {
+        assert_eq!(route_oif("127.0.0.1".parse().unwrap()).unwrap(), Some(1));
+    }
+
+    #[test]
     fn loopback_is_listed() {
         let links = links().unwrap();
         let lo = links.iter().find(|l| l.name == "lo").expect("lo");
@@ -227,6 +284,7 @@ mod tests {
                 name: "veth1".into(),
                 master: Some(3),
                 kind: Some("veth".into()),
+                xdp: None,
             }
         );
     }

@@ -221,7 +221,11 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let _ = writeln!(
         md,
         "{}",
-        if reps < 3 { " a quick run: one repetition, not a measurement." } else { "" },
+        if reps < 3 {
+            " a quick run: one repetition, not a measurement."
+        } else {
+            ""
+        },
     );
     Ok((md, serde_json::Value::Object(json)))
 }

@@ -1,4 +1,4 @@
-//! The TC programs run by the kernel on crafted packets (BPF_PROG_TEST_RUN), Katran style: a
+//! The TC and XDP programs run by the kernel on crafted packets (BPF_PROG_TEST_RUN), Katran style: a
 //! table of {description, program, input, expected verdict, expected output}. Every output
 //! has its checksums verified by an independent implementation (etherparse).
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ambassador_common::program_names;
 use ambassador_tests::{require_root, PinDir};
 use ambassador_user::{config, daemon, loader};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use etherparse::{
     icmpv4::{DestUnreachableHeader, TimeExceededCode},
     Icmpv4Type, IpNumber, Ipv4Header, Ipv4Options, NetHeaders, PacketBuilder, PacketHeaders,
@@ -266,7 +266,7 @@ fn programs_handle_the_fixture_table() {
     let pin = PinDir::new();
     // The socket programs too: the verifier must accept them (they run in the sock tests).
     let (ebpf, mut maps, _lock, _) =
-        loader::load(&pin.path, Default::default(), false, true).expect("load the datapath");
+        loader::load(&pin.path, Default::default(), false, true, false).expect("load the datapath");
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     daemon::converge(&mut maps, &mut installed, &desired).unwrap();
@@ -276,6 +276,109 @@ fn programs_handle_the_fixture_table() {
             .try_into()
             .expect("a TC program")
     };
+    let cases = cases();
+
+    let failures = check(
+        &cases,
+        |case| test_run(prog(case.program), &case.input),
+        |v| v,
+    );
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n  {}",
+        failures.join("\n  ")
+    );
+
+    // Every verdict was counted under its reason.
+    let reasons = maps.reasons().unwrap();
+    let want: BTreeMap<&str, u64> = [
+        ("forwarded", 5),
+        ("reverse_nat", 2),
+        ("no_backend", 1),
+        ("fragment", 2),
+        ("malformed", 2),
+        ("ct_insert_failed", 0),
+        ("backend_missing", 0),
+        ("rewrite_failed", 0),
+        ("failover", 0),
+        ("icmp_error", 3),
+    ]
+    .into();
+    assert_eq!(reasons, want);
+    let flows = maps.flows().unwrap();
+    assert_eq!(flows.len(), 4, "{flows:?}");
+}
+
+/// The same table through the XDP program, which does both translations on one hook: its
+/// verdicts are XDP's (`XDP_PASS` where TC goes on: the FIB has no answer for a test run's
+/// frame, so a translated frame goes to the stack, as one whose next hop is unresolved does),
+/// and ICMP errors are left to the stack (XDP translates TCP and UDP only).
+#[test]
+fn the_xdp_program_handles_the_fixture_table() {
+    if !require_root("the_xdp_program_handles_the_fixture_table") {
+        return;
+    }
+    const XDP_DROP: i32 = 1;
+    const XDP_PASS: i32 = 2;
+    let pin = PinDir::new();
+    let (ebpf, mut maps, _lock, _) =
+        loader::load(&pin.path, Default::default(), false, false, true).expect("load the datapath");
+    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let mut installed = maps.read_installed().unwrap();
+    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    let xdp: &Xdp = ebpf
+        .program(program_names::XDP)
+        .expect("in the object")
+        .try_into()
+        .expect("an XDP program");
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .map(|c| match c.expect {
+            Expect::IcmpTranslated { .. } => Case {
+                expect: Expect::Unchanged,
+                ..c
+            },
+            _ => c,
+        })
+        .collect();
+    let run = |case: &Case| {
+        let mut out = vec![0u8; 4096];
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(&case.input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value as i32, out)
+    };
+    let failures = check(&cases, run, |v| if v == SHOT { XDP_DROP } else { XDP_PASS });
+    assert!(
+        failures.is_empty(),
+        "XDP fixture failures:\n  {}",
+        failures.join("\n  ")
+    );
+    let reasons = maps.reasons().unwrap();
+    let want: BTreeMap<&str, u64> = [
+        ("forwarded", 5),
+        ("reverse_nat", 2),
+        ("no_backend", 1),
+        ("fragment", 2),
+        ("malformed", 2),
+        ("ct_insert_failed", 0),
+        ("backend_missing", 0),
+        ("rewrite_failed", 0),
+        ("failover", 0),
+        ("icmp_error", 0),
+    ]
+    .into();
+    assert_eq!(reasons, want);
+}
+
+/// The fixture table: TC's programs (DNAT on ingress, reverse NAT on egress), in order (later
+/// cases rely on the flows earlier ones created).
+fn cases() -> Vec<Case> {
     let (dnat, rnat) = (program_names::TC_DNAT, program_names::TC_RNAT);
 
     let mut cases = vec![
@@ -503,15 +606,22 @@ fn programs_handle_the_fixture_table() {
             expect: Expect::Unchanged,
         },
     ]);
+    cases
+}
 
+/// Runs every case with `run` and returns what went wrong; `verdict_of` maps a case's TC
+/// verdict to the program's.
+fn check(
+    cases: &[Case],
+    run: impl Fn(&Case) -> (i32, Vec<u8>),
+    verdict_of: impl Fn(i32) -> i32,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for case in &cases {
-        let (verdict, out) = test_run(prog(case.program), &case.input);
-        if verdict != case.verdict {
-            failures.push(format!(
-                "{}: verdict {verdict}, want {}",
-                case.what, case.verdict
-            ));
+    for case in cases {
+        let (verdict, out) = run(case);
+        let want = verdict_of(case.verdict);
+        if verdict != want {
+            failures.push(format!("{}: verdict {verdict}, want {want}", case.what));
             continue;
         }
         match &case.expect {
@@ -557,30 +667,7 @@ fn programs_handle_the_fixture_table() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "fixture failures:\n  {}",
-        failures.join("\n  ")
-    );
-
-    // Every verdict was counted under its reason.
-    let reasons = maps.reasons().unwrap();
-    let want: BTreeMap<&str, u64> = [
-        ("forwarded", 5),
-        ("reverse_nat", 2),
-        ("no_backend", 1),
-        ("fragment", 2),
-        ("malformed", 2),
-        ("ct_insert_failed", 0),
-        ("backend_missing", 0),
-        ("rewrite_failed", 0),
-        ("failover", 0),
-        ("icmp_error", 3),
-    ]
-    .into();
-    assert_eq!(reasons, want);
-    let flows = maps.flows().unwrap();
-    assert_eq!(flows.len(), 4, "{flows:?}");
+    failures
 }
 
 const CLIENT6: [u8; 16] = [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -673,7 +760,8 @@ fn ipv6_packets_are_translated_both_ways_with_valid_checksums() {
     }
     let pin = PinDir::new();
     let (ebpf, mut maps, _lock, _) =
-        loader::load(&pin.path, Default::default(), false, false).expect("load the datapath");
+        loader::load(&pin.path, Default::default(), false, false, false)
+            .expect("load the datapath");
     let desired = config::parse("fixture6.toml", CONFIG6).unwrap();
     let mut installed = maps.read_installed().unwrap();
     daemon::converge(&mut maps, &mut installed, &desired).unwrap();

@@ -49,6 +49,34 @@ pub(super) fn check_sock_kernel() -> Result<()> {
     }
     Ok(())
 }
+/// Refuses kernels older than the XDP datapath needs: XDP links (5.9) and the XDP copying
+/// helpers `bpf_xdp_load_bytes`/`bpf_xdp_store_bytes` (5.18).
+pub(super) fn check_xdp_kernel() -> Result<()> {
+    let Ok(v) = KernelVersion::current() else {
+        return Ok(());
+    };
+    if v < KernelVersion::new(5, 18, 0) {
+        return Err(Error::KernelFeature {
+            feature: "the XDP datapath (XDP links, bpf_xdp_load_bytes and bpf_xdp_store_bytes)",
+            needed: "5.18",
+            detail: format!("this kernel is {v:?}; use --datapath tc"),
+        });
+    }
+    Ok(())
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttach {
+    /// Native (in the driver) where the driver supports it, generic (in the stack) otherwise.
+    #[default]
+    Auto,
+    /// Native only: an interface whose driver has no XDP support is refused.
+    Native,
+    /// Generic only (any interface; most of XDP's gain is lost).
+    Generic,
+}
+
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcAttach {

@@ -8,7 +8,8 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
-        SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp,
     },
     Ebpf,
 };
@@ -43,6 +44,8 @@ pub(super) fn sock_link_file(hook: &str, program_id: u32) -> String {
     format!("{SOCK_LINK_PREFIX}{hook}_{program_id}")
 }
 const SOCK_LINK_PREFIX: &str = "sock_";
+/// The direction part of an XDP link's file name (`<iface>_xdp`).
+pub(super) const XDP_SUFFIX: &str = "xdp";
 /// What the links pinned in `links_dir` attach, from their file names: `tc <iface>` per
 /// interface, `sock` for the socket datapath.
 pub(super) fn describe(links_dir: &Path) -> Vec<String> {
@@ -52,11 +55,11 @@ pub(super) fn describe(links_dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = entries
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
+            let decode = |iface: &str| iface.replace("%2e", ".").replace("%25", "%");
             if let Some(iface) = name.strip_suffix("_ingress") {
-                Some(format!(
-                    "tc {}",
-                    iface.replace("%2e", ".").replace("%25", "%")
-                ))
+                Some(format!("tc {}", decode(iface)))
+            } else if let Some(iface) = name.strip_suffix(&format!("_{XDP_SUFFIX}")) {
+                Some(format!("xdp {}", decode(iface)))
             } else {
                 name.strip_prefix(SOCK_LINK_PREFIX)
                     .is_some_and(|hook| hook.starts_with("connect4_"))
@@ -77,6 +80,15 @@ pub(super) fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Res
     drop(prog.take_link(id));
     Ok(())
 }
+/// Swaps `prog` into the XDP link pinned at `path`, as [`adopt`] does for TC.
+pub(super) fn adopt_xdp(prog: &mut Xdp, path: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    drop(prog.take_link(id));
+    Ok(())
+}
+
 /// Whether `iface` is a Linux bridge.
 pub(super) fn is_bridge(iface: &str) -> bool {
     netlink::links().is_ok_and(|links| {
@@ -130,6 +142,11 @@ mod tests {
             std::fs::write(dir.path().join(file), "").unwrap();
         }
         assert_eq!(describe(dir.path()), ["sock", "tc c0", "tc eth0.100"]);
+        std::fs::write(dir.path().join(link_file("uplink.7", XDP_SUFFIX)), "").unwrap();
+        assert_eq!(
+            describe(dir.path()),
+            ["sock", "tc c0", "tc eth0.100", "xdp uplink.7"]
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! pinned link, swapping its own program in with one atomic `bpf_link_update`. The socket
 //! datapath's cgroup links are pinned there as well; the next daemon attaches its own programs
 //! beside them first and only then removes them (both translate the same way from the same
-//! maps, and a socket already translated is never translated again). Forwarding never stops
-//! across a restart or an upgrade. `ambassador uninstall` removes it all.
+//! maps, and a socket already translated is never translated again). The XDP datapath's links
+//! are pinned and adopted like the TC ones. Forwarding never stops across a restart or an
+//! upgrade. `ambassador uninstall` removes it all.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +21,7 @@ use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink},
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -30,11 +32,11 @@ mod kernel;
 mod links;
 mod pin;
 
-pub use kernel::{check_interface, TcAttach};
-use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
+pub use kernel::{check_interface, TcAttach, XdpAttach};
+use kernel::{check_kernel, check_sock_kernel, check_xdp_kernel, has_tcx, raise_memlock, use_tcx};
 use links::{
-    adopt, classifier, describe, is_bridge, link_file, pinned_program_ids,
-    refuse_foreign_attachments, sock_link_file,
+    adopt, adopt_xdp, classifier, describe, is_bridge, link_file, pinned_program_ids,
+    refuse_foreign_attachments, sock_link_file, XDP_SUFFIX,
 };
 use pin::prepare_pin_dir;
 pub use pin::{uninstall, Removed, DEFAULT_PIN_DIR};
@@ -54,10 +56,24 @@ enum Attachment {
     Filter(&'static str, SchedClassifierLinkId),
 }
 
-/// What the links pinned under `pin_dir` attach: `tc <iface>` per interface, `sock` for the
-/// socket datapath (for `status`).
+/// What the links pinned under `pin_dir` attach: `tc <iface>` per interface, `xdp <iface>
+/// (native|generic)` per XDP interface, `sock` for the socket datapath (for `status`).
 pub fn attached_datapaths(pin_dir: &Path) -> Vec<String> {
+    let links = netlink::links().unwrap_or_default();
     describe(&pin_dir.join("links"))
+        .into_iter()
+        .map(|d| match d.strip_prefix("xdp ") {
+            Some(iface) => {
+                let mode = links
+                    .iter()
+                    .find(|l| l.name == iface)
+                    .and_then(|l| l.xdp)
+                    .unwrap_or("not attached");
+                format!("{d} ({mode})")
+            }
+            None => d,
+        })
+        .collect()
 }
 
 /// Where `run` attaches its datapaths.
@@ -70,6 +86,11 @@ pub struct Targets {
     /// The `sock` datapath: `Some` to attach it, to this cgroup v2 directory (`None` inside:
     /// the host's cgroup v2 root).
     pub sock: Option<Option<PathBuf>>,
+    /// The `xdp` datapath: client-facing interfaces (empty: no `xdp`); the interfaces towards
+    /// the backends are found from the routes to them.
+    pub xdp_ifaces: Vec<String>,
+    /// How the XDP program attaches.
+    pub xdp_attach: XdpAttach,
 }
 
 /// A loaded, attached datapath. With TCX the links are pinned and outlive it; with clsact,
@@ -93,10 +114,21 @@ pub struct Datapath {
     bridges: Vec<String>,
     /// The socket datapath's cgroup and its pinned links.
     sock: Option<(PathBuf, Vec<PathBuf>)>,
+    /// The XDP datapath (when attached): how it attaches, and interface -> its pinned link.
+    xdp: Option<(XdpAttach, BTreeMap<String, XdpIface>)>,
     /// The kernel's debug records (with `debug`): taken by whoever polls them.
     pub kernel_log: Option<KernelLog>,
     /// Backend health transitions the datapath reports: taken by whoever polls them.
     pub health_events: Option<HealthEvents>,
+}
+
+/// An interface the XDP program is attached to.
+struct XdpIface {
+    /// Its pinned link.
+    path: PathBuf,
+    /// A `--iface` (client-facing) interface, rather than one found from the routes to the
+    /// backends (which goes when no backend is behind it any more).
+    clients: bool,
 }
 
 /// The ring buffer of backend health transitions (`ambassador_common::HealthEvent`).
@@ -125,12 +157,14 @@ impl log::Log for ToTracing {
 /// so counters, flows and services survive a restart) without attaching anything. Maps are
 /// created with the capacity `requested` resolves to (pinned maps keep theirs). `debug` keeps
 /// the programs' aya-log statements; without it they are dead code to the verifier. The
-/// socket programs are loaded only with `sock` (they need a newer kernel).
+/// socket programs are loaded only with `sock`, the XDP program only with `xdp` (they need
+/// newer kernels).
 pub fn load(
     pin_dir: &Path,
     requested: Requested,
     debug: bool,
     sock: bool,
+    xdp: bool,
 ) -> Result<(Ebpf, Maps, File, Capacity)> {
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoEbpfObject);
@@ -138,6 +172,9 @@ pub fn load(
     check_kernel()?;
     if sock {
         check_sock_kernel()?;
+    }
+    if xdp {
+        check_xdp_kernel()?;
     }
     let lock = prepare_pin_dir(pin_dir)?;
     let capacity = Capacity::resolve(requested, Capacity::pinned(pin_dir)?, pin_dir)?;
@@ -179,6 +216,11 @@ pub fn load(
         }
         let name = program_names::SOCK_RELEASE;
         let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+        prog.load().map_err(load_error(name))?;
+    }
+    if xdp {
+        let name = program_names::XDP;
+        let prog: &mut Xdp = program(&mut ebpf, name)?;
         prog.load().map_err(load_error(name))?;
     }
     let maps = Maps::take_from(&mut ebpf)?;
@@ -317,9 +359,10 @@ pub fn start(
     debug: bool,
 ) -> Result<Datapath> {
     let ifaces = &targets.ifaces;
-    for iface in ifaces {
+    for iface in ifaces.iter().chain(&targets.xdp_ifaces) {
         check_interface(iface)?;
     }
+    let xdp = !targets.xdp_ifaces.is_empty();
     let cgroup = match &targets.sock {
         Some(requested) => Some(cgroup::resolve(requested.as_deref())?),
         None => None,
@@ -327,7 +370,7 @@ pub fn start(
     let tcx = use_tcx(targets.tc_attach)?;
     // Loading takes the pin directory's lock first: a second daemon on the same directory
     // is told exactly that, before the interfaces are looked at.
-    let (mut ebpf, maps, lock, capacity) = load(pin_dir, requested, debug, cgroup.is_some())?;
+    let (mut ebpf, maps, lock, capacity) = load(pin_dir, requested, debug, cgroup.is_some(), xdp)?;
     let kernel_log = if debug {
         Some(aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)?)
     } else {
@@ -342,7 +385,7 @@ pub fn start(
         None => None,
     };
     let links_dir = pin_dir.join("links");
-    if tcx || cgroup.is_some() {
+    if tcx || cgroup.is_some() || xdp {
         std::fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
     }
@@ -362,6 +405,7 @@ pub fn start(
         attached: BTreeMap::new(),
         bridges: Vec::new(),
         sock: None,
+        xdp: xdp.then(|| (targets.xdp_attach, BTreeMap::new())),
         kernel_log,
         health_events,
     };
@@ -373,6 +417,9 @@ pub fn start(
     }
     if let Some(cgroup) = cgroup {
         dp.attach_sock(cgroup)?;
+    }
+    for iface in &targets.xdp_ifaces {
+        dp.attach_xdp(iface, true)?;
     }
     dp.sync_bridge_ports();
     dp.remove_stale_links();
@@ -537,6 +584,11 @@ impl Datapath {
                 Attachment::Filter(..) => None,
             })
             .chain(self.sock.iter().flat_map(|(_, pins)| pins))
+            .chain(
+                self.xdp
+                    .iter()
+                    .flat_map(|(_, ifaces)| ifaces.values().map(|i| &i.path)),
+            )
             .collect();
         for path in entries.filter_map(|e| Some(e.ok()?.path())) {
             if !ours.contains(&&path) {
@@ -593,5 +645,119 @@ impl Datapath {
     /// Whether some `--iface` is a bridge whose ports need following.
     pub fn has_bridges(&self) -> bool {
         !self.bridges.is_empty()
+    }
+
+    /// Whether the XDP datapath runs (its backend-facing interfaces need following).
+    pub fn has_xdp(&self) -> bool {
+        self.xdp.is_some()
+    }
+
+    /// Attaches the XDP program to `iface` (a `--iface` one when `clients`), adopting the
+    /// link an earlier daemon pinned there; native mode where the driver has it, unless
+    /// `--xdp-attach` says otherwise.
+    fn attach_xdp(&mut self, iface: &str, clients: bool) -> Result<()> {
+        let Some((how, attached)) = &mut self.xdp else {
+            return Ok(());
+        };
+        if let Some(a) = attached.get_mut(iface) {
+            a.clients |= clients;
+            return Ok(());
+        }
+        let name = program_names::XDP;
+        let what = || format!("attaching {name} to {iface} (XDP)");
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+        let path = self.links_dir.join(link_file(iface, XDP_SUFFIX));
+        if path.exists() {
+            match adopt_xdp(prog, &path) {
+                Ok(()) => {
+                    info!(%iface, clients, "XDP datapath adopted (program replaced in the pinned link)");
+                    attached.insert(iface.to_owned(), XdpIface { path, clients });
+                    return Ok(());
+                }
+                Err(e) => {
+                    debug!(%iface, error = %e, "pinned XDP link not adoptable; attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let modes: &[(XdpMode, &str)] = match how {
+            XdpAttach::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            XdpAttach::Native => &[(XdpMode::Driver, "native")],
+            XdpAttach::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut failure = None;
+        for (mode, mode_name) in modes {
+            match prog.attach(iface, *mode) {
+                Ok(id) => {
+                    let link = prog.take_link(id).map_err(|source| Error::Program {
+                        what: what(),
+                        source,
+                    })?;
+                    pin_link(FdLink::try_from(link), &path, &what)?;
+                    info!(%iface, mode = mode_name, clients, "XDP datapath attached");
+                    attached.insert(iface.to_owned(), XdpIface { path, clients });
+                    return Ok(());
+                }
+                Err(e) => {
+                    debug!(%iface, mode = mode_name, error = %e, "XDP attach refused");
+                    failure = Some(e);
+                }
+            }
+        }
+        Err(Error::Program {
+            what: what(),
+            source: failure.expect("at least one mode tried"),
+        })
+    }
+
+    /// Follows the interfaces towards the backends (`backends`: their addresses): the XDP
+    /// program is attached to every interface a route to one of them leaves through, so their
+    /// replies are translated back before the stack, and leaves the ones no backend is behind
+    /// any more. Loopback is never one (a backend on this host is the stack's to reach).
+    pub fn sync_xdp_backends(&mut self, backends: impl IntoIterator<Item = IpAddr>) {
+        if self.xdp.is_none() {
+            return;
+        }
+        let links = match netlink::links() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("listing interfaces failed: {e}");
+                return;
+            }
+        };
+        let mut want = BTreeSet::new();
+        for ip in backends.into_iter().collect::<BTreeSet<_>>() {
+            match netlink::route_oif(ip) {
+                Ok(Some(index)) => {
+                    if let Some(l) = links.iter().find(|l| l.index == index && l.name != "lo") {
+                        want.insert(l.name.clone());
+                    }
+                }
+                Ok(None) => debug!(%ip, "no route to a backend"),
+                Err(e) => warn!(%ip, "looking up the route to a backend failed: {e}"),
+            }
+        }
+        for iface in &want {
+            if let Err(e) = self.attach_xdp(iface, false) {
+                warn!(%iface, "attaching XDP towards backends failed: {e}");
+            }
+        }
+        let Some((_, attached)) = &mut self.xdp else {
+            return;
+        };
+        let existing: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let gone: Vec<String> = attached
+            .iter()
+            .filter(|(iface, a)| {
+                (!a.clients && !want.contains(*iface)) || !existing.contains(&iface.as_str())
+            })
+            .map(|(iface, _)| iface.clone())
+            .collect();
+        for iface in gone {
+            if let Some(a) = attached.remove(&iface) {
+                let _ = std::fs::remove_file(&a.path);
+                info!(%iface, "XDP datapath detached (no backend behind it any more)");
+            }
+        }
     }
 }

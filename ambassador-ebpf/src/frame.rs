@@ -1,0 +1,121 @@
+//! A frame as the translation reads and writes it, whichever hook it is at: a socket buffer at
+//! TC (the kernel's copying helpers, and its checksum helpers, which know how the buffer's
+//! checksum is kept), or an XDP buffer (the XDP copying helpers, and checksums updated here:
+//! a frame at XDP comes straight from the wire, its checksums complete).
+
+use ambassador_common::csum;
+use aya_ebpf::{
+    bindings::BPF_F_MARK_MANGLED_0,
+    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+
+/// Size bits of a checksum update's flags (2 or 4 bytes replaced), as the TC helper takes them.
+const CSUM_SIZE: u64 = 0xf;
+
+/// A frame at a hook.
+pub trait Frame: EbpfContext {
+    /// Start of the packet's directly accessible bytes.
+    fn data(&self) -> usize;
+    /// End of them.
+    fn data_end(&self) -> usize;
+    /// A bounds-checked copy of the `T` at `off` from the frame's start.
+    fn load<T>(&self, off: usize) -> Result<T, i64>;
+    /// Writes `v` at `off`.
+    fn store<T>(&self, off: usize, v: &T) -> Result<(), i64>;
+    /// Replaces `from` by `to` (2 or 4 bytes, network byte order, in `flags`' size bits) in
+    /// the L4 checksum at `csum_off`; `flags` as for `bpf_l4_csum_replace`
+    /// (`BPF_F_PSEUDO_HDR` for an address of the pseudo header, `BPF_F_MARK_MANGLED_0` for a
+    /// UDP checksum of zero, which means none and stays so).
+    fn l4_csum_replace(&self, csum_off: usize, from: u64, to: u64, flags: u64) -> Result<(), i64>;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Result<T, i64> {
+        TcContext::load(self, off)
+    }
+    #[inline(always)]
+    fn store<T>(&self, off: usize, v: &T) -> Result<(), i64> {
+        TcContext::store(self, off, v, 0)
+    }
+    #[inline(always)]
+    fn l4_csum_replace(&self, csum_off: usize, from: u64, to: u64, flags: u64) -> Result<(), i64> {
+        TcContext::l4_csum_replace(self, csum_off, from, to, flags)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Result<T, i64> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper checks the range against the frame and fills all of `v`, or fails.
+        let ret = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                off as u32,
+                v.as_mut_ptr() as *mut _,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 {
+            // SAFETY: filled by the helper.
+            Ok(unsafe { v.assume_init() })
+        } else {
+            Err(ret)
+        }
+    }
+    #[inline(always)]
+    fn store<T>(&self, off: usize, v: &T) -> Result<(), i64> {
+        // SAFETY: the helper checks the range against the frame and only reads `v`.
+        let ret = unsafe {
+            bpf_xdp_store_bytes(
+                self.ctx,
+                off as u32,
+                v as *const T as *mut _,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(ret)
+        }
+    }
+    /// RFC 1624 on the checksum in the frame.
+    #[inline(always)]
+    fn l4_csum_replace(&self, csum_off: usize, from: u64, to: u64, flags: u64) -> Result<(), i64> {
+        let old_be: u16 = Frame::load(self, csum_off)?;
+        let mangled0 = flags & BPF_F_MARK_MANGLED_0 as u64 != 0;
+        if mangled0 && old_be == 0 {
+            return Ok(());
+        }
+        let old = u16::from_be(old_be);
+        let mut new = if flags & CSUM_SIZE == 2 {
+            csum::replace2(old, u16::from_be(from as u16), u16::from_be(to as u16))
+        } else {
+            csum::replace4(old, u32::from_be(from as u32), u32::from_be(to as u32))
+        };
+        if mangled0 && new == 0 {
+            new = 0xffff;
+        }
+        Frame::store(self, csum_off, &new.to_be())
+    }
+}

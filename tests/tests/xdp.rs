@@ -1,0 +1,223 @@
+//! The XDP datapath on a gateway, with the real kernel: client namespace -> gateway (the
+//! forwarding namespace, `ambassador run --datapath xdp --iface c0`) -> backend namespaces,
+//! veth pairs with native XDP. Frames are translated and redirected at XDP, so the gateway's
+//! stack never forwards them.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use ambassador_tests::*;
+
+const VIP_TCP: &str = "10.96.0.10:80";
+const VIP_UDP: &str = "10.96.0.10:53";
+
+/// The gateway topology: XDP redirects into a veth need the receiving end's NAPI, which GRO
+/// turns on (or an XDP program of its own): on the client's and the backends' ends.
+fn gateway() -> Topology {
+    let topo = Topology::new(2);
+    for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
+        ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+    }
+    topo
+}
+
+fn config() -> String {
+    let b = Topology::backend_addr;
+    format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{VIP_TCP}\"\nendpoints = [\"{}\", \"{}\"]\n\n\
+         [[service]]\nname = \"dns\"\nfrontend = \"{VIP_UDP}\"\nproto = \"udp\"\nendpoints = [\"{}\", \"{}\"]\n",
+        b(1, 8080),
+        b(2, 8080),
+        b(1, 5353),
+        b(2, 5353)
+    )
+}
+
+fn run_xdp(topo: &Topology, pin: &PinDir, cfg: &TempFile) -> Daemon {
+    let mut d = Daemon::start(
+        &topo.fwd,
+        &[
+            "run",
+            "--datapath",
+            "xdp",
+            "--iface",
+            "c0",
+            "--config",
+            cfg.as_str(),
+            "--pin-path",
+            pin.path.to_str().unwrap(),
+        ],
+    );
+    d.wait_ready();
+    d
+}
+
+/// `status --json` as the gateway's namespace sees it (the XDP modes come from its links).
+fn gateway_status(topo: &Topology, pin: &PinDir) -> serde_json::Value {
+    let out = ambassador_ok(
+        &topo.fwd,
+        &["status", "--json", "--pin-path", pin.path.to_str().unwrap()],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Whether `iface` in `ns` has an XDP program attached, from `ip link`.
+fn has_xdp(ns: &NetNs, iface: &str) -> bool {
+    ns.ip(&["link", "show", iface]).contains("xdp")
+}
+
+#[test]
+fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
+    if !require_root("xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack") {
+        return;
+    }
+    let topo = gateway();
+    let b = Topology::backend_addr;
+    let _t = [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b(i, 8080), &format!("b{i}")));
+    let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b(i, 5353), &format!("b{i}")));
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config());
+    let _d = run_xdp(&topo, &pin, &cfg);
+    // The client-facing interface, and the two towards the backends, found from the routes.
+    let datapaths = |st: &serde_json::Value| -> Vec<String> {
+        st["control_plane"]["datapaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want = ["xdp b1 (native)", "xdp b2 (native)", "xdp c0 (native)"];
+    assert!(
+        wait_until(Duration::from_secs(10), || datapaths(&gateway_status(
+            &topo, &pin
+        )) == want),
+        "{:?}",
+        datapaths(&gateway_status(&topo, &pin))
+    );
+    let forwarded_before = topo.fwd.snmp("Ip", "ForwDatagrams");
+
+    // TCP: 40 connections, each greeted by its backend and echoing through the VIP.
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..40 {
+        let (mut conn, ident) = tcp_connect(&topo.client, VIP_TCP).expect("connect via XDP");
+        assert_eq!(
+            tcp_echo(&mut conn, &format!("ping {i}")).unwrap(),
+            format!("ping {i}")
+        );
+        *seen.entry(ident).or_default() += 1;
+    }
+    assert!(seen.len() == 2, "both backends: {seen:?}");
+    // UDP: 40 sockets; every reply comes from the frontend.
+    let mut udp_seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut socks = Vec::new();
+    for _ in 0..40 {
+        let sock = udp_client(&topo.client, VIP_UDP);
+        sock.send(b"q").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("UDP reply through the VIP");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        *udp_seen
+            .entry(reply.split(':').next().unwrap().to_owned())
+            .or_default() += 1;
+        socks.push(sock);
+    }
+    assert!(udp_seen.len() == 2, "{udp_seen:?}");
+    assert_eq!(u[0].received() + u[1].received(), 40);
+
+    // Translated and forwarded at XDP: the gateway's stack forwarded (almost) nothing; the
+    // first frames of a neighbour not yet resolved go through it.
+    let st = gateway_status(&topo, &pin);
+    let translated = st["reasons"]["forwarded"].as_u64().unwrap()
+        + st["reasons"]["reverse_nat"].as_u64().unwrap();
+    let by_stack = topo.fwd.snmp("Ip", "ForwDatagrams") - forwarded_before;
+    assert!(translated >= 400, "{st}");
+    assert!(
+        by_stack * 20 < translated,
+        "the stack forwarded {by_stack} of {translated} translated frames: not redirected at XDP"
+    );
+    for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
+        for (group, field) in [("Tcp", "InCsumErrors"), ("Udp", "InCsumErrors")] {
+            assert_eq!(ns.snmp(group, field), 0, "{group} {field} in {}", ns.name);
+        }
+        assert_eq!(ns.snmp("Ip", "InHdrErrors"), 0, "{}", ns.name);
+    }
+    let web = &st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()["counters"];
+    assert_eq!(web["new_flows"], 40, "{web}");
+}
+
+#[test]
+fn xdp_survives_kill_and_restart_without_outage_and_uninstall_detaches() {
+    if !require_root("xdp_survives_kill_and_restart_without_outage_and_uninstall_detaches") {
+        return;
+    }
+    let topo = gateway();
+    let b = Topology::backend_addr;
+    let _t = [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b(i, 8080), &format!("b{i}")));
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config());
+    let mut d = run_xdp(&topo, &pin, &cfg);
+    assert!(wait_until(Duration::from_secs(10), || {
+        has_xdp(&topo.fwd, "b1") && has_xdp(&topo.fwd, "b2")
+    }));
+
+    // A new connection every 10 ms through a SIGKILL and a restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let (s, r) = (stop.clone(), results.clone());
+    let addr: SocketAddr = VIP_TCP.parse().unwrap();
+    let stream = topo.client.spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let got = tcp_connect_here(addr, Duration::from_secs(2)).map(|(_, who)| who);
+            r.lock().unwrap().push(got.map_err(|e| e.to_string()));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let count = || results.lock().unwrap().len();
+    assert!(wait_until(Duration::from_secs(5), || count() >= 50));
+    d.kill();
+    let n = count();
+    assert!(wait_until(Duration::from_secs(5), || count() >= n + 50));
+    assert!(
+        has_xdp(&topo.fwd, "c0"),
+        "the pinned link keeps XDP attached"
+    );
+    let mut d = run_xdp(&topo, &pin, &cfg);
+    d.wait_log("XDP datapath adopted", Duration::from_secs(5));
+    let n = count();
+    assert!(wait_until(Duration::from_secs(5), || count() >= n + 50));
+    stop.store(true, Ordering::Relaxed);
+    stream.join().unwrap();
+    let results = results.lock().unwrap();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across the kill and restart: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // uninstall takes every attachment away.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    ambassador_ok(
+        &topo.fwd,
+        &["uninstall", "--pin-path", pin.path.to_str().unwrap()],
+    );
+    for iface in ["c0", "b1", "b2"] {
+        assert!(!has_xdp(&topo.fwd, iface), "XDP still on {iface}");
+    }
+}
