@@ -480,13 +480,18 @@ fn sock_flags_are_checked_before_anything_is_attached() {
         (&[][..], "use --datapath sock"),
         (
             &["--datapath", "sock", "--iface", "lo"][..],
-            "--iface is for the tc datapath",
+            "--iface is for the tc or xdp datapath",
         ),
         (
             &["--iface", "lo", "--cgroup-path", "/sys/fs/cgroup"][..],
             "--cgroup-path is for the sock datapath",
         ),
-        (&["--datapath", "xdp"][..], "invalid value 'xdp'"),
+        (&["--datapath", "xdp"][..], "the xdp datapath needs --iface"),
+        (
+            &["--datapath", "tc,xdp", "--iface", "lo"][..],
+            "tc and xdp both translate",
+        ),
+        (&["--datapath", "udp"][..], "invalid value 'udp'"),
     ] {
         let mut full = vec!["run", "--config", cfg.as_str(), "--pin-path", pin_arg];
         full.extend_from_slice(args);
