@@ -396,7 +396,7 @@ pub fn conn_rate(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<ConnR
 
 /// Average run time per packet of the newest loaded program called `name` (needs
 /// `kernel.bpf_stats_enabled`): (runs, ns per run).
-fn prog_ns_per_run(name: &str) -> Option<(u64, f64)> {
+pub fn prog_ns_per_run(name: &str) -> Option<(u64, f64)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
@@ -412,10 +412,10 @@ fn prog_ns_per_run(name: &str) -> Option<(u64, f64)> {
 }
 
 /// Sets `kernel.bpf_stats_enabled` for as long as it lives, then restores the old value.
-struct BpfStats(String);
+pub struct BpfStats(String);
 
 impl BpfStats {
-    fn enable() -> Self {
+    pub fn enable() -> Self {
         const P: &str = "/proc/sys/kernel/bpf_stats_enabled";
         let old = std::fs::read_to_string(P).unwrap_or_else(|_| "0".into());
         let _ = std::fs::write(P, "1");

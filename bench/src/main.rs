@@ -9,6 +9,7 @@ mod control_plane;
 mod datapath;
 mod dns;
 mod ipv6;
+mod pps;
 mod scale;
 mod stats;
 
@@ -60,6 +61,8 @@ pub enum Only {
     Dns,
     /// IPv6: direct and ambassador-tc side by side.
     Ipv6,
+    /// Packet rate through a gateway: routing, iptables DNAT, ambassador-tc, ambassador-xdp.
+    Pps,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -126,6 +129,11 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         println!("ipv6: direct and ambassador-tc over IPv6, interleaved");
         let (md, json) = crate::ipv6::run(quick)?;
         write(&dir, "ipv6", &md, &json)?;
+    }
+    if wanted(Only::Pps) {
+        println!("pps: packet rate through a gateway, every mode, interleaved");
+        let (md, json) = crate::pps::run(quick)?;
+        write(&dir, "pps", &md, &json)?;
     }
     if wanted(Only::Dns) {
         println!("dns: the responder against dnsmasq, the same names, interleaved");

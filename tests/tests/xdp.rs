@@ -221,3 +221,64 @@ fn xdp_survives_kill_and_restart_without_outage_and_uninstall_detaches() {
         assert!(!has_xdp(&topo.fwd, iface), "XDP still on {iface}");
     }
 }
+
+#[test]
+fn xdp_gateway_forwards_ipv6_before_the_stack() {
+    if !require_root("xdp_gateway_forwards_ipv6_before_the_stack") {
+        return;
+    }
+    let topo = gateway();
+    topo.add_ipv6();
+    let b6 = Topology::backend_addr6;
+    let _t =
+        [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b6(i, 8080), &format!("b{i}")));
+    let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b6(i, 5353), &format!("b{i}")));
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web6\"\nfrontend = \"[fd00:96::10]:80\"\nendpoints = [\"{}\", \"{}\"]\n\n\
+         [[service]]\nname = \"dns6\"\nfrontend = \"[fd00:96::10]:53\"\nproto = \"udp\"\nendpoints = [\"{}\", \"{}\"]\n",
+        b6(1, 8080),
+        b6(2, 8080),
+        b6(1, 5353),
+        b6(2, 5353)
+    ));
+    let _d = run_xdp(&topo, &pin, &cfg);
+    assert!(wait_until(Duration::from_secs(10), || {
+        has_xdp(&topo.fwd, "b1") && has_xdp(&topo.fwd, "b2")
+    }));
+    let forwarded_before = topo.fwd.snmp6("Ip6OutForwDatagrams");
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..30 {
+        let (mut conn, ident) =
+            tcp_connect(&topo.client, "[fd00:96::10]:80").expect("connect via XDP over IPv6");
+        assert_eq!(
+            tcp_echo(&mut conn, &format!("ping {i}")).unwrap(),
+            format!("ping {i}")
+        );
+        *seen.entry(ident).or_default() += 1;
+    }
+    assert!(seen.len() == 2, "both backends: {seen:?}");
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let sock = udp_client(&topo.client, "[fd00:96::10]:53");
+        sock.send(b"q").unwrap();
+        let mut buf = [0u8; 64];
+        sock.recv(&mut buf).expect("UDP reply through the IPv6 VIP");
+        socks.push(sock);
+    }
+    assert_eq!(u[0].received() + u[1].received(), 20);
+    let st = gateway_status(&topo, &pin);
+    let translated = st["reasons"]["forwarded"].as_u64().unwrap()
+        + st["reasons"]["reverse_nat"].as_u64().unwrap();
+    let by_stack = topo.fwd.snmp6("Ip6OutForwDatagrams") - forwarded_before;
+    assert!(translated >= 300, "{st}");
+    assert!(
+        by_stack * 10 < translated,
+        "the stack forwarded {by_stack} of {translated} translated IPv6 frames"
+    );
+    // TCP's counters are one for both families; UDP has its own for IPv6.
+    for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
+        assert_eq!(ns.snmp("Tcp", "InCsumErrors"), 0, "{}", ns.name);
+        assert_eq!(ns.snmp6("Udp6InCsumErrors"), 0, "{}", ns.name);
+    }
+}
