@@ -49,22 +49,6 @@ pub(super) fn check_sock_kernel() -> Result<()> {
     }
     Ok(())
 }
-/// Refuses kernels older than the XDP datapath needs: XDP links (5.9) and the XDP copying
-/// helpers `bpf_xdp_load_bytes`/`bpf_xdp_store_bytes` (5.18).
-pub(super) fn check_xdp_kernel() -> Result<()> {
-    let Ok(v) = KernelVersion::current() else {
-        return Ok(());
-    };
-    if v < KernelVersion::new(5, 18, 0) {
-        return Err(Error::KernelFeature {
-            feature: "the XDP datapath (XDP links, bpf_xdp_load_bytes and bpf_xdp_store_bytes)",
-            needed: "5.18",
-            detail: format!("this kernel is {v:?}; use --datapath tc"),
-        });
-    }
-    Ok(())
-}
-
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {

@@ -80,6 +80,14 @@ pub(super) fn adopt(prog: &mut SchedClassifier, path: &Path) -> std::result::Res
     drop(prog.take_link(id));
     Ok(())
 }
+/// The interfaces whose XDP links are pinned in `links_dir`.
+pub(super) fn pinned_xdp_ifaces(links_dir: &Path) -> Vec<String> {
+    describe(links_dir)
+        .into_iter()
+        .filter_map(|d| d.strip_prefix("xdp ").map(str::to_owned))
+        .collect()
+}
+
 /// Swaps `prog` into the XDP link pinned at `path`, as [`adopt`] does for TC.
 pub(super) fn adopt_xdp(prog: &mut Xdp, path: &Path) -> std::result::Result<(), String> {
     let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;

@@ -33,10 +33,10 @@ mod links;
 mod pin;
 
 pub use kernel::{check_interface, TcAttach, XdpAttach};
-use kernel::{check_kernel, check_sock_kernel, check_xdp_kernel, has_tcx, raise_memlock, use_tcx};
+use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
 use links::{
     adopt, adopt_xdp, classifier, describe, is_bridge, link_file, pinned_program_ids,
-    refuse_foreign_attachments, sock_link_file, XDP_SUFFIX,
+    pinned_xdp_ifaces, refuse_foreign_attachments, sock_link_file, XDP_SUFFIX,
 };
 use pin::prepare_pin_dir;
 pub use pin::{uninstall, Removed, DEFAULT_PIN_DIR};
@@ -157,8 +157,8 @@ impl log::Log for ToTracing {
 /// so counters, flows and services survive a restart) without attaching anything. Maps are
 /// created with the capacity `requested` resolves to (pinned maps keep theirs). `debug` keeps
 /// the programs' aya-log statements; without it they are dead code to the verifier. The
-/// socket programs are loaded only with `sock`, the XDP program only with `xdp` (they need
-/// newer kernels).
+/// socket programs are loaded only with `sock` (they need a newer kernel), the XDP program
+/// only with `xdp`.
 pub fn load(
     pin_dir: &Path,
     requested: Requested,
@@ -172,9 +172,6 @@ pub fn load(
     check_kernel()?;
     if sock {
         check_sock_kernel()?;
-    }
-    if xdp {
-        check_xdp_kernel()?;
     }
     let lock = prepare_pin_dir(pin_dir)?;
     let capacity = Capacity::resolve(requested, Capacity::pinned(pin_dir)?, pin_dir)?;
@@ -420,6 +417,19 @@ pub fn start(
     }
     for iface in &targets.xdp_ifaces {
         dp.attach_xdp(iface, true)?;
+    }
+    if xdp {
+        // The interfaces towards the backends an earlier daemon attached to: adopted now, so
+        // replies never meet an interface without the program while this daemon reads its
+        // source (the first apply then follows the routes, and leaves what is not needed).
+        let existing = netlink::links().unwrap_or_default();
+        for iface in pinned_xdp_ifaces(&dp.links_dir) {
+            if existing.iter().any(|l| l.name == iface) {
+                if let Err(e) = dp.attach_xdp(&iface, false) {
+                    warn!(%iface, "adopting the XDP link towards backends failed: {e}");
+                }
+            }
+        }
     }
     dp.sync_bridge_ports();
     dp.remove_stale_links();
