@@ -151,20 +151,7 @@ fn start(mode: Mode, bed: &Bed, cfg: &TempFile, haproxy_cfg: &TempFile) -> Resul
         Mode::AmbassadorSock => {
             // The benchmark's own cgroup: its clients (sockperf, iperf3, its own threads) are
             // in it; nothing else is.
-            let pin = PinDir::new();
-            let args = [
-                "run",
-                "--datapath",
-                "sock",
-                "--cgroup-path",
-                bed.cgroup.arg(),
-                "--config",
-                cfg.as_str(),
-                "--pin-path",
-                pin.path.to_str().context("UTF-8 pin path")?,
-            ];
-            let mut d = Daemon::start(&topo.fwd, &args);
-            d.wait_ready();
+            let (d, pin) = run_sock(&topo.fwd, &bed.cgroup, cfg)?;
             Active::Daemon(d, pin)
         }
         Mode::Socat => {
@@ -392,6 +379,26 @@ pub fn conn_rate(client: &NetNs, ip: &str, port: u16, secs: u32) -> Result<ConnR
             failed,
         })
     })
+}
+
+/// `ambassador run --datapath sock` in `ns` for the processes of `cgroup`, with the services
+/// of `cfg`, waited for; and its pin directory.
+pub fn run_sock(ns: &NetNs, cgroup: &Cgroup, cfg: &TempFile) -> Result<(Daemon, PinDir)> {
+    let pin = PinDir::new();
+    let args = [
+        "run",
+        "--datapath",
+        "sock",
+        "--cgroup-path",
+        cgroup.arg(),
+        "--config",
+        cfg.as_str(),
+        "--pin-path",
+        pin.path.to_str().context("UTF-8 pin path")?,
+    ];
+    let mut d = Daemon::start(ns, &args);
+    d.wait_ready();
+    Ok((d, pin))
 }
 
 /// Average run time per packet of the newest loaded program called `name` (needs

@@ -13,10 +13,10 @@ use std::{
 };
 
 use ambassador_tests::{Cgroup, Daemon, NetNs, PinDir, Proc, TempFile, Topology};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::{
-    datapath::{conn_rate, throughput, tune, RrServer},
+    datapath::{conn_rate, run_sock, throughput, tune, RrServer},
     stats::{median, pct, ratio, shuffled_orders, spread},
 };
 
@@ -144,23 +144,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                     d.wait_ready();
                     Some((d, pin))
                 }
-                Mode::Sock => {
-                    let pin = PinDir::new();
-                    let args = [
-                        "run",
-                        "--datapath",
-                        "sock",
-                        "--cgroup-path",
-                        cgroup.arg(),
-                        "--config",
-                        cfg.as_str(),
-                        "--pin-path",
-                        pin.path.to_str().context("UTF-8 pin path")?,
-                    ];
-                    let mut d = Daemon::start(&topo.fwd, &args);
-                    d.wait_ready();
-                    Some((d, pin))
-                }
+                Mode::Sock => Some(run_sock(&topo.fwd, &cgroup, &cfg)?),
                 _ => None,
             };
             let [p50, p99] = latency(&topo.client, mode.ip(), lat_n)?;

@@ -235,33 +235,7 @@ fn a_backend_answering_icmp_unreachable_is_left_with_no_failed_connection() {
     }
     // The backend host rejects the port with an ICMP error, as a firewall or a host whose
     // route to the backend is gone does.
-    let rule = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8080",
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp-host-unreachable",
-    ];
-    let summary = failover(
-        "icmp unreachable",
-        "refused",
-        Ip::V4,
-        |topo| {
-            let mut args = vec!["iptables", "-w", "-A"];
-            args.extend(rule);
-            topo.backends[0].exec(&args);
-        },
-        |topo| {
-            let mut args = vec!["iptables", "-w", "-D"];
-            args.extend(rule);
-            topo.backends[0].exec(&args);
-        },
-    );
-    eprintln!("{summary}");
+    eprintln!("{}", rejected(Ip::V4, "icmp-host-unreachable"));
 }
 
 #[test]
@@ -271,34 +245,44 @@ fn an_ipv6_backend_answering_icmpv6_unreachable_is_left_with_no_failed_connectio
     ) {
         return;
     }
-    // As for IPv4: the backend host rejects the port, here with an ICMPv6 "port unreachable".
-    let rule = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8080",
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp6-port-unreachable",
-    ];
-    let summary = failover(
-        "icmpv6 unreachable",
+    // As for IPv4, with an ICMPv6 "port unreachable".
+    eprintln!("{}", rejected(Ip::V6, "icmp6-port-unreachable"));
+}
+
+/// The failover case of a backend host that rejects its port with the ICMP error `with`
+/// (iptables or ip6tables `REJECT --reject-with`).
+fn rejected(ip: Ip, with: &'static str) -> String {
+    let tool = match ip {
+        Ip::V4 => "iptables",
+        Ip::V6 => "ip6tables",
+    };
+    let rule = move |op: &'static str| {
+        [
+            tool,
+            "-w",
+            op,
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            with,
+        ]
+    };
+    failover(
+        &format!("{with} (reject)"),
         "refused",
-        Ip::V6,
+        ip,
         |topo| {
-            let mut args = vec!["ip6tables", "-w", "-A"];
-            args.extend(rule);
-            topo.backends[0].exec(&args);
+            topo.backends[0].exec(&rule("-A"));
         },
         |topo| {
-            let mut args = vec!["ip6tables", "-w", "-D"];
-            args.extend(rule);
-            topo.backends[0].exec(&args);
+            topo.backends[0].exec(&rule("-D"));
         },
-    );
-    eprintln!("{summary}");
+    )
 }
 
 /// One connection from `client` to `addr` (10 s at most): how long it took, and whether it was
