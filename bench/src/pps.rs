@@ -2,16 +2,18 @@
 //! namespace (batches of 64 with `sendmmsg`, straight to the device), through the forwarding
 //! namespace (the gateway), to a sink in the backend namespace that drops them at its first
 //! netfilter hook. Not trafgen: native XDP on a veth gives its peer NAPI, whose full ring
-//! answers a transmit with "busy", and trafgen's TX ring takes that (EAGAIN) as fatal and stops
-//! after a few thousand frames; this sender retries, so the gateway stays saturated. Modes: `routing`
-//! (no translation: the frames are addressed to the backend; the limit), `routing (again)`
-//! (the run's resolution), `iptables` (a DNAT rule), `ambassador-tc` and `ambassador-xdp`,
-//! in a random order in each repetition.
+//! answers a transmit with "busy", and trafgen's TX ring takes that (EAGAIN) as fatal and
+//! stops after a few thousand frames; this sender retries instead. Modes: `routing` (no
+//! translation: the frames are addressed to the backend; the limit), `routing (again)` (the
+//! run's resolution), `iptables` (a DNAT rule), `ambassador-tc`, `ambassador-xdp`, and
+//! `routing, amb_xdp attached` (frames to the backend through the XDP program, which passes
+//! them to the stack: what XDP on a veth costs before our program does anything), in a random
+//! order in each repetition.
 //!
 //! Where the work runs: every veth receives in NAPI (GRO on), and NAPI runs in threads
 //! (`threaded`), so the gateway's receive side is one kernel thread, pinned to CPU 0 with
-//! nothing else there; trafgen, and the sink's receive thread, are on CPU 1. The gateway's
-//! CPU per million frames is that thread's CPU time over the frames the sink received.
+//! nothing else there; the sender, and the sink's receive thread, are on CPU 1. The gateway's
+//! CPU per frame is that thread's CPU time over the frames the sink received.
 
 use std::{
     fmt::Write as _,
@@ -41,15 +43,17 @@ enum Mode {
     Iptables,
     Tc,
     Xdp,
+    XdpPass,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Routing,
         Mode::RoutingAgain,
         Mode::Iptables,
         Mode::Tc,
         Mode::Xdp,
+        Mode::XdpPass,
     ];
 
     fn name(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Mode {
             Mode::Iptables => "iptables DNAT",
             Mode::Tc => "ambassador-tc",
             Mode::Xdp => "ambassador-xdp",
+            Mode::XdpPass => "routing, amb_xdp attached",
         }
     }
 
@@ -66,7 +71,7 @@ impl Mode {
     fn program(self) -> Option<&'static str> {
         match self {
             Mode::Tc => Some(ambassador_common::program_names::TC_DNAT),
-            Mode::Xdp => Some(ambassador_common::program_names::XDP),
+            Mode::Xdp | Mode::XdpPass => Some(ambassador_common::program_names::XDP),
             _ => None,
         }
     }
@@ -74,7 +79,7 @@ impl Mode {
     /// Where the frames are addressed.
     fn dst(self) -> &'static str {
         match self {
-            Mode::Routing | Mode::RoutingAgain => BACKEND,
+            Mode::Routing | Mode::RoutingAgain | Mode::XdpPass => BACKEND,
             _ => VIP,
         }
     }
@@ -347,7 +352,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
 
     let base = &results[0];
     let mut md = format!(
-        "## Packet rate through a gateway\n\n60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {reps} repetitions of {secs} s, the modes in a random order in each. The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n\
+        "## Packet rate through a gateway\n\n60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {reps} repetitions of {secs} s, the modes in a random order in each (`routing, amb_xdp attached`: frames to the backend through the XDP program, which passes them to the stack). The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n\
          | mode | Mpps | Mpps / routing | gateway CPU µs per frame | CPU / routing | gateway thread busy | program ns per frame |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut json = serde_json::Map::new();
@@ -440,6 +445,6 @@ fn activate(topo: &Topology, mode: Mode, cfg: &TempFile) -> Result<Active> {
             Active::Iptables(topo.fwd.name.clone())
         }
         Mode::Tc => run("tc")?,
-        Mode::Xdp => run("xdp")?,
+        Mode::Xdp | Mode::XdpPass => run("xdp")?,
     })
 }
