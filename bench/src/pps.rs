@@ -352,8 +352,8 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
 
     let base = &results[0];
     let mut md = format!(
-        "## Packet rate through a gateway\n\n60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {reps} repetitions of {secs} s, the modes in a random order in each (`routing, amb_xdp attached`: frames to the backend through the XDP program, which passes them to the stack). The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n\
-         | mode | Mpps | Mpps / routing | gateway CPU µs per frame | CPU / routing | gateway thread busy | program ns per frame |\n|---|---:|---:|---:|---:|---:|---:|\n"
+        "## Packet rate through a gateway\n\n60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {reps} repetitions of {secs} s, the modes in a random order in each (`routing, amb_xdp attached`: frames to the backend through the XDP program, which passes them to the stack). The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate); one core's capacity: the rate the gateway's core would forward fully busy (1 / CPU per frame). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n\
+         | mode | Mpps | Mpps / routing | gateway CPU µs per frame | CPU / routing | one core's capacity, Mpps | gateway thread busy | program ns per frame |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut json = serde_json::Map::new();
     for (mode, r) in Mode::ALL.iter().zip(&results) {
@@ -361,11 +361,12 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         let (cr, cs) = ratio(&r.cpu_per_m, &base.cpu_per_m, 2);
         let _ = writeln!(
             md,
-            "| {} | {:.3} ({}) | {pr:.2} ({ps}) | {:.2} | {cr:.2} ({cs}) | {:.0}% | {} |",
+            "| {} | {:.3} ({}) | {pr:.2} ({ps}) | {:.2} | {cr:.2} ({cs}) | {:.3} | {:.0}% | {} |",
             mode.name(),
             median(&mut r.mpps.clone()),
             spread(&r.mpps, 3),
             median(&mut r.cpu_per_m.clone()),
+            1.0 / median(&mut r.cpu_per_m.clone()),
             median(&mut r.busy.clone()) * 100.0,
             if r.prog_ns.is_empty() {
                 "-".to_owned()
