@@ -212,10 +212,7 @@ impl Family for [u8; 16] {
         l4_flags: u64,
     ) -> Result<(), i64> {
         for i in 0..4 {
-            let w = |a: &[u8; 16]| {
-                u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
-            };
-            let (o, n) = (w(&old), w(&new));
+            let (o, n) = (word(&old, i), word(&new, i));
             if o != n {
                 Frame::l4_csum_replace(
                     ctx,
@@ -232,10 +229,8 @@ impl Family for [u8; 16] {
 
     fn fib_addrs(fib: &mut bpf_fib_lookup, src: [u8; 16], dst: [u8; 16]) {
         fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src =
-            [word(&src, 0), word(&src, 1), word(&src, 2), word(&src, 3)];
-        fib.__bindgen_anon_4.ipv6_dst =
-            [word(&dst, 0), word(&dst, 1), word(&dst, 2), word(&dst, 3)];
+        fib.__bindgen_anon_3.ipv6_src = words(&src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&dst);
     }
 
     /// No header checksum.
@@ -253,4 +248,11 @@ impl Family for [u8; 16] {
 #[inline(always)]
 pub fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+}
+
+/// The four words of an IPv6 address, as it lies in memory (as the kernel's `__u32[4]`
+/// fields hold it).
+#[inline(always)]
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
+    [word(a, 0), word(a, 1), word(a, 2), word(a, 3)]
 }

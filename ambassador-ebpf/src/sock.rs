@@ -102,17 +102,6 @@ fn set_user_ip6(sa: *mut bpf_sock_addr, w: [u32; 4], port_be: u16) {
     }
 }
 
-/// The words of the IPv6 address `a`.
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        family::word(a, 0),
-        family::word(a, 1),
-        family::word(a, 2),
-        family::word(a, 3),
-    ]
-}
-
 /// The call's IP protocol, if the datapath handles it.
 #[inline(always)]
 fn protocol(sa: *mut bpf_sock_addr) -> Option<u8> {
@@ -186,7 +175,7 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
                 proto,
             },
         )
-        .map(|b| b.map(|b| (words(&b.addr_be), b.port_be))),
+        .map(|b| b.map(|b| (family::words(&b.addr_be), b.port_be))),
     };
     match written {
         Ok(Some((w, port_be))) => {
@@ -370,7 +359,7 @@ pub fn reverse6(ctx: &SockAddrContext, call: Peer) -> i32 {
         Some(addr_be) => frontend_of::<u32>(ctx, call, addr_be, port_be)
             .map(|nat| ([0, 0, MAPPED_WORD, nat.addr_be], nat.port_be)),
         None => frontend_of::<[u8; 16]>(ctx, call, bytes(w), port_be)
-            .map(|nat| (words(&nat.addr_be), nat.port_be)),
+            .map(|nat| (family::words(&nat.addr_be), nat.port_be)),
     };
     if let Some((w, port_be)) = frontend {
         set_user_ip6(sa, w, port_be);

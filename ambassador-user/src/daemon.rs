@@ -334,12 +334,7 @@ impl State {
 
     /// Keeps the XDP program on the interfaces towards the current backends.
     fn follow_xdp_backends(&mut self) {
-        let backends: Vec<std::net::IpAddr> = self
-            .installed
-            .backends
-            .values()
-            .map(|b| b.addr.ip())
-            .collect();
+        let backends = self.installed.backends.values().map(|b| b.addr.ip());
         self.dp.sync_xdp_backends(backends);
     }
 
