@@ -54,18 +54,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   step "apt: installing ${#missing[@]} packages: ${missing[*]}" "about 40 s" apt_install
 fi
 
-if ! rustup toolchain list | grep -q '^nightly'; then
-  step "rustup: installing the nightly toolchain (the eBPF build needs -Z build-std)" "about 30 s" \
-    rustup toolchain install nightly --profile minimal
-fi
-rust_src() {
-  if ! rustup component add rust-src --toolchain nightly; then
-    say "FAILED: 'rustup component add rust-src --toolchain nightly' (it downloads from rustup's server)"
+# The eBPF object's toolchain: the dated nightly pinned in ambassador-ebpf/rust-toolchain.toml
+# (the build script checks its LLVM against bpf-linker's).
+CHANNEL=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../ambassador-ebpf/rust-toolchain.toml")
+[ -n "$CHANNEL" ] || { say "FAILED: no channel in ambassador-ebpf/rust-toolchain.toml"; exit 1; }
+pinned_nightly() {
+  if ! rustup toolchain install "$CHANNEL" --profile minimal --component rust-src >/dev/null; then
+    say "FAILED: 'rustup toolchain install $CHANNEL --profile minimal --component rust-src' (it downloads from rustup's server)"
     exit 1
   fi
 }
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  step "rustup: adding rust-src to nightly (the eBPF build's core library)" "about 5 s" rust_src
+if ! rustup component list --toolchain "$CHANNEL" --installed 2>/dev/null | grep -q '^rust-src'; then
+  step "rustup: installing $CHANNEL with rust-src (the eBPF build: -Z build-std=core)" "about 15 s" pinned_nightly
 fi
 
 bpf_linker() {

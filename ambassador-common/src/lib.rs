@@ -6,135 +6,13 @@
 #![no_std]
 
 pub mod csum;
+pub mod xdp;
 
-/// Map names: kernel object names are cut at 15 characters, and the pinned files under the
-/// pin directory carry these names. The `_vN` suffix changes whenever a layout changes, so an
-/// upgraded daemon never reads a map of an older layout as its own.
-pub mod map_names {
-    /// (VIP, port, proto) -> service.
-    pub const SERVICES: &str = "amb_svc4_v1";
-    /// (service id, slot) -> backend id.
-    pub const SLOTS: &str = "amb_slot_v1";
-    /// backend id -> backend address.
-    pub const BACKENDS: &str = "amb_be4_v1";
-    /// Forward conntrack: the client's original tuple -> chosen backend.
-    pub const CONNTRACK: &str = "amb_ct4_v1";
-    /// Reverse NAT: the backend's reply tuple -> frontend to restore.
-    pub const REVERSE_NAT: &str = "amb_rnat4_v1";
-    /// Per-CPU counters per service id.
-    pub const SERVICE_STATS: &str = "amb_sstat_v1";
-    /// Per-CPU counters per [`crate::Reason`].
-    pub const REASONS: &str = "amb_reason_v3";
-    /// service id -> service name; written and read by user space only.
-    pub const NAMES: &str = "amb_names_v1";
-    /// The daemon's control-plane state (one entry); user space only.
-    pub const INFO: &str = "amb_info_v2";
-    /// Socket datapath: (socket cookie, frontend) -> the backend an unconnected UDP socket's
-    /// datagrams to that frontend go to.
-    pub const SOCK_FORWARD: &str = "amb_skfwd4_v1";
-    /// Socket datapath: (socket cookie, backend) -> the frontend `recvmsg` and `getpeername`
-    /// report instead.
-    pub const SOCK_REVERSE: &str = "amb_skrev4_v1";
-    /// [`SOCK_FORWARD`] for IPv6 frontends.
-    pub const SOCK_FORWARD6: &str = "amb_skfwd6_v1";
-    /// [`SOCK_REVERSE`] for IPv6 backends.
-    pub const SOCK_REVERSE6: &str = "amb_skrev6_v1";
-    /// IPv6 frontends: (address, port, proto) -> service id and slot count.
-    pub const SERVICES6: &str = "amb_svc6_v1";
-    /// backend id -> IPv6 backend address (ids are shared with [`BACKENDS`]: never reused).
-    pub const BACKENDS6: &str = "amb_be6_v1";
-    /// Forward conntrack of IPv6 flows.
-    pub const CONNTRACK6: &str = "amb_ct6_v1";
-    /// Reverse NAT of IPv6 flows.
-    pub const REVERSE_NAT6: &str = "amb_rnat6_v1";
-    /// backend id -> why and until when new flows avoid it ([`crate::Suspect`]).
-    pub const SUSPECTS: &str = "amb_suspect_v1";
-    /// Ring buffer of backend health transitions ([`crate::HealthEvent`]), read by the daemon.
-    pub const HEALTH_EVENTS: &str = "amb_health_v1";
-    /// Every map, in a stable order (for status, uninstall and tests).
-    pub const ALL: [&str; 19] = [
-        SERVICES,
-        SLOTS,
-        BACKENDS,
-        CONNTRACK,
-        REVERSE_NAT,
-        SERVICE_STATS,
-        REASONS,
-        NAMES,
-        INFO,
-        SOCK_FORWARD,
-        SOCK_REVERSE,
-        SUSPECTS,
-        HEALTH_EVENTS,
-        SERVICES6,
-        BACKENDS6,
-        CONNTRACK6,
-        REVERSE_NAT6,
-        SOCK_FORWARD6,
-        SOCK_REVERSE6,
-    ];
-    /// The socket datapath's maps (sized by whether `sock` runs, not by the capacity flags).
-    pub const SOCK: [&str; 4] = [SOCK_FORWARD, SOCK_REVERSE, SOCK_FORWARD6, SOCK_REVERSE6];
-}
+pub mod map_names;
 
-/// Program names as the kernel shows them (`bpftool prog show`).
-pub mod program_names {
-    /// TC ingress on a client-facing interface: frontend -> backend.
-    pub const TC_DNAT: &str = "amb_tc_dnat";
-    /// TC egress on a client-facing interface: backend -> frontend on replies.
-    pub const TC_RNAT: &str = "amb_tc_rnat";
-    /// XDP on a gateway's client- and backend-facing interfaces: both translations, and the
-    /// frame forwarded from there.
-    pub const XDP: &str = "amb_xdp";
-    /// cgroup `connect4`: a TCP or UDP socket connecting to a frontend connects to a backend.
-    pub const SOCK_CONNECT4: &str = "amb_sk_connect4";
-    /// cgroup `sendmsg4`: a datagram sent to a frontend on an unconnected UDP socket goes to
-    /// a backend.
-    pub const SOCK_SENDMSG4: &str = "amb_sk_sendmsg4";
-    /// cgroup `recvmsg4`: a datagram from a backend is reported as from the frontend.
-    pub const SOCK_RECVMSG4: &str = "amb_sk_recvmsg4";
-    /// cgroup `getpeername4`: a socket connected to a backend reports the frontend as its peer.
-    pub const SOCK_GETPEERNAME4: &str = "amb_sk_getpeer4";
-    /// cgroup `connect6`: [`SOCK_CONNECT4`] for IPv6 sockets (IPv6 frontends, and IPv4 ones
-    /// dialled as IPv4-mapped addresses).
-    pub const SOCK_CONNECT6: &str = "amb_sk_connect6";
-    /// cgroup `sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
-    pub const SOCK_SENDMSG6: &str = "amb_sk_sendmsg6";
-    /// cgroup `recvmsg6`: [`SOCK_RECVMSG4`] for IPv6 sockets.
-    pub const SOCK_RECVMSG6: &str = "amb_sk_recvmsg6";
-    /// cgroup `getpeername6`: [`SOCK_GETPEERNAME4`] for IPv6 sockets.
-    pub const SOCK_GETPEERNAME6: &str = "amb_sk_getpeer6";
-    /// cgroup `sock_release`: a closed socket's reverse entries go.
-    pub const SOCK_RELEASE: &str = "amb_sk_release";
-    /// The socket datapath's address programs, with the cgroup hook each attaches to.
-    pub const SOCK_ADDR: [(&str, &str); 8] = [
-        (SOCK_CONNECT4, "connect4"),
-        (SOCK_SENDMSG4, "sendmsg4"),
-        (SOCK_RECVMSG4, "recvmsg4"),
-        (SOCK_GETPEERNAME4, "getpeername4"),
-        (SOCK_CONNECT6, "connect6"),
-        (SOCK_SENDMSG6, "sendmsg6"),
-        (SOCK_RECVMSG6, "recvmsg6"),
-        (SOCK_GETPEERNAME6, "getpeername6"),
-    ];
-}
+pub mod program_names;
 
-/// Default capacity of each map: what the object declares, and what `ambassador run` creates
-/// unless `--max-services`, `--max-backends`, `--max-slots` or `--max-flows` say otherwise (the
-/// loader sets every map's size at load time). About 44 MiB of kernel memory on a 2-CPU host,
-/// 32 MiB more with the socket datapath; see the README's "Capacity".
-pub mod limits {
-    /// Services (frontends). Service ids are 1..=services, indexing per-CPU counter arrays.
-    pub const DEFAULT_SERVICES: u32 = 4_096;
-    /// Backends over all services (active and terminating).
-    pub const DEFAULT_BACKENDS: u32 = 16_384;
-    /// Slots over all services (a backend takes as many as its weight).
-    pub const DEFAULT_SLOTS: u32 = 65_536;
-    /// Flows tracked at once; the least recently used entry is evicted beyond this.
-    pub const DEFAULT_FLOWS: u32 = 65_536;
-    /// Longest service name (a DNS label).
-    pub const MAX_NAME_LEN: usize = 63;
-}
+pub mod limits;
 
 /// IP protocol numbers the datapath handles.
 pub mod proto {
@@ -149,78 +27,8 @@ pub mod proto {
 /// packet to a frontend address (dropped when it cannot be translated) from anything else.
 pub const FRONTEND_MARKER_PORT: u16 = 0;
 
-/// Why a packet took the path it took. Shared by kernel and user space: the kernel counts
-/// each verdict in the [`map_names::REASONS`] per-CPU array at this index.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// A packet to a frontend was rewritten to a backend.
-    Forwarded = 0,
-    /// A reply from a backend had its source restored to the frontend.
-    ReverseNat = 1,
-    /// Dropped: the frontend has no active backend.
-    NoBackend = 2,
-    /// Dropped: an IPv4 fragment addressed to a frontend (ports are unknowable).
-    Fragment = 3,
-    /// Dropped: a packet to a frontend whose L4 header is missing or truncated.
-    Malformed = 4,
-    /// Dropped: the conntrack entry for a new flow could not be written.
-    CtInsertFailed = 5,
-    /// Dropped: the chosen slot points at a backend that does not exist (a control-plane bug).
-    BackendMissing = 6,
-    /// Dropped: a kernel helper failed while rewriting the packet.
-    RewriteFailed = 7,
-    /// Dropped on purpose: a backend refused a new flow (RST to its SYN) while the service has
-    /// another backend; the flow was re-pointed there, and the client's SYN retransmission
-    /// lands on it instead of the client seeing the refusal.
-    Failover = 8,
-    /// Translated: an ICMP error about a translated flow (its quoted packet, and the outer
-    /// address that was the backend or the frontend), so the client's or the backend's stack
-    /// matches it to its socket (path MTU discovery through a frontend).
-    IcmpError = 9,
-}
-
-impl Reason {
-    /// Number of reasons (the size of the reasons array).
-    pub const COUNT: u32 = 10;
-    /// Every reason, in index order.
-    pub const ALL: [Reason; Self::COUNT as usize] = [
-        Reason::Forwarded,
-        Reason::ReverseNat,
-        Reason::NoBackend,
-        Reason::Fragment,
-        Reason::Malformed,
-        Reason::CtInsertFailed,
-        Reason::BackendMissing,
-        Reason::RewriteFailed,
-        Reason::Failover,
-        Reason::IcmpError,
-    ];
-
-    /// Stable name for logs, status and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::Forwarded => "forwarded",
-            Reason::ReverseNat => "reverse_nat",
-            Reason::NoBackend => "no_backend",
-            Reason::Fragment => "fragment",
-            Reason::Malformed => "malformed",
-            Reason::CtInsertFailed => "ct_insert_failed",
-            Reason::BackendMissing => "backend_missing",
-            Reason::RewriteFailed => "rewrite_failed",
-            Reason::Failover => "failover",
-            Reason::IcmpError => "icmp_error",
-        }
-    }
-
-    /// Whether packets counted under this reason were dropped.
-    pub const fn is_drop(self) -> bool {
-        !matches!(
-            self,
-            Reason::Forwarded | Reason::ReverseNat | Reason::IcmpError
-        )
-    }
-}
+mod reason;
+pub use reason::Reason;
 
 /// An IP address as the maps hold it, in network byte order: `u32` for IPv4, 16 bytes for
 /// IPv6. The map types below are generic over it; the `4` and `6` aliases are the two
@@ -351,28 +159,15 @@ pub const CT_REPLIED: u32 = 2;
 /// Conntrack flag: the flow was re-pointed after its backend refused it; the next SYN is the
 /// first the new backend sees.
 pub const CT_RETRY: u32 = 4;
-/// Conntrack flag: the flow was re-pointed once already; a second refusal reaches the client
-/// (every backend may be dead: the client must hear it rather than wait through its
-/// retransmissions).
+/// Conntrack flag: the flow was re-pointed once already after a refusal.
 pub const CT_FAILED_OVER: u32 = 8;
+/// Conntrack flag: the flow was re-pointed twice; a third refusal reaches the client (every
+/// backend may be dead: the client must hear it, after two SYN retransmissions, about 3 s,
+/// rather than wait through all of them). Two, not one: the first backend to refuse may have
+/// come back by the time the second refuses (one backend restarted as another dies).
+pub const CT_FAILED_OVER_TWICE: u32 = 16;
 
-/// Why a backend became suspect.
-pub mod suspicion {
-    /// It refused a new flow: a RST answered the SYN.
-    pub const REFUSED: u32 = 1;
-    /// It stayed silent: the client retransmitted a SYN that was never answered.
-    pub const SILENT: u32 = 2;
-    /// (An event only) it answered a new flow again: no longer suspect.
-    pub const ANSWERED: u32 = 3;
-
-    /// How long new flows avoid a backend after `strikes` (1 or more) failures in a row: 1 s,
-    /// doubled per failure after the first, up to 64 s.
-    pub const fn backoff_ns(strikes: u32) -> u64 {
-        let doublings = strikes.saturating_sub(1);
-        let shift = if doublings < 6 { doublings } else { 6 };
-        1_000_000_000 << shift
-    }
-}
+pub mod suspicion;
 
 /// Value of the suspect map: a backend this host's datapath saw refuse or ignore a new flow.
 /// New flows avoid it until `retry_ns`; then one new flow may try it, and a SYN-ACK from it
@@ -586,15 +381,7 @@ impl ServiceName {
     }
 }
 
-/// Where the daemon's desired state comes from.
-pub mod source {
-    /// No daemon has written its state yet.
-    pub const NONE: u32 = 0;
-    /// A static configuration file.
-    pub const FILE: u32 = 1;
-    /// etcd.
-    pub const ETCD: u32 = 2;
-}
+pub mod source;
 
 /// The daemon's control-plane state, so `status` can report it from the pinned maps alone.
 #[repr(C)]
@@ -631,10 +418,21 @@ pub struct DaemonInfo {
     pub tcp_closing_timeout_s: u32,
     /// See `tcp_timeout_s`.
     pub udp_timeout_s: u32,
+    /// Services whose frontend this host refuses (outside the VIP ranges and
+    /// `--allow-frontend`, or one of the host's own addresses).
+    pub refused_frontends: u32,
+    /// Endpoints published by a host that its host record does not allow.
+    pub refused_host_endpoints: u32,
+    /// A `trust::*` value: the cluster's trust mode as last seen.
+    pub trust: u32,
+    /// Explicit padding (zero).
+    pub _pad: u32,
 }
 
+pub mod trust;
+
 const _: () = {
-    assert!(core::mem::size_of::<DaemonInfo>() == 80);
+    assert!(core::mem::size_of::<DaemonInfo>() == 96);
     assert!(core::mem::size_of::<ServiceKey4>() == 8);
     assert!(core::mem::size_of::<ServiceValue4>() == 8);
     assert!(core::mem::size_of::<SlotKey>() == 8);

@@ -8,14 +8,15 @@
 //! chain.
 
 use ambassador_common::{
-    suspicion, Addr, CtEntry, CtKey, RevNat, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER,
-    CT_REPLIED, CT_RETRY,
+    suspicion, CtEntry, CtKey, RevNat, BACKEND_TERMINATING, CT_CLOSING, CT_FAILED_OVER,
+    CT_FAILED_OVER_TWICE, CT_REPLIED, CT_RETRY,
 };
 
 use crate::{
     family::Family,
     health,
     parse::{IpPacket, L4},
+    scratch::Scratch,
 };
 
 /// A SYN seen this long after the flow's first one, with no answer from its backend in
@@ -30,28 +31,7 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// The reverse entry could not be written (the kernel refused the map update).
 pub struct InsertFailed;
 
-/// Per-CPU scratch space for the connection table's keys and values. A TC program runs to its
-/// end on its CPU before another starts there (softirq or bottom halves disabled), and each
-/// hook has its own slot ([`INGRESS`], [`EGRESS`]), so nothing else writes it meanwhile.
-#[repr(C)]
-pub struct Scratch<A: Addr> {
-    /// The packet's own key: the forward key on ingress, the reply key on egress (or the key
-    /// of the packet answering an ICMP error's quote).
-    pub key: CtKey<A>,
-    /// The key of the flow's other direction.
-    pub other: CtKey<A>,
-    /// A new flow's forward entry.
-    pub entry: CtEntry<A>,
-    /// A reverse entry being written.
-    pub rev: RevNat<A>,
-}
-
-/// The ingress program's slot of the scratch maps.
-pub const INGRESS: u32 = 0;
-/// The egress program's slot of the scratch maps.
-pub const EGRESS: u32 = 1;
-
-/// This CPU's scratch space of `hook` ([`INGRESS`] or [`EGRESS`]).
+/// This CPU's scratch space of `hook` (`scratch::INGRESS` or `scratch::EGRESS`).
 #[inline(always)]
 pub fn scratch<A: Family>(hook: u32) -> Option<&'static mut Scratch<A>> {
     // SAFETY: a per-CPU slot that only this program uses while it runs (see `Scratch`).
@@ -200,10 +180,11 @@ pub fn mark<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, flag: u32) {
 
 /// The backend of the flow whose replies have the key `s.key` refused it (a RST, or an ICMP
 /// "unreachable" about it). If the flow never got past SYN-SENT, the backend turns suspect
-/// and, if the service has a backend that is not and the flow was not re-pointed before, the
-/// flow is re-pointed there (the client's SYN retransmission will land on it) and true is
-/// returned: the refusal must not reach the client. False: a reset of a real connection, a
-/// second refusal, or nowhere better to go; the client gets it.
+/// and, if the service has another backend and the flow was not re-pointed twice before, it is
+/// re-pointed there (the client's SYN retransmission will land on it; a backend that is not
+/// suspect if there is one) and true is returned: the refusal must not reach the client.
+/// False: a reset of a real connection, a third refusal (`CT_FAILED_OVER_TWICE`), or no other
+/// backend; the client gets it.
 #[inline(always)]
 pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool {
     let Some(entry) = forward_of(s, rev) else {
@@ -215,23 +196,28 @@ pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool
         return false;
     }
     health::failed(e.backend_id, e.service_id, suspicion::REFUSED, now);
-    if e.flags & CT_FAILED_OVER != 0 {
+    if e.flags & CT_FAILED_OVER_TWICE != 0 {
         return false;
     }
+    let again = if e.flags & CT_FAILED_OVER != 0 {
+        CT_FAILED_OVER_TWICE
+    } else {
+        0
+    };
     let Some(svc) = crate::lb::frontend(rev.vip_be, rev.vport_be, s.key.proto) else {
         return false;
     };
-    let Ok((id, backend)) = crate::lb::pick_backend::<A>(svc.service_id, svc.count) else {
+    // Another backend, one that is not suspect if there is one; else a suspect one all the
+    // same: this one has just refused, and the other may have come back since it failed.
+    let Ok((id, backend)) = crate::lb::pick_backend::<A>(svc.service_id, svc.count, e.backend_id)
+    else {
         return false;
     };
-    if id == e.backend_id || health::avoided(id, now) {
-        return false;
-    }
     let _ = A::reverse_nat().remove(&s.key);
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;
     e.backend_port_be = backend.port_be;
-    e.flags = CT_RETRY | CT_FAILED_OVER;
+    e.flags = CT_RETRY | CT_FAILED_OVER | again;
     e.created_ns = now;
     e.last_seen_ns = now;
     s.rev = RevNat {

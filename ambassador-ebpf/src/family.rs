@@ -15,7 +15,6 @@ use aya_ebpf::{
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 
 use crate::{
-    conntrack::Scratch,
     frame::Frame,
     maps::{
         BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, REVERSE_NAT, REVERSE_NAT6, SCRATCH, SCRATCH6,
@@ -25,6 +24,7 @@ use crate::{
         self, IpPacket, ETH_HLEN, IP6_DADDR, IP6_HOP_LIMIT, IP6_SADDR, IP_CSUM, IP_DADDR, IP_SADDR,
         IP_TTL,
     },
+    scratch::Scratch,
 };
 
 /// Size of one address word in a checksum update (the low bits of the helper's flags).
@@ -256,3 +256,17 @@ pub fn word(a: &[u8; 16], i: usize) -> u32 {
 pub fn words(a: &[u8; 16]) -> [u32; 4] {
     [word(a, 0), word(a, 1), word(a, 2), word(a, 3)]
 }
+
+/// `$f::<A>($ctx)` for the frame's address family, by its ethertype: `Some` of its result for
+/// IPv4 (`u32`) and IPv6 (`[u8; 16]`), `None` for any other frame. The one place where an
+/// ethertype picks a [`Family`].
+macro_rules! per_family {
+    ($f:ident, $ctx:expr) => {
+        match $crate::parse::ethertype($ctx) {
+            Some($crate::parse::ETH_P_IP) => Some($f::<u32>($ctx)),
+            Some($crate::parse::ETH_P_IPV6) => Some($f::<[u8; 16]>($ctx)),
+            _ => None,
+        }
+    };
+}
+pub(crate) use per_family;

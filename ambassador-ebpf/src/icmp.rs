@@ -13,9 +13,10 @@ use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_ktime_get_ns, programs::
 
 use crate::{
     conntrack,
-    family::{word, Family},
-    nat::{Side, Verdict},
+    family::{per_family, word, Family},
     parse::{self, IcmpError, ETH_HLEN, IP_CSUM, L4_DPORT, L4_SPORT},
+    scratch::{EGRESS, INGRESS},
+    verdict::{Side, Verdict},
 };
 
 /// Sizes of the fields a checksum update replaces (the low bits of the helper's flags).
@@ -181,11 +182,7 @@ impl IcmpFamily for [u8; 16] {
 /// Egress of a client-facing interface: an ICMP or ICMPv6 error on its way to a client.
 #[inline(always)]
 pub fn to_client(ctx: &TcContext) -> Verdict {
-    match parse::ethertype(ctx) {
-        Some(parse::ETH_P_IP) => to_client_of::<u32>(ctx),
-        Some(parse::ETH_P_IPV6) => to_client_of::<[u8; 16]>(ctx),
-        _ => Verdict::Pass,
-    }
+    per_family!(to_client_of, ctx).unwrap_or(Verdict::Pass)
 }
 
 /// An error about a packet the client sent through a frontend. A "destination unreachable"
@@ -198,7 +195,7 @@ fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     let Some(e) = &A::parse_error(ctx) else {
         return Verdict::Pass;
     };
-    let Some(s) = conntrack::scratch::<A>(conntrack::EGRESS) else {
+    let Some(s) = conntrack::scratch::<A>(EGRESS) else {
         return Verdict::Pass;
     };
     // The key of the backend's replies to the quoted (client -> backend) packet.
@@ -228,11 +225,7 @@ fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
 /// about the backend's data, say). It goes to the backend, about the packet the backend sent.
 #[inline(always)]
 pub fn from_client(ctx: &TcContext) -> Verdict {
-    match parse::ethertype(ctx) {
-        Some(parse::ETH_P_IP) => from_client_of::<u32>(ctx),
-        Some(parse::ETH_P_IPV6) => from_client_of::<[u8; 16]>(ctx),
-        _ => Verdict::Pass,
-    }
+    per_family!(from_client_of, ctx).unwrap_or(Verdict::Pass)
 }
 
 /// One function per family, like [`to_client_of`].
@@ -241,7 +234,7 @@ fn from_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     let Some(e) = &A::parse_error(ctx) else {
         return Verdict::Pass;
     };
-    let Some(s) = conntrack::scratch::<A>(conntrack::INGRESS) else {
+    let Some(s) = conntrack::scratch::<A>(INGRESS) else {
         return Verdict::Pass;
     };
     // The flow's forward key: the quoted packet went frontend -> client.

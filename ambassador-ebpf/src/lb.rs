@@ -50,28 +50,38 @@ const SCAN: u32 = 64;
 
 /// A backend for a new flow of service `service_id`, whose slots `0..count` are filled: a
 /// random slot (a backend holds as many slots as its weight). A suspect backend (see `health`)
-/// is passed over for the next slots' backends; when every one of them is suspect, the first
-/// pick stands: never a black hole of our own making.
+/// is passed over for the next slots' backends; when every one of them is suspect, one of them
+/// stands: never a black hole of our own making. Backend `except` is never picked (the one
+/// that has just refused the flow being re-pointed; 0, no backend's id: none).
 #[inline(always)]
-pub fn pick_backend<A: Family>(service_id: u32, count: u32) -> Result<(u32, Backend<A>), Reason> {
-    let id = pick_id::<A>(service_id, count)?;
+pub fn pick_backend<A: Family>(
+    service_id: u32,
+    count: u32,
+    except: u32,
+) -> Result<(u32, Backend<A>), Reason> {
+    let id = pick_id::<A>(service_id, count, except)?;
     let backend = *unsafe { A::backends().get(&id) }.ok_or(Reason::BackendMissing)?;
     Ok((id, backend))
 }
 
 /// The backend id [`pick_backend`] picks. The scan looks at ids only and copies one backend
 /// after it: a loop that copied an IPv6 backend per slot would take the stack the rest of a
-/// program needs.
+/// program needs. Its state is kept small (one id, 0 for none), as the verifier walks the
+/// loop once per state.
 #[inline(always)]
-fn pick_id<A: Family>(service_id: u32, count: u32) -> Result<u32, Reason> {
+fn pick_id<A: Family>(service_id: u32, count: u32, except: u32) -> Result<u32, Reason> {
     if count == 0 {
         return Err(Reason::NoBackend);
     }
     let start = unsafe { bpf_get_prandom_u32() } % count;
     let first = slot_id::<A>(service_id, start)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    if !health::avoided(first, now) {
-        return Ok(first);
+    let mut standing = 0;
+    if first != except {
+        if !health::avoided(first, now) {
+            return Ok(first);
+        }
+        standing = first;
     }
     for i in 1..SCAN {
         if i >= count {
@@ -79,12 +89,19 @@ fn pick_id<A: Family>(service_id: u32, count: u32) -> Result<u32, Reason> {
         }
         let slot = (start + i) % count;
         if let Ok(other) = slot_id::<A>(service_id, slot) {
-            if !health::avoided(other, now) {
-                return Ok(other);
+            if other != except {
+                if !health::avoided(other, now) {
+                    return Ok(other);
+                }
+                standing = other;
             }
         }
     }
-    Ok(first)
+    if standing == 0 {
+        Err(Reason::NoBackend)
+    } else {
+        Ok(standing)
+    }
 }
 
 /// The id of the backend in slot `slot` of `service_id`, if that backend exists.

@@ -15,8 +15,10 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod scratch;
 mod sock;
 mod stats;
+mod verdict;
 mod xdp;
 
 use aya_ebpf::{
@@ -103,10 +105,10 @@ pub fn amb_sk_release(ctx: SockContext) -> i32 {
 }
 
 #[inline(always)]
-fn verdict(result: nat::Verdict) -> i32 {
+fn verdict(result: verdict::Verdict) -> i32 {
     match result {
-        nat::Verdict::Pass => TC_ACT_NEXT,
-        nat::Verdict::Done(reason) => {
+        verdict::Verdict::Pass => TC_ACT_NEXT,
+        verdict::Verdict::Done(reason) => {
             stats::count_reason(reason);
             if reason.is_drop() {
                 TC_ACT_SHOT

@@ -2,11 +2,11 @@
 //! `ambassador_common`; all maps are pinned by name under the daemon's pin directory. The sizes
 //! declared here are the defaults: the loader sets each one from `ambassador run`'s settings.
 
-use crate::conntrack::{Scratch, EGRESS};
+use crate::scratch::{Scratch, EGRESS};
 use ambassador_common::{
-    limits, Backend4, Backend6, CtEntry4, CtEntry6, CtKey4, CtKey6, DaemonInfo, Reason, RevNat4,
-    RevNat6, ServiceKey4, ServiceKey6, ServiceName, ServiceStats, ServiceValue4, SlotKey, SockKey4,
-    SockKey6, SockNat4, SockNat6, Suspect,
+    limits, xdp::Forward, Backend4, Backend6, CtEntry4, CtEntry6, CtKey4, CtKey6, DaemonInfo,
+    Reason, RevNat4, RevNat6, ServiceKey4, ServiceKey6, ServiceName, ServiceStats, ServiceValue4,
+    SlotKey, SockKey4, SockKey6, SockNat4, SockNat6, Suspect,
 };
 use aya_ebpf::{
     macros::map,
@@ -67,7 +67,7 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 pub static NAMES: HashMap<u32, ServiceName> = HashMap::pinned(limits::DEFAULT_SERVICES, 0);
 
 /// The daemon's control-plane state, for `status`. User space only, like `NAMES`.
-#[map(name = "amb_info_v2")]
+#[map(name = "amb_info_v3")]
 pub static INFO: Array<DaemonInfo> = Array::pinned(1, 0);
 
 /// Socket datapath: (socket, frontend) -> the backend an unconnected UDP socket's datagrams
@@ -108,3 +108,12 @@ pub static SUSPECTS: HashMap<u32, Suspect> = HashMap::pinned(limits::DEFAULT_BAC
 /// Backend health transitions, for the daemon to log and count.
 #[map(name = "amb_health_v1")]
 pub static HEALTH_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
+
+/// interface index -> `ambassador_common::xdp::target` flags, kept by the daemon: which
+/// interfaces the XDP program may redirect to.
+#[map(name = "amb_xdptgt_v1")]
+pub static XDP_TARGETS: HashMap<u32, u32> = HashMap::pinned(limits::XDP_TARGETS, 0);
+
+/// What the XDP program did with the frames it translated, per outcome.
+#[map(name = "amb_xdpfwd_v1")]
+pub static XDP_FORWARD: PerCpuArray<u64> = PerCpuArray::pinned(Forward::COUNT, 0);

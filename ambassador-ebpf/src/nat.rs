@@ -10,41 +10,26 @@ use aya_log_ebpf::debug;
 
 use crate::{
     conntrack,
-    family::Family,
+    family::{per_family, Family},
     frame::Frame,
     health, icmp, lb,
     parse::{self, IpPacket, L4, L4_DPORT, L4_SPORT},
+    scratch::{EGRESS, INGRESS},
     stats,
+    verdict::{Side, Verdict},
 };
-
-/// What became of a packet.
-pub enum Verdict {
-    /// Not ours: untouched, uncounted.
-    Pass,
-    /// Handled (rewritten or dropped) for this reason.
-    Done(Reason),
-}
 
 /// Size of a port in a checksum update (the low bits of the helper's flags).
 const CSUM_PORT: u64 = 2;
-
-/// Which end of the packet a rewrite changes.
-#[derive(Clone, Copy)]
-pub enum Side {
-    Source,
-    Destination,
-}
 
 /// Ingress of a client-facing interface.
 #[inline(always)]
 pub fn dnat(ctx: &TcContext) -> Verdict {
     parse::pull_headers(ctx);
-    let handled = match parse::ethertype(ctx) {
-        Some(parse::ETH_P_IP) => dnat_ip::<u32>(ctx),
-        Some(parse::ETH_P_IPV6) => dnat_ip::<[u8; 16]>(ctx),
-        _ => return Verdict::Pass,
-    };
-    handled.unwrap_or_else(|| icmp::from_client(ctx))
+    match per_family!(dnat_ip, ctx) {
+        Some(handled) => handled.unwrap_or_else(|| icmp::from_client(ctx)),
+        None => Verdict::Pass,
+    }
 }
 
 /// DNAT of one IPv4 or IPv6 TCP or UDP packet; `None` if it is not one. A function per
@@ -108,7 +93,7 @@ fn forward<A: Family>(
     service_id: u32,
     count: u32,
 ) -> Reason {
-    let Some(s) = conntrack::scratch::<A>(conntrack::INGRESS) else {
+    let Some(s) = conntrack::scratch::<A>(INGRESS) else {
         return Reason::CtInsertFailed;
     };
     s.key = conntrack::key(ip, l4);
@@ -121,7 +106,7 @@ fn forward<A: Family>(
         Some(Ok(backend)) => backend,
         Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
         None => {
-            let (backend_id, backend) = match lb::pick_backend::<A>(service_id, count) {
+            let (backend_id, backend) = match lb::pick_backend::<A>(service_id, count, 0) {
                 Ok(b) => b,
                 Err(reason) => return reason,
             };
@@ -167,12 +152,10 @@ fn forward<A: Family>(
 #[inline(always)]
 pub fn rnat(ctx: &TcContext) -> Verdict {
     parse::pull_headers(ctx);
-    let handled = match parse::ethertype(ctx) {
-        Some(parse::ETH_P_IP) => rnat_ip::<u32>(ctx),
-        Some(parse::ETH_P_IPV6) => rnat_ip::<[u8; 16]>(ctx),
-        _ => return Verdict::Pass,
-    };
-    handled.unwrap_or_else(|| icmp::to_client(ctx))
+    match per_family!(rnat_ip, ctx) {
+        Some(handled) => handled.unwrap_or_else(|| icmp::to_client(ctx)),
+        None => Verdict::Pass,
+    }
 }
 
 /// Reverse NAT of one IPv4 or IPv6 TCP or UDP packet; `None` if it is not one (a function per
@@ -191,7 +174,7 @@ pub fn rnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
     let Some(l4) = parse::l4(ctx, ip) else {
         return Verdict::Pass;
     };
-    let Some(s) = conntrack::scratch::<A>(conntrack::EGRESS) else {
+    let Some(s) = conntrack::scratch::<A>(EGRESS) else {
         return Verdict::Pass;
     };
     s.key = conntrack::key(ip, &l4);

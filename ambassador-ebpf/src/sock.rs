@@ -216,7 +216,7 @@ fn translate<A: Family>(
     let (backend_id, backend, up_to_date) = match kept {
         Some(Kept::Fresh(id, b)) => (id, b, true),
         Some(Kept::Stale(id, b)) => (id, b, false),
-        None => match lb::pick_backend::<A>(svc.service_id, svc.count) {
+        None => match lb::pick_backend::<A>(svc.service_id, svc.count, 0) {
             Ok((id, b)) => (id, b, false),
             Err(reason) => return Err(reject(reason, svc.service_id, ECONNREFUSED)),
         },

@@ -1,13 +1,21 @@
 //! Per-CPU counters: no atomics needed, user space sums the CPUs.
 
-use ambassador_common::{Reason, ServiceStats};
+use ambassador_common::{xdp::Forward, Reason, ServiceStats};
 
-use crate::maps::{REASONS, SERVICE_STATS};
+use crate::maps::{REASONS, SERVICE_STATS, XDP_FORWARD};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
     if let Some(counter) = REASONS.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_forward(outcome: Forward) {
+    if let Some(counter) = XDP_FORWARD.get_ptr_mut(outcome as u32) {
+        // SAFETY: as above.
         unsafe { *counter += 1 };
     }
 }

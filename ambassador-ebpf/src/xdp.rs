@@ -5,21 +5,29 @@
 //! here: a FIB lookup gives the next hop's interface and addresses, the hop is counted, and
 //! the frame is redirected (or sent back out, `XDP_TX`) without ever becoming a socket buffer.
 //! Whatever the FIB cannot resolve (no neighbour entry yet, local delivery, a frame too big
-//! for the next link) goes to the stack, already translated, which forwards or answers it as
-//! for any packet: nothing is lost. Frames that are none of ours pass untouched.
+//! for the next link), and whatever is for an interface that cannot transmit a redirected
+//! frame (the daemon keeps that table, `XDP_TARGETS`), goes to the stack, already
+//! translated, which forwards or answers it as for any packet: nothing is lost. Each outcome
+//! is counted. Frames that are none of ours pass untouched.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibLookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as FibLookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
 };
 
+use ambassador_common::xdp::{target, Forward};
+
 use crate::{
-    family::Family,
+    family::{per_family, Family},
     frame::Frame,
-    nat::{self, Verdict},
-    parse, stats,
+    maps::XDP_TARGETS,
+    nat, stats,
+    verdict::Verdict,
 };
 
 /// Offsets of the Ethernet addresses.
@@ -29,12 +37,9 @@ const ETH_SOURCE: usize = 6;
 /// The program: a verdict for one frame.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let handled = match parse::ethertype(ctx) {
-        Some(parse::ETH_P_IP) => translate::<u32>(ctx),
-        Some(parse::ETH_P_IPV6) => translate::<[u8; 16]>(ctx),
-        _ => None,
-    };
-    handled.unwrap_or(xdp_action::XDP_PASS)
+    per_family!(translate, ctx)
+        .flatten()
+        .unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// One IPv4 or IPv6 TCP or UDP frame (`None`: not one): to a frontend, or a backend's reply.
@@ -71,7 +76,10 @@ fn rnat<A: Family>(ctx: &XdpContext) -> Option<Verdict> {
 }
 
 /// Sends a translated frame on to its next hop, or to the stack when the FIB has no complete
-/// answer.
+/// answer or the next hop's interface cannot transmit a redirected frame (the kernel would
+/// drop it: a veth whose peer has neither GRO nor an XDP program, a driver without
+/// `ndo_xdp_xmit`). Whatever goes to the stack is untouched beyond the translation: the stack
+/// counts the hop and writes the link addresses itself.
 #[inline(never)]
 fn forward<A: Family>(ctx: &XdpContext) -> u32 {
     let Some(ip) = A::parse(ctx) else {
@@ -93,16 +101,44 @@ fn forward<A: Family>(ctx: &XdpContext) -> u32 {
             0,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || A::count_hop(ctx).is_err() {
+    let unforwarded = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => None,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Forward::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Some(Forward::FragNeeded),
+        _ => Some(Forward::NotForwarded),
+    };
+    if let Some(outcome) = unforwarded {
+        stats::count_forward(outcome);
+        return xdp_action::XDP_PASS;
+    }
+    if !can_send(ingress, fib.ifindex) {
+        stats::count_forward(Forward::TargetCannotXmit);
+        return xdp_action::XDP_PASS;
+    }
+    if A::count_hop(ctx).is_err() {
+        stats::count_forward(Forward::NotForwarded);
         return xdp_action::XDP_PASS;
     }
     if ctx.store(ETH_DEST, &fib.dmac).is_err() || ctx.store(ETH_SOURCE, &fib.smac).is_err() {
+        stats::count_forward(Forward::NotForwarded);
         return xdp_action::XDP_PASS;
     }
     if fib.ifindex == ingress {
+        stats::count_forward(Forward::SentBack);
         xdp_action::XDP_TX
     } else {
+        stats::count_forward(Forward::Redirected);
         // SAFETY: a plain helper call; the kernel checks the interface.
         unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
     }
+}
+
+/// Whether a frame that came in on `ingress` can be redirected (or sent back) to `target`: the
+/// program on `ingress` runs in generic mode (the stack transmits), or `target` transmits
+/// frames redirected from a driver (`XDP_TX` on a veth goes to its peer the same way).
+#[inline(always)]
+fn can_send(ingress: u32, target: u32) -> bool {
+    // SAFETY: plain reads of `u32` values the daemon writes whole.
+    let flags = |i: u32| unsafe { XDP_TARGETS.get(&i) }.copied().unwrap_or(0);
+    flags(ingress) & target::GENERIC != 0 || flags(target) & target::NDO_XMIT != 0
 }

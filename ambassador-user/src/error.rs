@@ -137,6 +137,16 @@ pub enum Error {
         #[source]
         source: etcd_client::Error,
     },
+    /// etcd refused a request for the credential in use (RBAC or authentication).
+    #[error("etcd refused {what}: {detail} (as {identity})")]
+    EtcdDenied {
+        /// What was attempted (names the key).
+        what: String,
+        /// What etcd said.
+        detail: String,
+        /// Who asked: the user, the client certificate, or no credential.
+        identity: String,
+    },
     /// An etcd request took too long.
     #[error("etcd: {what}: no answer within the timeout (is etcd running and reachable?)")]
     EtcdTimeout {
@@ -200,7 +210,7 @@ impl Error {
             | Error::Docker { .. }
             | Error::NotFound(_) => 69,
             Error::AlreadyRunning { .. } | Error::AlreadyAttached { .. } => 75,
-            Error::Permission { .. } => 77,
+            Error::Permission { .. } | Error::EtcdDenied { .. } => 77,
             _ => 71,
         }
     }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -19,10 +19,13 @@ use crate::{
     contract::{self, PutOutcome, Store},
     error::{Error, Result},
     model::Desired,
+    policy::Refusal,
+    reconnect::Reconnect,
+    trust::{FrontendScope, Mode},
 };
 
 /// How to reach etcd.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
     /// Client URLs, e.g. `http://127.0.0.1:2379`.
     pub endpoints: Vec<String>,
@@ -38,20 +41,100 @@ pub struct EtcdOptions {
     pub user: Option<String>,
     /// Password for etcd authentication (never logged).
     pub password: Option<String>,
+    /// A file holding the password (read at each connection).
+    pub password_file: Option<PathBuf>,
 }
 
 /// How long one request (not a watch) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one etcd request with [`REQUEST_TIMEOUT`], saying `what` it was if it fails.
+/// Who this process talks to etcd as, for the errors that name it. One process uses one
+/// credential (the one on its command line), so the last connection's is the one to name.
+static IDENTITY: RwLock<String> = RwLock::new(String::new());
+
+fn identity() -> String {
+    let id = IDENTITY.read().unwrap_or_else(|p| p.into_inner());
+    if id.is_empty() {
+        "no credential".into()
+    } else {
+        id.clone()
+    }
+}
+
+/// Whether etcd refused a request for its credential (RBAC), or the credential itself.
+fn denied(e: &etcd_client::Error) -> Option<String> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    let msg = status.message();
+    let auth = [
+        "permission denied",
+        "user name is empty",
+        "authentication failed",
+        "invalid auth token",
+        "user name not found",
+    ];
+    if status.code() != tonic::Code::PermissionDenied && !auth.iter().any(|a| msg.contains(a)) {
+        return None;
+    }
+    let msg = msg.trim_start_matches("etcdserver: ");
+    Some(if msg.contains("user name is empty") {
+        "etcd has authentication on and this command gave no credential (--etcd-user with AMBASSADOR_ETCD_PASSWORD or --etcd-password-file, or --etcd-cert and --etcd-key)".to_owned()
+    } else {
+        msg.to_owned()
+    })
+}
+
+/// Whether etcd refused a request because its token predates a change of users or roles
+/// ("revision of auth store is old", not retried by etcd-client): a new token
+/// (`Client::refresh_token`) makes it pass.
+pub fn stale_token(e: &Error) -> bool {
+    matches!(e, Error::Etcd { source: etcd_client::Error::GRpcStatus(s), .. }
+        if s.message().contains("revision of auth store is old"))
+}
+
+/// Runs an etcd request as [`timed`] does; when etcd refuses the token as older than a change
+/// of users or roles ([`stale_token`]), renews it and runs the request again (five times at
+/// most: each change of users overtakes the writes in flight). Any write may meet that after
+/// an `auth` command, not only the next one on the same connection: a member stamps a request
+/// with the auth revision it has applied, and the change may be applied between the stamp and
+/// the request's turn in the log (etcd's own client retries these the same way).
+pub async fn fresh<T>(
+    client: &Client,
+    what: &str,
+    mut request: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
+) -> Result<T> {
+    let mut c = client.clone();
+    let mut renewed = 0;
+    loop {
+        match timed(what, request(&mut c)).await {
+            Err(e) if stale_token(&e) && renewed < 5 => {
+                renewed += 1;
+                debug!("{e}: renewing the token");
+                timed("renewing the etcd token", c.refresh_token()).await?;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Runs one etcd request with [`REQUEST_TIMEOUT`], saying `what` it was if it fails; a refusal
+/// by etcd's access control says so, and names the credential.
 pub async fn timed<T>(
     what: impl Into<String>,
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(r) => r.map_err(|source| Error::Etcd {
-            what: what.into(),
-            source,
+        Ok(r) => r.map_err(|source| match denied(&source) {
+            Some(detail) => Error::EtcdDenied {
+                what: what.into(),
+                detail,
+                identity: identity(),
+            },
+            None => Error::Etcd {
+                what: what.into(),
+                source,
+            },
         }),
         Err(_) => Err(Error::EtcdTimeout { what: what.into() }),
     }
@@ -69,8 +152,29 @@ impl EtcdOptions {
             // A member cut off from the quorum fails the watch instead of going silent.
             .with_require_leader(true);
         if let Some(user) = &self.user {
-            opts = opts.with_user(user.clone(), self.password.clone().unwrap_or_default());
+            let password = match &self.password_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(Error::io(format!(
+                        "reading the etcd password from {}",
+                        f.display()
+                    )))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+                None => self.password.clone().unwrap_or_default(),
+            };
+            opts = opts
+                .with_user(user.clone(), password)
+                // Simple tokens expire (etcd's --auth-token-ttl, 300 s): a daemon lives longer.
+                .with_auto_token_refresh(true);
         }
+        *IDENTITY.write().unwrap_or_else(|p| p.into_inner()) = match (&self.user, &self.cert) {
+            (Some(user), _) => format!("etcd user {user:?}"),
+            (None, Some(cert)) => format!(
+                "the etcd user named by the CN of client certificate {}",
+                cert.display()
+            ),
+            (None, None) => String::new(),
+        };
         if self.cacert.is_some() || self.cert.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &self.cacert {
@@ -120,6 +224,12 @@ pub struct Snapshot {
     pub conflicts: u64,
     /// When the etcd response behind `desired` arrived (the start of the control-plane lag).
     pub received: Option<Instant>,
+    /// Where the cluster places frontends (each daemon refuses the others).
+    pub scope: Arc<FrontendScope>,
+    /// The cluster's trust mode.
+    pub mode: Mode,
+    /// Endpoints left out of `desired` because their host's record does not allow them.
+    pub host_refused: Arc<Vec<Refusal>>,
 }
 
 impl Default for Snapshot {
@@ -132,6 +242,9 @@ impl Default for Snapshot {
             malformed: 0,
             conflicts: 0,
             received: None,
+            scope: Arc::default(),
+            mode: Mode::default(),
+            host_refused: Arc::default(),
         }
     }
 }
@@ -139,23 +252,22 @@ impl Default for Snapshot {
 /// Follows etcd forever, publishing into `tx`. Returns only when every receiver is gone.
 pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
     let mut warned: HashSet<(Vec<u8>, i64)> = HashSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Reconnect::default();
     let mut failures: u64 = 0;
     loop {
         let result = session(&opts, &tx, &mut warned).await;
         if tx.borrow().connected {
             // The session got as far as a listing: a new outage starts now.
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             failures = 0;
         }
+        let delay = backoff.next_delay();
         if let Err(e) = result {
             // The first failure of an outage, then every tenth: enough to follow, not a flood.
             if failures.is_multiple_of(10) {
-                warn!(
-                    "{e}; forwarding continues with the last known state, retrying in {backoff:?}"
-                );
+                warn!("{e}; forwarding continues with the last known state, retrying in {delay:?}");
             } else {
-                debug!("{e}; retrying in {backoff:?} (attempt {})", failures + 1);
+                debug!("{e}; retrying in {delay:?} (attempt {})", failures + 1);
             }
             failures += 1;
         }
@@ -170,8 +282,7 @@ pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
             }
             changed
         });
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -350,7 +461,8 @@ fn publish(
     last_conflicts: &mut Vec<String>,
     received: Instant,
 ) {
-    let (desired, conflicts) = store.desired();
+    let judged = store.judge();
+    let conflicts = judged.conflicts;
     if conflicts != *last_conflicts {
         for c in conflicts.iter().filter(|c| !last_conflicts.contains(c)) {
             warn!("etcd: {c}");
@@ -362,7 +474,10 @@ fn publish(
             s.connected = true;
             s.since = SystemTime::now();
         }
-        s.desired = Some(Arc::new(desired));
+        s.desired = Some(Arc::new(judged.desired));
+        s.scope = Arc::new(judged.scope);
+        s.mode = judged.mode;
+        s.host_refused = Arc::new(judged.refused);
         s.revision = revision;
         s.malformed = malformed;
         s.conflicts = conflicts.len() as u64;

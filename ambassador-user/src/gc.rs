@@ -1,14 +1,15 @@
-//! Conntrack expiry and draining of terminating backends. Pure decisions here; the daemon
-//! applies them to the maps.
+//! Conntrack expiry and draining of terminating backends: the decisions (pure), and
+//! [`collect`], which applies them to the maps.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use ambassador_common::DaemonInfo;
 
 use crate::{
-    maps::{Flow, SockEntry},
+    error::Result,
+    maps::{Flow, Maps, SockEntry},
     model::Proto,
-    reconcile::Installed,
+    reconcile::{Installed, Op},
 };
 
 /// How long an idle flow is kept.
@@ -28,6 +29,9 @@ pub const DEFAULT_TCP_S: u64 = 6 * 3600;
 pub const DEFAULT_TCP_CLOSING_S: u64 = 10;
 /// Default `--udp-timeout`, in seconds.
 pub const DEFAULT_UDP_S: u64 = 120;
+/// The longest flow timeout, in seconds (10 days: Linux conntrack keeps an established TCP flow
+/// 5). Far from where the nanosecond arithmetic of the sweep could overflow.
+pub const MAX_TIMEOUT_S: u64 = 10 * 24 * 3600;
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -105,6 +109,55 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Expired TC flows.
+    pub flows: usize,
+    /// Translations of the socket datapath whose socket is gone or idle.
+    pub sockets: usize,
+    /// Terminating backends no flow or socket uses any more.
+    pub backends: usize,
+}
+
+/// Removes expired flows and socket translations, then drained terminating backends.
+pub fn collect(
+    maps: &mut Maps,
+    installed: &mut Installed,
+    timeouts: &Timeouts,
+) -> Result<Collected> {
+    let now = monotonic_ns();
+    let mut used = BTreeSet::new();
+    let mut done = Collected::default();
+    for flow in maps.flows()? {
+        if expired(&flow, now, timeouts) || !installed.backends.contains_key(&flow.backend_id) {
+            maps.delete_flow(&flow)?;
+            done.flows += 1;
+        } else {
+            used.insert(flow.backend_id);
+        }
+    }
+    for entry in maps.sock_entries()? {
+        if sock_expired(&entry, now, timeouts)
+            || !installed.backends.contains_key(&entry.backend_id)
+        {
+            maps.delete_sock_entry(&entry)?;
+            done.sockets += 1;
+        } else {
+            used.insert(entry.backend_id);
+        }
+    }
+    let drained = drained_backends(installed, &used);
+    for id in &drained {
+        let op = Op::DeleteBackend { id: *id };
+        maps.apply(&op)?;
+        installed.apply(&op);
+        maps.clear_suspect(*id)?;
+    }
+    done.backends = drained.len();
+    Ok(done)
 }
 
 #[cfg(test)]

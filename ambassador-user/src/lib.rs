@@ -3,6 +3,7 @@
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambassador"));
+pub mod auth;
 pub mod capacity;
 pub mod cli;
 pub mod config;
@@ -18,10 +19,15 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod netdev;
 pub mod netlink;
 pub mod policy;
 pub mod reconcile;
+pub mod reconnect;
 pub mod register;
 pub mod sockets;
 pub mod status;
+pub mod tables;
+pub mod task;
+pub mod trust;
 pub mod vips;

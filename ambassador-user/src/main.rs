@@ -1,6 +1,7 @@
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use ambassador_user::{
+    auth,
     cli::{Cli, Command},
     ctl, daemon,
     error::{Error, Result},
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
         Command::Endpoint(cmd) => block_on(ctl::endpoint(cmd)),
         Command::Vip(cmd) => block_on(ctl::vip(cmd)),
         Command::Env { services, etcd } => block_on(ctl::env(services, etcd)),
+        Command::Auth(cmd) => block_on(auth::run(cmd)),
         Command::Register(a) => block_on(register::run(RegisterConfig {
             docker: a.docker,
             advertise_ip: a.advertise_ip,

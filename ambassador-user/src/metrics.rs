@@ -145,8 +145,11 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a client may take to send its request head.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
-/// Scrapes served at once; more wait for a free one.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once; more are closed at once (a scraper retries).
+const MAX_CONNECTIONS: usize = 64;
+/// How long one connection may take, reading the request and writing the answer together:
+/// a client that stops reading holds its slot no longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` (failing clearly if it cannot), then serves in the background. Returns the
 /// bound address (useful with port 0) and the serving task.
@@ -168,11 +171,15 @@ pub async fn serve(
 async fn accept_loop(listener: TcpListener, render: Render) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // A slot is taken after the accept, never before: a full server closes the
+                // newcomer at once (it retries) rather than leave it queued behind clients
+                // that may never finish; and every slot is free again within the deadline.
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "metrics: every connection slot is taken; closing");
+                    continue;
+                };
                 let render = render.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| answer(req, render.clone()));
@@ -181,10 +188,13 @@ async fn accept_loop(listener: TcpListener, render: Render) {
                         .header_read_timeout(READ_DEADLINE)
                         .max_buf_size(MAX_HEAD)
                         .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    if let Err(e) = served {
-                        debug!(%peer, "metrics request: {e}");
+                        .serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
+                        Ok(Err(e)) => debug!(%peer, "metrics request: {e}"),
+                        Err(_) => {
+                            debug!(%peer, "metrics request: not done within {CONNECTION_DEADLINE:?}; closed")
+                        }
+                        Ok(Ok(())) => {}
                     }
                     drop(permit);
                 });
@@ -309,6 +319,41 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+        task.abort();
+    }
+
+    /// Scrapers that ask and never read (the page is larger than their sockets hold) or never
+    /// ask take no slot a real scraper needs: it is answered at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn stalled_scrapers_do_not_stop_a_real_one() {
+        let page = "x".repeat(16 << 20);
+        let render: Render = Arc::new(move || page.clone());
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), render).await.unwrap();
+        let mut stalled = Vec::new();
+        for i in 0..20 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            if i % 2 == 0 {
+                s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            }
+            stalled.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("answered while 20 scrapers stall")
+            .unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200 OK"));
+        assert!(out.len() > 16 << 20);
+        assert!(
+            started.elapsed() < CONNECTION_DEADLINE,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stalled);
         task.abort();
     }
 }

@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
 use serde::Serialize;
 
 /// Transport protocol of a frontend.
@@ -159,6 +161,43 @@ pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         ));
     }
     Ok(net)
+}
+
+/// The range addresses are allocated from until `vip range` sets another: Kubernetes' default
+/// service range, so people recognise it as virtual.
+pub const DEFAULT_RANGE: &str = "10.96.0.0/12";
+
+/// The IPv6 range addresses are allocated from until `vip range` sets another: a unique local
+/// /112 (65,536 addresses) shaped like the IPv4 one.
+pub const DEFAULT_RANGE6: &str = "fd00:10:96::/112";
+
+/// The ranges allocations come from, one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ranges {
+    /// IPv4 frontends.
+    pub v4: Ipv4Net,
+    /// IPv6 frontends.
+    pub v6: Ipv6Net,
+}
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Self {
+            v4: DEFAULT_RANGE.parse().expect("a valid default"),
+            v6: DEFAULT_RANGE6.parse().expect("a valid default"),
+        }
+    }
+}
+
+impl Ranges {
+    /// The range of `ipv6`'s family.
+    pub fn of(&self, ipv6: bool) -> IpNet {
+        if ipv6 {
+            IpNet::V6(self.v6)
+        } else {
+            IpNet::V4(self.v4)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,22 +14,15 @@ use std::{
 };
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
+pub use crate::model::{Ranges, DEFAULT_RANGE, DEFAULT_RANGE6};
 use crate::{
-    contract::{self, Entry, ServiceValue},
+    contract::{self, Entry, ServiceValue, Setting},
     error::{Error, Result},
-    etcd::timed,
+    etcd::{fresh, timed},
     model::Proto,
 };
-
-/// The range addresses are allocated from until `vip range` sets another: Kubernetes' default
-/// service range, so people recognise it as virtual.
-pub const DEFAULT_RANGE: &str = "10.96.0.0/12";
-
-/// The IPv6 range addresses are allocated from until `vip range` sets another: a unique local
-/// /112 (65,536 addresses) shaped like the IPv4 one.
-pub const DEFAULT_RANGE6: &str = "fd00:10:96::/112";
 
 /// How many times an allocation re-reads and retries after losing a race.
 const ATTEMPTS: usize = 16;
@@ -45,35 +38,6 @@ pub fn pick(range: IpNet, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     range
         .hosts()
         .find(|ip| Some(*ip) != anycast && !used.contains(ip))
-}
-
-/// The ranges allocations come from, one per family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ranges {
-    /// IPv4 frontends.
-    pub v4: Ipv4Net,
-    /// IPv6 frontends.
-    pub v6: Ipv6Net,
-}
-
-impl Default for Ranges {
-    fn default() -> Self {
-        Self {
-            v4: DEFAULT_RANGE.parse().expect("a valid default"),
-            v6: DEFAULT_RANGE6.parse().expect("a valid default"),
-        }
-    }
-}
-
-impl Ranges {
-    /// The range of `ipv6`'s family.
-    pub fn of(&self, ipv6: bool) -> IpNet {
-        if ipv6 {
-            IpNet::V6(self.v6)
-        } else {
-            IpNet::V4(self.v4)
-        }
-    }
 }
 
 /// What etcd holds about services and allocations, read at one revision.
@@ -141,9 +105,15 @@ async fn read(client: &mut Client, prefix: &str) -> Result<View> {
                             if ipv6 { DEFAULT_RANGE6 } else { DEFAULT_RANGE },
                         ))
                     };
-                    match text.trim().parse::<IpNet>().map_err(|_| bad())? {
-                        IpNet::V4(net) if !ipv6 => view.ranges.v4 = net,
-                        IpNet::V6(net) if ipv6 => view.ranges.v6 = net,
+                    // The contract's parser, so that allocation and every daemon's frontend
+                    // check read the range the same way (host bits cleared).
+                    match contract::parse(prefix, kv.key(), kv.value()) {
+                        Ok(Some(Entry::Setting(Setting::VipRange(IpNet::V4(net))))) if !ipv6 => {
+                            view.ranges.v4 = net
+                        }
+                        Ok(Some(Entry::Setting(Setting::VipRange(IpNet::V6(net))))) if ipv6 => {
+                            view.ranges.v6 = net
+                        }
                         _ => return Err(bad()),
                     }
                 }
@@ -195,9 +165,11 @@ pub async fn ensure(
                     *revision,
                 )])
                 .and_then([TxnOp::put(service_key.clone(), value(addr, proto), None)]);
-            if timed(format!("updating {service_key}"), client.txn(txn))
-                .await?
-                .succeeded()
+            if fresh(client, &format!("updating {service_key}"), async |c| {
+                c.txn(txn.clone()).await
+            })
+            .await?
+            .succeeded()
             {
                 return Ok(Outcome::Existing(addr));
             }
@@ -227,7 +199,11 @@ pub async fn ensure(
                 TxnOp::put(vip_key, name, None),
                 TxnOp::put(service_key.clone(), value(addr, proto), None),
             ]);
-        if timed(format!("allocating {ip} for {name}"), client.txn(txn))
+        let what = format!(
+            "allocating {ip} for {name} (writing {service_key} and {})",
+            contract::vip_key(prefix, ip)
+        );
+        if fresh(client, &what, async |c| c.txn(txn.clone()).await)
             .await?
             .succeeded()
         {
@@ -245,6 +221,19 @@ fn value(addr: SocketAddr, proto: Proto) -> String {
         proto: proto.to_string(),
     })
     .expect("serializable")
+}
+
+/// The frontend of service `name`, if it exists (and parses).
+pub async fn frontend(client: &mut Client, prefix: &str, name: &str) -> Result<Option<SocketAddr>> {
+    let key = contract::service_key(prefix, name);
+    let resp = timed(format!("reading {key}"), client.get(key, None)).await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| match contract::parse(prefix, kv.key(), kv.value()) {
+            Ok(Some(Entry::Service { frontend, .. })) => Some(frontend),
+            _ => None,
+        }))
 }
 
 /// The allocation `ip` belongs to another service than `name` (a manual frontend must not take
@@ -274,9 +263,11 @@ pub async fn release(
             let txn = Txn::new()
                 .when([Compare::value(key.clone(), CompareOp::Equal, name)])
                 .and_then([TxnOp::delete(key.clone(), None)]);
-            if timed(format!("freeing {key}"), client.txn(txn))
-                .await?
-                .succeeded()
+            if fresh(client, &format!("freeing {key}"), async |c| {
+                c.txn(txn.clone()).await
+            })
+            .await?
+            .succeeded()
             {
                 freed.push(*ip);
             }
@@ -291,15 +282,67 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<(Ranges, BTreeMap
     Ok((view.ranges, view.vips))
 }
 
-/// Sets the range new allocations of its family come from.
-pub async fn set_range(client: &mut Client, prefix: &str, range: IpNet) -> Result<()> {
+/// What changing a range does to the services of its family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeChange {
+    /// Services whose frontend the new range leaves out (and no allocation keeps): every
+    /// daemon refuses them once the range is set (unless its --allow-frontend allows them).
+    pub refused: Vec<(String, SocketAddr)>,
+    /// Services refused until now that the new range lets through.
+    pub admitted: Vec<(String, SocketAddr)>,
+}
+
+/// What setting `new` in place of the current range would do to `services`.
+fn range_change(
+    old: IpNet,
+    new: IpNet,
+    services: &BTreeMap<String, (SocketAddr, Proto, i64)>,
+    vips: &BTreeMap<IpAddr, String>,
+) -> RangeChange {
+    let mut change = RangeChange::default();
+    for (name, (frontend, _, _)) in services {
+        let ip = frontend.ip().to_canonical();
+        if ip.is_ipv6() != matches!(new, IpNet::V6(_)) || vips.get(&ip) == Some(name) {
+            continue;
+        }
+        match (old.contains(&ip), new.contains(&ip)) {
+            (true, false) => change.refused.push((name.clone(), *frontend)),
+            (false, true) => change.admitted.push((name.clone(), *frontend)),
+            _ => {}
+        }
+    }
+    change
+}
+
+/// Sets the range new allocations of its family come from, and frontends must be in; with
+/// services the new range would refuse, only when `force` says so. Returns what changes.
+pub async fn set_range(
+    client: &mut Client,
+    prefix: &str,
+    range: IpNet,
+    force: bool,
+) -> Result<RangeChange> {
+    let range = range.trunc();
+    let view = read(client, prefix).await?;
+    let old = view.ranges.of(matches!(range, IpNet::V6(_)));
+    let change = range_change(old, range, &view.services, &view.vips);
+    if !change.refused.is_empty() && !force {
+        let list: Vec<String> = change
+            .refused
+            .iter()
+            .map(|(n, a)| format!("{n} ({a})"))
+            .collect();
+        return Err(Error::Usage(format!(
+            "{range} leaves out the frontends of {}, set by hand at addresses no allocation keeps: every daemon would refuse them. Move them first (`service set NAME --port P`), or give --force",
+            list.join(", ")
+        )));
+    }
     let key = contract::vip_range_key(prefix, matches!(range, IpNet::V6(_)));
-    timed(
-        format!("writing {key}"),
-        client.put(key, range.trunc().to_string(), None),
-    )
+    fresh(client, &format!("writing {key}"), async |c| {
+        c.put(key.as_str(), range.to_string(), None).await
+    })
     .await?;
-    Ok(())
+    Ok(change)
 }
 
 #[cfg(test)]
@@ -339,5 +382,31 @@ mod tests {
         let pair: IpNet = "fd00::/127".parse().unwrap();
         assert_eq!(pick(pair, &BTreeSet::new()), Some(v4("fd00::")));
         assert_eq!(Ranges::default().of(true), range);
+    }
+
+    #[test]
+    fn a_range_change_says_which_services_it_refuses_and_admits() {
+        let svc = |a: &str| (a.parse().unwrap(), Proto::Tcp, 1);
+        let services = BTreeMap::from([
+            ("kept".to_owned(), svc("10.96.0.1:80")),
+            ("manual".to_owned(), svc("10.96.5.5:80")),
+            ("outside".to_owned(), svc("10.200.0.9:80")),
+            ("six".to_owned(), svc("[fd00:10:96::1]:80")),
+        ]);
+        let vips = BTreeMap::from([(v4("10.96.0.1"), "kept".to_owned())]);
+        let change = range_change(
+            "10.96.0.0/12".parse().unwrap(),
+            "10.200.0.0/16".parse().unwrap(),
+            &services,
+            &vips,
+        );
+        assert_eq!(
+            change.refused,
+            [("manual".to_owned(), "10.96.5.5:80".parse().unwrap())]
+        );
+        assert_eq!(
+            change.admitted,
+            [("outside".to_owned(), "10.200.0.9:80".parse().unwrap())]
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! The DNS responder's query handler: any datagram or TCP message must be answered within
-//! what the query invites (or dropped), never panic, and an answer must parse.
+//! what the query invites (or dropped), never panic, and an answer must parse, as must its
+//! truncated form (what the rate limit sends instead). With flag 4 the bytes are a TCP stream,
+//! framed by the responder's own reader.
 #![no_main]
 
 use ambassador_user::{
     dns::zone::{self, parse_domain, Reply, Transport, Zone},
     model::{Desired, Endpoint, Proto, ServiceSpec},
 };
+use futures_util::FutureExt as _;
 use libfuzzer_sys::fuzz_target;
 
 fn zone() -> Zone {
@@ -48,7 +51,27 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Transport::Tcp
     };
-    match zone::handle(query, &zone, transport, flags & 2 != 0) {
+    if flags & 4 != 0 {
+        // The bytes as a TCP stream: each length-prefixed message in turn, through the
+        // responder's own framing, until the stream ends or breaks off.
+        let mut stream = query;
+        for _ in 0..64 {
+            let read = ambassador_user::dns::read_message(&mut stream)
+                .now_or_never()
+                .expect("a byte slice is always ready");
+            match read {
+                Ok(Some(message)) => check(&zone, &message, Transport::Tcp, flags & 2 != 0),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        return;
+    }
+    check(&zone, query, transport, flags & 2 != 0);
+});
+
+/// Handles one message and checks the answer.
+fn check(zone: &Zone, query: &[u8], transport: Transport, may_forward: bool) {
+    match zone::handle(query, zone, transport, may_forward) {
         Reply::Answer { bytes, .. } => {
             if transport == Transport::Udp {
                 assert!(
@@ -58,8 +81,14 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             hickory_proto::op::Message::from_vec(&bytes).expect("an answer parses");
+            // What the rate limit sends instead ("slip"): no larger, and it parses, truncated.
+            let cut = zone::truncate(&bytes).expect("an answer can be slipped");
+            assert!(cut.len() <= bytes.len().max(512));
+            let m = hickory_proto::op::Message::from_vec(&cut).expect("a slipped answer parses");
+            assert!(m.metadata.truncation);
         }
         Reply::Forward { limit } => assert!(limit >= 512),
         Reply::Drop => {}
     }
-});
+}
+

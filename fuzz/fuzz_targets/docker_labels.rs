@@ -26,13 +26,8 @@ fn cfg(mode: AddressMode) -> RegisterConfig {
         metrics_addr: None,
         create_services: true,
         etcd: EtcdOptions {
-            endpoints: vec![],
             prefix: "/ambassador".into(),
-            cacert: None,
-            cert: None,
-            key: None,
-            user: None,
-            password: None,
+            ..Default::default()
         },
     }
 }

@@ -608,6 +608,19 @@ impl Topology {
         }
     }
 
+    /// A TCP server on every backend at `port`, each greeting with its name ("b1", "b2"...).
+    pub fn greeters(&self, port: u16) -> Vec<TcpServer> {
+        (1..=self.backends.len())
+            .map(|i| {
+                TcpServer::start(
+                    &self.backends[i - 1],
+                    &Self::backend_addr(i, port),
+                    &format!("b{i}"),
+                )
+            })
+            .collect()
+    }
+
     /// Address of backend `i` (1-based) on `port`.
     pub fn backend_addr(i: usize, port: u16) -> String {
         format!("10.200.{i}.2:{port}")
@@ -964,6 +977,15 @@ impl EtcdMember {
     }
 }
 
+/// openssl's flags for a new P-256 key (fast to make), unencrypted.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// Certificates for TLS tests, made with openssl: a CA, a server certificate for 127.0.0.1 and
 /// a client certificate (CN `root`).
 pub struct Certs {
@@ -976,13 +998,6 @@ impl Certs {
     pub fn new() -> Self {
         let dir = temp_dir("certs");
         let d = dir.path().to_str().unwrap().to_owned();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
         let mut ca = vec![
             "openssl",
             "req",
@@ -992,47 +1007,56 @@ impl Certs {
             "-subj",
             "/CN=ambassador-test-ca",
         ];
-        ca.extend_from_slice(&ec);
+        ca.extend_from_slice(&EC_KEY);
         let (ca_key, ca_crt) = (format!("{d}/ca.key"), format!("{d}/ca.crt"));
         ca.extend_from_slice(&["-keyout", &ca_key, "-out", &ca_crt]);
         sh(&ca);
-        for (name, cn, ext) in [
-            ("server", "etcd", "subjectAltName=IP:127.0.0.1"),
-            ("client", "root", "extendedKeyUsage=clientAuth"),
-        ] {
-            let (key, csr, crt, extfile) = (
-                format!("{d}/{name}.key"),
-                format!("{d}/{name}.csr"),
-                format!("{d}/{name}.crt"),
-                format!("{d}/{name}.ext"),
-            );
-            std::fs::write(&extfile, format!("{ext}\n")).unwrap();
-            let subj = format!("/CN={cn}");
-            let mut req = vec![
-                "openssl", "req", "-subj", &subj, "-keyout", &key, "-out", &csr,
-            ];
-            req.extend_from_slice(&ec);
-            sh(&req);
-            sh(&[
-                "openssl",
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-extfile",
-                &extfile,
-            ]);
-        }
-        Self { dir }
+        let certs = Self { dir };
+        certs.issue("server", "etcd", "subjectAltName=IP:127.0.0.1");
+        certs.client("client", "root");
+        certs
+    }
+
+    /// Issues a client certificate `<name>.crt` (and `<name>.key`) with CN `cn`: to etcd with
+    /// `--client-cert-auth`, the user `cn`.
+    pub fn client(&self, name: &str, cn: &str) {
+        self.issue(name, cn, "extendedKeyUsage=clientAuth");
+    }
+
+    fn issue(&self, name: &str, cn: &str, ext: &str) {
+        let d = self.dir.path().to_str().unwrap().to_owned();
+        let (ca_key, ca_crt) = (format!("{d}/ca.key"), format!("{d}/ca.crt"));
+        let (key, csr, crt, extfile) = (
+            format!("{d}/{name}.key"),
+            format!("{d}/{name}.csr"),
+            format!("{d}/{name}.crt"),
+            format!("{d}/{name}.ext"),
+        );
+        std::fs::write(&extfile, format!("{ext}\n")).unwrap();
+        let subj = format!("/CN={cn}");
+        let mut req = vec![
+            "openssl", "req", "-subj", &subj, "-keyout", &key, "-out", &csr,
+        ];
+        req.extend_from_slice(&EC_KEY);
+        sh(&req);
+        sh(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-extfile",
+            &extfile,
+        ]);
     }
 
     /// Path of one PEM file (`ca.crt`, `server.key`, `client.crt`...).

@@ -100,11 +100,17 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 pub struct Report {
     /// The client's name lookups.
     pub naming: Naming,
-    /// Short requests sent during the graceful moves.
+    /// Short requests sent during the graceful moves (from the first request).
     pub requests: u64,
     /// Of which failed.
     pub failed: u64,
-    /// The failed ones (time and error), for diagnosis.
+    /// Short requests while h2 rejoined beside h4 (between the moves and the kill).
+    pub rejoin_requests: u64,
+    /// Of which failed.
+    pub rejoin_failed: u64,
+    /// Short requests from the kill to the end (the hard failure).
+    pub hard_requests: u64,
+    /// The failed ones before the kill (time and error), for diagnosis.
     pub failures: Vec<(Duration, String)>,
     /// The moves.
     pub moves: Vec<Move>,
@@ -429,7 +435,13 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
     let ttl = Duration::from_secs(tb.ttl as u64);
 
     let samples = shared.samples.lock().unwrap().clone();
+    // Every request falls in exactly one phase: the graceful moves, the rejoin, the hard
+    // failure.
     let graceful: Vec<&Sample> = samples.iter().filter(|s| s.at < graceful_end).collect();
+    let rejoin: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at >= graceful_end && s.at < t_kill)
+        .collect();
     let hard_failures: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.at >= t_kill && s.result.is_err())
@@ -447,8 +459,12 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
         naming: naming.into_inner().unwrap(),
         requests: graceful.len() as u64,
         failed: graceful.iter().filter(|s| s.result.is_err()).count() as u64,
+        rejoin_requests: rejoin.len() as u64,
+        rejoin_failed: rejoin.iter().filter(|s| s.result.is_err()).count() as u64,
+        hard_requests: after_kill().count() as u64,
         failures: graceful
             .iter()
+            .chain(&rejoin)
             .filter_map(|s| s.result.clone().err().map(|e| (s.at, e)))
             .collect(),
         moves,
@@ -503,8 +519,18 @@ pub fn render(r: &Report) -> String {
         r.naming.failed
     ));
     out.push_str(&format!(
-        "graceful moves: {} requests through the VIP, {} failed\n\n",
+        "graceful moves: {} requests through the VIP, {} failed\n",
         r.requests, r.failed
+    ));
+    out.push_str(&format!(
+        "h2 rejoining beside h4: {} requests, {} failed\n",
+        r.rejoin_requests, r.rejoin_failed
+    ));
+    out.push_str(&format!(
+        "every request: {} ({} before the hard failure, {} after the kill)\n\n",
+        r.requests + r.rejoin_requests + r.hard_requests,
+        r.requests + r.rejoin_requests,
+        r.hard_requests
     ));
     for (at, e) in &r.failures {
         out.push_str(&format!("  failed at {:.3} s: {e}\n", at.as_secs_f64()));

@@ -76,6 +76,9 @@ pub const HOSTS: [Host; 4] = [
     },
 ];
 
+/// The etcd user of every host's `ambassador run`: it only reads.
+const READER: &str = "ambassador-reader";
+
 /// The etcd members' client URLs (etcd runs on h1-h3).
 pub const ETCD: &str = "http://10.210.1.1:2379,http://10.210.1.2:2379,http://10.210.1.3:2379";
 
@@ -137,13 +140,63 @@ impl Testbed {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// `ambassador ARGS --etcd ETCD` inside h1, with the host's binary.
+    /// The cgroup whose processes `host`'s `run` serves with the `sock` datapath (the
+    /// testbed's own, never the machine's root).
+    pub fn cgroup(&self, host: &str) -> PathBuf {
+        crate::cgroup2_root()
+            .expect("cgroup v2 is mounted")
+            .join(format!("{}-{host}", self.prefix))
+    }
+
+    /// Runs `program ARGS` as a process of `host`'s cgroup, in its network namespace.
+    pub fn run_in_cgroup(&self, host: &str, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec nsenter --net="$ns" "$@""#)
+            .arg("sh")
+            .arg(self.cgroup(host))
+            .arg(format!("/run/netns/{}", self.ns(host)))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
+    /// Where `ambassador auth` wrote the etcd passwords.
+    pub fn credentials(&self) -> PathBuf {
+        self.dir().join("credentials")
+    }
+
+    /// The etcd identities: (host, `run`'s user, `register`'s user).
+    pub fn identities(&self) -> Vec<(&'static str, String, String)> {
+        HOSTS
+            .iter()
+            .map(|h| {
+                (
+                    h.name,
+                    READER.to_owned(),
+                    format!("ambassador-host-{}", h.name),
+                )
+            })
+            .collect()
+    }
+
+    /// `ambassador ARGS --etcd ETCD` inside h1, with the host's binary, as the admin.
     pub fn ctl(&self, bin: &Path, args: &[&str]) -> String {
+        self.ctl_as(bin, "ambassador-admin", args)
+    }
+
+    /// `ambassador ARGS --etcd ETCD` inside h1 as etcd user `user` (its password from
+    /// [`Testbed::credentials`]).
+    pub fn ctl_as(&self, bin: &Path, user: &str, args: &[&str]) -> String {
+        let password = self.credentials().join(format!("{user}.password"));
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns("h1")))
             .arg(bin)
             .args(args)
-            .args(["--etcd", ETCD])
+            .args(["--etcd", ETCD, "--etcd-user", user, "--etcd-password-file"])
+            .arg(&password)
             .output()
             .unwrap();
         assert!(
@@ -315,35 +368,64 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         .collect();
     let cluster = cluster.join(",");
     let ttl = ttl.to_string();
-    for (i, h) in HOSTS.into_iter().enumerate() {
-        let pin = tb.pin(h.name);
-        let socket = tb.socket(h.name);
-        let advertise = h.advertise.to_string();
-        let own = h.addr.split('/').next().expect("address");
-        // The responder listens on docker0 (dockerd's --bip), where the host's containers
-        // reach it with `docker run --dns`.
-        let dns_listen = format!("{}:53", docker0(i + 1));
-        let mut env = vec![
+    let mut envs = Vec::new();
+    for h in &HOSTS {
+        let cg = tb.cgroup(h.name);
+        std::fs::create_dir_all(&cg).unwrap_or_else(|e| panic!("mkdir {}: {e}", cg.display()));
+    }
+    let cgroups: Vec<String> = HOSTS
+        .iter()
+        .map(|h| tb.cgroup(h.name).to_str().unwrap().to_owned())
+        .collect();
+    let owned: Vec<(String, String, String, String, String)> = HOSTS
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            (
+                tb.pin(h.name).to_str().unwrap().to_owned(),
+                tb.socket(h.name),
+                h.advertise.to_string(),
+                h.addr.split('/').next().expect("address").to_owned(),
+                // The responder listens on docker0 (dockerd's --bip), where the host's
+                // containers reach it with `docker run --dns`.
+                format!("{}:53", docker0(i + 1)),
+            )
+        })
+        .collect();
+    for ((h, (pin, socket, advertise, own, dns_listen)), cgroup) in
+        HOSTS.iter().zip(&owned).zip(&cgroups)
+    {
+        let env = vec![
+            // Both datapaths: the containers on docker0 (tc) and the processes of the host's
+            // own cgroup (sock), through the compose file.
+            ("DATAPATH", "tc,sock"),
+            ("CGROUP_PATH", cgroup.as_str()),
             ("DOCKER_HOST", socket.as_str()),
             ("DOCKER_SOCK", socket.trim_start_matches("unix://")),
             ("HOST_ID", h.name),
             ("ADVERTISE_IP", advertise.as_str()),
             ("ETCD", ETCD),
             ("TTL", ttl.as_str()),
-            ("PIN_DIR", pin.to_str().unwrap()),
+            ("PIN_DIR", pin.as_str()),
             ("IFACE", "docker0"),
             ("DNS_LISTEN", dns_listen.as_str()),
             // Every second, so reconciles certainly meet draining containers in the scenario.
             ("RECONCILE", "1"),
             ("LOG", "info,ambassador_user::register=debug"),
         ];
-        env.extend([
-            ("ETCD_SELF", own),
+        let etcd = [
+            ("ETCD_SELF", own.as_str()),
             ("ETCD_ADVERTISE", advertise.as_str()),
             ("ETCD_CLUSTER", cluster.as_str()),
             ("ETCD_TOKEN", prefix),
-        ]);
-        script(None, "testbed-host.sh", &env);
+        ];
+        envs.push((env, etcd));
+    }
+    for (env, etcd) in &envs {
+        let mut first = env.clone();
+        first.extend(etcd);
+        first.push(("SKIP_AMBASSADOR", "1"));
+        script(None, "testbed-host.sh", &first);
     }
     let healthy = wait_until(Duration::from_secs(30), || {
         Command::new("nsenter")
@@ -363,6 +445,18 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
             .is_ok_and(|s| s.success())
     });
     assert!(healthy, "the etcd cluster did not form");
+    log("the trust model: `ambassador auth init`, then `auth add-host` for each host (its advertised address, the service db); every host's register with its own etcd identity, every `run` with the read-only one");
+    secure(&tb, bin);
+    let credentials = tb.credentials();
+    for ((env, _), (_, run_user, register_user)) in envs.iter().zip(tb.identities()) {
+        let mut second = env.clone();
+        second.extend([
+            ("CREDENTIALS_DIR", credentials.to_str().unwrap()),
+            ("RUN_ETCD_USER", run_user.as_str()),
+            ("REGISTER_ETCD_USER", register_user.as_str()),
+        ]);
+        script(None, "testbed-host.sh", &second);
+    }
     let dns = docker0(1).to_string();
     tb.docker(
         "h1",
@@ -395,6 +489,47 @@ pub fn up(prefix: &str, bin: &Path, ttl: u32, log: &dyn Fn(&str)) -> Testbed {
         tb.docker("h1", &["logs", "ambassador-run"])
     );
     tb
+}
+
+/// Sets the trust model up on the testbed's etcd with `bin`: `auth init`, then each host's
+/// identity, allowed to advertise its own address (h4: its NAT's) for the service db.
+fn secure(tb: &Testbed, bin: &Path) {
+    let creds = tb.credentials();
+    let creds = creds.to_str().unwrap();
+    let run = |args: &[&str], user: Option<&str>| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", tb.ns("h1")))
+            .arg(bin)
+            .args(args)
+            .args(["--credentials-dir", creds, "--etcd", ETCD]);
+        if let Some(user) = user {
+            cmd.args(["--etcd-user", user, "--etcd-password-file"])
+                .arg(tb.credentials().join(format!("{user}.password")));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "ambassador {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["auth", "init"], None);
+    for h in &HOSTS {
+        let addr = format!("{}/32", h.advertise);
+        run(
+            &[
+                "auth",
+                "add-host",
+                h.name,
+                "--address",
+                &addr,
+                "--service",
+                "db",
+            ],
+            Some("root"),
+        );
+    }
 }
 
 /// The docker0 address of the `index`th host (1-based).
@@ -526,6 +661,20 @@ pub fn down(prefix: &str) {
         let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // The hosts' cgroups (their processes were killed with the namespaces').
+    if let Some(root) = crate::cgroup2_root() {
+        for h in HOSTS {
+            let cg = root.join(format!("{prefix}-{}", h.name));
+            if cg.exists() {
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    // SAFETY: a process in this testbed's own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let _ = wait_until(Duration::from_secs(2), || std::fs::remove_dir(&cg).is_ok());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
             if e.file_name()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ambassador_common::program_names;
 use ambassador_tests::{require_root, PinDir};
-use ambassador_user::{config, daemon, loader};
+use ambassador_user::{config, loader, tables};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use etherparse::{
     icmpv4::{DestUnreachableHeader, TimeExceededCode},
@@ -269,7 +269,7 @@ fn programs_handle_the_fixture_table() {
         loader::load(&pin.path, Default::default(), false, true, false).expect("load the datapath");
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
-    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let prog = |name: &str| -> &SchedClassifier {
         ebpf.program(name)
             .expect("in the object")
@@ -311,7 +311,7 @@ fn the_xdp_program_handles_the_fixture_table() {
         loader::load(&pin.path, Default::default(), false, false, true).expect("load the datapath");
     let desired = config::parse("fixture.toml", CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
-    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let xdp: &Xdp = ebpf
         .program(program_names::XDP)
         .expect("in the object")
@@ -753,7 +753,7 @@ fn ipv6_packets_are_translated_both_ways_with_valid_checksums() {
             .expect("load the datapath");
     let desired = config::parse("fixture6.toml", CONFIG6).unwrap();
     let mut installed = maps.read_installed().unwrap();
-    daemon::converge(&mut maps, &mut installed, &desired).unwrap();
+    tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let prog = |name: &str| -> &SchedClassifier {
         ebpf.program(name)
             .expect("in the object")

@@ -310,6 +310,7 @@ fn bad_dns_flags_are_usage_errors_and_a_busy_address_is_named() {
         return;
     }
     let lo = ["run", "--iface", "lo", "--config", "/dev/null"];
+    let long_domain = format!("{0}.{0}.{1}", "a".repeat(63), "b".repeat(62));
     for (extra, says) in [
         (&["--dns-upstream", "10.0.0.1"][..], "add --dns-listen"),
         (
@@ -329,6 +330,11 @@ fn bad_dns_flags_are_usage_errors_and_a_busy_address_is_named() {
         (
             &["--dns-listen", "127.0.0.1:53", "--dns-allow", "nope"],
             "nope",
+        ),
+        // Every name of the zone must fit 255 bytes: a domain of 190 characters is refused.
+        (
+            &["--dns-listen", "127.0.0.1:53", "--dns-domain", &long_domain],
+            "at most 189 characters",
         ),
     ] {
         let args: Vec<&str> = lo.iter().chain(extra).copied().collect();
@@ -367,5 +373,114 @@ fn bad_dns_flags_are_usage_errors_and_a_busy_address_is_named() {
                 .next()
                 .is_none(),
         "nothing attached"
+    );
+}
+
+/// A query for web.ambassador.internal A, as on the wire.
+fn web_a_query() -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["web", "ambassador", "internal"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// 300 TCP clients that send a query and never read their answers (nor send another), then a
+/// new client: answered, because idle clients give their slots up when one is needed; and
+/// the stalled ones are counted.
+#[test]
+fn tcp_clients_that_never_read_do_not_stop_a_new_one() {
+    if !require_root("tcp_clients_that_never_read_do_not_stop_a_new_one") {
+        return;
+    }
+    let bed = Bed::new(&[]);
+    // The query, length-prefixed for TCP.
+    let query: Vec<u8> = {
+        let q = web_a_query();
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend(q);
+        framed
+    };
+    let held = bed.topo.client.run(move || {
+        use std::io::Write as _;
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            match std::net::TcpStream::connect((RESPONDER, 53)) {
+                Ok(mut s) => {
+                    let _ = s.write_all(&query);
+                    held.push(s);
+                }
+                Err(e) => panic!("connecting: {e}"),
+            }
+        }
+        held
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // dig's own limit (one try, 1 s) is the assertion: answered, or it says "timed out".
+    let out = bed.dig(&[
+        "+tcp",
+        "+tries=1",
+        "+time=1",
+        "+short",
+        "web.ambassador.internal",
+    ]);
+    assert_eq!(out.trim(), "10.96.0.10", "{out}");
+    drop(held);
+    let page = metrics::scrape(&bed.topo.fwd.name, &bed.daemon.log());
+    assert!(page.contains("ambassador_dns_tcp_refused_total"), "{page}");
+}
+
+/// Response rate limiting: a flood of one question from one source gets its budget of full
+/// answers, then every second answer truncated (a real client would retry over TCP) and the
+/// rest nothing; another source, in another /24, is answered all the while.
+#[test]
+fn a_flood_from_one_source_is_limited_while_another_source_is_answered() {
+    if !require_root("a_flood_from_one_source_is_limited_while_another_source_is_answered") {
+        return;
+    }
+    let bed = Bed::new(&["--dns-rate-limit", "50"]);
+    let (full, truncated) = bed.topo.client.run(|| {
+        let query = web_a_query();
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect((RESPONDER, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        for _ in 0..1000 {
+            let _ = s.send(&query);
+        }
+        let (mut full, mut truncated) = (0, 0);
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = s.recv(&mut buf) {
+            // TC is bit 1 of the third byte; ANCOUNT the seventh and eighth.
+            if buf[2] & 0x02 != 0 && buf[6..8] == [0, 0] {
+                truncated += 1;
+            } else if n > 12 {
+                full += 1;
+            }
+        }
+        (full, truncated)
+    });
+    assert!((50..200).contains(&full), "full answers: {full}");
+    assert!(truncated > 100, "truncated answers: {truncated}");
+    // Another source in another /24 (backend 1, 10.200.1.2) is answered.
+    let other = dig(
+        &bed.topo.backends[0],
+        &[
+            &format!("@{RESPONDER}"),
+            "+short",
+            "+tries=1",
+            "+time=1",
+            "web.ambassador.internal",
+        ],
+    );
+    assert_eq!(other.trim(), "10.96.0.10", "{other}");
+    let page = metrics::scrape(&bed.topo.fwd.name, &bed.daemon.log());
+    let slipped = metrics::value(&page, "ambassador_dns_rate_limited_slipped_total", &[]);
+    let dropped = metrics::value(&page, "ambassador_dns_rate_limited_dropped_total", &[]);
+    assert!(
+        slipped.unwrap_or(0.0) > 100.0 && dropped.unwrap_or(0.0) > 100.0,
+        "{page}"
     );
 }

@@ -68,26 +68,30 @@ impl Bed {
 
     /// `ambassador register` on h2, reaching etcd on the forwarding host's address.
     fn register(&self) -> Daemon {
-        let mut r = Daemon::start(
-            &self.topo.backends[0],
-            &[
-                "register",
-                "--docker",
-                &self.dockerd.socket,
-                "--advertise-ip",
-                "10.200.1.2",
-                "--ttl",
-                TTL,
-                "--host-id",
-                "h2",
-                "--reconcile-interval",
-                "2",
-                "--etcd",
-                "http://10.200.1.1:2379",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ],
-        );
+        self.register_with(&[])
+    }
+
+    /// [`Bed::register`] with `extra` arguments (credentials).
+    fn register_with(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "register",
+            "--docker",
+            &self.dockerd.socket,
+            "--advertise-ip",
+            "10.200.1.2",
+            "--ttl",
+            TTL,
+            "--host-id",
+            "h2",
+            "--reconcile-interval",
+            "2",
+            "--etcd",
+            "http://10.200.1.1:2379",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut r = Daemon::start(&self.topo.backends[0], &args);
         r.wait_log("following Docker events", Duration::from_secs(15));
         r
     }
@@ -588,4 +592,159 @@ fn ipv6_registers_advertise_published_ports_and_container_addresses() {
         "{}",
         direct.log()
     );
+}
+
+/// In trust mode hosts, with its own credential, a register writes only under its host's
+/// prefix (its lease kept alive by that credential), and a container labelled with a service
+/// its host record does not allow is not registered: said once in the register's log.
+#[test]
+fn a_confined_register_registers_only_what_its_host_record_allows() {
+    if !require_root("a_confined_register_registers_only_what_its_host_record_allows") {
+        return;
+    }
+    let bed = Bed::new();
+    let urls = bed.etcd.urls();
+    let creds = temp_dir("creds");
+    let dir = creds.path().to_str().unwrap();
+    let pw = |user: &str| {
+        creds
+            .path()
+            .join(format!("{user}.password"))
+            .display()
+            .to_string()
+    };
+    let fwd = &bed.topo.fwd;
+    ambassador_ok(
+        fwd,
+        &["auth", "init", "--credentials-dir", dir, "--etcd", &urls],
+    );
+    let root = [
+        "--etcd",
+        &urls,
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        &pw("root"),
+    ];
+    let mut add = vec![
+        "auth",
+        "add-host",
+        "h2",
+        "--address",
+        "10.200.1.2/32",
+        "--service",
+        "web*",
+        "--credentials-dir",
+        dir,
+    ];
+    add.extend(root);
+    ambassador_ok(fwd, &add);
+    let h2pw = pw("ambassador-host-h2");
+    let reg = bed.register_with(&[
+        "--etcd-user",
+        "ambassador-host-h2",
+        "--etcd-password-file",
+        &h2pw,
+    ]);
+    bed.dockerd.run_web(
+        IMAGE,
+        "allowed",
+        &["--label", "ambassador.service=web", "-p", "8080"],
+    );
+    bed.dockerd.run_web(
+        IMAGE,
+        "forbidden",
+        &["--label", "ambassador.service=db", "-p", "8080"],
+    );
+    bed.dockerd.run_web(
+        IMAGE,
+        "newsvc",
+        &["--label", "ambassador.service=web2", "-p", "8080"],
+    );
+    let admin_pw = pw("ambassador-admin");
+    let admin = [
+        "--etcd",
+        &urls,
+        "--etcd-user",
+        "ambassador-admin",
+        "--etcd-password-file",
+        &admin_pw,
+    ];
+    let ls = || -> serde_json::Value {
+        let mut args = vec!["endpoint", "ls", "--json"];
+        args.extend(admin);
+        serde_json::from_str(&ambassador_ok(fwd, &args)).unwrap()
+    };
+    let registered = wait_until(Duration::from_secs(15), || {
+        let eps = ls();
+        let mine = |svc: &str| {
+            eps.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["host"] == "h2" && e["service"] == svc && e["lease"] != 0)
+        };
+        mine("web") && mine("web2")
+    });
+    assert!(registered, "{}\n{}", ls(), reg.log());
+    // Two reconciles (every 2 s) later: still not registered, and said once.
+    std::thread::sleep(Duration::from_secs(5));
+    let eps = ls();
+    assert!(
+        !eps.as_array().unwrap().iter().any(|e| e["service"] == "db"),
+        "{eps}"
+    );
+    let log = reg.log();
+    assert_eq!(
+        log.matches("not registered: host \"h2\" may not serve \"db\"")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("trust=hosts"), "{log}");
+    // web2 does not exist: its endpoint is registered, the service is not created (only an
+    // admin does, in this mode), and the register says so once.
+    let mut args = vec!["service", "ls", "--json"];
+    args.extend(admin);
+    let services = ambassador_ok(fwd, &args);
+    assert!(!services.contains("\"db\""), "{services}");
+    assert!(services.contains("\"web2\""), "{services}");
+    assert!(services.contains("no service definition"), "{services}");
+    assert_eq!(
+        log.matches("only an admin creates services").count(),
+        1,
+        "{log}"
+    );
+
+    // An admin's change of etcd's users and roles (another host added) does not disturb the
+    // register: it registers on, under the same lease (a token refused as older than the
+    // change is renewed, not taken for a lost etcd).
+    let mut add = vec![
+        "auth",
+        "add-host",
+        "h9",
+        "--address",
+        "10.9.9.9/32",
+        "--service",
+        "web",
+        "--credentials-dir",
+        dir,
+    ];
+    add.extend(root);
+    ambassador_ok(fwd, &add);
+    bed.dockerd.run_web(
+        IMAGE,
+        "allowed2",
+        &["--label", "ambassador.service=web", "-p", "8080"],
+    );
+    let both = wait_until(Duration::from_secs(15), || {
+        ls().as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["host"] == "h2" && e["service"] == "web")
+            .count()
+            == 2
+    });
+    assert!(both, "{}\n{}", ls(), reg.log());
+    let log = reg.log();
+    assert_eq!(log.matches("etcd lease granted").count(), 1, "{log}");
 }

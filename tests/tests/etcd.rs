@@ -499,9 +499,11 @@ fn etcd_user_and_password_auth_and_the_password_never_shows() {
             "wrong",
         ],
     );
-    assert_eq!(out.status.code(), Some(69));
+    // Refused by etcd's access control: EX_NOPERM, naming the user.
+    assert_eq!(out.status.code(), Some(77));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("authentication failed"), "{err}");
+    assert!(err.contains("etcd user \"root\""), "{err}");
     assert!(!err.contains("wrong"), "the password was echoed: {err}");
     assert!(
         !d.log().contains(PASSWORD),
@@ -823,8 +825,19 @@ fn allocated_frontends_never_collide_and_are_answered_by_name() {
         dig(&bed.topo.client, &["@10.200.0.1", name]).contains("NXDOMAIN")
     }));
 
+    // A range that leaves web (set by hand) out is refused unless forced, and says so.
+    let out = ambassador_in(
+        &bed.topo.fwd,
+        &["vip", "range", "10.98.0.0/30", "--etcd", &urls],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("web (10.97.0.1:80)"));
+    let forced = bed.ctl(&["vip", "range", "10.98.0.0/30", "--force"]);
+    assert!(
+        forced.contains("service web (10.97.0.1:80) is now outside the range"),
+        "{forced}"
+    );
     // An exhausted range says so.
-    bed.ctl(&["vip", "range", "10.98.0.0/30"]);
     bed.ctl(&["service", "set", "x1", "--port", "80"]);
     bed.ctl(&["service", "set", "x2", "--port", "80"]);
     let out = ambassador_in(

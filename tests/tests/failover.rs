@@ -126,9 +126,28 @@ fn backend(pin: &std::path::Path, addr: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{addr} not in {web}"))
 }
 
+/// The gateway's daemon (`c0`, plus `extra` flags) with one service, `web` at `vip` over `b1`
+/// and `b2`, ready; with its pin directory and configuration file, which outlive it.
+fn run_web(
+    topo: &Topology,
+    vip: &str,
+    b1: &str,
+    b2: &str,
+    extra: &[&str],
+) -> (PinDir, TempFile, Daemon) {
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{vip}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
+    ));
+    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, extra);
+    d.wait_ready();
+    (pin, cfg, d)
+}
+
 /// The whole scenario: two backends, a stream of new connections, `fail` breaks backend 1,
 /// `heal` mends it; nothing may fail, only the first connections that meet the dead backend
-/// may wait for a SYN retransmission, and the mended backend is used again.
+/// may wait for a SYN retransmission, and the mended backend is used again. `reason`: what the
+/// status may say of backend 1 (`a|b`: either).
 fn failover(
     case: &str,
     reason: &str,
@@ -143,12 +162,7 @@ fn failover(
     let (vip, b1, b2) = (ip.vip(), ip.backend(1), ip.backend(2));
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
     let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{vip}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
-    ));
-    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
-    d.wait_ready();
+    let (pin, _cfg, mut d) = run_web(&topo, vip, &b1, &b2, &[]);
 
     let stream = Stream::start(&topo.client, vip);
     assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
@@ -163,7 +177,8 @@ fn failover(
     let n = stream.count();
     assert!(wait_until(Duration::from_secs(20), || stream.count() >= n + 400));
     let suspect = backend(&pin.path, &b1);
-    assert_eq!(suspect["suspect"]["reason"], reason, "{suspect}");
+    let found = suspect["suspect"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.split('|').any(|r| r == found), "{suspect}");
     d.wait_log("suspect on this host", Duration::from_secs(2));
     // Mended: after the backoff one new flow tries it, it answers, it is used again.
     heal(&topo);
@@ -199,13 +214,44 @@ fn failover(
     )
 }
 
+/// Runs `case` `AMBASSADOR_FAILOVER_RUNS` times in a row (default 1: once is the default
+/// run's; before calling failover done, run it 50 times: `AMBASSADOR_FAILOVER_RUNS=50 cargo
+/// test -p ambassador-tests --test failover is_left`). Every run goes to its end; the test
+/// fails, listing them, if any run did.
+fn every_time(case: impl Fn() -> String + std::panic::RefUnwindSafe) {
+    let runs: usize = std::env::var("AMBASSADOR_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut failed = Vec::new();
+    for run in 1..=runs {
+        match std::panic::catch_unwind(&case) {
+            Ok(summary) => eprintln!("run {run} of {runs}: {summary}"),
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                eprintln!("run {run} of {runs}: FAILED: {why}");
+                failed.push(format!("run {run}: {why}"));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {runs} runs failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
 #[test]
 fn a_backend_whose_process_died_is_left_with_no_failed_connection() {
     if !require_root("a_backend_whose_process_died_is_left_with_no_failed_connection") {
         return;
     }
-    let summary = failover("killed", "refused", Ip::V4, |_| {}, |_| {});
-    eprintln!("{summary}");
+    every_time(|| failover("killed", "refused", Ip::V4, |_| {}, |_| {}));
 }
 
 #[test]
@@ -213,19 +259,99 @@ fn a_backend_whose_link_is_cut_is_left_with_no_failed_connection() {
     if !require_root("a_backend_whose_link_is_cut_is_left_with_no_failed_connection") {
         return;
     }
-    let summary = failover(
-        "link cut",
-        "silent",
-        Ip::V4,
-        |topo| {
-            topo.backends[0].ip(&["link", "set", "eth0", "down"]);
-        },
-        |topo| {
-            topo.backends[0].ip(&["link", "set", "eth0", "up"]);
-            topo.backends[0].ip(&["route", "replace", "default", "via", "10.200.1.1"]);
-        },
+    every_time(|| {
+        failover(
+            "link cut",
+            // Silent at first; once the forwarding host's neighbour entry for b1 has failed
+            // (about 3 s of unanswered probes), its stack answers the client's SYNs with ICMP
+            // host unreachable, which the datapath reads as a refusal.
+            "silent|refused",
+            Ip::V4,
+            |topo| {
+                topo.backends[0].ip(&["link", "set", "eth0", "down"]);
+            },
+            |topo| {
+                topo.backends[0].ip(&["link", "set", "eth0", "up"]);
+                topo.backends[0].ip(&["route", "replace", "default", "via", "10.200.1.1"]);
+            },
+        )
+    });
+}
+
+/// The silent case: the backend's address black-holed on the forwarding host (its
+/// packets vanish there: no ICMP, no carrier change).
+#[test]
+fn a_backend_whose_address_is_black_holed_is_left_with_no_failed_connection() {
+    if !require_root("a_backend_whose_address_is_black_holed_is_left_with_no_failed_connection") {
+        return;
+    }
+    every_time(|| {
+        failover(
+            "black-holed",
+            "silent",
+            Ip::V4,
+            |topo| {
+                topo.fwd.ip(&["route", "add", "blackhole", "10.200.1.2/32"]);
+            },
+            |topo| {
+                topo.fwd.ip(&["route", "del", "blackhole", "10.200.1.2/32"]);
+            },
+        )
+    });
+}
+
+/// A backend that comes back while the other dies: b1's process killed (suspect, its backoff
+/// growing while it stays dead), then b1 started again at the moment b2's process is killed.
+/// Both are suspect then; a flow that meets dead b2 is re-pointed to b1 all the same (the only
+/// other one), b1 answers, and new flows go to it: no connection fails.
+fn comes_back_as_the_other_dies() -> String {
+    let topo = Topology::new(2);
+    let (b1, b2) = (Ip::V4.backend(1), Ip::V4.backend(2));
+    let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
+    let mut s2 = Some(TcpServer::start(&topo.backends[1], &b2, "b2"));
+    let (pin, _cfg, d) = run_web(&topo, VIP, &b1, &b2, &[]);
+    let stream = Stream::start(&topo.client, VIP);
+    assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
+    s1.take();
+    let broken = Instant::now();
+    // b1 dead long enough to fail a backoff trial or two.
+    assert!(wait_until(Duration::from_secs(20), || backend(
+        &pin.path, &b1
+    )["suspect"]["strikes"]
+        .as_u64()
+        .is_some_and(|s| s >= 2)));
+    s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
+    s2.take();
+    let swapped = Instant::now();
+    let n = stream.count();
+    assert!(wait_until(Duration::from_secs(20), || stream.count() >= n + 400));
+    assert!(
+        stream.went_to_since("b1", swapped) >= 300,
+        "b1 is not used again: {}\n{}",
+        backend(&pin.path, &b1),
+        d.log()
     );
-    eprintln!("{summary}");
+    assert!(!backend(&pin.path, &b2)["suspect"].is_null());
+    let (all, failed, delayed, slowest) = stream.finish(broken);
+    assert!(
+        failed.is_empty(),
+        "{} of {all} connections failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(slowest < Duration::from_millis(3500), "slowest {slowest:?}");
+    drop(s1);
+    format!("b1 back as b2 dies: {all} connections, 0 failed, {delayed} delayed past 300 ms, slowest {slowest:?}")
+}
+
+#[test]
+fn a_backend_that_comes_back_as_the_other_dies_is_used_with_no_failed_connection() {
+    if !require_root(
+        "a_backend_that_comes_back_as_the_other_dies_is_used_with_no_failed_connection",
+    ) {
+        return;
+    }
+    every_time(comes_back_as_the_other_dies);
 }
 
 #[test]
@@ -317,9 +443,9 @@ fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
     for (vip, within) in [
         // No other backend: the refusal reaches the client at once, as without failover.
         ("10.96.0.11:80", Duration::from_millis(500)),
-        // Both refuse: the first refusal is withheld (the other might live), the second, one
-        // SYN retransmission (1 s) later, is not.
-        ("10.96.0.12:80", Duration::from_millis(1800)),
+        // Both refuse: the first two refusals are withheld (the other might live, or have
+        // come back), the third, two SYN retransmissions (1 s, then 2 s) later, is not.
+        ("10.96.0.12:80", Duration::from_millis(3800)),
     ] {
         let (took, result) = connect_timed(&topo.client, vip);
         let err = result.expect_err("nothing listens");
@@ -344,7 +470,7 @@ fn with_no_live_backend_left_the_client_is_refused_not_left_hanging() {
     );
     let (took, result) = connect_timed(&topo.client, "10.96.0.12:80");
     assert!(result.is_err());
-    assert!(took < Duration::from_millis(1800), "refused after {took:?}");
+    assert!(took < Duration::from_millis(3800), "refused after {took:?}");
 }
 
 #[test]
@@ -353,23 +479,15 @@ fn the_sock_datapath_avoids_a_backend_tc_found_dead() {
         return;
     }
     let topo = Topology::new(2);
-    let b1 = Topology::backend_addr(1, 8080);
-    let s1 = TcpServer::start(&topo.backends[0], &b1, "b1");
-    let _s2 = TcpServer::start(&topo.backends[1], &Topology::backend_addr(2, 8080), "b2");
-    let pin = PinDir::new();
-    let cg = Cgroup::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{}\"]\n",
-        Topology::backend_addr(2, 8080)
-    ));
-    let mut d = Daemon::run_file(
-        &topo.fwd,
-        "c0",
-        cfg.as_str(),
-        &pin.path,
-        &["--datapath", "tc,sock", "--cgroup-path", cg.arg()],
+    let (b1, b2) = (
+        Topology::backend_addr(1, 8080),
+        Topology::backend_addr(2, 8080),
     );
-    d.wait_ready();
+    let s1 = TcpServer::start(&topo.backends[0], &b1, "b1");
+    let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
+    let cg = Cgroup::new();
+    let extra = ["--datapath", "tc,sock", "--cgroup-path", cg.arg()];
+    let (pin, _cfg, d) = run_web(&topo, VIP, &b1, &b2, &extra);
     drop(s1);
     // The client behind c0 (tc) meets the dead backend and the datapath marks it suspect.
     let stream = Stream::start(&topo.client, VIP);

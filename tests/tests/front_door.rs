@@ -256,3 +256,34 @@ fn a_test_that_cannot_run_is_recorded_as_skipped_or_fails_where_skips_are_forbid
     assert!(!ok, "a skip must fail where skipping is forbidden: {text}");
     assert!(text.contains("forbids skipping"), "{text}");
 }
+
+/// The eBPF toolchain is a dated nightly, read from one file by rustup, the build script and
+/// setup; nothing installs or names the moving `nightly` channel.
+#[test]
+fn the_ebpf_toolchain_is_pinned_to_a_dated_nightly() {
+    let root = repo_root();
+    let file = std::fs::read_to_string(root.join("ambassador-ebpf/rust-toolchain.toml")).unwrap();
+    let channel = file
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a channel line");
+    let date = channel.strip_prefix("nightly-").expect("a nightly");
+    let parts: Vec<&str> = date.split('-').collect();
+    assert!(
+        parts.len() == 3
+            && [4, 2, 2]
+                .iter()
+                .zip(&parts)
+                .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_digit())),
+        "{channel} is not nightly-YYYY-MM-DD"
+    );
+    let setup = std::fs::read_to_string(root.join("scripts/setup.sh")).unwrap();
+    assert!(setup.contains("ambassador-ebpf/rust-toolchain.toml"));
+    assert!(
+        !setup.contains("toolchain install nightly") && !setup.contains("--toolchain nightly"),
+        "setup.sh installs the moving nightly"
+    );
+    let build = std::fs::read_to_string(root.join("ambassador-user/build.rs")).unwrap();
+    assert!(build.contains("Toolchain::Custom") && !build.contains("Toolchain::default()"));
+}

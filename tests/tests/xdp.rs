@@ -73,6 +73,39 @@ fn has_xdp(ns: &NetNs, iface: &str) -> bool {
     ns.ip(&["link", "show", iface]).contains("xdp")
 }
 
+/// 40 TCP connections, each greeted by its backend and echoing through the VIP, and 40 UDP
+/// sockets whose replies all come from the frontend: every one answered, by both backends.
+fn forty_each(topo: &Topology, u: &[UdpServer; 2]) {
+    let before = u[0].received() + u[1].received();
+    // TCP: 40 connections, each greeted by its backend and echoing through the VIP.
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..40 {
+        let (mut conn, ident) = tcp_connect(&topo.client, VIP_TCP).expect("connect via XDP");
+        assert_eq!(
+            tcp_echo(&mut conn, &format!("ping {i}")).unwrap(),
+            format!("ping {i}")
+        );
+        *seen.entry(ident).or_default() += 1;
+    }
+    assert!(seen.len() == 2, "both backends: {seen:?}");
+    // UDP: 40 sockets; every reply comes from the frontend.
+    let mut udp_seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut socks = Vec::new();
+    for _ in 0..40 {
+        let sock = udp_client(&topo.client, VIP_UDP);
+        sock.send(b"q").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("UDP reply through the VIP");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        *udp_seen
+            .entry(reply.split(':').next().unwrap().to_owned())
+            .or_default() += 1;
+        socks.push(sock);
+    }
+    assert!(udp_seen.len() == 2, "{udp_seen:?}");
+    assert_eq!(u[0].received() + u[1].received() - before, 40);
+}
+
 #[test]
 fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
     if !require_root("xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack") {
@@ -104,33 +137,7 @@ fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
     );
     let forwarded_before = topo.fwd.snmp("Ip", "ForwDatagrams");
 
-    // TCP: 40 connections, each greeted by its backend and echoing through the VIP.
-    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-    for i in 0..40 {
-        let (mut conn, ident) = tcp_connect(&topo.client, VIP_TCP).expect("connect via XDP");
-        assert_eq!(
-            tcp_echo(&mut conn, &format!("ping {i}")).unwrap(),
-            format!("ping {i}")
-        );
-        *seen.entry(ident).or_default() += 1;
-    }
-    assert!(seen.len() == 2, "both backends: {seen:?}");
-    // UDP: 40 sockets; every reply comes from the frontend.
-    let mut udp_seen: BTreeMap<String, u32> = BTreeMap::new();
-    let mut socks = Vec::new();
-    for _ in 0..40 {
-        let sock = udp_client(&topo.client, VIP_UDP);
-        sock.send(b"q").unwrap();
-        let mut buf = [0u8; 64];
-        let n = sock.recv(&mut buf).expect("UDP reply through the VIP");
-        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-        *udp_seen
-            .entry(reply.split(':').next().unwrap().to_owned())
-            .or_default() += 1;
-        socks.push(sock);
-    }
-    assert!(udp_seen.len() == 2, "{udp_seen:?}");
-    assert_eq!(u[0].received() + u[1].received(), 40);
+    forty_each(&topo, &u);
 
     // Translated and forwarded at XDP: the gateway's stack forwarded (almost) nothing; the
     // first frames of a neighbour not yet resolved go through it.
@@ -281,4 +288,102 @@ fn xdp_gateway_forwards_ipv6_before_the_stack() {
         assert_eq!(ns.snmp("Tcp", "InCsumErrors"), 0, "{}", ns.name);
         assert_eq!(ns.snmp6("Udp6InCsumErrors"), 0, "{}", ns.name);
     }
+}
+
+/// The case: a veth gateway whose peers have no GRO (the default). A native XDP
+/// program's redirect into such a veth is dropped by the kernel, so the daemon keeps a table of
+/// which interfaces take redirected frames (the kernel's XDP features) and the program hands
+/// frames for the others to the stack, translated: every connection is answered, the status
+/// and the log say why and how to fix it. With GRO turned on afterwards, the daemon notices
+/// and the frames are redirected again.
+#[test]
+fn xdp_gateway_without_gro_forwards_every_frame_and_says_why() {
+    if !require_root("xdp_gateway_without_gro_forwards_every_frame_and_says_why") {
+        return;
+    }
+    let topo = Topology::new(2);
+    let peers = [&topo.client, &topo.backends[0], &topo.backends[1]];
+    for ns in peers {
+        let features = ns.exec(&["ethtool", "-k", "eth0"]);
+        assert!(
+            features.contains("generic-receive-offload: off"),
+            "the default veth has GRO off, or this test proves nothing: {features}"
+        );
+    }
+    let b = Topology::backend_addr;
+    let _t = [1, 2].map(|i| TcpServer::start(&topo.backends[i - 1], &b(i, 8080), &format!("b{i}")));
+    let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b(i, 5353), &format!("b{i}")));
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config());
+    let mut d = run_xdp(&topo, &pin, &cfg);
+    let ifaces = |st: &serde_json::Value| -> Vec<(String, bool)> {
+        st["xdp"]["interfaces"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        (
+                            i["name"].as_str().unwrap().to_owned(),
+                            i["takes_redirects"].as_bool().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let none_take = |st: &serde_json::Value| {
+        let i = ifaces(st);
+        i.len() == 3 && i.iter().all(|(_, takes)| !takes)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || none_take(&gateway_status(
+            &topo, &pin
+        ))),
+        "{}",
+        gateway_status(&topo, &pin)
+    );
+    d.wait_log("cannot take redirected frames", Duration::from_secs(5));
+    forty_each(&topo, &u);
+    let st = gateway_status(&topo, &pin);
+    let fwd = &st["xdp"]["forward"];
+    assert_eq!(fwd["redirected"], 0, "{st}");
+    assert!(fwd["target_cannot_xmit"].as_u64().unwrap() >= 160, "{st}");
+    let fix = st["xdp"]["interfaces"][0]["fix"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(fix.contains("GRO"), "{st}");
+    let text = ambassador_ok(
+        &topo.fwd,
+        &["status", "--pin-path", pin.path.to_str().unwrap()],
+    );
+    assert!(
+        text.contains("does not (frames through the stack"),
+        "{text}"
+    );
+
+    // GRO on the peers: the daemon sees it within a second or two, and frames are redirected.
+    for ns in peers {
+        ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || ifaces(&gateway_status(
+            &topo, &pin
+        ))
+        .iter()
+        .all(|(_, takes)| *takes)),
+        "{}",
+        gateway_status(&topo, &pin)
+    );
+    let forwarded_before = topo.fwd.snmp("Ip", "ForwDatagrams");
+    forty_each(&topo, &u);
+    let st = gateway_status(&topo, &pin);
+    assert!(
+        st["xdp"]["forward"]["redirected"].as_u64().unwrap() >= 150,
+        "{st}"
+    );
+    let by_stack = topo.fwd.snmp("Ip", "ForwDatagrams") - forwarded_before;
+    assert!(
+        by_stack < 20,
+        "the stack forwarded {by_stack} frames after GRO went on: {st}"
+    );
 }

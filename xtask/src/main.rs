@@ -2,7 +2,7 @@
 //!
 //! This crate builds with nothing but a Rust toolchain: everything that needs the packages
 //! setup installs (`ambassador-user` and `etcd-client` want `protoc`, the eBPF build wants
-//! nightly's rust-src and bpf-linker) is built by `cargo` after setup has run and used
+//! the pinned nightly with rust-src, and bpf-linker) is built by `cargo` after setup has run and used
 //! through a process: the `ambassador` binary, the `ambassador-bench` binary. Its own
 //! dependencies are clap, anyhow, libc and the test harness (std, libc, serde_json, tempfile);
 //! `tests/tests/front_door.rs` builds a fresh clone's xtask with protoc, bpf-linker and LLVM
@@ -131,7 +131,7 @@ fn cargo() -> Command {
 
 fn setup() -> Result<()> {
     step(
-        "setup: apt packages, nightly's rust-src, bpf-linker, bpffs (scripts/setup.sh)",
+        "setup: apt packages, the pinned nightly with rust-src, bpf-linker, bpffs (scripts/setup.sh)",
         step::SETUP,
         || run(Command::new("bash").arg(root().join("scripts/setup.sh"))),
     )

@@ -8,31 +8,38 @@
 //! [`Zone`] swapped whole at every apply, so an etcd change is answered as soon as it is in
 //! the maps, with no etcd round trip per query.
 
+mod forward;
+mod rrl;
+mod stats;
+mod tcp;
+mod udp;
 pub mod zone;
+
+pub use rrl::DEFAULT_RATE;
+use stats::bump;
+pub use stats::DnsStats;
+pub use tcp::read_message;
+use tcp::supervise_tcp;
+use udp::supervise_udp;
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use hickory_proto::{op::ResponseCode, rr::Name};
+use hickory_proto::rr::Name;
 use ipnet::IpNet;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
-use tracing::{info, warn};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::{error, info, warn};
 pub use zone::{Reply, Transport, Zone};
 
 use crate::{
     error::{Error, Result},
-    metrics::{Kind, Page},
     model::Desired,
 };
 
@@ -42,8 +49,16 @@ pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Forwarded queries in flight at once (beyond this, SERVFAIL at once).
 pub const MAX_FORWARDS: usize = 512;
-/// TCP connections served at once (beyond this, a new one is closed at once).
+/// TCP connections served at once (beyond this, idle ones are closed for a newcomer, or the
+/// newcomer is).
 pub const MAX_TCP: usize = 256;
+/// How long an answer may take to be written to a TCP client (one that does not read is
+/// closed then).
+pub const TCP_WRITE: Duration = Duration::from_secs(2);
+/// A TCP client idle this long gives its slot up when another client waits for one.
+pub const TCP_BUSY_IDLE: Duration = Duration::from_millis(250);
+/// How long a new TCP client waits for a slot that idle clients give up.
+const TCP_SLOT_WAIT: Duration = Duration::from_millis(500);
 /// Datagrams received, and answers sent, in one system call (recvmmsg/sendmmsg) under load.
 const BATCH: usize = 32;
 /// The longest UDP query read whole; a longer one is cut, and so malformed.
@@ -74,6 +89,8 @@ pub struct DnsConfig {
     pub forwarding: Forwarding,
     /// Who may have other names forwarded; empty: the subnets of the listen addresses.
     pub allow: Vec<IpNet>,
+    /// Identical UDP answers per second to one client prefix (0: no limit).
+    pub rate_limit: u32,
 }
 
 /// Parses an upstream resolver: `IP` (port 53) or `IP:PORT`.
@@ -101,7 +118,14 @@ pub fn default_allow(listen: &[SocketAddr], host: &[IpNet]) -> Vec<IpNet> {
     let mut allow: Vec<IpNet> = Vec::new();
     for l in listen {
         for net in host {
-            if (l.ip().is_unspecified() || net.addr() == l.ip()) && !allow.contains(&net.trunc()) {
+            // A wildcard listen address reaches every interface: only the private and
+            // loopback subnets among them are served (never a public one by default).
+            let served = if l.ip().is_unspecified() {
+                private(net.addr())
+            } else {
+                net.addr() == l.ip()
+            };
+            if served && !allow.contains(&net.trunc()) {
                 allow.push(net.trunc());
             }
         }
@@ -109,102 +133,23 @@ pub fn default_allow(listen: &[SocketAddr], host: &[IpNet]) -> Vec<IpNet> {
     allow
 }
 
-/// What the responder counts, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct DnsStats {
-    noerror: AtomicU64,
-    nxdomain: AtomicU64,
-    refused: AtomicU64,
-    formerr: AtomicU64,
-    servfail: AtomicU64,
-    other: AtomicU64,
-    truncated: AtomicU64,
-    dropped: AtomicU64,
-    forwarded: AtomicU64,
-    forward_failures: AtomicU64,
-    /// When a malformed query was last warned about (at most one warning a minute).
-    warned: Mutex<Option<Instant>>,
-}
-
-fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
-}
-
-impl DnsStats {
-    fn answered(&self, rcode: ResponseCode, truncated: bool, from: SocketAddr) {
-        match rcode {
-            ResponseCode::NoError => bump(&self.noerror),
-            ResponseCode::NXDomain => bump(&self.nxdomain),
-            ResponseCode::Refused => bump(&self.refused),
-            ResponseCode::FormErr => {
-                bump(&self.formerr);
-                self.malformed(from);
-            }
-            ResponseCode::ServFail => bump(&self.servfail),
-            _ => bump(&self.other),
+/// Loopback and private addresses (RFC 1918, RFC 6598's shared space, IPv6 unique local).
+fn private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(100, 64, 0, 0), 10)
+                    .contains(&v4)
         }
-        if truncated {
-            bump(&self.truncated);
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+                    7,
+                )
+                .contains(&v6)
         }
-    }
-
-    fn dropped(&self, from: SocketAddr) {
-        bump(&self.dropped);
-        self.malformed(from);
-    }
-
-    fn malformed(&self, from: SocketAddr) {
-        let mut last = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-            *last = Some(Instant::now());
-            let total = self.formerr.load(Ordering::Relaxed) + self.dropped.load(Ordering::Relaxed);
-            warn!(%from, total, "DNS: a malformed query (or a response sent to the responder) was skipped; ambassador_dns_answers_total{{rcode=\"FORMERR\"}} and ambassador_dns_dropped_total count them (said at most once a minute)");
-        }
-    }
-
-    /// Writes the responder's counters.
-    pub fn write(&self, page: &mut Page) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let name = "ambassador_dns_answers_total";
-        let f = page.family(
-            name,
-            Kind::Counter,
-            "DNS answers the responder sent, by response code (forwarded answers are not counted here).",
-        );
-        for (rcode, a) in [
-            ("NOERROR", &self.noerror),
-            ("NXDOMAIN", &self.nxdomain),
-            ("REFUSED", &self.refused),
-            ("FORMERR", &self.formerr),
-            ("SERVFAIL", &self.servfail),
-            ("other", &self.other),
-        ] {
-            f.sample(name, &[("rcode", rcode)], get(a));
-        }
-        page.single(
-            "ambassador_dns_truncated_total",
-            Kind::Counter,
-            "DNS answers cut to what the query invited (TC set: the client retries over TCP).",
-            get(&self.truncated),
-        )
-        .single(
-            "ambassador_dns_dropped_total",
-            Kind::Counter,
-            "Datagrams left unanswered: too short to carry a DNS header, or responses.",
-            get(&self.dropped),
-        )
-        .single(
-            "ambassador_dns_forwarded_total",
-            Kind::Counter,
-            "Queries for names outside the domain relayed to an upstream resolver and answered.",
-            get(&self.forwarded),
-        )
-        .single(
-            "ambassador_dns_forward_failures_total",
-            Kind::Counter,
-            "Forwarded queries no upstream resolver answered in time (SERVFAIL sent).",
-            get(&self.forward_failures),
-        );
     }
 }
 
@@ -215,6 +160,7 @@ struct Shared {
     forwarding: Forwarding,
     allow: Vec<IpNet>,
     forwards: Semaphore,
+    rrl: rrl::RateLimit,
     stop: AtomicBool,
 }
 
@@ -227,7 +173,24 @@ impl Shared {
 
     /// Handles one query from `from`, counting what is answered or dropped.
     fn reply(&self, query: &[u8], transport: Transport, from: SocketAddr) -> Reply {
-        let reply = zone::handle(query, &self.zone(), transport, self.may_forward(from.ip()));
+        // A panic in the handler (a bug: it is pure and fuzzed) costs this query only, never
+        // the listener: counted, said, and the query dropped.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            zone::handle(query, &self.zone(), transport, self.may_forward(from.ip()))
+        }));
+        let reply = match handled {
+            Ok(reply) => reply,
+            Err(panic) => {
+                bump(&self.stats.panics);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(%from, "DNS: answering a query panicked ({what}); the query is dropped, the responder goes on");
+                return Reply::Drop;
+            }
+        };
         match &reply {
             Reply::Answer {
                 rcode, truncated, ..
@@ -304,6 +267,7 @@ impl Responder {
             forwarding: cfg.forwarding.clone(),
             allow,
             forwards: Semaphore::new(MAX_FORWARDS),
+            rrl: rrl::RateLimit::new(cfg.rate_limit),
             stop: AtomicBool::new(false),
         });
         let mut tasks = Vec::new();
@@ -318,12 +282,12 @@ impl Responder {
             let tcp = TcpListener::bind(addr)
                 .await
                 .map_err(|e| listen_error(*addr, "TCP", e))?;
-            let (s, rt) = (shared.clone(), runtime.clone());
+            let (s, rt, addr) = (shared.clone(), runtime.clone(), *addr);
             std::thread::Builder::new()
                 .name(format!("dns-udp {addr}"))
-                .spawn(move || serve_udp(udp, s, rt))
+                .spawn(move || supervise_udp(&udp, &s, &rt, addr))
                 .map_err(Error::io("starting the DNS thread"))?;
-            tasks.push(tokio::spawn(serve_tcp(tcp, shared.clone())));
+            tasks.push(tokio::spawn(supervise_tcp(tcp, shared.clone(), addr)));
         }
         let upstreams = match &cfg.forwarding {
             Forwarding::Off | Forwarding::Host => "off".to_owned(),
@@ -386,216 +350,6 @@ fn listen_error(addr: SocketAddr, what: &str, e: io::Error) -> Error {
     }
 }
 
-/// One UDP listener: answer, or hand the query to the runtime to forward. Ends when the
-/// [`Responder`] is dropped (it shuts the socket down).
-fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: tokio::runtime::Handle) {
-    use std::os::fd::AsRawFd as _;
-
-    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-
-    let fd = socket.as_raw_fd();
-    let mut bufs = vec![[0u8; MAX_QUERY]; BATCH];
-    let mut received = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut sending = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    while !shared.stop.load(Ordering::Relaxed) {
-        // Every datagram waiting, up to BATCH, in one call (blocking for the first).
-        let batch: Vec<(usize, SocketAddr)> = {
-            let mut iovs: Vec<[io::IoSliceMut; 1]> =
-                bufs.iter_mut().map(|b| [io::IoSliceMut::new(b)]).collect();
-            match recvmmsg(
-                fd,
-                &mut received,
-                iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(msgs) => msgs
-                    .filter_map(|m| Some((m.bytes, std_addr(&m.address?)?)))
-                    .collect(),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!("DNS: receiving on UDP failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-        };
-        let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(batch.len());
-        for (buf, (n, from)) in bufs.iter().zip(&batch) {
-            let (query, from) = (&buf[..*n], *from);
-            match shared.reply(query, Transport::Udp, from) {
-                Reply::Answer { bytes, .. } => answers.push((bytes, SockaddrStorage::from(from))),
-                Reply::Drop => {}
-                Reply::Forward { limit } => forward(&socket, query, from, limit, &shared, &runtime),
-            }
-        }
-        // Every answer in one call.
-        if !answers.is_empty() {
-            let iovs: Vec<[io::IoSlice; 1]> =
-                answers.iter().map(|(a, _)| [io::IoSlice::new(a)]).collect();
-            let to: Vec<Option<SockaddrStorage>> = answers.iter().map(|(_, t)| Some(*t)).collect();
-            let _ = sendmmsg(fd, &mut sending, &iovs, &to, [], MsgFlags::empty());
-        }
-    }
-}
-
-/// The standard address of a received datagram's source.
-fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::from((v4.ip(), v4.port())));
-    }
-    a.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
-}
-
-/// Hands a query for a name outside the domain to the runtime, which relays it upstream and
-/// answers the client (SERVFAIL at once when too many are in flight).
-fn forward(
-    socket: &UdpSocket,
-    query: &[u8],
-    from: SocketAddr,
-    limit: usize,
-    shared: &Arc<Shared>,
-    runtime: &tokio::runtime::Handle,
-) {
-    let Ok(permit) = shared.forwards.try_acquire() else {
-        return send_servfail(socket, query, from, &shared.stats);
-    };
-    permit.forget();
-    let (query, shared) = (query.to_vec(), shared.clone());
-    let Ok(socket) = socket.try_clone() else {
-        return shared.forwards.add_permits(1);
-    };
-    runtime.spawn(async move {
-        match forward_udp(&query, shared.upstreams()).await {
-            Some(answer) => match zone::fit(&answer, limit) {
-                Some(answer) => {
-                    bump(&shared.stats.forwarded);
-                    let _ = socket.send_to(&answer, from);
-                }
-                None => send_servfail(&socket, &query, from, &shared.stats),
-            },
-            None => send_servfail(&socket, &query, from, &shared.stats),
-        }
-        shared.forwards.add_permits(1);
-    });
-}
-
-fn servfail(query: &[u8]) -> Option<Vec<u8>> {
-    let q = hickory_proto::op::Message::from_vec(query).ok()?;
-    let mut m = hickory_proto::op::Message::error_msg(q.id, q.op_code, ResponseCode::ServFail);
-    m.metadata.recursion_desired = q.recursion_desired;
-    m.metadata.recursion_available = true;
-    m.add_queries(q.queries.iter().cloned());
-    m.to_vec().ok()
-}
-
-fn send_servfail(socket: &UdpSocket, query: &[u8], to: SocketAddr, stats: &DnsStats) {
-    bump(&stats.forward_failures);
-    if let Some(bytes) = servfail(query) {
-        stats.answered(ResponseCode::ServFail, false, to);
-        let _ = socket.send_to(&bytes, to);
-    }
-}
-
-/// Relays `query` to the first upstream that answers it (same id) in time.
-async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let local: SocketAddr = if up.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
-            continue;
-        };
-        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 65535];
-        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            if n >= 12 && buf[..2] == query[..2] {
-                return Some(buf[..n].to_vec());
-            }
-        }
-    }
-    None
-}
-
-/// Relays `query` over TCP to the first upstream that answers it in time.
-async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let attempt = async {
-            let mut s = TcpStream::connect(up).await?;
-            s.write_all(&(query.len() as u16).to_be_bytes()).await?;
-            s.write_all(query).await?;
-            read_message(&mut s).await
-        };
-        if let Ok(Ok(Some(answer))) = tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
-            return Some(answer);
-        }
-    }
-    None
-}
-
-/// Reads one length-prefixed DNS message; `None` at a clean end of stream.
-async fn read_message(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 2];
-    match s.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut msg).await?;
-    Ok(Some(msg))
-}
-
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let connections = Arc::new(Semaphore::new(MAX_TCP));
-    loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            continue; // dropped: closed at once
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = serve_connection(stream, from, &shared).await;
-        });
-    }
-}
-
-async fn serve_connection(mut s: TcpStream, from: SocketAddr, shared: &Shared) -> io::Result<()> {
-    while let Ok(read) = tokio::time::timeout(TCP_IDLE, read_message(&mut s)).await {
-        let Some(query) = read? else {
-            return Ok(());
-        };
-        let answer = match shared.reply(&query, Transport::Tcp, from) {
-            Reply::Answer { bytes, .. } => bytes,
-            Reply::Drop => return Ok(()),
-            Reply::Forward { .. } => match forward_tcp(&query, shared.upstreams()).await {
-                Some(a) => {
-                    bump(&shared.stats.forwarded);
-                    a
-                }
-                None => {
-                    bump(&shared.stats.forward_failures);
-                    shared.stats.answered(ResponseCode::ServFail, false, from);
-                    servfail(&query).unwrap_or_default()
-                }
-            },
-        };
-        s.write_all(&(answer.len() as u16).to_be_bytes()).await?;
-        s.write_all(&answer).await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,8 +377,25 @@ mod tests {
             default_allow(&bridge, &host),
             vec!["172.17.0.0/16".parse::<IpNet>().unwrap()]
         );
+        // A wildcard: the private and loopback subnets only, never a public one.
+        let mut host = host;
+        host.push("203.0.113.5/24".parse().unwrap());
+        host.push("fd00:1::5/64".parse().unwrap());
+        host.push("2001:db8::5/64".parse().unwrap());
         let any: Vec<SocketAddr> = vec!["0.0.0.0:53".parse().unwrap()];
-        assert_eq!(default_allow(&any, &host).len(), 3);
+        let served: Vec<String> = default_allow(&any, &host)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            served,
+            [
+                "127.0.0.0/8",
+                "172.17.0.0/16",
+                "192.168.1.0/24",
+                "fd00:1::/64"
+            ]
+        );
         let elsewhere: Vec<SocketAddr> = vec!["10.9.9.9:53".parse().unwrap()];
         assert!(default_allow(&elsewhere, &host).is_empty());
     }

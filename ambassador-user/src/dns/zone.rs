@@ -108,7 +108,23 @@ pub fn parse_domain(s: &str) -> Result<Name, String> {
         return Err("the root cannot be the responder's domain".into());
     }
     name.set_fqdn(true);
+    if wire_len(&name) > MAX_DOMAIN_WIRE {
+        return Err(format!(
+            "{s:?} is too long: at most {} characters, so that every name of the zone (the longest: a 63-character service's <service>.<domain>) fits DNS's 255 bytes",
+            MAX_DOMAIN_WIRE - 2
+        ));
+    }
     Ok(name.to_lowercase())
+}
+
+/// The longest domain, encoded (labels with their length bytes, and the root): the zone's
+/// longest name is a 63-character service name under it (64 bytes more), and DNS names are
+/// at most 255 bytes.
+pub const MAX_DOMAIN_WIRE: usize = 255 - 64;
+
+/// A name's encoded length.
+fn wire_len(name: &Name) -> usize {
+    name.iter().map(|l| l.len() + 1).sum::<usize>() + 1
 }
 
 /// The name of an endpoint's address record: `10-0-0-1.endpoints.<domain>`, or for IPv6 the
@@ -487,6 +503,12 @@ fn truncated(message: &Message) -> Vec<u8> {
     let mut cut = message.truncate();
     cut.metadata.id = message.id;
     cut.to_vec().expect("a header and a question encode")
+}
+
+/// `answer` cut to its header and question, with TC set (what a rate limit "slips"); None
+/// if it does not parse.
+pub fn truncate(answer: &[u8]) -> Option<Vec<u8>> {
+    Message::from_vec(answer).ok().map(|m| truncated(&m))
 }
 
 /// A query for tests, benches and fuzz seeds.
@@ -871,5 +893,58 @@ mod tests {
         );
         assert!(parse_domain(".").is_err());
         assert!(parse_domain("a..b").is_err());
+    }
+
+    /// Found by reading: a domain of about 206 bytes and up made the endpoint names, and of
+    /// 249 and up the SOA's, longer than DNS allows, and building them panicked.
+    #[test]
+    fn the_longest_domain_still_makes_every_name_of_the_zone() {
+        let label = "a".repeat(63);
+        // 63 + 1 + 63 + 1 + 59 = 187 characters, 189 with the last label's length byte and
+        // the root: the longest accepted (see MAX_DOMAIN_WIRE) with one character to spare.
+        let longest = format!("{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), MAX_DOMAIN_WIRE - 2);
+        let domain = parse_domain(&longest).unwrap();
+        assert!(parse_domain(&format!("{longest}c"))
+            .unwrap_err()
+            .contains("at most 189"));
+        let service = "s".repeat(63);
+        let mut desired = Desired::new();
+        desired.insert(
+            service.clone(),
+            crate::model::ServiceSpec {
+                frontend: "[fd00:10:96::1]:80".parse().unwrap(),
+                proto: Proto::Tcp,
+                endpoints: vec![crate::model::Endpoint {
+                    addr: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:80"
+                        .parse()
+                        .unwrap(),
+                    weight: 1,
+                }],
+            },
+        );
+        let zone = Zone::new(domain.clone(), &desired, vec![], 1);
+        let _ = endpoint_host(
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            &domain,
+        );
+        for q in [
+            format!("{service}.{longest}"),
+            format!("nothing.{longest}"),
+            format!("_{}._tcp.endpoints.{longest}", "s".repeat(40)),
+            format!("ns.dns.{longest}"),
+            longest.clone(),
+        ] {
+            for t in [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::SRV,
+                RecordType::SOA,
+                RecordType::NS,
+            ] {
+                let _ = handle(&query(&q, t, Some(1232)), &zone, Transport::Udp, false);
+                let _ = handle(&query(&q, t, None), &zone, Transport::Tcp, false);
+            }
+        }
     }
 }

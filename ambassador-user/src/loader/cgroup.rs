@@ -1,11 +1,21 @@
 //! Where the socket datapath attaches: a cgroup v2 directory, by default the host's cgroup v2
-//! root (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a hybrid one).
+//! root (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a hybrid one), and
+//! the socket programs attached there with their links pinned.
 
 use std::{
     ffi::CString,
+    fs::File,
     path::{Path, PathBuf},
 };
 
+use ambassador_common::program_names;
+use aya::programs::{
+    links::{CgroupAttachMode, FdLink},
+    CgroupSock, CgroupSockAddr,
+};
+use tracing::info;
+
+use super::{pin_link, program, sock_link_file, Datapath};
 use crate::error::{Error, Result};
 
 /// `statfs` magic of a cgroup v2 filesystem.
@@ -70,4 +80,62 @@ pub(super) fn resolve(requested: Option<&Path>) -> Result<PathBuf> {
         path: path.to_owned(),
         detail: format!("{what}{hint}"),
     })
+}
+
+impl Datapath {
+    /// Attaches the socket programs to `cgroup` and pins their links. Links an earlier daemon
+    /// pinned stay until [`Self::remove_stale_links`], after these are in place.
+    pub(super) fn attach_sock(&mut self, cgroup: PathBuf) -> Result<()> {
+        let dir =
+            File::open(&cgroup).map_err(Error::io(format!("opening {}", cgroup.display())))?;
+        let mut pins = Vec::new();
+        // A cgroup link takes no attach flags: links always sit beside other programs and
+        // links on the same hook (what BPF_F_ALLOW_MULTI is for the older attach call).
+        for (name, hook) in program_names::SOCK_ADDR {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let link = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .and_then(|id| prog.take_link(id));
+            let id = prog.info().map(|i| i.id()).unwrap_or_default();
+            pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
+        }
+        let (name, hook) = (program_names::SOCK_RELEASE, "release");
+        let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+        let link = prog
+            .attach(&dir, CgroupAttachMode::Single)
+            .and_then(|id| prog.take_link(id));
+        let id = prog.info().map(|i| i.id()).unwrap_or_default();
+        pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
+        info!(cgroup = %cgroup.display(), "socket datapath attached");
+        self.sock = Some((cgroup, pins));
+        Ok(())
+    }
+
+    /// Pins the cgroup link of socket program `name` (program id `id`) on `hook`, just
+    /// attached to `cgroup` (or the error of attaching it); returns the pin's path.
+    fn pin_sock_link<L: TryInto<FdLink>>(
+        &self,
+        link: std::result::Result<L, aya::programs::ProgramError>,
+        name: &str,
+        hook: &str,
+        id: u32,
+        cgroup: &Path,
+    ) -> Result<PathBuf>
+    where
+        L::Error: std::fmt::Display,
+    {
+        let what = || format!("attaching {name} to {} ({hook})", cgroup.display());
+        let link = link.map_err(|source| Error::Program {
+            what: what(),
+            source,
+        })?;
+        let path = self.links_dir.join(sock_link_file(hook, id));
+        pin_link(link.try_into(), &path, &what)?;
+        Ok(path)
+    }
+
+    /// The cgroup the socket datapath is attached to.
+    pub fn sock_cgroup(&self) -> Option<&Path> {
+        self.sock.as_ref().map(|(c, _)| c.as_path())
+    }
 }

@@ -10,27 +10,26 @@
 //! upgrade. `ambassador uninstall` removes it all.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs::File,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use ambassador_common::{map_names, program_names};
 use aya::{
     programs::{
-        links::{CgroupAttachMode, FdLink},
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink, tc::SchedClassifierLinkId, CgroupSock, CgroupSockAddr, SchedClassifier, Xdp,
     },
     Ebpf, EbpfLoader,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 mod cgroup;
+mod ifaces;
 mod kernel;
 mod links;
 mod pin;
+mod xdp;
 
 pub use kernel::{check_interface, TcAttach, XdpAttach};
 use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
@@ -76,6 +75,11 @@ pub fn attached_datapaths(pin_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The interfaces the XDP links pinned under `pin_dir` attach to (for `status`).
+pub fn xdp_interfaces(pin_dir: &Path) -> Vec<String> {
+    pinned_xdp_ifaces(&pin_dir.join("links"))
+}
+
 /// Where `run` attaches its datapaths.
 #[derive(Clone, Debug, Default)]
 pub struct Targets {
@@ -115,20 +119,11 @@ pub struct Datapath {
     /// The socket datapath's cgroup and its pinned links.
     sock: Option<(PathBuf, Vec<PathBuf>)>,
     /// The XDP datapath (when attached): how it attaches, and interface -> its pinned link.
-    xdp: Option<(XdpAttach, BTreeMap<String, XdpIface>)>,
+    xdp: Option<(XdpAttach, BTreeMap<String, xdp::XdpIface>)>,
     /// The kernel's debug records (with `debug`): taken by whoever polls them.
     pub kernel_log: Option<KernelLog>,
     /// Backend health transitions the datapath reports: taken by whoever polls them.
     pub health_events: Option<HealthEvents>,
-}
-
-/// An interface the XDP program is attached to.
-struct XdpIface {
-    /// Its pinned link.
-    path: PathBuf,
-    /// A `--iface` (client-facing) interface, rather than one found from the routes to the
-    /// backends (which goes when no backend is behind it any more).
-    clients: bool,
 }
 
 /// The ring buffer of backend health transitions (`ambassador_common::HealthEvent`).
@@ -430,6 +425,8 @@ pub fn start(
                 }
             }
         }
+        // Until this table is written, translated frames go through the stack.
+        dp.sync_xdp_targets();
     }
     dp.sync_bridge_ports();
     dp.remove_stale_links();
@@ -437,148 +434,6 @@ pub fn start(
 }
 
 impl Datapath {
-    /// Attaches DNAT on `iface`'s ingress and reverse NAT on its egress (adopting links an
-    /// earlier daemon pinned).
-    pub fn attach(&mut self, iface: &str) -> Result<()> {
-        if !self.tcx {
-            // Before 6.6, TC programs hang off a clsact qdisc (it may exist already).
-            if let Err(e) = tc::qdisc_add_clsact(iface) {
-                debug!(%iface, error = %e, "clsact qdisc not added (it may already exist)");
-            }
-        }
-        let mut links = Vec::new();
-        let mut adopted = 0;
-        for (name, direction, suffix) in [
-            (program_names::TC_DNAT, TcAttachType::Ingress, "ingress"),
-            (program_names::TC_RNAT, TcAttachType::Egress, "egress"),
-        ] {
-            let what = || format!("attaching {name} to {iface} ({direction:?})");
-            let prog = classifier(&mut self.ebpf, name);
-            if !self.tcx {
-                let options = TcAttachOptions::Netlink(NlOptions::default());
-                let id = prog
-                    .attach_with_options(iface, direction, options)
-                    .map_err(|source| Error::Program {
-                        what: what(),
-                        source,
-                    })?;
-                links.push(Attachment::Filter(name, id));
-                continue;
-            }
-            let path = self.links_dir.join(link_file(iface, suffix));
-            if path.exists() {
-                match adopt(prog, &path) {
-                    Ok(()) => {
-                        adopted += 1;
-                        links.push(Attachment::Pinned(path));
-                        continue;
-                    }
-                    Err(e) => {
-                        // Typically the interface was deleted (and maybe re-created): the
-                        // link died with it.
-                        debug!(%iface, error = %e, "pinned link not adoptable; attaching anew");
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
-            }
-            let id = prog
-                .attach_with_options(
-                    iface,
-                    direction,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|source| Error::Program {
-                    what: what(),
-                    source,
-                })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program {
-                what: what(),
-                source,
-            })?;
-            pin_link(FdLink::try_from(link), &path, &what)?;
-            links.push(Attachment::Pinned(path));
-        }
-        let mode = if self.tcx { "tcx" } else { "clsact" };
-        if adopted > 0 {
-            info!(%iface, mode, adopted, "datapath adopted (program replaced in the pinned links)");
-        } else {
-            info!(%iface, mode, "datapath attached");
-        }
-        self.attached.insert(iface.to_owned(), links);
-        Ok(())
-    }
-
-    /// Attaches the socket programs to `cgroup` and pins their links. Links an earlier daemon
-    /// pinned stay until [`Self::remove_stale_links`], after these are in place.
-    fn attach_sock(&mut self, cgroup: PathBuf) -> Result<()> {
-        let dir =
-            File::open(&cgroup).map_err(Error::io(format!("opening {}", cgroup.display())))?;
-        let mut pins = Vec::new();
-        // A cgroup link takes no attach flags: links always sit beside other programs and
-        // links on the same hook (what BPF_F_ALLOW_MULTI is for the older attach call).
-        for (name, hook) in program_names::SOCK_ADDR {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let link = prog
-                .attach(&dir, CgroupAttachMode::Single)
-                .and_then(|id| prog.take_link(id));
-            let id = prog.info().map(|i| i.id()).unwrap_or_default();
-            pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
-        }
-        let (name, hook) = (program_names::SOCK_RELEASE, "release");
-        let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
-        let link = prog
-            .attach(&dir, CgroupAttachMode::Single)
-            .and_then(|id| prog.take_link(id));
-        let id = prog.info().map(|i| i.id()).unwrap_or_default();
-        pins.push(self.pin_sock_link(link, name, hook, id, &cgroup)?);
-        info!(cgroup = %cgroup.display(), "socket datapath attached");
-        self.sock = Some((cgroup, pins));
-        Ok(())
-    }
-
-    /// Pins the cgroup link of socket program `name` (program id `id`) on `hook`, just
-    /// attached to `cgroup` (or the error of attaching it); returns the pin's path.
-    fn pin_sock_link<L: TryInto<FdLink>>(
-        &self,
-        link: std::result::Result<L, aya::programs::ProgramError>,
-        name: &str,
-        hook: &str,
-        id: u32,
-        cgroup: &Path,
-    ) -> Result<PathBuf>
-    where
-        L::Error: std::fmt::Display,
-    {
-        let what = || format!("attaching {name} to {} ({hook})", cgroup.display());
-        let link = link.map_err(|source| Error::Program {
-            what: what(),
-            source,
-        })?;
-        let path = self.links_dir.join(sock_link_file(hook, id));
-        pin_link(link.try_into(), &path, &what)?;
-        Ok(path)
-    }
-
-    /// The cgroup the socket datapath is attached to.
-    pub fn sock_cgroup(&self) -> Option<&Path> {
-        self.sock.as_ref().map(|(c, _)| c.as_path())
-    }
-
-    /// Detaches from `iface` (quietly: a deleted interface took its attachments along).
-    fn detach(&mut self, iface: &str) {
-        for a in self.attached.remove(iface).unwrap_or_default() {
-            match a {
-                Attachment::Pinned(path) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                Attachment::Filter(name, id) => {
-                    let _ = classifier(&mut self.ebpf, name).detach(id);
-                }
-            }
-        }
-        debug!(%iface, "datapath detached");
-    }
-
     /// Removes pinned links this daemon did not adopt: interfaces it no longer serves (no
     /// longer in `--iface`, or bridge ports that left while no daemon ran).
     fn remove_stale_links(&mut self) {
@@ -604,169 +459,6 @@ impl Datapath {
             if !ours.contains(&&path) {
                 info!(link = %path.display(), "removing a pinned link no interface here needs");
                 let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-
-    /// Attaches to ports that joined the `--iface` bridges and forgets ports that left.
-    ///
-    /// Why the ports: with br_netfilter (which Docker enables), netfilter's conntrack sees a
-    /// container's packet while it crosses the bridge, before the bridge device's own TC hook.
-    /// Rewritten only there, the flow's conntrack entry would still expect replies from the
-    /// VIP, and masqueraded replies would never be translated back. On the port, the rewrite
-    /// happens before the bridge, so conntrack records the real backend.
-    pub fn sync_bridge_ports(&mut self) {
-        let links = match netlink::links() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("listing interfaces failed: {e}");
-                return;
-            }
-        };
-        let bridge_ids: Vec<u32> = links
-            .iter()
-            .filter(|l| self.bridges.contains(&l.name))
-            .map(|l| l.index)
-            .collect();
-        let ports: Vec<&str> = links
-            .iter()
-            .filter(|l| l.master.is_some_and(|m| bridge_ids.contains(&m)))
-            .map(|l| l.name.as_str())
-            .collect();
-        for port in &ports {
-            if !self.attached.contains_key(*port) {
-                if let Err(e) = self.attach(port) {
-                    warn!(%port, "attaching to a bridge port failed: {e}");
-                }
-            }
-        }
-        let existing: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .attached
-            .keys()
-            .filter(|i| !existing.contains(&i.as_str()))
-            .cloned()
-            .collect();
-        for port in gone {
-            self.detach(&port);
-        }
-    }
-
-    /// Whether some `--iface` is a bridge whose ports need following.
-    pub fn has_bridges(&self) -> bool {
-        !self.bridges.is_empty()
-    }
-
-    /// Whether the XDP datapath runs (its backend-facing interfaces need following).
-    pub fn has_xdp(&self) -> bool {
-        self.xdp.is_some()
-    }
-
-    /// Attaches the XDP program to `iface` (a `--iface` one when `clients`), adopting the
-    /// link an earlier daemon pinned there; native mode where the driver has it, unless
-    /// `--xdp-attach` says otherwise.
-    fn attach_xdp(&mut self, iface: &str, clients: bool) -> Result<()> {
-        let Some((how, attached)) = &mut self.xdp else {
-            return Ok(());
-        };
-        if let Some(a) = attached.get_mut(iface) {
-            a.clients |= clients;
-            return Ok(());
-        }
-        let name = program_names::XDP;
-        let what = || format!("attaching {name} to {iface} (XDP)");
-        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
-        let path = self.links_dir.join(link_file(iface, XDP_SUFFIX));
-        if path.exists() {
-            match adopt_xdp(prog, &path) {
-                Ok(()) => {
-                    info!(%iface, clients, "XDP datapath adopted (program replaced in the pinned link)");
-                    attached.insert(iface.to_owned(), XdpIface { path, clients });
-                    return Ok(());
-                }
-                Err(e) => {
-                    debug!(%iface, error = %e, "pinned XDP link not adoptable; attaching anew");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-        let modes: &[(XdpMode, &str)] = match how {
-            XdpAttach::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            XdpAttach::Native => &[(XdpMode::Driver, "native")],
-            XdpAttach::Generic => &[(XdpMode::Skb, "generic")],
-        };
-        let mut failure = None;
-        for (mode, mode_name) in modes {
-            match prog.attach(iface, *mode) {
-                Ok(id) => {
-                    let link = prog.take_link(id).map_err(|source| Error::Program {
-                        what: what(),
-                        source,
-                    })?;
-                    pin_link(FdLink::try_from(link), &path, &what)?;
-                    info!(%iface, mode = mode_name, clients, "XDP datapath attached");
-                    attached.insert(iface.to_owned(), XdpIface { path, clients });
-                    return Ok(());
-                }
-                Err(e) => {
-                    debug!(%iface, mode = mode_name, error = %e, "XDP attach refused");
-                    failure = Some(e);
-                }
-            }
-        }
-        Err(Error::Program {
-            what: what(),
-            source: failure.expect("at least one mode tried"),
-        })
-    }
-
-    /// Follows the interfaces towards the backends (`backends`: their addresses): the XDP
-    /// program is attached to every interface a route to one of them leaves through, so their
-    /// replies are translated back before the stack, and leaves the ones no backend is behind
-    /// any more. Loopback is never one (a backend on this host is the stack's to reach).
-    pub fn sync_xdp_backends(&mut self, backends: impl IntoIterator<Item = IpAddr>) {
-        if self.xdp.is_none() {
-            return;
-        }
-        let links = match netlink::links() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("listing interfaces failed: {e}");
-                return;
-            }
-        };
-        let mut want = BTreeSet::new();
-        for ip in backends.into_iter().collect::<BTreeSet<_>>() {
-            match netlink::route_oif(ip) {
-                Ok(Some(index)) => {
-                    if let Some(l) = links.iter().find(|l| l.index == index && l.name != "lo") {
-                        want.insert(l.name.clone());
-                    }
-                }
-                Ok(None) => debug!(%ip, "no route to a backend"),
-                Err(e) => warn!(%ip, "looking up the route to a backend failed: {e}"),
-            }
-        }
-        for iface in &want {
-            if let Err(e) = self.attach_xdp(iface, false) {
-                warn!(%iface, "attaching XDP towards backends failed: {e}");
-            }
-        }
-        let Some((_, attached)) = &mut self.xdp else {
-            return;
-        };
-        let existing: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        let gone: Vec<String> = attached
-            .iter()
-            .filter(|(iface, a)| {
-                (!a.clients && !want.contains(*iface)) || !existing.contains(&iface.as_str())
-            })
-            .map(|(iface, _)| iface.clone())
-            .collect();
-        for iface in gone {
-            if let Some(a) = attached.remove(&iface) {
-                let _ = std::fs::remove_file(&a.path);
-                info!(%iface, "XDP datapath detached (no backend behind it any more)");
             }
         }
     }

@@ -6,27 +6,25 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::{error::Result, etcd::timed};
+use crate::{error::Result, etcd::fresh};
 
 /// Runs an etcd request up to three times: with several members, a request that met a member
-/// going away succeeds on another.
-pub(super) async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-{
+/// going away succeeds on another. A stale token is renewed first ([`fresh`]).
+pub(super) async fn retry<T>(
+    client: &Client,
+    what: &str,
+    mut request: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
+) -> Result<T> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let err = match timed(what, f()).await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if attempt == 3 {
-            return Err(err);
+        match fresh(client, what, &mut request).await {
+            Err(err) if attempt < 3 => {
+                debug!("{err}; trying again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            done => return done,
         }
-        debug!("{err}; trying again");
-        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
     }
 }
 

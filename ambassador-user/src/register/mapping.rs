@@ -237,7 +237,7 @@ pub fn entry(
         host: Some(cfg.host_id.clone()),
         container: Some(container_id.to_owned()),
     };
-    let key = contract::endpoint_key(&cfg.etcd.prefix, &r.service, &r.id);
+    let key = contract::host_endpoint_key(&cfg.etcd.prefix, &cfg.host_id, &r.service, &r.id);
     let value = serde_json::to_string(&value).expect("serializable");
     match contract::parse(&cfg.etcd.prefix, key.as_bytes(), value.as_bytes()) {
         Ok(Some(contract::Entry::Endpoint { .. })) => Ok((key, value)),
@@ -268,13 +268,8 @@ mod tests {
             metrics_addr: None,
             create_services: true,
             etcd: EtcdOptions {
-                endpoints: vec![],
                 prefix: "/ambassador".into(),
-                cacert: None,
-                cert: None,
-                key: None,
-                user: None,
-                password: None,
+                ..Default::default()
             },
         }
     }

@@ -6,31 +6,26 @@
 //! events; a closed stream is reopened and re-listed; a lost lease is re-granted and every
 //! entry rewritten.
 
+mod allowed;
 mod config;
+mod docker;
 mod events;
 mod lease;
 mod mapping;
+mod stats;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
+    sync::{atomic::Ordering, Arc},
 };
 
-use bollard::{
-    models::ContainerInspectResponse,
-    query_parameters::{EventsOptions, ListContainersOptions},
-    Docker, API_DEFAULT_VERSION,
-};
+use allowed::Allowance;
+use bollard::query_parameters::EventsOptions;
 pub use config::{AddressMode, RegisterConfig};
+pub use docker::connect_docker;
 use etcd_client::{Client, PutOptions};
-use events::Change;
 use futures_util::StreamExt as _;
 use lease::{keep_lease, retry};
-use mapping::short_id;
 pub use mapping::{entry, labels, ready, registration, Registration};
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -38,97 +33,16 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+pub use stats::Stats;
+
 use crate::{
     error::{Error, Result},
     etcd::timed,
-    metrics::{self, Kind, Page},
+    metrics,
+    reconnect::Reconnect,
+    task::AbortOnDrop,
+    trust::Mode,
 };
-
-/// What the register reports at `--metrics-addr`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Containers whose endpoint is written under the current lease.
-    containers: AtomicU64,
-    /// Labelled containers that cannot be registered (bad label, no published port...).
-    unusable: AtomicU64,
-    /// Whether a lease is held and kept alive.
-    etcd_connected: AtomicBool,
-    /// Whether the Docker event stream is followed.
-    docker_connected: AtomicBool,
-    /// Leases granted (more than one: etcd was lost and the entries rewritten).
-    lease_grants: AtomicU64,
-    /// Endpoint writes and deletions.
-    puts: AtomicU64,
-    deletes: AtomicU64,
-}
-
-impl Stats {
-    fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let flag = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
-        let mut page = Page::default();
-        page.single(
-            "ambassador_register_containers",
-            Kind::Gauge,
-            "Containers whose endpoint this register holds in etcd under its lease.",
-            get(&self.containers),
-        )
-        .single(
-            "ambassador_register_unusable_containers",
-            Kind::Gauge,
-            "Labelled containers that cannot be registered (the log says why).",
-            get(&self.unusable),
-        )
-        .single(
-            "ambassador_register_etcd_connected",
-            Kind::Gauge,
-            "Whether a lease is held and kept alive.",
-            flag(&self.etcd_connected),
-        )
-        .single(
-            "ambassador_register_docker_connected",
-            Kind::Gauge,
-            "Whether Docker's events are followed.",
-            flag(&self.docker_connected),
-        )
-        .single(
-            "ambassador_register_lease_grants_total",
-            Kind::Counter,
-            "Leases granted; each after the first means etcd was lost and every entry rewritten.",
-            get(&self.lease_grants),
-        )
-        .single(
-            "ambassador_register_puts_total",
-            Kind::Counter,
-            "Endpoint entries written.",
-            get(&self.puts),
-        )
-        .single(
-            "ambassador_register_deletes_total",
-            Kind::Counter,
-            "Endpoint entries deleted.",
-            get(&self.deletes),
-        );
-        page.finish()
-    }
-}
-
-/// Connects to the Docker engine, agreeing on an API version it speaks.
-pub async fn connect_docker(path: &str) -> Result<Docker> {
-    let docker = Docker::connect_with_unix(path, 30, API_DEFAULT_VERSION).map_err(|source| {
-        Error::Docker {
-            what: format!("connecting to {path}"),
-            source,
-        }
-    })?;
-    docker
-        .negotiate_version()
-        .await
-        .map_err(|source| Error::Docker {
-            what: format!("talking to {path}"),
-            source,
-        })
-}
 
 /// The register's state: what it wrote, under which lease. Dropping it stops the lease's
 /// keep-alives (the entries then expire with the lease unless a new one takes them over).
@@ -152,6 +66,11 @@ struct Register {
     ensured: HashMap<String, std::net::SocketAddr>,
     /// Containers whose port differs from their service's frontend port (said once).
     disagreeing: HashSet<String>,
+    /// What this host may register (trust mode and host record), read at each reconcile.
+    allowance: Allowance,
+    /// Services this register does not create (trust mode hosts: waiting for an admin; or
+    /// etcd refused it), each said once.
+    uncreated: HashSet<String>,
     /// Keeps the lease alive, independently of Docker: the lease means "this register lives".
     keepalive: tokio::task::JoinHandle<()>,
     /// Becomes true when the lease is lost.
@@ -177,6 +96,8 @@ impl Register {
             "etcd lease granted"
         );
         let (tx, lost) = watch::channel(false);
+        let allowance = Allowance::read(&etcd, &cfg.etcd.prefix, &cfg.host_id).await?;
+        info!(host = %cfg.host_id, trust = %allowance.mode(), "writing under {}", crate::contract::host_prefix(&cfg.etcd.prefix, &cfg.host_id));
         let keepalive = tokio::spawn(keep_lease(etcd.clone(), lease, cfg.ttl, tx));
         stats.lease_grants.fetch_add(1, Ordering::Relaxed);
         stats.etcd_connected.store(true, Ordering::Relaxed);
@@ -191,6 +112,8 @@ impl Register {
             services: HashMap::new(),
             ensured: HashMap::new(),
             disagreeing: HashSet::new(),
+            allowance,
+            uncreated: HashSet::new(),
             keepalive,
             lost,
             stats,
@@ -225,10 +148,8 @@ impl Register {
             }
         }
         let opts = PutOptions::new().with_lease(self.lease);
-        retry(&format!("writing {key}"), || {
-            // A client is a cheap handle on a shared channel.
-            let (mut etcd, k, v, o) = (self.etcd.clone(), key.clone(), value.clone(), opts.clone());
-            async move { etcd.put(k, v, Some(o)).await }
+        retry(&self.etcd, &format!("writing {key}"), async |c| {
+            c.put(key.clone(), value.clone(), Some(opts.clone())).await
         })
         .await?;
         info!(%key, %value, "registered");
@@ -248,9 +169,8 @@ impl Register {
     }
 
     async fn delete(&mut self, key: &str) -> Result<()> {
-        retry(&format!("deleting {key}"), || {
-            let (mut etcd, k) = (self.etcd.clone(), key.to_owned());
-            async move { etcd.delete(k, None).await }
+        retry(&self.etcd, &format!("deleting {key}"), async |c| {
+            c.delete(key, None).await
         })
         .await?;
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
@@ -263,52 +183,6 @@ impl Register {
             .store(self.written.len() as u64, Ordering::Relaxed);
         s.unusable
             .store(self.reported.len() as u64, Ordering::Relaxed);
-    }
-
-    /// The entry for one container, reporting an unusable label once.
-    fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
-        let id = c.id.clone().unwrap_or_default();
-        let started = c
-            .state
-            .as_ref()
-            .and_then(|s| s.started_at.clone())
-            .unwrap_or_default();
-        match self.stopping.get(&id) {
-            Some(run) if *run == started => return None, // draining
-            Some(_) => {
-                self.stopping.remove(&id); // started again since
-            }
-            None => {}
-        }
-        if !ready(c) {
-            return None;
-        }
-        let reg = registration(c, &self.cfg);
-        if let Ok(Some(r)) = &reg {
-            self.services.entry(r.service.clone()).or_insert((
-                r.frontend_port,
-                r.proto,
-                r.addr.is_ipv6(),
-            ));
-            if let Some(frontend) = self.ensured.get(&r.service) {
-                if frontend.port() != r.frontend_port && self.disagreeing.insert(id.clone()) {
-                    info!(container = %short_id(&id), service = %r.service, %frontend, "the container's port {} differs from its service's frontend port: it is registered with its own port, and clients reach it through {frontend}", r.frontend_port);
-                }
-            }
-        }
-        match reg.and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose()) {
-            Ok(Some(e)) => {
-                self.reported.remove(&id);
-                Some(e)
-            }
-            Ok(None) => None,
-            Err(why) => {
-                if self.reported.insert(id.clone()) {
-                    warn!(container = %short_id(&id), "not registered: {why}");
-                }
-                None
-            }
-        }
     }
 
     /// Zero-configuration services: creates each labelled service that does not exist yet, at
@@ -327,9 +201,41 @@ impl Register {
             .collect();
         for (service, (port, proto, ipv6)) in todo {
             let prefix = self.cfg.etcd.prefix.clone();
-            let outcome =
-                crate::vips::ensure(&mut self.etcd, &prefix, &service, port, proto, ipv6, false)
-                    .await?;
+            if self.allowance.mode() == Mode::Hosts {
+                // Only an admin creates services in this mode: wait for one.
+                match crate::vips::frontend(&mut self.etcd, &prefix, &service).await? {
+                    Some(frontend) => {
+                        self.ensured.insert(service, frontend);
+                    }
+                    None if self.uncreated.insert(service.clone()) => {
+                        info!(%service, "service {service} does not exist yet: in trust mode hosts only an admin creates services (`ambassador service set {service} --port {port}`); its endpoints are registered and apply once it exists");
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            if self.uncreated.contains(&service) {
+                continue; // etcd refused creating it to this credential (said once)
+            }
+            let outcome = match crate::vips::ensure(
+                &mut self.etcd,
+                &prefix,
+                &service,
+                port,
+                proto,
+                ipv6,
+                false,
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(e @ Error::EtcdDenied { .. }) => {
+                    self.uncreated.insert(service.clone());
+                    warn!(%service, "service not created: {e}; its endpoints are registered and apply once an admin creates it");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let frontend = match outcome {
                 crate::vips::Outcome::Created(a) => {
                     info!(%service, frontend = %a, %proto, "service created for its labelled containers (frontend address allocated)");
@@ -338,77 +244,6 @@ impl Register {
                 crate::vips::Outcome::Existing(a) => a,
             };
             self.ensured.insert(service, frontend);
-        }
-        Ok(())
-    }
-
-    /// Lists the labelled running containers and syncs etcd with them.
-    async fn reconcile(&mut self, docker: &Docker) -> Result<usize> {
-        let filters = HashMap::from([("label".to_owned(), vec![labels::SERVICE.to_owned()])]);
-        let list = docker
-            .list_containers(Some(ListContainersOptions {
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|source| Error::Docker {
-                what: "listing containers".into(),
-                source,
-            })?;
-        let mut wanted = HashMap::new();
-        for summary in list {
-            let Some(id) = summary.id else { continue };
-            match docker.inspect_container(&id, None).await {
-                Ok(c) => {
-                    if let Some(kv) = self.entry_of(&c) {
-                        wanted.insert(id, kv);
-                    }
-                }
-                // Gone between the list and the inspect: not running any more.
-                Err(e) => debug!(container = %id, "inspect failed: {e}"),
-            }
-        }
-        let n = wanted.len();
-        self.sync(wanted).await?;
-        self.ensure_services().await?;
-        self.count();
-        Ok(n)
-    }
-
-    /// Acts on one container event.
-    async fn event(&mut self, docker: &Docker, change: Change, id: &str) -> Result<()> {
-        match change {
-            Change::Started | Change::Health => {
-                if change == Change::Started {
-                    self.stopping.remove(id);
-                }
-                match docker.inspect_container(id, None).await {
-                    Ok(c) => match self.entry_of(&c) {
-                        Some(kv) => {
-                            self.put(id, kv).await?;
-                            self.ensure_services().await?;
-                        }
-                        None => self.remove(id).await?,
-                    },
-                    Err(e) => debug!(container = %id, "inspect failed: {e}"),
-                }
-            }
-            // Leaving at the stop signal gives a container that drains on SIGTERM (see the
-            // README) time to finish while clients already go elsewhere. It stays out (even if
-            // a reconcile sees it still running and healthy) until it starts again.
-            Change::Stopping => {
-                let started = match docker.inspect_container(id, None).await {
-                    Ok(c) => c.state.and_then(|s| s.started_at).unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                self.stopping.insert(id.to_owned(), started);
-                self.remove(id).await?;
-            }
-            Change::Stopped => self.remove(id).await?,
-            Change::Gone => {
-                self.stopping.remove(id);
-                self.remove(id).await?;
-            }
         }
         Ok(())
     }
@@ -431,11 +266,13 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         Some(addr) => {
             let s = stats.clone();
             let render: metrics::Render = Arc::new(move || s.render());
-            Some(AbortOnDrop(metrics::serve(addr, render).await?.1))
+            Some(AbortOnDrop(
+                metrics::serve(addr, render).await?.1.abort_handle(),
+            ))
         }
         None => None,
     };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Reconnect::default();
     let mut reg: Option<Register> = None;
     let mut memory: Memory = Default::default();
     loop {
@@ -444,17 +281,19 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
             _ = term.recv() => None,
             _ = int.recv() => None,
         };
+        let delay;
         match outcome {
             None => {
                 info!("stopping; the entries stay until the lease expires, so a restarted register takes them over");
                 return Ok(());
             }
             Some(Ok(())) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 continue;
             }
             Some(Err(e)) => {
-                warn!("{e}; retrying in {backoff:?}");
+                delay = backoff.next_delay();
+                warn!("{e}; retrying in {delay:?}");
                 stats.docker_connected.store(false, Ordering::Relaxed);
                 if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
                     stats.etcd_connected.store(false, Ordering::Relaxed);
@@ -468,20 +307,10 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Aborts the task when dropped (the metrics server ends with the register).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

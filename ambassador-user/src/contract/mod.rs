@@ -1,24 +1,35 @@
-//! The etcd contract, v1 (DESIGN.md), as pure functions: keys and values in, a [`Desired`]
-//! state out. Other tools and people write these keys too, so everything is validated here and
-//! anything that does not parse is skipped (with a reason), never applied.
+//! The etcd contract, v1 (DESIGN.md), as pure functions: keys and values in, entries out.
+//! Other tools and people write these keys too, so everything is validated here and anything
+//! that does not parse is skipped (with a reason), never applied. [`Store`] keeps what was
+//! parsed and judges it (the trust model, `crate::trust`).
 //!
 //! ```text
-//! <prefix>/v1/services/<service>                 {"frontend":"10.96.0.10:3306","proto":"tcp"}
-//! <prefix>/v1/endpoints/<service>/<endpoint-id>  {"addr":"10.48.134.223:32769","weight":1,
-//!                                                 "host":"host2","container":"<id>"}
+//! <prefix>/v1/services/<service>                 {"frontend":"10.96.0.10:3306","proto":"tcp"}   admin
+//! <prefix>/v1/endpoints/<service>/<endpoint-id>  {"addr":"10.48.134.223:32769","weight":1}      admin (by hand)
 //!                                                or a bare 10.48.134.223:32769 (quoted or not)
-//! <prefix>/v1/vips/<address>                     <service>: an allocated frontend address
-//! <prefix>/v1/settings/vip-range                 10.96.0.0/12: where addresses are allocated
-//! <prefix>/v1/settings/vip-range6                fd00:10:96::/112: the same for IPv6
+//! <prefix>/v1/hosts/<host>/endpoints/<service>/<endpoint-id>
+//!                                                the same, published by <host>'s register        the host
+//! <prefix>/v1/host-policy/<host>                 {"addresses":["10.0.0.2/32"],"services":["db"]} admin
+//! <prefix>/v1/vips/<address>                     <service>: an allocated frontend address         admin
+//! <prefix>/v1/settings/vip-range                 10.96.0.0/12: where addresses are allocated      admin
+//! <prefix>/v1/settings/vip-range6                fd00:10:96::/112: the same for IPv6              admin
+//! <prefix>/v1/settings/trust                     open | hosts: whether host records are checked   admin
 //! ```
 
-use std::{collections::BTreeMap, net::SocketAddr};
+mod store;
 
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+pub use store::{Judged, PutOutcome, Store};
 
-use crate::model::{
-    check_endpoint_id, check_service_name, parse_addr, parse_proto, parse_weight, Desired,
-    Endpoint, Proto, ServiceSpec,
+use crate::{
+    model::{
+        check_endpoint_id, check_service_name, parse_addr, parse_proto, parse_weight, Endpoint,
+        Proto,
+    },
+    trust::{check_host_name, HostRecord, Mode},
 };
 
 /// Longest value accepted (a sane bound against hostile writers).
@@ -72,8 +83,25 @@ pub enum Entry {
     Endpoint {
         service: String,
         id: String,
+        /// The host that published it (`hosts/<host>/...`); None: added by hand (admin).
+        host: Option<String>,
         endpoint: Endpoint,
     },
+    /// What a host may publish.
+    HostPolicy { host: String, record: HostRecord },
+    /// An allocated frontend address.
+    Vip { ip: IpAddr, service: String },
+    /// A cluster setting.
+    Setting(Setting),
+}
+
+/// A cluster setting under `<prefix>/v1/settings/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `vip-range` or `vip-range6` (the family says which).
+    VipRange(IpNet),
+    /// `trust`.
+    Trust(Mode),
 }
 
 /// The key of a service.
@@ -89,7 +117,31 @@ pub fn endpoint_key(prefix: &str, service: &str, id: &str) -> String {
     )
 }
 
-/// The key prefix of a service's endpoints (or of all endpoints when `service` is None).
+/// The key of an endpoint published by `host`.
+pub fn host_endpoint_key(prefix: &str, host: &str, service: &str, id: &str) -> String {
+    format!(
+        "{}/v1/hosts/{host}/endpoints/{service}/{id}",
+        prefix.trim_end_matches('/')
+    )
+}
+
+/// The key prefix a host's credential may write (`auth add-host`).
+pub fn host_prefix(prefix: &str, host: &str) -> String {
+    format!("{}/v1/hosts/{host}/", prefix.trim_end_matches('/'))
+}
+
+/// The key of a host's record.
+pub fn host_policy_key(prefix: &str, host: &str) -> String {
+    format!("{}/v1/host-policy/{host}", prefix.trim_end_matches('/'))
+}
+
+/// The key of the trust mode.
+pub fn trust_key(prefix: &str) -> String {
+    format!("{}/v1/settings/trust", prefix.trim_end_matches('/'))
+}
+
+/// The key prefix of the endpoints added by hand to a service (or to all services when
+/// `service` is None).
 pub fn endpoints_prefix(prefix: &str, service: Option<&str>) -> String {
     match service {
         Some(s) => format!("{}/v1/endpoints/{s}/", prefix.trim_end_matches('/')),
@@ -138,10 +190,30 @@ pub enum Key<'a> {
         /// The endpoint id (not validated).
         id: &'a str,
     },
-    /// `<prefix>/v1/vips/<address>`: an allocation (not part of the desired state).
-    Vip,
-    /// `<prefix>/v1/settings/<name>`: a cluster setting (not part of the desired state).
-    Setting,
+    /// `<prefix>/v1/hosts/<host>/endpoints/<service>/<id>`.
+    HostEndpoint {
+        /// The publishing host (not validated).
+        host: &'a str,
+        /// The service name (not validated).
+        service: &'a str,
+        /// The endpoint id (not validated).
+        id: &'a str,
+    },
+    /// `<prefix>/v1/host-policy/<host>`.
+    HostPolicy {
+        /// The host (not validated).
+        host: &'a str,
+    },
+    /// `<prefix>/v1/vips/<address>`: an allocation.
+    Vip {
+        /// The address (not validated).
+        addr: &'a str,
+    },
+    /// `<prefix>/v1/settings/<name>`: a cluster setting.
+    Setting {
+        /// Its name.
+        name: &'a str,
+    },
     /// Under `<prefix>/v1/` but none of these.
     Unknown,
 }
@@ -156,8 +228,10 @@ impl<'a> Key<'a> {
         Some(match rest.split('/').collect::<Vec<_>>().as_slice() {
             ["services", name] => Key::Service { name },
             ["endpoints", service, id] => Key::Endpoint { service, id },
-            ["vips", _] => Key::Vip,
-            ["settings", _] => Key::Setting,
+            ["hosts", host, "endpoints", service, id] => Key::HostEndpoint { host, service, id },
+            ["host-policy", host] => Key::HostPolicy { host },
+            ["vips", addr] => Key::Vip { addr },
+            ["settings", name] => Key::Setting { name },
             _ => Key::Unknown,
         })
     }
@@ -193,20 +267,75 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Option<Entry>, St
                 proto: parse_proto(&v.proto)?,
             }))
         }
-        Key::Endpoint { service, id } => {
-            check_service_name(service)?;
-            check_endpoint_id(id)?;
-            Ok(Some(Entry::Endpoint {
-                service: service.to_owned(),
-                id: id.to_owned(),
-                endpoint: parse_endpoint(value)?,
+        Key::Endpoint { service, id } => endpoint_entry(service, id, None, value).map(Some),
+        Key::HostEndpoint { host, service, id } => {
+            check_host_name(host)?;
+            endpoint_entry(service, id, Some(host), value).map(Some)
+        }
+        Key::HostPolicy { host } => {
+            check_host_name(host)?;
+            Ok(Some(Entry::HostPolicy {
+                host: host.to_owned(),
+                record: HostRecord::parse(value)?,
             }))
         }
-        Key::Vip | Key::Setting => Ok(None),
+        Key::Vip { addr } => {
+            let ip: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("allocation key {addr:?} is not an address"))?;
+            let service = value.trim();
+            check_service_name(service)?;
+            Ok(Some(Entry::Vip {
+                ip,
+                service: service.to_owned(),
+            }))
+        }
+        Key::Setting { name } => setting(name, value).map(|s| s.map(Entry::Setting)),
         Key::Unknown => Err(
-            "not a v1 services/<name>, endpoints/<service>/<id>, vips/<address> or settings/<name> key"
+            "not a v1 services/<name>, endpoints/<service>/<id>, hosts/<host>/endpoints/<service>/<id>, host-policy/<host>, vips/<address> or settings/<name> key"
                 .into(),
         ),
+    }
+}
+
+fn endpoint_entry(
+    service: &str,
+    id: &str,
+    host: Option<&str>,
+    value: &str,
+) -> Result<Entry, String> {
+    check_service_name(service)?;
+    check_endpoint_id(id)?;
+    Ok(Entry::Endpoint {
+        service: service.to_owned(),
+        id: id.to_owned(),
+        host: host.map(str::to_owned),
+        endpoint: parse_endpoint(value)?,
+    })
+}
+
+/// A setting; `Ok(None)` for names this version does not know (a newer one may).
+fn setting(name: &str, value: &str) -> Result<Option<Setting>, String> {
+    let range = |ipv6: bool| {
+        let net: IpNet = value.trim().parse().map_err(|_| {
+            format!(
+                "{name} {:?} is not a network like 10.96.0.0/12",
+                value.trim()
+            )
+        })?;
+        if net.addr().is_ipv6() != ipv6 {
+            return Err(format!(
+                "{name} must be an {} range",
+                if ipv6 { "IPv6" } else { "IPv4" }
+            ));
+        }
+        Ok(Some(Setting::VipRange(net.trunc())))
+    };
+    match name {
+        "vip-range" => range(false),
+        "vip-range6" => range(true),
+        "trust" => Mode::parse(value).map(|m| Some(Setting::Trust(m))),
+        _ => Ok(None),
     }
 }
 
@@ -232,108 +361,6 @@ fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
         addr: parse_addr(&v.addr).map_err(|m| format!("endpoint: {m}"))?,
         weight,
     })
-}
-
-/// The contract's contents as last seen: what was parsed, by key.
-#[derive(Clone, Debug, Default)]
-pub struct Store {
-    services: BTreeMap<String, (SocketAddr, Proto)>,
-    endpoints: BTreeMap<(String, String), Endpoint>,
-    /// Keys whose current value is malformed, with the reason.
-    pub malformed: BTreeMap<String, String>,
-}
-
-/// What a `put` did to the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PutOutcome {
-    /// Parsed and stored.
-    Stored,
-    /// Not part of the v1 contract; ignored.
-    Ignored,
-    /// Malformed: skipped (the key's previous value, if any, is dropped too).
-    Malformed(String),
-}
-
-impl Store {
-    /// Records a key's new value.
-    pub fn put(&mut self, prefix: &str, key: &[u8], value: &[u8]) -> PutOutcome {
-        let key_str = String::from_utf8_lossy(key).into_owned();
-        self.remove_key(prefix, key);
-        match parse(prefix, key, value) {
-            Ok(Some(Entry::Service {
-                name,
-                frontend,
-                proto,
-            })) => {
-                self.services.insert(name, (frontend, proto));
-                PutOutcome::Stored
-            }
-            Ok(Some(Entry::Endpoint {
-                service,
-                id,
-                endpoint,
-            })) => {
-                self.endpoints.insert((service, id), endpoint);
-                PutOutcome::Stored
-            }
-            Ok(None) => PutOutcome::Ignored,
-            Err(reason) => {
-                self.malformed.insert(key_str, reason.clone());
-                PutOutcome::Malformed(reason)
-            }
-        }
-    }
-
-    /// Records a key's deletion.
-    pub fn delete(&mut self, prefix: &str, key: &[u8]) {
-        self.remove_key(prefix, key);
-    }
-
-    fn remove_key(&mut self, prefix: &str, key: &[u8]) {
-        let key_str = String::from_utf8_lossy(key);
-        self.malformed.remove(key_str.as_ref());
-        match Key::split(prefix, &key_str) {
-            Some(Key::Service { name }) => {
-                self.services.remove(name);
-            }
-            Some(Key::Endpoint { service, id }) => {
-                self.endpoints.remove(&(service.to_owned(), id.to_owned()));
-            }
-            _ => {}
-        }
-    }
-
-    /// The desired state, and the services left out because another service (first by name)
-    /// already claims their frontend.
-    pub fn desired(&self) -> (Desired, Vec<String>) {
-        let mut desired = Desired::new();
-        let mut claimed: BTreeMap<(SocketAddr, Proto), &str> = BTreeMap::new();
-        let mut conflicts = Vec::new();
-        for (name, &(frontend, proto)) in &self.services {
-            if let Some(owner) = claimed.get(&(frontend, proto)) {
-                conflicts.push(format!(
-                    "service {name:?} left out: frontend {frontend}/{proto} already belongs to {owner:?}"
-                ));
-                continue;
-            }
-            claimed.insert((frontend, proto), name);
-            let endpoints = self
-                .endpoints
-                .range((name.clone(), String::new())..)
-                .take_while(|((s, _), _)| s == name)
-                .map(|(_, e)| e.clone())
-                .collect();
-            desired.insert(
-                name.clone(),
-                ServiceSpec {
-                    frontend,
-                    proto,
-                    endpoints,
-                },
-            );
-        }
-        (desired, conflicts)
-    }
 }
 
 #[cfg(test)]
@@ -372,6 +399,7 @@ mod tests {
                 Entry::Endpoint {
                     service: "db".into(),
                     id: "h2-abc".into(),
+                    host: None,
                     endpoint: Endpoint {
                         addr: "10.48.134.223:32769".parse().unwrap(),
                         weight
@@ -454,49 +482,5 @@ mod tests {
         }
         let huge = vec![b' '; MAX_VALUE_LEN + 1];
         assert!(parse(P, b"/ambassador/v1/endpoints/db/x", &huge).is_err());
-    }
-
-    #[test]
-    fn store_follows_puts_and_deletes_and_resolves_frontend_conflicts() {
-        let mut s = Store::default();
-        assert_eq!(
-            s.put(
-                P,
-                b"/ambassador/v1/services/b",
-                br#"{"frontend":"10.96.0.1:80"}"#
-            ),
-            PutOutcome::Stored
-        );
-        assert_eq!(
-            s.put(
-                P,
-                b"/ambassador/v1/services/a",
-                br#"{"frontend":"10.96.0.1:80"}"#
-            ),
-            PutOutcome::Stored
-        );
-        s.put(P, b"/ambassador/v1/endpoints/a/1", b"10.0.0.1:80");
-        s.put(P, b"/ambassador/v1/endpoints/b/1", b"10.0.0.2:80");
-        s.put(P, b"/ambassador/v1/endpoints/ab/1", b"10.0.0.9:80"); // a prefix of neither
-        let (d, conflicts) = s.desired();
-        assert_eq!(d.keys().collect::<Vec<_>>(), ["a"]);
-        assert_eq!(d["a"].endpoints.len(), 1);
-        assert_eq!(conflicts.len(), 1);
-        assert!(conflicts[0].contains("\"b\""));
-
-        // A malformed update replaces the good value: the key is skipped, not half-applied.
-        assert!(matches!(
-            s.put(P, b"/ambassador/v1/endpoints/a/1", b"garbage"),
-            PutOutcome::Malformed(_)
-        ));
-        assert!(s.desired().0["a"].endpoints.is_empty());
-        assert_eq!(s.malformed.len(), 1);
-        s.delete(P, b"/ambassador/v1/endpoints/a/1");
-        assert!(s.malformed.is_empty());
-        s.delete(P, b"/ambassador/v1/services/a");
-        let (d, conflicts) = s.desired();
-        assert_eq!(d.keys().collect::<Vec<_>>(), ["b"]);
-        assert!(conflicts.is_empty());
-        assert_eq!(s.put(P, b"/ambassador/v2/x", b"y"), PutOutcome::Ignored);
     }
 }

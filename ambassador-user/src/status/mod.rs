@@ -7,12 +7,16 @@ use serde::Serialize;
 
 use ambassador_common::{source, suspicion, ServiceStats};
 
+mod metrics;
+mod xdp;
+pub use metrics::write_metrics;
+pub use xdp::{XdpInterface, XdpStatus};
+
 use crate::{
     error::Result,
     gc::{self, Timeouts},
     heartbeat::{self, unix_ms},
     maps::Maps,
-    metrics::{Kind, Page},
     model::Proto,
 };
 
@@ -37,6 +41,13 @@ pub struct ControlPlane {
     pub conflicts: u64,
     /// Endpoints the backend policy leaves out (refused ranges, `--allow-backend`).
     pub refused_endpoints: u32,
+    /// Services whose frontend this host refuses (outside the VIP ranges and
+    /// `--allow-frontend`, or one of its own addresses): never rewritten.
+    pub refused_frontends: u32,
+    /// Endpoints a host published that its host record does not allow.
+    pub refused_host_endpoints: u32,
+    /// The cluster's trust mode: "open", "hosts", or "local" (a configuration file).
+    pub trust: &'static str,
     /// Program links pinned (TCX and cgroup): the datapath stays attached while no daemon runs.
     pub links_pinned: usize,
     /// What the pinned links attach: `tc <iface>` per interface, `sock` for the socket
@@ -87,6 +98,8 @@ pub struct Status {
     pub sockets: usize,
     /// Use of each map against its capacity.
     pub capacity: CapacityUse,
+    /// The `xdp` datapath's forwarding (absent without it).
+    pub xdp: Option<XdpStatus>,
 }
 
 /// One service.
@@ -241,6 +254,13 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         malformed: info.malformed,
         conflicts: info.conflicts,
         refused_endpoints: info.refused,
+        refused_frontends: info.refused_frontends,
+        refused_host_endpoints: info.refused_host_endpoints,
+        trust: match info.trust {
+            ambassador_common::trust::OPEN => "open",
+            ambassador_common::trust::HOSTS => "hosts",
+            _ => "local",
+        },
         links_pinned: std::fs::read_dir(pin_dir.join("links")).map_or(0, |d| d.count()),
         datapaths: crate::loader::attached_datapaths(pin_dir),
         applied_age_ms: (info.applied_unix_ms != 0)
@@ -268,6 +288,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     };
     Ok(Status {
         capacity,
+        xdp: xdp::read(&maps, pin_dir)?,
         control_plane,
         reasons: maps.reasons()?,
         flows: live.len() - closing_flows,
@@ -317,10 +338,27 @@ fn render_control_plane(c: &ControlPlane) -> String {
             c.malformed, c.conflicts
         ));
     }
+    match c.trust {
+        "open" => line.push_str("trust: open: any etcd writer's endpoints apply, no host records are checked (`ambassador auth init` confines each host to its own)\n"),
+        "hosts" => line.push_str("trust: hosts: a host's endpoints apply only as its host record allows\n"),
+        _ => {}
+    }
     if c.refused_endpoints > 0 {
         line.push_str(&format!(
             "refused: {} endpoints the backend policy leaves out (the daemon's log says which and why)\n",
             c.refused_endpoints
+        ));
+    }
+    if c.refused_frontends > 0 {
+        line.push_str(&format!(
+            "refused: {} services whose frontend is outside the VIP ranges and --allow-frontend, or this host's own address: never rewritten (the daemon's log says which)\n",
+            c.refused_frontends
+        ));
+    }
+    if c.refused_host_endpoints > 0 {
+        line.push_str(&format!(
+            "refused: {} endpoints published by hosts their host record does not allow (the daemon's log says which)\n",
+            c.refused_host_endpoints
         ));
     }
     if c.over_capacity > 0 {
@@ -413,244 +451,9 @@ pub fn render(status: &Status) -> String {
         status.flows, status.closing_flows, status.sockets
     );
     let _ = writeln!(out, "verdicts: {}", reasons.join(" "));
+    if let Some(x) = &status.xdp {
+        xdp::render(x, &mut out);
+    }
     out.push_str(&render_capacity(&status.capacity));
     out
-}
-
-/// Writes the report as Prometheus metrics (the daemon serves them at `--metrics-addr`).
-pub fn write_metrics(status: &Status, page: &mut Page) {
-    let c = &status.control_plane;
-    let b = |v: bool| if v { 1.0 } else { 0.0 };
-    page.single(
-        "ambassador_daemon_running",
-        Kind::Gauge,
-        "Whether the daemon's heartbeat in the pinned maps is recent.",
-        b(c.daemon_running),
-    );
-    page.single(
-        "ambassador_etcd_connected",
-        Kind::Gauge,
-        "Whether the etcd watch is established (0 while etcd is unreachable: forwarding goes on with the last state).",
-        b(c.etcd_connected),
-    );
-    page.single(
-        "ambassador_etcd_state_seconds",
-        Kind::Gauge,
-        "Seconds since the etcd connection last changed state.",
-        c.state_age_ms as f64 / 1000.0,
-    );
-    page.single(
-        "ambassador_etcd_revision",
-        Kind::Gauge,
-        "The etcd revision the maps reflect.",
-        c.etcd_revision as f64,
-    );
-    page.single(
-        "ambassador_etcd_malformed_values_total",
-        Kind::Counter,
-        "Malformed etcd values skipped (each key and revision once).",
-        c.malformed as f64,
-    );
-    page.single(
-        "ambassador_etcd_frontend_conflicts",
-        Kind::Gauge,
-        "Services left out because another service holds their frontend.",
-        c.conflicts as f64,
-    );
-    page.single(
-        "ambassador_refused_endpoints",
-        Kind::Gauge,
-        "Endpoints the backend policy leaves out.",
-        c.refused_endpoints as f64,
-    );
-    page.single(
-        "ambassador_links_pinned",
-        Kind::Gauge,
-        "Program links pinned (TCX and cgroup links): they forward even while no daemon runs.",
-        c.links_pinned as f64,
-    );
-    if let Some(age) = c.applied_age_ms {
-        page.single(
-            "ambassador_applied_age_seconds",
-            Kind::Gauge,
-            "Seconds since a desired state was last applied to the maps.",
-            age as f64 / 1000.0,
-        );
-    }
-    page.single(
-        "ambassador_services",
-        Kind::Gauge,
-        "Services installed in the maps.",
-        status.services.len() as f64,
-    );
-    page.single(
-        "ambassador_over_capacity",
-        Kind::Gauge,
-        "Services and endpoints left out of the applied state because a map is full.",
-        c.over_capacity as f64,
-    );
-    let cap = &status.capacity;
-    let maps = [
-        ("services", &cap.services),
-        ("backends", &cap.backends),
-        ("slots", &cap.slots),
-        ("flows", &cap.flows),
-    ];
-    page.family(
-        "ambassador_map_capacity",
-        Kind::Gauge,
-        "Entries each kind of map holds (fixed when the maps were created).",
-    );
-    for (m, u) in maps {
-        page.sample(
-            "ambassador_map_capacity",
-            &[("map", m)],
-            f64::from(u.capacity),
-        );
-    }
-    page.family(
-        "ambassador_map_entries",
-        Kind::Gauge,
-        "Entries in use in each kind of map.",
-    );
-    for (m, u) in maps {
-        page.sample("ambassador_map_entries", &[("map", m)], u.used as f64);
-    }
-    page.family(
-        "ambassador_flows",
-        Kind::Gauge,
-        "Flows tracked, by state (closing: saw FIN or RST).",
-    )
-    .sample(
-        "ambassador_flows",
-        &[("state", "established")],
-        status.flows as f64,
-    )
-    .sample(
-        "ambassador_flows",
-        &[("state", "closing")],
-        status.closing_flows as f64,
-    );
-    page.family(
-        "ambassador_verdicts_total",
-        Kind::Counter,
-        "Packets by datapath verdict over all services; every reason other than forwarded and reverse_nat is a drop.",
-    );
-    for (reason, n) in &status.reasons {
-        page.sample(
-            "ambassador_verdicts_total",
-            &[("reason", reason)],
-            *n as f64,
-        );
-    }
-
-    type Family = (&'static str, Kind, &'static str, fn(&ServiceStatus) -> f64);
-    let families: [Family; 8] = [
-        (
-            "ambassador_service_packets_total",
-            Kind::Counter,
-            "Packets rewritten from the frontend to a backend.",
-            |s| s.counters.packets as f64,
-        ),
-        (
-            "ambassador_service_bytes_total",
-            Kind::Counter,
-            "IPv4 bytes of the packets rewritten to a backend.",
-            |s| s.counters.bytes as f64,
-        ),
-        (
-            "ambassador_service_reply_packets_total",
-            Kind::Counter,
-            "Replies rewritten back to the frontend.",
-            |s| s.counters.reply_packets as f64,
-        ),
-        (
-            "ambassador_service_reply_bytes_total",
-            Kind::Counter,
-            "IPv4 bytes of the replies.",
-            |s| s.counters.reply_bytes as f64,
-        ),
-        (
-            "ambassador_service_new_flows_total",
-            Kind::Counter,
-            "Flows started.",
-            |s| s.counters.new_flows as f64,
-        ),
-        (
-            "ambassador_service_drops_total",
-            Kind::Counter,
-            "Packets to the service dropped (ambassador_verdicts_total says why).",
-            |s| s.counters.drops as f64,
-        ),
-        (
-            "ambassador_service_flows",
-            Kind::Gauge,
-            "Established flows.",
-            |s| s.flows as f64,
-        ),
-        (
-            "ambassador_service_sockets",
-            Kind::Gauge,
-            "Sockets the socket datapath translated to the service's backends.",
-            |s| s.sockets as f64,
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        page.family(name, kind, help);
-        for s in &status.services {
-            let proto = s.proto.to_string();
-            page.sample(
-                name,
-                &[
-                    ("service", &s.name),
-                    ("frontend", &s.frontend),
-                    ("proto", &proto),
-                ],
-                value(s),
-            );
-        }
-    }
-    type BackendFamily = (&'static str, &'static str, fn(&BackendStatus) -> f64);
-    let backend_families: [BackendFamily; 2] = [
-        (
-            "ambassador_backend_flows",
-            "Established flows per backend.",
-            |b| b.flows as f64,
-        ),
-        (
-            "ambassador_backend_sockets",
-            "Sockets the socket datapath translated to each backend.",
-            |b| b.sockets as f64,
-        ),
-    ];
-    for (name, help, value) in backend_families {
-        page.family(name, Kind::Gauge, help);
-        for s in &status.services {
-            for bk in &s.backends {
-                page.sample(
-                    name,
-                    &[
-                        ("service", &s.name),
-                        ("backend", &bk.addr),
-                        ("state", bk.state),
-                    ],
-                    value(bk),
-                );
-            }
-        }
-    }
-    page.family(
-        "ambassador_backend_suspect",
-        Kind::Gauge,
-        "1 while this host's datapath holds the backend suspect (it refused or ignored a new flow): new flows avoid it.",
-    );
-    for s in &status.services {
-        for bk in &s.backends {
-            page.sample(
-                "ambassador_backend_suspect",
-                &[("service", &s.name), ("backend", &bk.addr)],
-                f64::from(u8::from(bk.suspect.is_some())),
-            );
-        }
-    }
 }

@@ -5,17 +5,23 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use ambassador_common::{source, suspicion, DaemonInfo, HealthEvent};
+use ambassador_common::{source, DaemonInfo};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::watch,
 };
 use tracing::{error, info, warn};
+
+mod follow;
+mod telemetry;
+
+use follow::follow_kernel_log;
+use telemetry::{render_metrics, Telemetry};
 
 use crate::{
     config,
@@ -23,13 +29,12 @@ use crate::{
     etcd::{self, EtcdOptions, Snapshot},
     gc::{self, Timeouts},
     heartbeat::{self, unix_ms},
-    loader,
-    maps::Maps,
-    metrics::{self, Histogram, Kind, Page},
-    model::{Desired, Proto},
+    loader, metrics,
+    model::Desired,
     policy::{BackendPolicy, Refusal},
-    reconcile::{self, Installed, Op},
-    sockets, status,
+    reconcile::Installed,
+    tables,
+    trust::{self, FrontendPolicy, FrontendRefusal, FrontendScope},
 };
 
 /// Where the desired state comes from.
@@ -56,6 +61,8 @@ pub struct RunConfig {
     pub timeouts: Timeouts,
     /// Where backends may point.
     pub policy: BackendPolicy,
+    /// Where frontends may be, beyond the cluster's VIP ranges.
+    pub frontends: FrontendPolicy,
     /// Where Prometheus metrics are served (none: not served).
     pub metrics_addr: Option<SocketAddr>,
     /// The DNS responder (none: not served).
@@ -71,203 +78,6 @@ pub struct RunConfig {
 /// Exit code when a stop outlasts `--grace-period` (EX_SOFTWARE).
 pub const EXIT_GRACE_EXCEEDED: i32 = 70;
 
-/// Installs `desired` op by op, keeping `installed` equal to the maps. Returns the op count.
-/// A backend written or removed is no longer suspect: its entry changed, and etcd (or the
-/// file) is the source of truth.
-pub fn converge(maps: &mut Maps, installed: &mut Installed, desired: &Desired) -> Result<usize> {
-    reconcile::validate(desired)?;
-    let ops = reconcile::plan(installed, desired);
-    for op in &ops {
-        maps.apply(op)?;
-        installed.apply(op);
-        if let Op::PutBackend { id, .. } | Op::DeleteBackend { id } = op {
-            maps.clear_suspect(*id)?;
-        }
-    }
-    Ok(ops.len())
-}
-
-/// What one garbage collection removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Collected {
-    /// Expired TC flows.
-    pub flows: usize,
-    /// Translations of the socket datapath whose socket is gone or idle.
-    pub sockets: usize,
-    /// Terminating backends no flow or socket uses any more.
-    pub backends: usize,
-}
-
-/// Removes expired flows and socket translations, then drained terminating backends.
-pub fn collect_garbage(
-    maps: &mut Maps,
-    installed: &mut Installed,
-    timeouts: &Timeouts,
-) -> Result<Collected> {
-    let now = gc::monotonic_ns();
-    let mut used = BTreeSet::new();
-    let mut done = Collected::default();
-    for flow in maps.flows()? {
-        if gc::expired(&flow, now, timeouts) || !installed.backends.contains_key(&flow.backend_id) {
-            maps.delete_flow(&flow)?;
-            done.flows += 1;
-        } else {
-            used.insert(flow.backend_id);
-        }
-    }
-    for entry in maps.sock_entries()? {
-        if gc::sock_expired(&entry, now, timeouts)
-            || !installed.backends.contains_key(&entry.backend_id)
-        {
-            maps.delete_sock_entry(&entry)?;
-            done.sockets += 1;
-        } else {
-            used.insert(entry.backend_id);
-        }
-    }
-    let drained = gc::drained_backends(installed, &used);
-    for id in &drained {
-        let op = Op::DeleteBackend { id: *id };
-        maps.apply(&op)?;
-        installed.apply(&op);
-        maps.clear_suspect(*id)?;
-    }
-    done.backends = drained.len();
-    Ok(done)
-}
-
-/// What the daemon measures about itself, for the metrics page.
-struct Telemetry {
-    /// etcd response received -> maps updated.
-    lag: Histogram,
-    /// Desired states applied, and those that failed to apply.
-    applies: u64,
-    apply_failures: u64,
-    /// Flows and drained backends removed by the garbage collector.
-    gc_flows: u64,
-    gc_sockets: u64,
-    gc_backends: u64,
-    /// Sockets destroyed because their backend went.
-    sockets_destroyed: u64,
-    /// Backends the datapath found refusing, or silent, and how many answered again.
-    suspected_refused: u64,
-    suspected_silent: u64,
-    recovered: u64,
-}
-
-impl Default for Telemetry {
-    fn default() -> Self {
-        Self {
-            lag: Histogram::new(metrics::LAG_BUCKETS),
-            applies: 0,
-            apply_failures: 0,
-            gc_flows: 0,
-            gc_sockets: 0,
-            gc_backends: 0,
-            sockets_destroyed: 0,
-            suspected_refused: 0,
-            suspected_silent: 0,
-            recovered: 0,
-        }
-    }
-}
-
-/// The metrics page: the status read from the pinned maps, then the daemon's own figures.
-fn render_metrics(
-    pin_dir: &Path,
-    telemetry: &Mutex<Telemetry>,
-    dns: Option<&crate::dns::DnsStats>,
-) -> String {
-    let mut page = Page::default();
-    match status::read(pin_dir) {
-        Ok(s) => {
-            page.single(
-                "ambassador_maps_readable",
-                Kind::Gauge,
-                "Whether the pinned maps could be read for this page.",
-                1.0,
-            );
-            status::write_metrics(&s, &mut page);
-        }
-        Err(e) => {
-            warn!("metrics: reading the pinned maps failed: {e}");
-            page.single(
-                "ambassador_maps_readable",
-                Kind::Gauge,
-                "Whether the pinned maps could be read for this page.",
-                0.0,
-            );
-        }
-    }
-    let t = telemetry.lock().unwrap_or_else(|p| p.into_inner());
-    t.lag.write(
-        &mut page,
-        "ambassador_control_plane_lag_seconds",
-        "From an etcd response arriving to the maps holding it.",
-    );
-    page.single(
-        "ambassador_applies_total",
-        Kind::Counter,
-        "Desired states applied to the maps.",
-        t.applies as f64,
-    );
-    page.single(
-        "ambassador_apply_failures_total",
-        Kind::Counter,
-        "Desired states that failed to apply (the maps keep the previous one).",
-        t.apply_failures as f64,
-    );
-    page.single(
-        "ambassador_gc_flows_removed_total",
-        Kind::Counter,
-        "Expired flows removed by the garbage collector.",
-        t.gc_flows as f64,
-    );
-    page.single(
-        "ambassador_gc_backends_removed_total",
-        Kind::Counter,
-        "Drained terminating backends removed.",
-        t.gc_backends as f64,
-    );
-    page.single(
-        "ambassador_gc_sockets_removed_total",
-        Kind::Counter,
-        "Socket-datapath translations removed (an unconnected socket idle past --udp-timeout, or a backend gone).",
-        t.gc_sockets as f64,
-    );
-    page.family(
-        "ambassador_backend_suspicions_total",
-        Kind::Counter,
-        "Backends this host's datapath found failing new flows, by how (refused: RST to a SYN; silent: a SYN retransmitted unanswered).",
-    )
-    .sample(
-        "ambassador_backend_suspicions_total",
-        &[("reason", "refused")],
-        t.suspected_refused as f64,
-    )
-    .sample(
-        "ambassador_backend_suspicions_total",
-        &[("reason", "silent")],
-        t.suspected_silent as f64,
-    );
-    page.single(
-        "ambassador_backend_recoveries_total",
-        Kind::Counter,
-        "Suspect backends that answered a new flow again.",
-        t.recovered as f64,
-    );
-    page.single(
-        "ambassador_sockets_destroyed_total",
-        Kind::Counter,
-        "Sockets the socket datapath connected to a backend that went (UDP: also one that left its service), destroyed so the application reconnects.",
-        t.sockets_destroyed as f64,
-    );
-    if let Some(dns) = dns {
-        dns.write(&mut page);
-    }
-    page.finish()
-}
-
 /// The daemon's state between events.
 struct State {
     dp: loader::Datapath,
@@ -275,8 +85,18 @@ struct State {
     info: DaemonInfo,
     applied: Option<Arc<Desired>>,
     policy: BackendPolicy,
-    /// Endpoints refused by the policy at the last apply (each warned about once).
+    /// Endpoints refused by the policy or their host's record at the last apply (each warned
+    /// about once).
     refused: BTreeSet<Refusal>,
+    frontends: FrontendPolicy,
+    /// Where the cluster places frontends (None: a local file, trusted).
+    scope: Option<Arc<FrontendScope>>,
+    /// Endpoints the host records leave out, as last heard from etcd.
+    host_refused: Arc<Vec<Refusal>>,
+    /// Services refused for their frontend at the last apply (each warned about once).
+    refused_frontends: BTreeSet<FrontendRefusal>,
+    /// This host's addresses could not be read (said once).
+    own_unknown: bool,
     /// Services and endpoints left out for want of map capacity at the last apply (each
     /// warned about once).
     left_out: BTreeSet<String>,
@@ -290,14 +110,17 @@ struct State {
 impl State {
     /// Applies `desired`; `received` is when it arrived from etcd (for the lag).
     fn apply(&mut self, desired: &Desired, why: &str, received: Option<Instant>) {
-        let (desired, refused) = self.policy.filter(desired);
+        let desired = self.judge_frontends(desired);
+        let (desired, mut refused) = self.policy.filter(&desired);
+        self.info.refused = refused.len() as u32;
+        self.info.refused_host_endpoints = self.host_refused.len() as u32;
+        refused.extend(self.host_refused.iter().cloned());
         for r in &refused {
             if !self.refused.contains(r) {
                 warn!("{r}");
             }
         }
         self.refused = refused.into_iter().collect();
-        self.info.refused = self.refused.len() as u32;
         let (desired, left_out) = self.dp.capacity.fit(&desired);
         for l in &left_out {
             if !self.left_out.contains(l) {
@@ -307,7 +130,7 @@ impl State {
         self.left_out = left_out.into_iter().collect();
         self.info.over_capacity = self.left_out.len() as u32;
         let desired = &desired;
-        let result = converge(&mut self.dp.maps, &mut self.installed, desired);
+        let result = tables::converge(&mut self.dp.maps, &mut self.installed, desired);
         let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(changes) => {
@@ -332,6 +155,26 @@ impl State {
         }
     }
 
+    /// `desired` without the services whose frontend this host refuses (each warned about
+    /// once).
+    fn judge_frontends(&mut self, desired: &Desired) -> Desired {
+        let own = trust::own_addresses().unwrap_or_else(|e| {
+            if !std::mem::replace(&mut self.own_unknown, true) {
+                warn!("cannot read this host's addresses, so frontends are not checked against them: {e}");
+            }
+            BTreeSet::new()
+        });
+        let (desired, refused) = self.frontends.filter(desired, self.scope.as_deref(), &own);
+        for r in &refused {
+            if !self.refused_frontends.contains(r) {
+                warn!("{r}");
+            }
+        }
+        self.refused_frontends = refused.into_iter().collect();
+        self.info.refused_frontends = self.refused_frontends.len() as u32;
+        desired
+    }
+
     /// Keeps the XDP program on the interfaces towards the current backends.
     fn follow_xdp_backends(&mut self) {
         let backends = self.installed.backends.values().map(|b| b.addr.ip());
@@ -344,6 +187,12 @@ impl State {
         self.info.etcd_revision = snap.revision.max(0) as u64;
         self.info.malformed = snap.malformed;
         self.info.conflicts = snap.conflicts;
+        self.info.trust = match snap.mode {
+            trust::Mode::Open => ambassador_common::trust::OPEN,
+            trust::Mode::Hosts => ambassador_common::trust::HOSTS,
+        };
+        self.scope = Some(snap.scope.clone());
+        self.host_refused = snap.host_refused.clone();
         if let Some(desired) = &snap.desired {
             if !self
                 .applied
@@ -398,6 +247,11 @@ impl State {
             applied: None,
             policy: cfg.policy.clone(),
             refused: BTreeSet::new(),
+            frontends: cfg.frontends.clone(),
+            scope: None,
+            host_refused: Arc::default(),
+            refused_frontends: BTreeSet::new(),
+            own_unknown: false,
             left_out: BTreeSet::new(),
             telemetry: Arc::default(),
             destroy_refused: false,
@@ -405,105 +259,12 @@ impl State {
         })
     }
 
-    /// Logs and counts the backend health transitions the datapath reported.
-    fn health_events(&mut self, ring: &mut loader::HealthEvents) {
-        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<HealthEvent>() {
-                continue;
-            }
-            // SAFETY: the datapath writes whole HealthEvents (checked length; any bit pattern
-            // is a valid value).
-            let ev: HealthEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let backend = self
-                .installed
-                .backends
-                .get(&ev.backend_id)
-                .map_or_else(|| format!("id {}", ev.backend_id), |b| b.addr.to_string());
-            let service = self
-                .installed
-                .names
-                .get(&ev.service_id)
-                .cloned()
-                .unwrap_or_else(|| format!("id {}", ev.service_id));
-            let retry_s = suspicion::backoff_ns(ev.strikes) / 1_000_000_000;
-            match ev.reason {
-                suspicion::REFUSED | suspicion::SILENT => {
-                    let how = if ev.reason == suspicion::REFUSED {
-                        t.suspected_refused += 1;
-                        "refused a new flow (RST to its SYN)"
-                    } else {
-                        t.suspected_silent += 1;
-                        "left a new flow unanswered (its SYN was retransmitted)"
-                    };
-                    warn!(
-                        %backend,
-                        %service,
-                        strikes = ev.strikes,
-                        "backend {how}: suspect on this host, new flows go to the others; one may try it again in {retry_s} s"
-                    );
-                }
-                suspicion::ANSWERED => {
-                    t.recovered += 1;
-                    info!(%backend, %service, "suspect backend answered a new flow: in use again");
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Destroys the sockets the socket datapath connected to a backend that went (UDP: also
-    /// to one that left its service), so their applications reconnect to a live backend.
-    fn destroy_stale_sockets(&mut self) {
-        if self.dp.sock_cgroup().is_none() {
-            return;
-        }
-        let entries = match self.dp.maps.sock_entries() {
-            Ok(e) => e,
-            Err(e) => return warn!("reading the socket datapath's entries failed: {e}"),
-        };
-        let doomed = sockets::doomed(&entries, &self.installed);
-        let mut destroyed = 0;
-        for proto in [Proto::Udp, Proto::Tcp] {
-            if !doomed.iter().any(|e| e.proto == proto) {
-                continue;
-            }
-            let connected = match sockets::connected(proto) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("listing {proto} sockets (sock_diag) failed: {e}");
-                    continue;
-                }
-            };
-            for socket in sockets::stale(&connected, &doomed) {
-                match sockets::destroy(socket) {
-                    Ok(()) => {
-                        destroyed += 1;
-                        info!(%proto, backend = %socket.peer, "destroyed a socket connected to a backend that went");
-                    }
-                    Err(e) if !self.destroy_refused => {
-                        self.destroy_refused = true;
-                        warn!(
-                            "destroying a {proto} socket connected to {} failed: {e}. Sockets connected to a backend that went keep it until their application reconnects (destroying them needs CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY)",
-                            socket.peer
-                        );
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        if destroyed > 0 {
-            let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-            t.sockets_destroyed += destroyed;
-        }
-    }
-
     /// One garbage collection: sockets to backends that went, expired flows and socket
     /// translations, drained backends.
     fn collect_garbage(&mut self, timeouts: &Timeouts) {
         self.destroy_stale_sockets();
-        match collect_garbage(&mut self.dp.maps, &mut self.installed, timeouts) {
-            Ok(done) if done == Collected::default() => {}
+        match gc::collect(&mut self.dp.maps, &mut self.installed, timeouts) {
+            Ok(done) if done == gc::Collected::default() => {}
             Ok(done) => {
                 let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
                 t.gc_flows += done.flows as u64;
@@ -548,31 +309,6 @@ impl State {
             warn!("recording the daemon's state failed: {e}");
         }
     }
-}
-
-/// Forwards the datapath's aya-log records to the log as they arrive.
-fn follow_kernel_log(log: loader::KernelLog) -> Result<()> {
-    // SAFETY: the logger owns its ring buffer's map fd and never replaces or closes it while
-    // it lives; the AsyncFd owns the logger.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| Error::Io {
-        what: "watching the datapath's log ring buffer".into(),
-        source: e.into(),
-    })?;
-    info!("datapath debug output on: every new flow and every drop is logged");
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut ready) = fd.readable_mut().await else {
-                warn!("the datapath's log ring buffer failed; no more kernel debug output");
-                return;
-            };
-            ready.get_inner_mut().flush();
-            ready.clear_ready();
-        }
-    });
-    Ok(())
 }
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives).
@@ -622,6 +358,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     // periodic sweep is the safety net (a lost event, an overflowing socket).
     let mut ports = tokio::time::interval(Duration::from_secs(1));
     let mut routes = tokio::time::interval(Duration::from_secs(5));
+    // Which interfaces take redirected XDP frames changes with a peer's GRO or XDP program.
+    let mut xdp_targets = tokio::time::interval(Duration::from_secs(1));
     let link_events = if state.dp.has_bridges() {
         link_events()
     } else {
@@ -663,6 +401,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
             // Routes to the backends change too (a subnet moves to another link).
             _ = routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
+            _ = xdp_targets.tick(), if state.dp.has_xdp() => state.dp.sync_xdp_targets(),
             ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
                 if let Ok(mut guard) = ready {
                     state.health_events(guard.get_inner_mut());

@@ -1,14 +1,20 @@
 //! Operator commands: `ambassador service ...` and `ambassador endpoint ...`, writing and
 //! reading the v1 etcd contract. Tables for people, `--json` for scripts.
 
+mod endpoint;
+mod service;
+
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
+use etcd_client::{Client, GetOptions};
 use serde::Serialize;
 
+pub use endpoint::endpoint;
+pub use service::service;
+
 use crate::{
-    cli::{EndpointCmd, ProtoArg, ServiceCmd, VipCmd},
-    contract::{self, EndpointValue, Entry, ServiceValue},
+    cli::VipCmd,
+    contract::{self, Entry},
     error::{Error, Result},
     etcd::{timed, EtcdOptions},
     model::{check_service_name, parse_addr, Proto},
@@ -38,6 +44,9 @@ pub struct EndpointRow {
     pub service: String,
     /// Its id.
     pub id: String,
+    /// The host that published it (None: added by hand, by an admin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Its address, or the raw value when malformed.
     pub addr: String,
     /// Its weight.
@@ -82,16 +91,18 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> 
             Ok(Some(Entry::Endpoint {
                 service,
                 id,
+                host,
                 endpoint,
             })) => endpoints.push(EndpointRow {
                 service,
                 id,
+                host,
                 addr: endpoint.addr.to_string(),
                 weight: endpoint.weight,
                 lease: kv.lease(),
                 error: None,
             }),
-            Ok(None) => {}
+            Ok(_) => {}
             Err(reason) => match contract::Key::split(prefix, &key) {
                 Some(contract::Key::Service { name }) => {
                     services.insert(
@@ -108,11 +119,23 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> 
                 Some(contract::Key::Endpoint { service, id }) => endpoints.push(EndpointRow {
                     service: service.to_owned(),
                     id: id.to_owned(),
+                    host: None,
                     addr: raw,
                     weight: 0,
                     lease: kv.lease(),
                     error: Some(reason),
                 }),
+                Some(contract::Key::HostEndpoint { host, service, id }) => {
+                    endpoints.push(EndpointRow {
+                        service: service.to_owned(),
+                        id: id.to_owned(),
+                        host: Some(host.to_owned()),
+                        addr: raw,
+                        weight: 0,
+                        lease: kv.lease(),
+                        error: Some(reason),
+                    })
+                }
                 _ => {}
             },
         }
@@ -161,8 +184,8 @@ fn services_table(rows: &[ServiceRow]) -> String {
 
 fn endpoints_table<'a>(rows: impl Iterator<Item = &'a EndpointRow>) -> String {
     let mut out = format!(
-        "{:<24} {:<32} {:<21} {:>6} {:>18}  NOTE\n",
-        "SERVICE", "ID", "ADDRESS", "WEIGHT", "LEASE"
+        "{:<24} {:<32} {:<16} {:<21} {:>6} {:>18}  NOTE\n",
+        "SERVICE", "ID", "HOST", "ADDRESS", "WEIGHT", "LEASE"
     );
     for e in rows {
         let lease = if e.lease == 0 {
@@ -172,9 +195,10 @@ fn endpoints_table<'a>(rows: impl Iterator<Item = &'a EndpointRow>) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<32} {:<21} {:>6} {:>18}  {}",
+            "{:<24} {:<32} {:<16} {:<21} {:>6} {:>18}  {}",
             e.service,
             e.id,
+            e.host.as_deref().unwrap_or("-"),
             if e.error.is_some() {
                 "(malformed)"
             } else {
@@ -188,220 +212,22 @@ fn endpoints_table<'a>(rows: impl Iterator<Item = &'a EndpointRow>) -> String {
     out
 }
 
-/// `ambassador service ...`.
-pub async fn service(cmd: ServiceCmd) -> Result<()> {
-    match cmd {
-        ServiceCmd::Set {
-            name,
-            frontend,
-            port,
-            ipv6,
-            proto,
-            etcd,
-        } => {
-            check_service_name(&name).map_err(Error::Usage)?;
-            let proto = match proto {
-                ProtoArg::Tcp => Proto::Tcp,
-                ProtoArg::Udp => Proto::Udp,
-            };
-            let opts: EtcdOptions = etcd.into();
-            let Some(frontend) = frontend else {
-                let port = port.expect("clap requires --frontend or --port");
-                let mut client = opts.connect().await?;
-                let outcome =
-                    vips::ensure(&mut client, &opts.prefix, &name, port, proto, ipv6, true).await?;
-                match outcome {
-                    vips::Outcome::Created(a) => {
-                        println!("service {name} -> {a}/{proto} (address allocated)")
-                    }
-                    vips::Outcome::Existing(a) => println!("service {name} -> {a}/{proto}"),
-                }
-                return Ok(());
-            };
-            let addr =
-                parse_addr(&frontend).map_err(|m| Error::Usage(format!("--frontend: {m}")))?;
-            let value = ServiceValue {
-                frontend: addr.to_string(),
-                proto: proto.to_string(),
-            };
-            let mut client = opts.connect().await?;
-            match vips::owner(&mut client, &opts.prefix, addr.ip()).await? {
-                Some(owner) if owner != name => {
-                    return Err(Error::Usage(format!(
-                        "{} is allocated to service {owner}: choose another address, or leave out --frontend to have one allocated",
-                        addr.ip()
-                    )))
-                }
-                _ => {}
-            }
-            let key = contract::service_key(&opts.prefix, &name);
-            let json = serde_json::to_string(&value).expect("serializable");
-            timed(
-                &format!("writing {key}"),
-                client.put(key.clone(), json, None),
-            )
-            .await?;
-            // An address allocated to this service before is free again.
-            vips::release(&mut client, &opts.prefix, &name, Some(addr.ip())).await?;
-            println!("service {name} -> {addr}/{}", value.proto);
-            Ok(())
-        }
-        ServiceCmd::Get { name, etcd, output } => {
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let rows = list(&mut client, &opts.prefix).await?;
-            let Some(row) = rows.into_iter().find(|r| r.name == name) else {
-                return Err(Error::NotFound(format!(
-                    "service {name:?} not found under {}",
-                    opts.prefix
-                )));
-            };
-            if output.json {
-                print_json(&row);
-            } else {
-                print!("{}", services_table(std::slice::from_ref(&row)));
-                print!("\n{}", endpoints_table(row.endpoints.iter()));
-            }
-            Ok(())
-        }
-        ServiceCmd::Rm {
-            name,
-            with_endpoints,
-            etcd,
-        } => {
-            check_service_name(&name).map_err(Error::Usage)?;
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let key = contract::service_key(&opts.prefix, &name);
-            let resp = timed(&format!("deleting {key}"), client.delete(key, None)).await?;
-            let freed = vips::release(&mut client, &opts.prefix, &name, None).await?;
-            let mut removed_eps = 0;
-            if with_endpoints {
-                let p = contract::endpoints_prefix(&opts.prefix, Some(&name));
-                removed_eps = timed(
-                    "deleting endpoints",
-                    client.delete(p, Some(DeleteOptions::new().with_prefix())),
-                )
-                .await?
-                .deleted();
-            }
-            if resp.deleted() == 0 && removed_eps == 0 {
-                return Err(Error::NotFound(format!(
-                    "service {name:?} not found under {}",
-                    opts.prefix
-                )));
-            }
-            let freed: Vec<String> = freed.iter().map(ToString::to_string).collect();
-            if freed.is_empty() {
-                println!("service {name} removed ({removed_eps} endpoints removed)");
-            } else {
-                println!(
-                    "service {name} removed ({removed_eps} endpoints removed; {} free again)",
-                    freed.join(", ")
-                );
-            }
-            Ok(())
-        }
-        ServiceCmd::Ls { etcd, output } => {
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let rows = list(&mut client, &opts.prefix).await?;
-            if output.json {
-                print_json(&rows);
-            } else {
-                print!("{}", services_table(&rows));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// `ambassador endpoint ...`.
-pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
-    match cmd {
-        EndpointCmd::Add {
-            service,
-            addr,
-            id,
-            weight,
-            ttl,
-            etcd,
-        } => {
-            check_service_name(&service).map_err(Error::Usage)?;
-            let addr = parse_addr(&addr).map_err(|m| Error::Usage(format!("address: {m}")))?;
-            let id = id.unwrap_or_else(|| format!("{}-{}", addr.ip(), addr.port()));
-            crate::model::check_endpoint_id(&id).map_err(Error::Usage)?;
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let value = EndpointValue {
-                addr: addr.to_string(),
-                weight: Some(weight as i64),
-                ..Default::default()
-            };
-            let json = serde_json::to_string(&value).expect("serializable");
-            let key = contract::endpoint_key(&opts.prefix, &service, &id);
-            let put_opts = match ttl {
-                Some(ttl) => {
-                    let lease = timed("granting a lease", client.lease_grant(ttl, None)).await?;
-                    Some(PutOptions::new().with_lease(lease.id()))
-                }
-                None => None,
-            };
-            timed(&format!("writing {key}"), client.put(key, json, put_opts)).await?;
-            match ttl {
-                Some(t) => println!("endpoint {service}/{id} -> {addr} (expires in {t} s)"),
-                None => println!("endpoint {service}/{id} -> {addr}"),
-            }
-            Ok(())
-        }
-        EndpointCmd::Rm { service, id, etcd } => {
-            check_service_name(&service).map_err(Error::Usage)?;
-            crate::model::check_endpoint_id(&id).map_err(Error::Usage)?;
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let key = contract::endpoint_key(&opts.prefix, &service, &id);
-            let resp = timed(&format!("deleting {key}"), client.delete(key, None)).await?;
-            if resp.deleted() == 0 {
-                return Err(Error::NotFound(format!(
-                    "endpoint {service}/{id} not found"
-                )));
-            }
-            println!("endpoint {service}/{id} removed");
-            Ok(())
-        }
-        EndpointCmd::Ls {
-            service,
-            etcd,
-            output,
-        } => {
-            let opts: EtcdOptions = etcd.into();
-            let mut client = opts.connect().await?;
-            let rows = list(&mut client, &opts.prefix).await?;
-            let eps: Vec<&EndpointRow> = rows
-                .iter()
-                .filter(|r| service.as_ref().is_none_or(|s| &r.name == s))
-                .flat_map(|r| r.endpoints.iter())
-                .collect();
-            if output.json {
-                print_json(&eps);
-            } else {
-                print!("{}", endpoints_table(eps.into_iter()));
-            }
-            Ok(())
-        }
-    }
-}
-
 /// `ambassador vip ...`.
 pub async fn vip(cmd: VipCmd) -> Result<()> {
     match cmd {
-        VipCmd::Range { cidr, etcd } => {
+        VipCmd::Range { cidr, force, etcd } => {
             let opts: EtcdOptions = etcd.into();
             let mut client = opts.connect().await?;
             match cidr {
                 Some(range) => {
-                    vips::set_range(&mut client, &opts.prefix, range).await?;
+                    let change = vips::set_range(&mut client, &opts.prefix, range, force).await?;
                     println!("frontend addresses are allocated from {}", range.trunc());
+                    for (name, addr) in &change.refused {
+                        println!("service {name} ({addr}) is now outside the range: every daemon refuses it unless its --allow-frontend allows it");
+                    }
+                    for (name, addr) in &change.admitted {
+                        println!("service {name} ({addr}) is now inside the range: daemons that refused it rewrite it again");
+                    }
                 }
                 None => {
                     let (ranges, allocated) = vips::list(&mut client, &opts.prefix).await?;
