@@ -5,7 +5,11 @@
 #![no_main]
 
 use ambassador_user::{
-    dns::zone::{self, parse_domain, Reply, Transport, Zone},
+    dns::{
+        handler,
+        zone::{parse_domain, Zone},
+        Reply, Transport,
+    },
     model::{Desired, Endpoint, Proto, ServiceSpec},
 };
 use futures_util::FutureExt as _;
@@ -71,18 +75,18 @@ fuzz_target!(|data: &[u8]| {
 
 /// Handles one message and checks the answer.
 fn check(zone: &Zone, query: &[u8], transport: Transport, may_forward: bool) {
-    match zone::handle(query, zone, transport, may_forward) {
+    match handler::handle(query, zone, transport, may_forward) {
         Reply::Answer { bytes, .. } => {
             if transport == Transport::Udp {
                 assert!(
-                    bytes.len() <= zone::MAX_UDP_PAYLOAD as usize,
+                    bytes.len() <= handler::MAX_UDP_PAYLOAD as usize,
                     "{} bytes",
                     bytes.len()
                 );
             }
             hickory_proto::op::Message::from_vec(&bytes).expect("an answer parses");
             // What the rate limit sends instead ("slip"): no larger, and it parses, truncated.
-            let cut = zone::truncate(&bytes).expect("an answer can be slipped");
+            let cut = handler::truncate(&bytes).expect("an answer can be slipped");
             assert!(cut.len() <= bytes.len().max(512));
             let m = hickory_proto::op::Message::from_vec(&cut).expect("a slipped answer parses");
             assert!(m.metadata.truncation);

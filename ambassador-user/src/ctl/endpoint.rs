@@ -27,29 +27,14 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
             let addr = parse_addr(&addr).map_err(|m| Error::Usage(format!("address: {m}")))?;
             let id = id.unwrap_or_else(|| format!("{}-{}", addr.ip(), addr.port()));
             crate::model::check_endpoint_id(&id).map_err(Error::Usage)?;
-            let opts: EtcdOptions = etcd.into();
-            let client = opts.connect().await?;
             let value = EndpointValue {
                 addr: addr.to_string(),
                 weight: Some(weight as i64),
                 ..Default::default()
             };
-            let json = serde_json::to_string(&value).expect("serializable");
+            let opts: EtcdOptions = etcd.into();
             let key = endpoint_key(&opts.prefix, host.as_deref(), &service, &id);
-            let put_opts = match ttl {
-                Some(ttl) => {
-                    let lease = fresh(&client, "granting a lease", async |c| {
-                        c.lease_grant(ttl, None).await
-                    })
-                    .await?;
-                    Some(PutOptions::new().with_lease(lease.id()))
-                }
-                None => None,
-            };
-            fresh(&client, &format!("writing {key}"), async |c| {
-                c.put(key.as_str(), json.as_str(), put_opts.clone()).await
-            })
-            .await?;
+            add(&opts, &key, &value, ttl).await?;
             match ttl {
                 Some(t) => println!("endpoint {service}/{id} -> {addr} (expires in {t} s)"),
                 None => println!("endpoint {service}/{id} -> {addr}"),
@@ -100,6 +85,27 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes an endpoint, under a lease of its own that expires after `ttl` seconds if given.
+async fn add(opts: &EtcdOptions, key: &str, value: &EndpointValue, ttl: Option<i64>) -> Result<()> {
+    let client = opts.connect().await?;
+    let json = serde_json::to_string(value).expect("serializable");
+    let put_opts = match ttl {
+        Some(ttl) => {
+            let lease = fresh(&client, "granting a lease", async |c| {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+            Some(PutOptions::new().with_lease(lease.id()))
+        }
+        None => None,
+    };
+    fresh(&client, &format!("writing {key}"), async |c| {
+        c.put(key, json.as_str(), put_opts.clone()).await
+    })
+    .await?;
+    Ok(())
 }
 
 /// The key of an endpoint added by hand: the operator's, or a host's with `--host`.

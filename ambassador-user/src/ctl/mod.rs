@@ -6,7 +6,7 @@ mod service;
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, KeyValue};
 use serde::Serialize;
 
 pub use endpoint::endpoint;
@@ -69,31 +69,63 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> 
     let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
     let mut endpoints: Vec<EndpointRow> = Vec::new();
     for kv in resp.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let raw = String::from_utf8_lossy(kv.value()).into_owned();
-        match contract::parse(prefix, kv.key(), kv.value()) {
-            Ok(Some(Entry::Service {
-                name,
-                frontend,
-                proto,
-            })) => {
-                services.insert(
-                    name.clone(),
-                    ServiceRow {
-                        name,
-                        frontend: frontend.to_string(),
-                        proto: proto.to_string(),
-                        endpoints: vec![],
-                        error: None,
-                    },
-                );
+        match row(prefix, kv) {
+            Some(Row::Service(s)) => {
+                services.insert(s.name.clone(), s);
             }
-            Ok(Some(Entry::Endpoint {
-                service,
-                id,
-                host,
-                endpoint,
-            })) => endpoints.push(EndpointRow {
+            Some(Row::Endpoint(e)) => endpoints.push(e),
+            None => {}
+        }
+    }
+    for ep in endpoints {
+        let row = services.entry(ep.service.clone()).or_insert_with(|| {
+            ServiceRow::new(
+                ep.service.clone(),
+                String::new(),
+                String::new(),
+                Some("no service definition: its endpoints are not used".into()),
+            )
+        });
+        row.endpoints.push(ep);
+    }
+    Ok(services.into_values().collect())
+}
+
+enum Row {
+    Service(ServiceRow),
+    Endpoint(EndpointRow),
+}
+
+impl ServiceRow {
+    fn new(name: String, frontend: String, proto: String, error: Option<String>) -> Self {
+        Self {
+            name,
+            frontend,
+            proto,
+            endpoints: vec![],
+            error,
+        }
+    }
+}
+
+/// One key's row: what it says, or for a malformed value, the raw value and why.
+fn row(prefix: &str, kv: &KeyValue) -> Option<Row> {
+    let reason = match contract::parse(prefix, kv.key(), kv.value()) {
+        Ok(Some(Entry::Service {
+            name,
+            frontend,
+            proto,
+        })) => {
+            let (frontend, proto) = (frontend.to_string(), proto.to_string());
+            return Some(Row::Service(ServiceRow::new(name, frontend, proto, None)));
+        }
+        Ok(Some(Entry::Endpoint {
+            service,
+            id,
+            host,
+            endpoint,
+        })) => {
+            return Some(Row::Endpoint(EndpointRow {
                 service,
                 id,
                 host,
@@ -101,58 +133,31 @@ pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> 
                 weight: endpoint.weight,
                 lease: kv.lease(),
                 error: None,
-            }),
-            Ok(_) => {}
-            Err(reason) => match contract::Key::split(prefix, &key) {
-                Some(contract::Key::Service { name }) => {
-                    services.insert(
-                        name.to_owned(),
-                        ServiceRow {
-                            name: name.to_owned(),
-                            frontend: raw,
-                            proto: String::new(),
-                            endpoints: vec![],
-                            error: Some(reason),
-                        },
-                    );
-                }
-                Some(contract::Key::Endpoint { service, id }) => endpoints.push(EndpointRow {
-                    service: service.to_owned(),
-                    id: id.to_owned(),
-                    host: None,
-                    addr: raw,
-                    weight: 0,
-                    lease: kv.lease(),
-                    error: Some(reason),
-                }),
-                Some(contract::Key::HostEndpoint { host, service, id }) => {
-                    endpoints.push(EndpointRow {
-                        service: service.to_owned(),
-                        id: id.to_owned(),
-                        host: Some(host.to_owned()),
-                        addr: raw,
-                        weight: 0,
-                        lease: kv.lease(),
-                        error: Some(reason),
-                    })
-                }
-                _ => {}
-            },
+            }))
         }
-    }
-    for ep in endpoints {
-        let row = services
-            .entry(ep.service.clone())
-            .or_insert_with(|| ServiceRow {
-                name: ep.service.clone(),
-                frontend: String::new(),
-                proto: String::new(),
-                endpoints: vec![],
-                error: Some("no service definition: its endpoints are not used".into()),
-            });
-        row.endpoints.push(ep);
-    }
-    Ok(services.into_values().collect())
+        Ok(_) => return None,
+        Err(reason) => reason,
+    };
+    let key = String::from_utf8_lossy(kv.key());
+    let raw = String::from_utf8_lossy(kv.value()).into_owned();
+    let (service, id, host) = match contract::Key::split(prefix, &key)? {
+        contract::Key::Service { name } => {
+            let row = ServiceRow::new(name.to_owned(), raw, String::new(), Some(reason));
+            return Some(Row::Service(row));
+        }
+        contract::Key::Endpoint { service, id } => (service, id, None),
+        contract::Key::HostEndpoint { host, service, id } => (service, id, Some(host.to_owned())),
+        _ => return None,
+    };
+    Some(Row::Endpoint(EndpointRow {
+        service: service.to_owned(),
+        id: id.to_owned(),
+        host,
+        addr: raw,
+        weight: 0,
+        lease: kv.lease(),
+        error: Some(reason),
+    }))
 }
 
 fn print_json<T: Serialize>(v: &T) {

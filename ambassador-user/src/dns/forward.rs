@@ -9,7 +9,7 @@ use std::{
 use hickory_proto::op::ResponseCode;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::{read_message, stats::bump, zone, DnsStats, Shared, UPSTREAM_TIMEOUT};
+use super::{handler, read_message, stats::bump, DnsStats, Shared, UPSTREAM_TIMEOUT};
 
 /// Hands a query for a name outside the domain to the runtime, which relays it upstream and
 /// answers the client (SERVFAIL at once when too many are in flight).
@@ -31,7 +31,7 @@ pub(super) fn forward(
     };
     runtime.spawn(async move {
         match forward_udp(&query, shared.upstreams()).await {
-            Some(answer) => match zone::fit(&answer, limit) {
+            Some(answer) => match handler::fit(&answer, limit) {
                 Some(answer) => {
                     bump(&shared.stats.forwarded);
                     let _ = socket.send_to(&answer, from);

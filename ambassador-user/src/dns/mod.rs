@@ -9,6 +9,7 @@
 //! the maps, with no etcd round trip per query.
 
 mod forward;
+pub mod handler;
 mod rrl;
 mod stats;
 mod tcp;
@@ -32,11 +33,12 @@ use std::{
     time::Duration,
 };
 
+pub use handler::{Reply, Transport};
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{error, info, warn};
-pub use zone::{Reply, Transport, Zone};
+pub use zone::Zone;
 
 use crate::{
     error::{Error, Result},
@@ -176,7 +178,7 @@ impl Shared {
         // A panic in the handler (a bug: it is pure and fuzzed) costs this query only, never
         // the listener: counted, said, and the query dropped.
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            zone::handle(query, &self.zone(), transport, self.may_forward(from.ip()))
+            handler::handle(query, &self.zone(), transport, self.may_forward(from.ip()))
         }));
         let reply = match handled {
             Ok(reply) => reply,

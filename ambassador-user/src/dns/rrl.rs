@@ -130,7 +130,7 @@ mod tests {
     use hickory_proto::rr::RecordType;
 
     use super::*;
-    use crate::dns::zone::query;
+    use crate::dns::handler::query;
 
     #[test]
     fn identical_answers_over_the_budget_slip_and_drop_in_turn_and_others_pass() {

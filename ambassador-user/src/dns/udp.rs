@@ -10,7 +10,9 @@ use std::{
 
 use tracing::{error, warn};
 
-use super::{forward::forward, rrl, stats::bump, zone, Reply, Shared, Transport, BATCH, MAX_QUERY};
+use super::{
+    forward::forward, handler, rrl, stats::bump, Reply, Shared, Transport, BATCH, MAX_QUERY,
+};
 
 /// One UDP listener: answer, or hand the query to the runtime to forward. Ends when the
 /// [`Responder`] is dropped (it shuts the socket down).
@@ -76,7 +78,7 @@ fn serve_udp(socket: &UdpSocket, shared: &Arc<Shared>, runtime: &tokio::runtime:
                     rrl::Verdict::Send => answers.push((bytes, SockaddrStorage::from(from))),
                     rrl::Verdict::Slip => {
                         bump(&shared.stats.rate_slipped);
-                        if let Some(cut) = zone::truncate(&bytes) {
+                        if let Some(cut) = handler::truncate(&bytes) {
                             answers.push((cut, SockaddrStorage::from(from)));
                         }
                     }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use ambassador_common::{source, suspicion, ServiceStats};
+use ambassador_common::{source, suspicion, DaemonInfo, ServiceStats, Suspect};
 
 mod metrics;
 mod xdp;
@@ -18,6 +18,7 @@ use crate::{
     heartbeat::{self, unix_ms},
     maps::Maps,
     model::Proto,
+    reconcile::{Installed, InstalledBackend},
 };
 
 /// The daemon and where its state comes from.
@@ -170,37 +171,95 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         .into_iter()
         .filter(|f| !gc::expired(f, now, &timeouts))
         .collect();
-    let mut flows_by_backend: BTreeMap<u32, usize> = BTreeMap::new();
-    for f in live.iter().filter(|f| !f.closing) {
-        *flows_by_backend.entry(f.backend_id).or_default() += 1;
-    }
     let closing_flows = live.iter().filter(|f| f.closing).count();
-    let mut sockets_by_backend: BTreeMap<u32, usize> = BTreeMap::new();
-    for e in maps.sock_entries()? {
-        if e.reverse && !gc::sock_expired(&e, now, &timeouts) {
-            *sockets_by_backend.entry(e.backend_id).or_default() += 1;
-        }
-    }
-
-    let suspects = maps.suspects()?;
-    let ms = |ns: u64| ns / 1_000_000;
-    let backends_of = installed.backends_by_service();
+    let per_backend = PerBackend {
+        flows: count_by(live.iter().filter(|f| !f.closing).map(|f| f.backend_id)),
+        sockets: count_by(
+            maps.sock_entries()?
+                .iter()
+                .filter(|e| e.reverse && !gc::sock_expired(e, now, &timeouts))
+                .map(|e| e.backend_id),
+        ),
+        suspects: maps.suspects()?,
+        now,
+    };
     let mut services = Vec::new();
+    let backends_of = installed.backends_by_service();
     for (&(frontend, proto), &(id, count)) in &installed.frontends {
-        let name = installed
-            .names
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("<id {id}>"));
+        let of_service = backends_of.get(&id).map_or(&[][..], |v| v.as_slice());
+        let backends = per_backend.backends(&installed, id, count, of_service);
+        services.push(ServiceStatus {
+            name: installed
+                .names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("<id {id}>")),
+            id,
+            frontend: frontend.to_string(),
+            proto,
+            flows: backends.iter().map(|b| b.flows).sum(),
+            sockets: backends.iter().map(|b| b.sockets).sum(),
+            backends,
+            counters: maps.service_stats(id)?,
+        });
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let cap = maps.capacity()?;
+    Ok(Status {
+        capacity: CapacityUse {
+            services: Use::of(installed.frontends.len(), cap.services),
+            backends: Use::of(installed.backends.len(), cap.backends),
+            slots: Use::of(installed.slots.len(), cap.slots),
+            flows: Use::of(flow_entries, cap.flows),
+        },
+        xdp: xdp::read(&maps, pin_dir)?,
+        control_plane: control_plane(&info, pin_dir),
+        reasons: maps.reasons()?,
+        flows: live.len() - closing_flows,
+        closing_flows,
+        sockets: services.iter().map(|s| s.sockets).sum(),
+        services,
+    })
+}
+
+fn count_by(ids: impl Iterator<Item = u32>) -> BTreeMap<u32, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+impl Use {
+    fn of(used: usize, capacity: u32) -> Self {
+        Self { used, capacity }
+    }
+}
+
+/// What the maps say about each backend: its flows, its sockets, whether it is suspect.
+struct PerBackend {
+    flows: BTreeMap<u32, usize>,
+    sockets: BTreeMap<u32, usize>,
+    suspects: BTreeMap<u32, Suspect>,
+    now: u64,
+}
+
+impl PerBackend {
+    /// One service's backends, active first.
+    fn backends(
+        &self,
+        installed: &Installed,
+        id: u32,
+        count: u32,
+        backends: &[(u32, InstalledBackend)],
+    ) -> Vec<BackendStatus> {
         let mut weights: BTreeMap<u32, u32> = BTreeMap::new();
         for slot in 0..count {
             if let Some(bid) = installed.slots.get(&(id, slot)) {
                 *weights.entry(*bid).or_default() += 1;
             }
         }
-        let mut backends: Vec<BackendStatus> = backends_of
-            .get(&id)
-            .map_or(&[][..], |v| v.as_slice())
+        let mut backends: Vec<BackendStatus> = backends
             .iter()
             .map(|&(bid, b)| BackendStatus {
                 id: bid,
@@ -211,36 +270,33 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
                     "active"
                 },
                 weight: weights.get(&bid).copied().unwrap_or(0),
-                flows: flows_by_backend.get(&bid).copied().unwrap_or(0),
-                sockets: sockets_by_backend.get(&bid).copied().unwrap_or(0),
-                suspect: suspects.get(&bid).map(|s| SuspectStatus {
-                    reason: if s.reason == suspicion::SILENT {
-                        "silent"
-                    } else {
-                        "refused"
-                    },
-                    strikes: s.strikes,
-                    for_ms: ms(now.saturating_sub(s.since_ns)),
-                    retry_in_ms: ms(s.retry_ns.saturating_sub(now)),
-                }),
+                flows: self.flows.get(&bid).copied().unwrap_or(0),
+                sockets: self.sockets.get(&bid).copied().unwrap_or(0),
+                suspect: self.suspects.get(&bid).map(|s| self.suspect(s)),
             })
             .collect();
         backends.sort_by_key(|b| (b.state != "active", b.id));
-        let counters = maps.service_stats(id)?;
-        services.push(ServiceStatus {
-            name,
-            id,
-            frontend: frontend.to_string(),
-            proto,
-            flows: backends.iter().map(|b| b.flows).sum(),
-            sockets: backends.iter().map(|b| b.sockets).sum(),
-            backends,
-            counters,
-        });
+        backends
     }
-    services.sort_by(|a, b| a.name.cmp(&b.name));
+
+    fn suspect(&self, s: &Suspect) -> SuspectStatus {
+        let ms = |ns: u64| ns / 1_000_000;
+        SuspectStatus {
+            reason: if s.reason == suspicion::SILENT {
+                "silent"
+            } else {
+                "refused"
+            },
+            strikes: s.strikes,
+            for_ms: ms(self.now.saturating_sub(s.since_ns)),
+            retry_in_ms: ms(s.retry_ns.saturating_sub(self.now)),
+        }
+    }
+}
+
+fn control_plane(info: &DaemonInfo, pin_dir: &Path) -> ControlPlane {
     let now_ms = unix_ms(std::time::SystemTime::now());
-    let control_plane = ControlPlane {
+    ControlPlane {
         source: match info.source {
             source::ETCD => "etcd",
             source::FILE => "file",
@@ -266,36 +322,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         applied_age_ms: (info.applied_unix_ms != 0)
             .then(|| now_ms.saturating_sub(info.applied_unix_ms)),
         over_capacity: info.over_capacity,
-    };
-    let cap = maps.capacity()?;
-    let capacity = CapacityUse {
-        services: Use {
-            used: installed.frontends.len(),
-            capacity: cap.services,
-        },
-        backends: Use {
-            used: installed.backends.len(),
-            capacity: cap.backends,
-        },
-        slots: Use {
-            used: installed.slots.len(),
-            capacity: cap.slots,
-        },
-        flows: Use {
-            used: flow_entries,
-            capacity: cap.flows,
-        },
-    };
-    Ok(Status {
-        capacity,
-        xdp: xdp::read(&maps, pin_dir)?,
-        control_plane,
-        reasons: maps.reasons()?,
-        flows: live.len() - closing_flows,
-        closing_flows,
-        sockets: services.iter().map(|s| s.sockets).sum(),
-        services,
-    })
+    }
 }
 
 fn secs(ms: u64) -> String {
