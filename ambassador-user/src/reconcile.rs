@@ -136,33 +136,7 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         .filter_map(|n| ids_by_name.get(n.as_str()).copied())
         .collect();
 
-    // Frontends first, so no new packet reaches anything taken apart below; and a frontend
-    // that moves to another service must be free before it is claimed again.
-    for (&(frontend, proto), &(id, _)) in &installed.frontends {
-        let keep = kept_ids.contains(&id)
-            && desired
-                .get(&installed.names[&id])
-                .is_some_and(|spec| (spec.frontend, spec.proto) == (frontend, proto));
-        if !keep {
-            ops.push(Op::DeleteService { frontend, proto });
-        }
-    }
-    for &(service_id, slot) in installed.slots.keys() {
-        if !kept_ids.contains(&service_id) {
-            ops.push(Op::DeleteSlot { service_id, slot });
-        }
-    }
-    for (&id, b) in &installed.backends {
-        if !kept_ids.contains(&b.service_id) {
-            ops.push(Op::DeleteBackend { id });
-        }
-    }
-    for &id in installed.names.keys() {
-        if !kept_ids.contains(&id) {
-            ops.push(Op::DeleteName { id });
-        }
-    }
-
+    take_apart(installed, desired, &kept_ids, &mut ops);
     // Grouped once: plan is linear in the number of services and backends.
     let owned = installed.backends_by_service();
     let mut next_backend_id = installed.next_backend_id.max(1);
@@ -198,7 +172,47 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         plan_service(current, owned, id, spec, &mut next_backend_id, &mut ops);
     }
 
-    // Address markers follow the frontends.
+    plan_markers(installed, desired, &mut ops);
+    ops
+}
+
+/// What belongs to no kept service, frontends first, so no new packet reaches anything taken
+/// apart after them; and a frontend that moves to another service must be free before it is
+/// claimed again.
+fn take_apart(
+    installed: &Installed,
+    desired: &Desired,
+    kept_ids: &BTreeSet<u32>,
+    ops: &mut Vec<Op>,
+) {
+    for (&(frontend, proto), &(id, _)) in &installed.frontends {
+        let keep = kept_ids.contains(&id)
+            && desired
+                .get(&installed.names[&id])
+                .is_some_and(|spec| (spec.frontend, spec.proto) == (frontend, proto));
+        if !keep {
+            ops.push(Op::DeleteService { frontend, proto });
+        }
+    }
+    for &(service_id, slot) in installed.slots.keys() {
+        if !kept_ids.contains(&service_id) {
+            ops.push(Op::DeleteSlot { service_id, slot });
+        }
+    }
+    for (&id, b) in &installed.backends {
+        if !kept_ids.contains(&b.service_id) {
+            ops.push(Op::DeleteBackend { id });
+        }
+    }
+    for &id in installed.names.keys() {
+        if !kept_ids.contains(&id) {
+            ops.push(Op::DeleteName { id });
+        }
+    }
+}
+
+/// Address markers follow the frontends.
+fn plan_markers(installed: &Installed, desired: &Desired, ops: &mut Vec<Op>) {
     let wanted: BTreeSet<(IpAddr, Proto)> = desired
         .values()
         .map(|s| (s.frontend.ip(), s.proto))
@@ -209,7 +223,6 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
     for &(vip, proto) in installed.markers.difference(&wanted) {
         ops.push(Op::DeleteMarker { vip, proto });
     }
-    ops
 }
 
 /// `owned`: the backends `installed` holds for service `id`.
@@ -221,19 +234,29 @@ fn plan_service(
     next_backend_id: &mut u32,
     ops: &mut Vec<Op>,
 ) {
-    let key = (spec.frontend, spec.proto);
-    // The count the datapath sees now, at this frontend (0 if the frontend is new or moved).
-    let live_count = match installed.frontends.get(&key) {
-        Some(&(fid, count)) if fid == id => Some(count),
-        _ => None,
-    };
-    let old_slots: BTreeMap<u32, u32> = installed
-        .slots
-        .range((id, 0)..=(id, u32::MAX))
-        .map(|(&(_, slot), &bid)| (slot, bid))
-        .collect();
+    let (new_slots, wanted_ids) = plan_backends(owned, id, spec, next_backend_id, ops);
+    plan_slots(installed, id, spec, &new_slots, ops);
+    // 4. Backends that left: terminating, until their flows drain.
+    for &(bid, b) in owned {
+        if !wanted_ids.contains(&bid) && !b.terminating {
+            let backend = InstalledBackend {
+                terminating: true,
+                ..b
+            };
+            ops.push(Op::PutBackend { id: bid, backend });
+        }
+    }
+}
 
-    // 1. Backends: reuse ids by address (reviving terminating ones), allocate the rest.
+/// 1. Backends: reuse ids by address (reviving terminating ones), allocate the rest. Returns
+/// the new slot table (each backend id repeated by its weight) and the wanted backend ids.
+fn plan_backends(
+    owned: &[(u32, InstalledBackend)],
+    id: u32,
+    spec: &ServiceSpec,
+    next_backend_id: &mut u32,
+    ops: &mut Vec<Op>,
+) -> (Vec<u32>, BTreeSet<u32>) {
     let mut new_slots: Vec<u32> = Vec::new();
     let mut wanted_ids = BTreeSet::new();
     for (addr, weight) in normalized(&spec.endpoints) {
@@ -263,9 +286,28 @@ fn plan_service(
         wanted_ids.insert(bid);
         new_slots.extend(std::iter::repeat_n(bid, weight as usize));
     }
+    (new_slots, wanted_ids)
+}
 
-    // 2. Slots: every slot the datapath may read (below the live count) is pointed at a
-    // wanted backend before the count changes; slots past the new count go after it.
+/// 2. Slots: every slot the datapath may read (below the live count) is pointed at a wanted
+/// backend before the count changes; 3. the count; then the slots past the new count.
+fn plan_slots(
+    installed: &Installed,
+    id: u32,
+    spec: &ServiceSpec,
+    new_slots: &[u32],
+    ops: &mut Vec<Op>,
+) {
+    // The count the datapath sees now, at this frontend (0 if the frontend is new or moved).
+    let live_count = match installed.frontends.get(&(spec.frontend, spec.proto)) {
+        Some(&(fid, count)) if fid == id => Some(count),
+        _ => None,
+    };
+    let old_slots: BTreeMap<u32, u32> = installed
+        .slots
+        .range((id, 0)..=(id, u32::MAX))
+        .map(|(&(_, slot), &bid)| (slot, bid))
+        .collect();
     let new_count = new_slots.len() as u32;
     let live = live_count.unwrap_or(0);
     if new_count > 0 {
@@ -280,7 +322,6 @@ fn plan_service(
             }
         }
     }
-    // 3. The count.
     if live_count != Some(new_count) {
         ops.push(Op::PutService {
             frontend: spec.frontend,
@@ -295,17 +336,6 @@ fn plan_service(
                 service_id: id,
                 slot,
             });
-        }
-    }
-
-    // 4. Backends that left: terminating, until their flows drain.
-    for &(bid, b) in owned {
-        if !wanted_ids.contains(&bid) && !b.terminating {
-            let backend = InstalledBackend {
-                terminating: true,
-                ..b
-            };
-            ops.push(Op::PutBackend { id: bid, backend });
         }
     }
 }

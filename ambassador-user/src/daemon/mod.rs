@@ -12,7 +12,8 @@ use std::{
 
 use ambassador_common::{source, DaemonInfo};
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    io::unix::AsyncFd,
+    signal::unix::{signal, Signal, SignalKind},
     sync::watch,
 };
 use tracing::{error, info, warn};
@@ -322,12 +323,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         Source::File(path) => Some(config::load(path)?),
         Source::Etcd(_) => None,
     };
-    let mut hup =
-        signal(SignalKind::hangup()).map_err(Error::io("installing the SIGHUP handler"))?;
-    let mut term =
-        signal(SignalKind::terminate()).map_err(Error::io("installing the SIGTERM handler"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(Error::io("installing the SIGINT handler"))?;
+    let mut signals = Signals::install()?;
 
     // The responder binds its addresses before the kernel is touched: a bad address fails
     // the start with nothing changed.
@@ -340,16 +336,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         state.apply(desired, "configuration applied", None);
     }
     state.write_info();
-    let metrics = match cfg.metrics_addr {
-        Some(addr) => {
-            let (pin, t) = (cfg.pin_dir.clone(), state.telemetry.clone());
-            let dns = state.dns.as_ref().map(crate::dns::Responder::stats);
-            let render: metrics::Render =
-                Arc::new(move || render_metrics(&pin, &t, dns.as_deref()));
-            Some(metrics::serve(addr, render).await?.1)
-        }
-        None => None,
-    };
+    let metrics = serve_metrics(&cfg, &state).await?;
     let (follower, mut rx) = follow(&cfg.source);
     info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
@@ -366,21 +353,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         None
     };
     let mut heartbeat = tokio::time::interval(heartbeat::INTERVAL);
-    let mut health = state.dp.health_events.take().and_then(|ring| {
-        // SAFETY: the ring buffer owns its map's fd and never replaces or closes it while it
-        // lives; the AsyncFd owns the ring buffer.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| warn!("backend health events will not be logged: {e}"))
-        .ok()
-    });
+    let mut health = state.dp.health_events.take().and_then(readable);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = term.recv() => { info!("SIGTERM: stopping"); break }
-            _ = int.recv() => { info!("SIGINT: stopping"); break }
+            _ = signals.term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = signals.int.recv() => { info!("SIGINT: stopping"); break }
             changed = rx.changed(), if follower.is_some() => {
                 if changed.is_err() {
                     error!("the etcd follower stopped");
@@ -389,7 +368,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 let snap = rx.borrow_and_update().clone();
                 state.follow_etcd(&snap);
             }
-            _ = hup.recv() => match &cfg.source {
+            _ = signals.hup.recv() => match &cfg.source {
                 Source::File(path) => match config::load(path) {
                     Ok(desired) => state.apply(&desired, "configuration reloaded", None),
                     Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
@@ -423,6 +402,49 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     }
     state.stop(cfg.grace);
     Ok(())
+}
+
+/// The signals the daemon answers: SIGHUP re-reads a file, SIGTERM and SIGINT stop it.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(Error::io(format!("installing the {name} handler")))
+        };
+        Ok(Self {
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+}
+
+/// The metrics page, when `--metrics-listen` asks for it.
+async fn serve_metrics(
+    cfg: &RunConfig,
+    state: &State,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = cfg.metrics_addr else {
+        return Ok(None);
+    };
+    let (pin, t) = (cfg.pin_dir.clone(), state.telemetry.clone());
+    let dns = state.dns.as_ref().map(crate::dns::Responder::stats);
+    let render: metrics::Render = Arc::new(move || render_metrics(&pin, &t, dns.as_deref()));
+    Ok(Some(metrics::serve(addr, render).await?.1))
+}
+
+/// The datapath's backend health events as something the loop can wait on.
+fn readable(ring: loader::HealthEvents) -> Option<AsyncFd<loader::HealthEvents>> {
+    // SAFETY: the ring buffer owns its map's fd and never replaces or closes it while it
+    // lives; the AsyncFd owns the ring buffer.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| warn!("backend health events will not be logged: {e}"))
+        .ok()
 }
 
 /// Follows the source of truth: a watch of etcd's desired state (none for a file, which is

@@ -28,6 +28,9 @@ use crate::{
     reconcile::{Installed, Op},
 };
 
+/// The port of a frontend address's marker entry, in host order.
+const MARKER_PORT: u16 = u16::from_be(FRONTEND_MARKER_PORT);
+
 /// The datapath's maps.
 pub struct Maps {
     v4: FamilyMaps<u32>,
@@ -176,24 +179,8 @@ impl Maps {
     /// Applies one planned operation.
     pub fn apply(&mut self, op: &Op) -> Result<()> {
         match op {
-            Op::ResetStats { id } => {
-                let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus()?])
-                    .map_err(Error::io("building zeroed counters"))?;
-                self.service_stats.set(*id, zeros, 0).map_err(map_err(
-                    names::SERVICE_STATS,
-                    format!("resetting service {id}"),
-                ))
-            }
-            Op::PutName { id, name } => {
-                let value = ServiceName::new(name).ok_or_else(|| Error::Map {
-                    name: names::NAMES,
-                    what: format!("service name {name:?} is too long"),
-                    source: MapError::InvalidName { name: name.clone() },
-                })?;
-                self.names
-                    .insert(id, value, 0)
-                    .map_err(map_err(names::NAMES, format!("writing {id}")))
-            }
+            Op::ResetStats { id } => self.reset_stats(*id),
+            Op::PutName { id, name } => self.put_name(*id, name),
             Op::DeleteName { id } => ignore_missing(self.names.remove(id))
                 .map_err(map_err(names::NAMES, format!("deleting {id}"))),
             Op::PutBackend { id, backend } => match backend.addr.ip() {
@@ -209,66 +196,78 @@ impl Maps {
                 service_id,
                 slot,
                 backend_id,
-            } => self
-                .slots
-                .insert(
-                    SlotKey {
-                        service_id: *service_id,
-                        slot: *slot,
-                    },
-                    backend_id,
-                    0,
-                )
-                .map_err(map_err(
+            } => {
+                let key = SlotKey {
+                    service_id: *service_id,
+                    slot: *slot,
+                };
+                self.slots.insert(key, backend_id, 0).map_err(map_err(
                     names::SLOTS,
                     format!("writing slot {service_id}/{slot}"),
-                )),
-            Op::DeleteSlot { service_id, slot } => ignore_missing(self.slots.remove(&SlotKey {
-                service_id: *service_id,
-                slot: *slot,
-            }))
-            .map_err(map_err(
-                names::SLOTS,
-                format!("deleting slot {service_id}/{slot}"),
-            )),
+                ))
+            }
+            Op::DeleteSlot { service_id, slot } => {
+                let key = SlotKey {
+                    service_id: *service_id,
+                    slot: *slot,
+                };
+                ignore_missing(self.slots.remove(&key)).map_err(map_err(
+                    names::SLOTS,
+                    format!("deleting slot {service_id}/{slot}"),
+                ))
+            }
             Op::PutService {
                 frontend,
                 proto,
                 id,
                 count,
-            } => self.put_service(
-                frontend.ip(),
-                frontend.port(),
-                *proto,
-                ServiceValue4 {
+            } => {
+                let value = ServiceValue4 {
                     service_id: *id,
                     count: *count,
-                },
-                format!("writing {frontend}/{proto}"),
-            ),
-            Op::DeleteService { frontend, proto } => self.delete_service(
-                frontend.ip(),
-                frontend.port(),
-                *proto,
-                format!("deleting {frontend}/{proto}"),
-            ),
-            Op::PutMarker { vip, proto } => self.put_service(
-                *vip,
-                u16::from_be(FRONTEND_MARKER_PORT),
-                *proto,
-                ServiceValue4 {
+                };
+                let what = format!("writing {frontend}/{proto}");
+                self.put_service(frontend.ip(), frontend.port(), *proto, value, what)
+            }
+            Op::DeleteService { frontend, proto } => {
+                let what = format!("deleting {frontend}/{proto}");
+                self.delete_service(frontend.ip(), frontend.port(), *proto, what)
+            }
+            Op::PutMarker { vip, proto } => {
+                let marker = ServiceValue4 {
                     service_id: 0,
                     count: 0,
-                },
-                format!("marking {vip}/{proto}"),
-            ),
-            Op::DeleteMarker { vip, proto } => self.delete_service(
-                *vip,
-                u16::from_be(FRONTEND_MARKER_PORT),
-                *proto,
-                format!("unmarking {vip}/{proto}"),
-            ),
+                };
+                let what = format!("marking {vip}/{proto}");
+                self.put_service(*vip, MARKER_PORT, *proto, marker, what)
+            }
+            Op::DeleteMarker { vip, proto } => {
+                let what = format!("unmarking {vip}/{proto}");
+                self.delete_service(*vip, MARKER_PORT, *proto, what)
+            }
         }
+    }
+
+    fn reset_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus()?])
+            .map_err(Error::io("building zeroed counters"))?;
+        self.service_stats.set(id, zeros, 0).map_err(map_err(
+            names::SERVICE_STATS,
+            format!("resetting service {id}"),
+        ))
+    }
+
+    fn put_name(&mut self, id: u32, name: &str) -> Result<()> {
+        let value = ServiceName::new(name).ok_or_else(|| Error::Map {
+            name: names::NAMES,
+            what: format!("service name {name:?} is too long"),
+            source: MapError::InvalidName {
+                name: name.to_owned(),
+            },
+        })?;
+        self.names
+            .insert(id, value, 0)
+            .map_err(map_err(names::NAMES, format!("writing {id}")))
     }
 
     fn put_service(
