@@ -11,6 +11,7 @@ use std::{
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+    WatchStream,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -322,21 +323,7 @@ async fn session(
     info!(revision, keys = listing.kvs().len(), "etcd: listed {root}");
     publish(tx, &store, revision, malformed, &mut conflicts, received);
 
-    let mut stream = client
-        .watch(
-            root.clone(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1)
-                    .with_progress_notify(),
-            ),
-        )
-        .await
-        .map_err(|source| Error::Etcd {
-            what: format!("watching {root}"),
-            source,
-        })?;
+    let mut stream = watch_from(&mut client, &root, revision + 1).await?;
     loop {
         // The first response is waited for; then every response that has already arrived is
         // taken too, before the desired state is built once: under heavy churn of many
@@ -373,6 +360,21 @@ async fn session(
         debug!(revision, events, batched, "etcd: changes");
         publish(tx, &store, revision, malformed, &mut conflicts, received);
     }
+}
+
+/// A watch of everything under `root` from `revision` on, with progress notifications.
+async fn watch_from(client: &mut Client, root: &str, revision: i64) -> Result<WatchStream> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision)
+        .with_progress_notify();
+    client
+        .watch(root, Some(options))
+        .await
+        .map_err(|source| Error::Etcd {
+            what: format!("watching {root}"),
+            source,
+        })
 }
 
 /// A watch response, or why the stream broke.

@@ -158,7 +158,7 @@ pub enum DatapathKind {
 impl RunArgs {
     /// The daemon's settings, or what is wrong with the flags (for a usage error).
     pub fn into_config(self) -> Result<RunConfig, String> {
-        let a = self;
+        let mut a = self;
         let datapaths = if a.datapath.is_empty() {
             vec![DatapathKind::Tc]
         } else {
@@ -187,23 +187,7 @@ impl RunArgs {
         if !sock && a.cgroup_path.is_some() {
             return Err("--cgroup-path is for the sock datapath: add sock to --datapath".into());
         }
-        let dns_flags = !a.dns_upstream.is_empty() || a.dns_no_forward || !a.dns_allow.is_empty();
-        if a.dns_listen.is_empty() && dns_flags {
-            return Err("--dns-upstream, --dns-no-forward and --dns-allow are for the DNS responder: add --dns-listen".into());
-        }
-        let dns = (!a.dns_listen.is_empty()).then_some(crate::dns::DnsConfig {
-            listen: a.dns_listen,
-            domain: a.dns_domain,
-            forwarding: if a.dns_no_forward {
-                crate::dns::Forwarding::Off
-            } else if a.dns_upstream.is_empty() {
-                crate::dns::Forwarding::Host
-            } else {
-                crate::dns::Forwarding::To(a.dns_upstream)
-            },
-            allow: a.dns_allow,
-            rate_limit: a.dns_rate_limit,
-        });
+        let dns = a.dns_config()?;
         Ok(RunConfig {
             targets: crate::loader::Targets {
                 ifaces: if tc { a.ifaces.clone() } else { Vec::new() },
@@ -240,5 +224,30 @@ impl RunArgs {
                 udp: Duration::from_secs(a.udp_timeout),
             },
         })
+    }
+
+    /// The DNS responder's settings (None without `--dns-listen`).
+    fn dns_config(&mut self) -> Result<Option<crate::dns::DnsConfig>, String> {
+        let a = self;
+        let dns_flags = !a.dns_upstream.is_empty() || a.dns_no_forward || !a.dns_allow.is_empty();
+        if a.dns_listen.is_empty() {
+            if dns_flags {
+                return Err("--dns-upstream, --dns-no-forward and --dns-allow are for the DNS responder: add --dns-listen".into());
+            }
+            return Ok(None);
+        }
+        Ok(Some(crate::dns::DnsConfig {
+            listen: std::mem::take(&mut a.dns_listen),
+            domain: a.dns_domain.clone(),
+            forwarding: if a.dns_no_forward {
+                crate::dns::Forwarding::Off
+            } else if a.dns_upstream.is_empty() {
+                crate::dns::Forwarding::Host
+            } else {
+                crate::dns::Forwarding::To(std::mem::take(&mut a.dns_upstream))
+            },
+            allow: std::mem::take(&mut a.dns_allow),
+            rate_limit: a.dns_rate_limit,
+        }))
     }
 }

@@ -15,6 +15,7 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, Signal, SignalKind},
     sync::watch,
+    time::{interval, Interval},
 };
 use tracing::{error, info, warn};
 
@@ -340,19 +341,12 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let (follower, mut rx) = follow(&cfg.source);
     info!(pin_dir = %cfg.pin_dir.display(), "ready");
 
-    let mut gc_tick = tokio::time::interval(cfg.gc_interval);
-    // Bridge ports come and go with containers: a link event attaches a new port at once; the
-    // periodic sweep is the safety net (a lost event, an overflowing socket).
-    let mut ports = tokio::time::interval(Duration::from_secs(1));
-    let mut routes = tokio::time::interval(Duration::from_secs(5));
-    // Which interfaces take redirected XDP frames changes with a peer's GRO or XDP program.
-    let mut xdp_targets = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = Ticks::new(&cfg);
     let link_events = if state.dp.has_bridges() {
         link_events()
     } else {
         None
     };
-    let mut heartbeat = tokio::time::interval(heartbeat::INTERVAL);
     let mut health = state.dp.health_events.take().and_then(readable);
     tokio::pin!(shutdown);
     loop {
@@ -375,12 +369,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 },
                 Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
             },
-            _ = gc_tick.tick() => state.collect_garbage(&cfg.timeouts),
-            _ = heartbeat.tick() => state.write_info(),
-            _ = ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
-            // Routes to the backends change too (a subnet moves to another link).
-            _ = routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
-            _ = xdp_targets.tick(), if state.dp.has_xdp() => state.dp.sync_xdp_targets(),
+            _ = ticks.gc.tick() => state.collect_garbage(&cfg.timeouts),
+            _ = ticks.heartbeat.tick() => state.write_info(),
+            _ = ticks.ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
+            _ = ticks.routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
+            _ = ticks.xdp_targets.tick(), if state.dp.has_xdp() => state.dp.sync_xdp_targets(),
             ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
                 if let Ok(mut guard) = ready {
                     state.health_events(guard.get_inner_mut());
@@ -402,6 +395,33 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     }
     state.stop(cfg.grace);
     Ok(())
+}
+
+/// The daemon's periodic work.
+struct Ticks {
+    /// Flow expiry (`--gc-interval`).
+    gc: Interval,
+    /// The record `status` reads (the heartbeat).
+    heartbeat: Interval,
+    /// Bridge ports come and go with containers: a link event attaches a new port at once;
+    /// this sweep is the safety net (a lost event, an overflowing socket).
+    ports: Interval,
+    /// Routes to the backends change too (a subnet moves to another link).
+    routes: Interval,
+    /// Which interfaces take redirected XDP frames changes with a peer's GRO or XDP program.
+    xdp_targets: Interval,
+}
+
+impl Ticks {
+    fn new(cfg: &RunConfig) -> Self {
+        Self {
+            gc: interval(cfg.gc_interval),
+            heartbeat: interval(heartbeat::INTERVAL),
+            ports: interval(Duration::from_secs(1)),
+            routes: interval(Duration::from_secs(5)),
+            xdp_targets: interval(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// The signals the daemon answers: SIGHUP re-reads a file, SIGTERM and SIGINT stop it.

@@ -368,14 +368,7 @@ pub fn start(
     } else {
         None
     };
-    let health_events = match ebpf.take_map(map_names::HEALTH_EVENTS) {
-        Some(map) => Some(HealthEvents::try_from(map).map_err(|source| Error::Map {
-            name: map_names::HEALTH_EVENTS,
-            what: "unexpected map type".into(),
-            source,
-        })?),
-        None => None,
-    };
+    let health_events = take_health_events(&mut ebpf)?;
     let links_dir = pin_dir.join("links");
     if tcx || cgroup.is_some() || xdp {
         std::fs::create_dir_all(&links_dir)
@@ -414,17 +407,7 @@ pub fn start(
         dp.attach_xdp(iface, true)?;
     }
     if xdp {
-        // The interfaces towards the backends an earlier daemon attached to: adopted now, so
-        // replies never meet an interface without the program while this daemon reads its
-        // source (the first apply then follows the routes, and leaves what is not needed).
-        let existing = netlink::links().unwrap_or_default();
-        for iface in pinned_xdp_ifaces(&dp.links_dir) {
-            if existing.iter().any(|l| l.name == iface) {
-                if let Err(e) = dp.attach_xdp(&iface, false) {
-                    warn!(%iface, "adopting the XDP link towards backends failed: {e}");
-                }
-            }
-        }
+        dp.adopt_xdp_links();
         // Until this table is written, translated frames go through the stack.
         dp.sync_xdp_targets();
     }
@@ -433,7 +416,34 @@ pub fn start(
     Ok(dp)
 }
 
+/// The ring buffer of backend health events, when the object has one.
+fn take_health_events(ebpf: &mut Ebpf) -> Result<Option<HealthEvents>> {
+    let Some(map) = ebpf.take_map(map_names::HEALTH_EVENTS) else {
+        return Ok(None);
+    };
+    let ring = HealthEvents::try_from(map).map_err(|source| Error::Map {
+        name: map_names::HEALTH_EVENTS,
+        what: "unexpected map type".into(),
+        source,
+    })?;
+    Ok(Some(ring))
+}
+
 impl Datapath {
+    /// The interfaces towards the backends an earlier daemon attached to: adopted at start, so
+    /// replies never meet an interface without the program while this daemon reads its source
+    /// (the first apply then follows the routes, and leaves what is not needed).
+    fn adopt_xdp_links(&mut self) {
+        let existing = netlink::links().unwrap_or_default();
+        for iface in pinned_xdp_ifaces(&self.links_dir) {
+            if existing.iter().any(|l| l.name == iface) {
+                if let Err(e) = self.attach_xdp(&iface, false) {
+                    warn!(%iface, "adopting the XDP link towards backends failed: {e}");
+                }
+            }
+        }
+    }
+
     /// Removes pinned links this daemon did not adopt: interfaces it no longer serves (no
     /// longer in `--iface`, or bridge ports that left while no daemon ran).
     fn remove_stale_links(&mut self) {

@@ -74,64 +74,23 @@ pub fn registration(
             .map_err(|m| format!("label {}: {m}", labels::WEIGHT))?,
     };
     let wanted_port = label(labels::PORT);
-    let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
     let (addr, (frontend_port, proto)) = match cfg.address_mode {
         AddressMode::Published => {
             let advertise = cfg
                 .advertise_ip
                 .ok_or("published mode needs --advertise-ip")?;
-            let published: BTreeMap<&str, u16> = ports
-                .into_iter()
-                .flatten()
-                .filter_map(|(cport, bindings)| {
-                    let host_port = bindings
-                        .as_ref()?
-                        .iter()
-                        .find_map(|b| nonzero_port(b.host_port.as_deref()?))?;
-                    Some((cport.as_str(), host_port))
-                })
-                .collect();
+            let published = published_ports(c);
             let (key, host_port) = pick(&published, wanted_port, "published")?;
             (SocketAddr::new(advertise, host_port), key_port(key))
         }
         AddressMode::Container | AddressMode::ContainerIpv6 => {
             let ipv6_only = cfg.address_mode == AddressMode::ContainerIpv6;
-            let ip = c
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.networks.as_ref())
-                .and_then(|nets| {
-                    // An IPv4 address of any network (by network name), else a global IPv6 one.
-                    let mut names: Vec<&String> = nets.keys().collect();
-                    names.sort();
-                    let v4 = names.iter().filter(|_| !ipv6_only).find_map(|n| {
-                        let ip = nets[*n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok()?;
-                        Some(IpAddr::V4(ip))
-                    });
-                    v4.or_else(|| {
-                        names.iter().find_map(|n| {
-                            let ip = nets[*n].global_ipv6_address.as_deref()?;
-                            Some(IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?))
-                        })
-                    })
-                })
-                .ok_or(if ipv6_only {
-                    "the container has no global IPv6 address on any network (dockerd --ipv6 and an IPv6 subnet give it one)"
-                } else {
-                    "the container has no IPv4 or global IPv6 address on any network"
-                })?;
-            let mut exposed: BTreeMap<&str, u16> = BTreeMap::new();
-            let from_config = c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_ref());
-            for p in from_config
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .chain(ports.into_iter().flatten().map(|(k, _)| k.as_str()))
-            {
-                if let Some(n) = p.split('/').next().and_then(nonzero_port) {
-                    exposed.insert(p, n);
-                }
-            }
+            let ip = container_ip(c, ipv6_only).ok_or(if ipv6_only {
+                "the container has no global IPv6 address on any network (dockerd --ipv6 and an IPv6 subnet give it one)"
+            } else {
+                "the container has no IPv4 or global IPv6 address on any network"
+            })?;
+            let exposed = exposed_ports(c);
             let (key, port) = pick(&exposed, wanted_port, "exposed")?;
             (SocketAddr::new(ip, port), key_port(key))
         }
@@ -148,6 +107,58 @@ pub fn registration(
         frontend_port: frontend_port.unwrap_or(addr.port()),
         proto,
     }))
+}
+
+/// The container's ports published on the host: `"<port>/<proto>"` -> host port.
+fn published_ports(c: &ContainerInspectResponse) -> BTreeMap<&str, u16> {
+    let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    ports
+        .into_iter()
+        .flatten()
+        .filter_map(|(cport, bindings)| {
+            let host_port = bindings
+                .as_ref()?
+                .iter()
+                .find_map(|b| nonzero_port(b.host_port.as_deref()?))?;
+            Some((cport.as_str(), host_port))
+        })
+        .collect()
+}
+
+/// The ports the container exposes (its image's and its own): `"<port>/<proto>"` -> port.
+fn exposed_ports(c: &ContainerInspectResponse) -> BTreeMap<&str, u16> {
+    let ports = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    let from_config = c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_ref());
+    let mut exposed = BTreeMap::new();
+    for p in from_config
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(ports.into_iter().flatten().map(|(k, _)| k.as_str()))
+    {
+        if let Some(n) = p.split('/').next().and_then(nonzero_port) {
+            exposed.insert(p, n);
+        }
+    }
+    exposed
+}
+
+/// An IPv4 address of any of the container's networks (by network name), else a global IPv6
+/// one; only the latter when `ipv6_only`.
+fn container_ip(c: &ContainerInspectResponse, ipv6_only: bool) -> Option<IpAddr> {
+    let nets = c.network_settings.as_ref()?.networks.as_ref()?;
+    let mut names: Vec<&String> = nets.keys().collect();
+    names.sort();
+    let v4 = names.iter().filter(|_| !ipv6_only).find_map(|n| {
+        let ip = nets[*n].ip_address.as_deref()?.parse::<Ipv4Addr>().ok()?;
+        Some(IpAddr::V4(ip))
+    });
+    v4.or_else(|| {
+        names.iter().find_map(|n| {
+            let ip = nets[*n].global_ipv6_address.as_deref()?;
+            Some(IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?))
+        })
+    })
 }
 
 /// Whether a container may take traffic: running, and healthy if it has a health check
