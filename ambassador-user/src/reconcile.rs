@@ -236,7 +236,7 @@ fn plan_service(
 ) {
     let (new_slots, wanted_ids) = plan_backends(owned, id, spec, next_backend_id, ops);
     plan_slots(installed, id, spec, &new_slots, ops);
-    // 4. Backends that left: terminating, until their flows drain.
+    // Step 4, backends that left: terminating, until their flows drain.
     for &(bid, b) in owned {
         if !wanted_ids.contains(&bid) && !b.terminating {
             let backend = InstalledBackend {
@@ -248,8 +248,8 @@ fn plan_service(
     }
 }
 
-/// 1. Backends: reuse ids by address (reviving terminating ones), allocate the rest. Returns
-/// the new slot table (each backend id repeated by its weight) and the wanted backend ids.
+/// Step 1, the backends: reuse ids by address (reviving terminating ones), allocate the rest.
+/// Returns the new slot table (each backend id repeated by its weight) and the wanted ids.
 fn plan_backends(
     owned: &[(u32, InstalledBackend)],
     id: u32,
@@ -289,8 +289,9 @@ fn plan_backends(
     (new_slots, wanted_ids)
 }
 
-/// 2. Slots: every slot the datapath may read (below the live count) is pointed at a wanted
-/// backend before the count changes; 3. the count; then the slots past the new count.
+/// Steps 2 and 3, the slots and the count: every slot the datapath may read (below the live
+/// count) is pointed at a wanted backend before the count changes; then the count; then the
+/// slots past the new count go.
 fn plan_slots(
     installed: &Installed,
     id: u32,
