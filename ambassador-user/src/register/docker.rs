@@ -1,18 +1,19 @@
-//! The register's Docker side: connecting to the engine, what a container's inspection makes
-//! of it (an entry, or nothing), the full listing that reconciles etcd with the running
-//! containers, and one event at a time.
+//! The register's Docker source: the engine's labelled containers and their event stream.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, pin::Pin};
 
 use bollard::{
-    models::ContainerInspectResponse, query_parameters::ListContainersOptions, Docker,
-    API_DEFAULT_VERSION,
+    models::{ContainerInspectResponse, EventMessage},
+    query_parameters::{EventsOptions, ListContainersOptions},
+    Docker, API_DEFAULT_VERSION,
 };
-use tracing::{debug, info, warn};
+use futures_util::{Stream, StreamExt as _};
+use tracing::debug;
 
 use super::{
-    allowed::Allowance, entry, events::Change, labels, mapping::short_id, ready, registration,
-    Register,
+    events::{self, Change},
+    labels,
+    source::Source,
 };
 use crate::error::{Error, Result};
 
@@ -33,69 +34,63 @@ pub async fn connect_docker(path: &str) -> Result<Docker> {
         })
 }
 
-impl Register {
-    /// The entry for one container, reporting an unusable label once.
-    pub(super) fn entry_of(&mut self, c: &ContainerInspectResponse) -> Option<(String, String)> {
-        let id = c.id.clone().unwrap_or_default();
-        let started = c
-            .state
-            .as_ref()
-            .and_then(|s| s.started_at.clone())
-            .unwrap_or_default();
-        match self.stopping.get(&id) {
-            Some(run) if *run == started => return None, // draining
-            Some(_) => {
-                self.stopping.remove(&id); // started again since
-            }
-            None => {}
-        }
-        if !ready(c) {
-            return None;
-        }
-        let host = &self.cfg.host_id;
-        let reg = registration(c, &self.cfg).and_then(|r| match r {
-            Some(r) => match self.allowance.refuse(host, &r.service, r.addr.ip()) {
-                Some(why) => Err(why),
-                None => Ok(Some(r)),
-            },
-            None => Ok(None),
-        });
-        if let Ok(Some(r)) = &reg {
-            self.services.entry(r.service.clone()).or_insert((
-                r.frontend_port,
-                r.proto,
-                r.addr.is_ipv6(),
-            ));
-            if let Some(frontend) = self.ensured.get(&r.service) {
-                if frontend.port() != r.frontend_port && self.disagreeing.insert(id.clone()) {
-                    info!(container = %short_id(&id), service = %r.service, %frontend, "the container's port {} differs from its service's frontend port: it is registered with its own port, and clients reach it through {frontend}", r.frontend_port);
-                }
-            }
-        }
-        match reg.and_then(|r| r.map(|r| entry(&self.cfg, &r, &id)).transpose()) {
-            Ok(Some(e)) => {
-                self.reported.remove(&id);
-                Some(e)
-            }
-            Ok(None) => None,
-            Err(why) => {
-                if self.reported.insert(id.clone()) {
-                    warn!(container = %short_id(&id), "not registered: {why}");
-                }
-                None
-            }
+type Events = Pin<Box<dyn Stream<Item = Result<EventMessage, bollard::errors::Error>> + Send>>;
+
+/// The Docker engine at a socket path, as the register's [`Source`].
+pub struct DockerEngine {
+    path: String,
+    /// The engine and its event stream, once opened.
+    open: Option<(Docker, Events)>,
+}
+
+impl DockerEngine {
+    /// The engine at `path` (a Unix socket); nothing is connected before [`Source::open`].
+    pub fn new(path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            open: None,
         }
     }
 
-    /// Lists the labelled running containers and syncs etcd with them.
-    pub(super) async fn reconcile(&mut self, docker: &Docker) -> Result<usize> {
-        let allowance =
-            Allowance::read(&self.etcd, &self.cfg.etcd.prefix, &self.cfg.host_id).await?;
-        if allowance.mode() != self.allowance.mode() {
-            info!(trust = %allowance.mode(), "the cluster's trust mode changed");
-            self.uncreated.clear();
-        }
-        self.allowance = allowance;
+    fn docker(&self) -> Result<&Docker> {
+        self.open
+            .as_ref()
+            .map(|(d, _)| d)
+            .ok_or_else(|| Error::Docker {
+                what: "using the engine".into(),
+                source: bollard::errors::Error::IOError {
+                    err: std::io::Error::other("not connected"),
+                },
+            })
+    }
+}
+
+impl Source for DockerEngine {
+    fn kind(&self) -> &'static str {
+        "Docker"
+    }
+
+    fn name(&self) -> String {
+        self.path.clone()
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        self.open = None;
+        let docker = connect_docker(&self.path).await?;
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![labels::SERVICE.to_owned()]),
+        ]);
+        let stream = docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        self.open = Some((docker, Box::pin(stream)));
+        Ok(())
+    }
+
+    async fn list(&mut self) -> Result<Vec<ContainerInspectResponse>> {
+        let docker = self.docker()?;
         let filters = HashMap::from([("label".to_owned(), vec![labels::SERVICE.to_owned()])]);
         let list = docker
             .list_containers(Some(ListContainersOptions {
@@ -107,61 +102,56 @@ impl Register {
                 what: "listing containers".into(),
                 source,
             })?;
-        let mut wanted = HashMap::new();
+        let mut out = Vec::with_capacity(list.len());
         for summary in list {
             let Some(id) = summary.id else { continue };
             match docker.inspect_container(&id, None).await {
-                Ok(c) => {
-                    if let Some(kv) = self.entry_of(&c) {
-                        wanted.insert(id, kv);
-                    }
-                }
+                Ok(c) => out.push(c),
                 // Gone between the list and the inspect: not running any more.
                 Err(e) => debug!(container = %id, "inspect failed: {e}"),
             }
         }
-        let n = wanted.len();
-        self.sync(wanted).await?;
-        self.ensure_services().await?;
-        self.count();
-        Ok(n)
+        Ok(out)
     }
 
-    /// Acts on one container event.
-    pub(super) async fn event(&mut self, docker: &Docker, change: Change, id: &str) -> Result<()> {
-        match change {
-            Change::Started | Change::Health => {
-                if change == Change::Started {
-                    self.stopping.remove(id);
-                }
-                match docker.inspect_container(id, None).await {
-                    Ok(c) => match self.entry_of(&c) {
-                        Some(kv) => {
-                            self.put(id, kv).await?;
-                            self.ensure_services().await?;
-                        }
-                        None => self.remove(id).await?,
-                    },
-                    Err(e) => debug!(container = %id, "inspect failed: {e}"),
-                }
-            }
-            // Leaving at the stop signal gives a container that drains on SIGTERM (see the
-            // README) time to finish while clients already go elsewhere. It stays out (even if
-            // a reconcile sees it still running and healthy) until it starts again.
-            Change::Stopping => {
-                let started = match docker.inspect_container(id, None).await {
-                    Ok(c) => c.state.and_then(|s| s.started_at).unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                self.stopping.insert(id.to_owned(), started);
-                self.remove(id).await?;
-            }
-            Change::Stopped => self.remove(id).await?,
-            Change::Gone => {
-                self.stopping.remove(id);
-                self.remove(id).await?;
+    async fn inspect(&mut self, id: &str) -> Option<ContainerInspectResponse> {
+        match self.docker().ok()?.inspect_container(id, None).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                debug!(container = %id, "inspect failed: {e}");
+                None
             }
         }
-        Ok(())
+    }
+
+    async fn next_event(&mut self) -> Result<(Change, String)> {
+        let Some((_, stream)) = self.open.as_mut() else {
+            return Err(closed());
+        };
+        loop {
+            match stream.next().await {
+                Some(Ok(ev)) => {
+                    if let Some((change, id)) = events::parse(&ev) {
+                        return Ok((change, id.to_owned()));
+                    }
+                }
+                Some(Err(source)) => {
+                    return Err(Error::Docker {
+                        what: "the event stream failed".into(),
+                        source,
+                    })
+                }
+                None => return Err(closed()),
+            }
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::Docker {
+        what: "following events".into(),
+        source: bollard::errors::Error::IOError {
+            err: std::io::Error::other("the event stream closed"),
+        },
     }
 }

@@ -5,14 +5,21 @@
 //! It lists the containers, then follows the event stream; a periodic reconcile heals missed
 //! events; a closed stream is reopened and re-listed; a lost lease is re-granted and every
 //! entry rewritten.
+//!
+//! The core ([`serve`]: container events in, etcd writes out) takes its containers from any
+//! [`Source`]: Docker's engine ([`DockerEngine`], what `run` uses) or a synthetic one
+//! ([`synthetic`], for the fleet simulator and tests).
 
 mod allowed;
 mod config;
+mod containers;
 mod docker;
 mod events;
 mod lease;
 mod mapping;
+mod source;
 mod stats;
+mod synthetic;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,11 +27,10 @@ use std::{
 };
 
 use allowed::Allowance;
-use bollard::query_parameters::EventsOptions;
 pub use config::{AddressMode, RegisterConfig};
-pub use docker::connect_docker;
+pub use docker::{connect_docker, DockerEngine};
 use etcd_client::{Client, PutOptions};
-use futures_util::StreamExt as _;
+pub use events::Change;
 use lease::{keep_lease, retry};
 pub use mapping::{entry, labels, ready, registration, Registration};
 use tokio::{
@@ -33,7 +39,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+pub use source::Source;
 pub use stats::Stats;
+pub use synthetic::{synthetic, Synthetic, SyntheticHandle};
 
 use crate::{
     error::{Error, Result},
@@ -249,8 +257,8 @@ impl Register {
     }
 }
 
-/// Runs the register until SIGTERM/SIGINT. Entries stay in etcd until the lease expires, so a
-/// restarted (or upgraded) register takes them over without a gap.
+/// Runs the register on the Docker engine until SIGTERM/SIGINT. Entries stay in etcd until
+/// the lease expires, so a restarted (or upgraded) register takes them over without a gap.
 pub async fn run(cfg: RegisterConfig) -> Result<()> {
     if cfg.address_mode == AddressMode::Published && cfg.advertise_ip.is_none() {
         return Err(Error::Usage(
@@ -272,14 +280,32 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         }
         None => None,
     };
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    serve(&cfg, DockerEngine::new(&cfg.docker), stats, stop).await
+}
+
+/// The register's core: keeps etcd equal to `source`'s labelled containers under one lease,
+/// until `stop` completes. Any failure (etcd, the source) is retried with backoff; a lost
+/// lease is re-granted and every entry rewritten.
+pub async fn serve(
+    cfg: &RegisterConfig,
+    mut source: impl Source,
+    stats: Arc<Stats>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(stop);
     let mut backoff = Reconnect::default();
     let mut reg: Option<Register> = None;
     let mut memory: Memory = Default::default();
     loop {
         let outcome = tokio::select! {
-            result = attempt(&cfg, &mut reg, &mut memory, &stats) => Some(result),
-            _ = term.recv() => None,
-            _ = int.recv() => None,
+            result = attempt(cfg, &mut reg, &mut memory, &stats, &mut source) => Some(result),
+            _ = &mut stop => None,
         };
         let delay;
         match outcome {
@@ -308,8 +334,7 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = &mut stop => return Ok(()),
         }
     }
 }
@@ -318,37 +343,30 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
 /// containers already reported as unusable.
 type Memory = (HashMap<String, String>, HashSet<String>);
 
-/// Connects to etcd and grants a lease if needed, then runs one Docker session.
+/// Connects to etcd and grants a lease if needed, then runs one session of the source.
 async fn attempt(
     cfg: &RegisterConfig,
     reg: &mut Option<Register>,
     memory: &mut Memory,
     stats: &Arc<Stats>,
+    source: &mut impl Source,
 ) -> Result<()> {
     if reg.is_none() {
         let mut r = Register::new(cfg, stats.clone()).await?;
         (r.stopping, r.reported) = std::mem::take(memory);
         *reg = Some(r);
     }
-    session(reg.as_mut().expect("set above")).await
+    session(reg.as_mut().expect("set above"), source).await
 }
 
-/// One Docker session: list, then follow events, with periodic reconciles.
-/// Returns on any failure; the caller retries.
-async fn session(r: &mut Register) -> Result<()> {
-    let docker = connect_docker(&r.cfg.docker).await?;
+/// One session of the source: subscribe, list, then follow events, with periodic
+/// reconciles. Returns on any failure; the caller retries.
+async fn session(r: &mut Register, source: &mut impl Source) -> Result<()> {
     // Subscribe before listing, so nothing between the two is missed.
-    let filters = HashMap::from([
-        ("type".to_owned(), vec!["container".to_owned()]),
-        ("label".to_owned(), vec![labels::SERVICE.to_owned()]),
-    ]);
-    let mut stream = docker.events(Some(EventsOptions {
-        filters: Some(filters),
-        ..Default::default()
-    }));
-    let n = r.reconcile(&docker).await?;
+    source.open().await?;
+    let n = r.reconcile(source).await?;
     r.stats.docker_connected.store(true, Ordering::Relaxed);
-    info!(containers = n, docker = %r.cfg.docker, "registered the labelled containers; following Docker events");
+    info!(containers = n, source = %source.name(), "registered the labelled containers; following {} events", source.kind());
 
     let mut reconcile = tokio::time::interval(r.cfg.reconcile_interval);
     reconcile.tick().await; // the first tick is immediate: we just reconciled
@@ -356,20 +374,13 @@ async fn session(r: &mut Register) -> Result<()> {
         tokio::select! {
             _ = r.lost.changed() => return Err(Error::EtcdTimeout { what: "keeping the lease alive".into() }),
             _ = reconcile.tick() => {
-                r.reconcile(&docker).await?;
+                r.reconcile(source).await?;
             }
-            ev = stream.next() => match ev {
-                Some(Ok(ev)) => {
-                    let Some((change, id)) = events::parse(&ev) else { continue };
-                    debug!(?change, container = %id, "docker event");
-                    r.event(&docker, change, id).await?;
-                }
-                Some(Err(source)) => return Err(Error::Docker { what: "the event stream failed".into(), source }),
-                None => return Err(Error::Docker {
-                    what: "following events".into(),
-                    source: bollard::errors::Error::IOError { err: std::io::Error::other("the event stream closed") },
-                }),
-            },
+            ev = source.next_event() => {
+                let (change, id) = ev?;
+                debug!(?change, container = %id, "container event");
+                r.event(source, change, &id).await?;
+            }
         }
     }
 }
