@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod netdev;
 pub mod netlink;
+pub mod pipeline;
 pub mod policy;
 pub mod reconcile;
 pub mod reconnect;

@@ -24,11 +24,13 @@ impl State {
             // is a valid value).
             let ev: HealthEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             let backend = self
+                .core
                 .installed
                 .backends
                 .get(&ev.backend_id)
                 .map_or_else(|| format!("id {}", ev.backend_id), |b| b.addr.to_string());
             let service = self
+                .core
                 .installed
                 .names
                 .get(&ev.service_id)
@@ -70,7 +72,7 @@ impl State {
             Ok(e) => e,
             Err(e) => return warn!("reading the socket datapath's entries failed: {e}"),
         };
-        let doomed = sockets::doomed(&entries, &self.installed);
+        let doomed = sockets::doomed(&entries, &self.core.installed);
         let mut destroyed = 0;
         for proto in [Proto::Udp, Proto::Tcp] {
             if !doomed.iter().any(|e| e.proto == proto) {

@@ -33,10 +33,9 @@ use crate::{
     heartbeat::{self, unix_ms},
     loader, metrics,
     model::Desired,
-    policy::{BackendPolicy, Refusal},
-    reconcile::Installed,
-    tables,
-    trust::{self, FrontendPolicy, FrontendRefusal, FrontendScope},
+    pipeline::Pipeline,
+    policy::BackendPolicy,
+    trust::{self, FrontendPolicy},
 };
 
 /// Where the desired state comes from.
@@ -83,25 +82,12 @@ pub const EXIT_GRACE_EXCEEDED: i32 = 70;
 /// The daemon's state between events.
 struct State {
     dp: loader::Datapath,
-    installed: Installed,
+    /// Policies, capacity and the reconcile plan, into the maps.
+    core: Pipeline,
     info: DaemonInfo,
     applied: Option<Arc<Desired>>,
-    policy: BackendPolicy,
-    /// Endpoints refused by the policy or their host's record at the last apply (each warned
-    /// about once).
-    refused: BTreeSet<Refusal>,
-    frontends: FrontendPolicy,
-    /// Where the cluster places frontends (None: a local file, trusted).
-    scope: Option<Arc<FrontendScope>>,
-    /// Endpoints the host records leave out, as last heard from etcd.
-    host_refused: Arc<Vec<Refusal>>,
-    /// Services refused for their frontend at the last apply (each warned about once).
-    refused_frontends: BTreeSet<FrontendRefusal>,
     /// This host's addresses could not be read (said once).
     own_unknown: bool,
-    /// Services and endpoints left out for want of map capacity at the last apply (each
-    /// warned about once).
-    left_out: BTreeSet<String>,
     telemetry: Arc<Mutex<Telemetry>>,
     /// The kernel refused SOCK_DESTROY once (said once, not at every pass).
     destroy_refused: bool,
@@ -112,35 +98,26 @@ struct State {
 impl State {
     /// Applies `desired`; `received` is when it arrived from etcd (for the lag).
     fn apply(&mut self, desired: &Desired, why: &str, received: Option<Instant>) {
-        let desired = self.judge_frontends(desired);
-        let (desired, mut refused) = self.policy.filter(&desired);
-        self.info.refused = refused.len() as u32;
-        self.info.refused_host_endpoints = self.host_refused.len() as u32;
-        refused.extend(self.host_refused.iter().cloned());
-        for r in &refused {
-            if !self.refused.contains(r) {
-                warn!("{r}");
+        let own = trust::own_addresses().unwrap_or_else(|e| {
+            if !std::mem::replace(&mut self.own_unknown, true) {
+                warn!("cannot read this host's addresses, so frontends are not checked against them: {e}");
             }
-        }
-        self.refused = refused.into_iter().collect();
-        let (desired, left_out) = self.dp.capacity.fit(&desired);
-        for l in &left_out {
-            if !self.left_out.contains(l) {
-                warn!("{l}");
-            }
-        }
-        self.left_out = left_out.into_iter().collect();
-        self.info.over_capacity = self.left_out.len() as u32;
-        let desired = &desired;
-        let result = tables::converge(&mut self.dp.maps, &mut self.installed, desired);
+            BTreeSet::new()
+        });
+        let result = self.core.apply(&mut self.dp.maps, desired, &own);
+        self.info.refused = self.core.refused_endpoints();
+        self.info.refused_host_endpoints = self.core.refused_host_endpoints();
+        self.info.refused_frontends = self.core.refused_frontends();
+        self.info.over_capacity = self.core.over_capacity();
         let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(changes) => {
+            Ok(applied) => {
                 self.info.applied_unix_ms = unix_ms(SystemTime::now());
                 t.applies += 1;
                 if let Some(r) = received {
                     t.lag.observe(r.elapsed());
                 }
+                let (desired, changes) = (&applied.desired, applied.changes);
                 info!(services = desired.len(), changes, "{why}");
                 let serial = t.applies as u32;
                 drop(t);
@@ -157,29 +134,9 @@ impl State {
         }
     }
 
-    /// `desired` without the services whose frontend this host refuses (each warned about
-    /// once).
-    fn judge_frontends(&mut self, desired: &Desired) -> Desired {
-        let own = trust::own_addresses().unwrap_or_else(|e| {
-            if !std::mem::replace(&mut self.own_unknown, true) {
-                warn!("cannot read this host's addresses, so frontends are not checked against them: {e}");
-            }
-            BTreeSet::new()
-        });
-        let (desired, refused) = self.frontends.filter(desired, self.scope.as_deref(), &own);
-        for r in &refused {
-            if !self.refused_frontends.contains(r) {
-                warn!("{r}");
-            }
-        }
-        self.refused_frontends = refused.into_iter().collect();
-        self.info.refused_frontends = self.refused_frontends.len() as u32;
-        desired
-    }
-
     /// Keeps the XDP program on the interfaces towards the current backends.
     fn follow_xdp_backends(&mut self) {
-        let backends = self.installed.backends.values().map(|b| b.addr.ip());
+        let backends = self.core.installed.backends.values().map(|b| b.addr.ip());
         self.dp.sync_xdp_backends(backends);
     }
 
@@ -193,8 +150,8 @@ impl State {
             trust::Mode::Open => ambassador_common::trust::OPEN,
             trust::Mode::Hosts => ambassador_common::trust::HOSTS,
         };
-        self.scope = Some(snap.scope.clone());
-        self.host_refused = snap.host_refused.clone();
+        self.core
+            .follow_trust(snap.scope.clone(), snap.host_refused.clone());
         if let Some(desired) = &snap.desired {
             if !self
                 .applied
@@ -242,19 +199,18 @@ impl State {
             ..DaemonInfo::default()
         };
         cfg.timeouts.record(&mut info);
+        let core = Pipeline::new(
+            installed,
+            cfg.policy.clone(),
+            cfg.frontends.clone(),
+            dp.capacity,
+        );
         Ok(Self {
             dp,
-            installed,
+            core,
             info,
             applied: None,
-            policy: cfg.policy.clone(),
-            refused: BTreeSet::new(),
-            frontends: cfg.frontends.clone(),
-            scope: None,
-            host_refused: Arc::default(),
-            refused_frontends: BTreeSet::new(),
             own_unknown: false,
-            left_out: BTreeSet::new(),
             telemetry: Arc::default(),
             destroy_refused: false,
             dns,
@@ -265,7 +221,7 @@ impl State {
     /// translations, drained backends.
     fn collect_garbage(&mut self, timeouts: &Timeouts) {
         self.destroy_stale_sockets();
-        match gc::collect(&mut self.dp.maps, &mut self.installed, timeouts) {
+        match gc::collect(&mut self.dp.maps, &mut self.core.installed, timeouts) {
             Ok(done) if done == gc::Collected::default() => {}
             Ok(done) => {
                 let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
