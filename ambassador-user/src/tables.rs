@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use crate::{
     error::{Error, Result},
-    maps::Maps,
     model::Desired,
     reconcile::{self, Installed, Op},
 };
@@ -19,16 +18,6 @@ pub trait Tables {
     /// Forgets that the datapath found backend `id` failing (its entry changed: etcd, or the
     /// file, is the source of truth).
     fn clear_suspect(&mut self, id: u32) -> Result<()>;
-}
-
-impl Tables for Maps {
-    fn apply(&mut self, op: &Op) -> Result<()> {
-        Maps::apply(self, op)
-    }
-
-    fn clear_suspect(&mut self, id: u32) -> Result<()> {
-        Maps::clear_suspect(self, id)
-    }
 }
 
 /// Installs `desired` op by op, keeping `installed` equal to the tables (an op the tables

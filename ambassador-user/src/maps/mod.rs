@@ -26,6 +26,7 @@ use crate::{
     error::{Error, Result},
     model::Proto,
     reconcile::{Installed, Op},
+    tables::Tables,
 };
 
 /// The port of a frontend address's marker entry, in host order.
@@ -74,6 +75,17 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+/// The BPF maps are the tables the daemon's core converges.
+impl Tables for Maps {
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        Maps::apply(self, op)
+    }
+
+    fn clear_suspect(&mut self, id: u32) -> Result<()> {
+        Maps::clear_suspect(self, id)
     }
 }
 
