@@ -2,7 +2,7 @@
 //!
 //! Every key and value is `#[repr(C)]` with explicit padding and a size assertion, so the
 //! kernel and user space agree byte for byte. Fields in network byte order end in `_be`;
-//! everything else is in host order. Only user space's `maps.rs` converts between the two.
+//! everything else is in host order. Only user space's `datapath/maps/` converts between the two.
 #![no_std]
 
 pub mod csum;

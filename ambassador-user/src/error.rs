@@ -3,7 +3,7 @@
 
 use std::{io, path::PathBuf};
 
-use crate::config::ConfigError;
+use crate::core::config::ConfigError;
 
 /// An error of ambassador's user space.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub enum Error {
     },
     /// The desired state cannot be installed.
     #[error(transparent)]
-    Plan(#[from] crate::reconcile::PlanError),
+    Plan(#[from] crate::core::reconcile::PlanError),
     /// An etcd request failed.
     #[error("etcd: {what}: {source}")]
     Etcd {

@@ -1,13 +1,16 @@
+#![warn(clippy::too_many_lines)]
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use ambassador_user::{
-    auth,
-    cli::{Cli, Command},
-    ctl, daemon,
+    commands::{
+        auth,
+        cli::{Cli, Command},
+        ctl, daemon,
+        register::{self, RegisterConfig},
+    },
+    datapath::loader,
     error::{Error, Result},
-    loader,
-    register::{self, RegisterConfig},
-    status,
+    services::status,
 };
 use clap::{CommandFactory as _, Parser as _};
 use tracing_subscriber::EnvFilter;

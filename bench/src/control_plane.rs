@@ -8,7 +8,7 @@ use std::{
 };
 
 use ambassador_tests::{ambassador_ok, Cgroup, Daemon, Dockerd, Etcd, PinDir, Topology};
-use ambassador_user::maps::Maps;
+use ambassador_user::datapath::maps::Maps;
 use anyhow::{bail, Context as _, Result};
 
 use crate::stats::pct;
@@ -154,7 +154,7 @@ async fn fill_etcd(
     services: usize,
     per: usize,
 ) -> Result<i64> {
-    use ambassador_user::contract::{endpoint_key, service_key};
+    use ambassador_user::core::contract::{endpoint_key, service_key};
     use etcd_client::{Txn, TxnOp};
     let mut ops = Vec::new();
     for s in 0..services {
@@ -316,7 +316,7 @@ fn load_from_etcd(
 /// the client dials the VIP in a loop until the new one answers.
 fn etcd_to_conn(topo: &Topology, n: usize, name: &'static str) -> Result<Series> {
     use ambassador_tests::{tcp_connect_here, TcpServer};
-    use ambassador_user::contract::{endpoint_key, service_key};
+    use ambassador_user::core::contract::{endpoint_key, service_key};
     use etcd_client::{Txn, TxnOp};
     let _servers = [
         TcpServer::start(&topo.backends[0], "10.200.1.2:7000", "b1"),

@@ -13,7 +13,7 @@ use std::{
 };
 
 use ambassador_tests::{Daemon, NetNs, PinDir, Proc, TempFile, DNSMASQ_ARGS, DNSMASQ_BIN};
-use ambassador_user::dns::handler::query;
+use ambassador_user::services::dns::handler::query;
 use anyhow::{bail, Context as _, Result};
 use hickory_proto::rr::RecordType;
 

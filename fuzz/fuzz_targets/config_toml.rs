@@ -2,7 +2,7 @@
 //! can take.
 #![no_main]
 
-use ambassador_user::{config, reconcile};
+use ambassador_user::core::{config, reconcile};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,12 +5,12 @@
 #![no_main]
 
 use ambassador_user::{
-    dns::{
+    core::model::{Desired, Endpoint, Proto, ServiceSpec},
+    services::dns::{
         handler,
         zone::{parse_domain, Zone},
         Reply, Transport,
     },
-    model::{Desired, Endpoint, Proto, ServiceSpec},
 };
 use futures_util::FutureExt as _;
 use libfuzzer_sys::fuzz_target;
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         // responder's own framing, until the stream ends or breaks off.
         let mut stream = query;
         for _ in 0..64 {
-            let read = ambassador_user::dns::read_message(&mut stream)
+            let read = ambassador_user::services::dns::read_message(&mut stream)
                 .now_or_never()
                 .expect("a byte slice is always ready");
             match read {
@@ -95,4 +95,3 @@ fn check(zone: &Zone, query: &[u8], transport: Transport, may_forward: bool) {
         Reply::Drop => {}
     }
 }
-

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use ambassador_user::{
-    contract::{self, Entry},
-    etcd::EtcdOptions,
-    register::{self, AddressMode, RegisterConfig},
+    commands::register::{self, AddressMode, RegisterConfig},
+    control::etcd::EtcdOptions,
+    core::contract::{self, Entry},
 };
 use bollard::models::{
     ContainerConfig, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use ambassador_user::{
+use ambassador_user::core::{
     contract::{self, Store},
     policy::BackendPolicy,
     reconcile::{self, Installed},
@@ -46,11 +46,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let judged = store.judge();
     reconcile::validate(&judged.desired).expect("the watcher only publishes installable state");
-    let (desired, _refused) = FrontendPolicy::default().filter(
-        &judged.desired,
-        Some(&judged.scope),
-        &BTreeSet::new(),
-    );
+    let (desired, _refused) =
+        FrontendPolicy::default().filter(&judged.desired, Some(&judged.scope), &BTreeSet::new());
     let (allowed, _refused) = BackendPolicy::default().filter(&desired);
     reconcile::validate(&allowed).expect("the policy keeps the state installable");
     let mut installed = Installed::default();

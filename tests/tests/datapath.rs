@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use ambassador_common::program_names;
 use ambassador_tests::{require_root, PinDir};
-use ambassador_user::{config, loader, tables};
+use ambassador_user::{
+    core::{config, tables},
+    datapath::loader,
+};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use etherparse::{
     icmpv4::{DestUnreachableHeader, TimeExceededCode},

@@ -593,7 +593,7 @@ fn ten_thousand_services_churning_while_traffic_runs_lose_nothing_and_converge()
     {
         return;
     }
-    use ambassador_user::contract::{endpoint_key, service_key};
+    use ambassador_user::core::contract::{endpoint_key, service_key};
     use etcd_client::TxnOp;
     const SERVICES: usize = 10_000;
     let bed = Bed::new(2, 1);

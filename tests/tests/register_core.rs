@@ -7,8 +7,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ambassador_tests::*;
 use ambassador_user::{
-    etcd::EtcdOptions,
-    register::{self, AddressMode, RegisterConfig, Stats},
+    commands::register::{self, AddressMode, RegisterConfig, Stats},
+    control::etcd::EtcdOptions,
 };
 
 const VIP: &str = "10.96.0.10:80";
