@@ -52,15 +52,18 @@ pub async fn run(cmd: AuthCmd) -> Result<()> {
             let read = Permission::read(root.clone()).with_prefix();
             s.user(READER, READER, &[read]).await?;
             let key = contract::trust_key(&opts.prefix);
-            s.request(&format!("writing {key}"), async |c| {
-                c.put(key.clone(), Mode::Hosts.as_str(), None).await
+            s.request(&format!("writing {key}"), |mut c| {
+                let key = key.clone();
+                async move { c.put(key, Mode::Hosts.as_str(), None).await }
             })
             .await?;
             s.said(format!(
                 "trust mode: {key} = hosts (a host's endpoints apply only as its host record allows)"
             ));
-            s.request("enabling authentication", async |c| c.auth_enable().await)
-                .await?;
+            s.request("enabling authentication", |mut c| async move {
+                c.auth_enable().await
+            })
+            .await?;
             s.said("etcd authentication: enabled (run `auth` again as root)".into());
             s.said("next: `ambassador auth add-host HOST --address CIDR --service NAME` for each backend host".into());
             Ok(())
@@ -85,8 +88,9 @@ pub async fn run(cmd: AuthCmd) -> Result<()> {
             };
             let key = contract::host_policy_key(&opts.prefix, &host);
             let value = serde_json::to_string(&record.value()).expect("serializable");
-            s.request(&format!("writing {key}"), async |c| {
-                c.put(key.clone(), value.clone(), None).await
+            s.request(&format!("writing {key}"), |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
             })
             .await?;
             s.said(format!("host record: {key} = {value}"));
@@ -117,11 +121,10 @@ impl Setup {
     }
 
     /// One request; users and roles change as this runs, so a stale token is renewed.
-    async fn request<T>(
-        &self,
-        what: &str,
-        request: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
-    ) -> Result<T> {
+    async fn request<T, F>(&self, what: &str, request: impl FnMut(Client) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
         fresh(&self.client, what, request).await
     }
 
@@ -133,14 +136,15 @@ impl Setup {
     async fn user(&mut self, user: &str, role: &str, perms: &[Permission]) -> Result<()> {
         if role != "root" {
             let created = kept(
-                self.request(&format!("creating role {role}"), async |c| {
+                self.request(&format!("creating role {role}"), |mut c| async move {
                     c.role_add(role).await
                 })
                 .await,
             )?;
             for p in perms {
-                self.request(&format!("granting role {role} {p:?}"), async |c| {
-                    c.role_grant_permission(role, p.clone()).await
+                self.request(&format!("granting role {role} {p:?}"), |mut c| {
+                    let p = p.clone();
+                    async move { c.role_grant_permission(role, p).await }
                 })
                 .await?;
             }
@@ -153,7 +157,7 @@ impl Setup {
         }
         let how = if self.creds.cert_auth {
             let added = kept(
-                self.request(&format!("creating user {user}"), async |c| {
+                self.request(&format!("creating user {user}"), |mut c| async move {
                     c.user_add(user, "", Some(UserAddOptions::new().with_no_pwd()))
                         .await
                 })
@@ -172,9 +176,10 @@ impl Setup {
                 .expect("clap requires it without --cert-auth");
             self.user_with_password(user, &dir).await?
         };
-        self.request(&format!("granting user {user} role {role}"), async |c| {
-            c.user_grant_role(user, role).await
-        })
+        self.request(
+            &format!("granting user {user} role {role}"),
+            |mut c| async move { c.user_grant_role(user, role).await },
+        )
         .await?;
         self.said(format!("{how}, role {role}"));
         Ok(())
@@ -188,8 +193,9 @@ impl Setup {
         let password = new_password()?;
         write_secret(&pending, &password)?;
         let added = kept(
-            self.request(&format!("creating user {user}"), async |c| {
-                c.user_add(user, password.as_str(), None).await
+            self.request(&format!("creating user {user}"), |mut c| {
+                let password = password.clone();
+                async move { c.user_add(user, password, None).await }
             })
             .await,
         );

@@ -102,15 +102,21 @@ pub fn stale_token(e: &Error) -> bool {
 /// an `auth` command, not only the next one on the same connection: a member stamps a request
 /// with the auth revision it has applied, and the change may be applied between the stamp and
 /// the request's turn in the log (etcd's own client retries these the same way).
-pub async fn fresh<T>(
+///
+/// `request` gets a client of its own each time (a clone: cheap, the connection is shared), so
+/// the futures it makes hold no borrow of one and can run on any thread.
+pub async fn fresh<T, F>(
     client: &Client,
     what: &str,
-    mut request: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
-) -> Result<T> {
-    let mut c = client.clone();
+    mut request: impl FnMut(Client) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let c = client.clone();
     let mut renewed = 0;
     loop {
-        match timed(what, request(&mut c)).await {
+        match timed(what, request(c.clone())).await {
             Err(e) if stale_token(&e) && renewed < 5 => {
                 renewed += 1;
                 debug!("{e}: renewing the token");

@@ -167,8 +167,9 @@ pub async fn ensure(
                     *revision,
                 )])
                 .and_then([TxnOp::put(service_key.clone(), value(addr, proto), None)]);
-            if fresh(client, &format!("updating {service_key}"), async |c| {
-                c.txn(txn.clone()).await
+            if fresh(client, &format!("updating {service_key}"), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
             })
             .await?
             .succeeded()
@@ -205,9 +206,12 @@ pub async fn ensure(
             "allocating {ip} for {name} (writing {service_key} and {})",
             contract::vip_key(prefix, ip)
         );
-        if fresh(client, &what, async |c| c.txn(txn.clone()).await)
-            .await?
-            .succeeded()
+        if fresh(client, &what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?
+        .succeeded()
         {
             return Ok(Outcome::Created(addr));
         }
@@ -265,8 +269,9 @@ pub async fn release(
             let txn = Txn::new()
                 .when([Compare::value(key.clone(), CompareOp::Equal, name)])
                 .and_then([TxnOp::delete(key.clone(), None)]);
-            if fresh(client, &format!("freeing {key}"), async |c| {
-                c.txn(txn.clone()).await
+            if fresh(client, &format!("freeing {key}"), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
             })
             .await?
             .succeeded()
@@ -340,8 +345,9 @@ pub async fn set_range(
         )));
     }
     let key = contract::vip_range_key(prefix, matches!(range, IpNet::V6(_)));
-    fresh(client, &format!("writing {key}"), async |c| {
-        c.put(key.as_str(), range.to_string(), None).await
+    fresh(client, &format!("writing {key}"), |mut c| {
+        let (key, range) = (key.clone(), range.to_string());
+        async move { c.put(key, range, None).await }
     })
     .await?;
     Ok(change)

@@ -54,8 +54,9 @@ pub async fn endpoint(cmd: EndpointCmd) -> Result<()> {
             let opts: EtcdOptions = etcd.into();
             let client = opts.connect().await?;
             let key = endpoint_key(&opts.prefix, host.as_deref(), &service, &id);
-            let resp = fresh(&client, &format!("deleting {key}"), async |c| {
-                c.delete(key.as_str(), None).await
+            let resp = fresh(&client, &format!("deleting {key}"), |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
             })
             .await?;
             if resp.deleted() == 0 {
@@ -95,7 +96,7 @@ async fn add(opts: &EtcdOptions, key: &str, value: &EndpointValue, ttl: Option<i
     let json = serde_json::to_string(value).expect("serializable");
     let put_opts = match ttl {
         Some(ttl) => {
-            let lease = fresh(&client, "granting a lease", async |c| {
+            let lease = fresh(&client, "granting a lease", |mut c| async move {
                 c.lease_grant(ttl, None).await
             })
             .await?;
@@ -103,8 +104,9 @@ async fn add(opts: &EtcdOptions, key: &str, value: &EndpointValue, ttl: Option<i
         }
         None => None,
     };
-    fresh(&client, &format!("writing {key}"), async |c| {
-        c.put(key, json.as_str(), put_opts.clone()).await
+    fresh(&client, &format!("writing {key}"), |mut c| {
+        let (json, put_opts) = (json.clone(), put_opts.clone());
+        async move { c.put(key, json, put_opts).await }
     })
     .await?;
     Ok(())

@@ -98,8 +98,9 @@ async fn set(name: &str, frontend: &str, proto: Proto, opts: EtcdOptions) -> Res
     }
     let key = contract::service_key(&opts.prefix, name);
     let json = serde_json::to_string(&value).expect("serializable");
-    fresh(&client, &format!("writing {key}"), async |c| {
-        c.put(key.as_str(), json.as_str(), None).await
+    fresh(&client, &format!("writing {key}"), |mut c| {
+        let (key, json) = (key.clone(), json.clone());
+        async move { c.put(key, json, None).await }
     })
     .await?;
     // An address allocated to this service before is free again.
@@ -136,17 +137,18 @@ async fn get(name: &str, etcd: EtcdArgs, output: Output) -> Result<()> {
 async fn rm(name: &str, with_endpoints: bool, opts: EtcdOptions) -> Result<()> {
     let mut client = opts.connect().await?;
     let key = contract::service_key(&opts.prefix, name);
-    let resp = fresh(&client, &format!("deleting {key}"), async |c| {
-        c.delete(key.as_str(), None).await
+    let resp = fresh(&client, &format!("deleting {key}"), |mut c| {
+        let key = key.clone();
+        async move { c.delete(key, None).await }
     })
     .await?;
     let freed = vips::release(&mut client, &opts.prefix, name, None).await?;
     let mut removed_eps = 0;
     if with_endpoints {
         let p = contract::endpoints_prefix(&opts.prefix, Some(name));
-        removed_eps = fresh(&client, "deleting endpoints", async |c| {
-            c.delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
-                .await
+        removed_eps = fresh(&client, "deleting endpoints", |mut c| {
+            let p = p.clone();
+            async move { c.delete(p, Some(DeleteOptions::new().with_prefix())).await }
         })
         .await?
         .deleted();

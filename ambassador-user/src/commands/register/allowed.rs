@@ -33,7 +33,11 @@ impl Allowance {
             TxnOp::get(record_key.clone(), None),
         ]);
         let what = format!("reading the trust mode and {record_key}");
-        let resp = retry(client, &what, async |c| c.txn(txn.clone()).await).await?;
+        let resp = retry(client, &what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?;
         let mut values = resp.op_responses().into_iter().map(|op| match op {
             etcd_client::TxnOpResponse::Get(get) => get
                 .kvs()

@@ -10,11 +10,14 @@ use crate::{control::etcd::fresh, error::Result};
 
 /// Runs an etcd request up to three times: with several members, a request that met a member
 /// going away succeeds on another. A stale token is renewed first ([`fresh`]).
-pub(super) async fn retry<T>(
+pub(super) async fn retry<T, F>(
     client: &Client,
     what: &str,
-    mut request: impl AsyncFnMut(&mut Client) -> Result<T, etcd_client::Error>,
-) -> Result<T> {
+    mut request: impl FnMut(Client) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;

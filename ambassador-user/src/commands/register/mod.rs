@@ -155,8 +155,9 @@ impl Register {
             }
         }
         let opts = PutOptions::new().with_lease(self.lease);
-        retry(&self.etcd, &format!("writing {key}"), async |c| {
-            c.put(key.clone(), value.clone(), Some(opts.clone())).await
+        retry(&self.etcd, &format!("writing {key}"), |mut c| {
+            let (key, value, opts) = (key.clone(), value.clone(), opts.clone());
+            async move { c.put(key, value, Some(opts)).await }
         })
         .await?;
         info!(%key, %value, "registered");
@@ -176,7 +177,7 @@ impl Register {
     }
 
     async fn delete(&mut self, key: &str) -> Result<()> {
-        retry(&self.etcd, &format!("deleting {key}"), async |c| {
+        retry(&self.etcd, &format!("deleting {key}"), |mut c| async move {
             c.delete(key, None).await
         })
         .await?;
