@@ -1,6 +1,7 @@
 //! `ambassador-bench`: the measurements `cargo xtask bench` runs, written to `target/bench/`:
 //! the datapath against its peers (`datapath`), scale (`scale`), the control plane
-//! (`control_plane`) and the DNS responder against dnsmasq (`dns`). A package of its own so
+//! (`control_plane`), the DNS responder against dnsmasq (`dns`) and the control plane at fleet
+//! scale (`fleet`). A package of its own so
 //! that `xtask` needs nothing but a Rust toolchain: this one links `ambassador-user` and
 //! `etcd-client`, which need the packages setup installs.
 
@@ -8,6 +9,7 @@ mod chart;
 mod control_plane;
 mod datapath;
 mod dns;
+mod fleet;
 mod ipv6;
 mod pps;
 mod scale;
@@ -63,6 +65,9 @@ pub enum Only {
     Ipv6,
     /// Packet rate through a gateway: routing, iptables DNAT, ambassador-tc, ambassador-xdp.
     Pps,
+    /// The control plane at fleet scale: simulated hosts made of the real cores, a 3-member
+    /// etcd cluster, directly and through grpc-proxy.
+    Fleet,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -139,6 +144,11 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         println!("dns: the responder against dnsmasq, the same names, interleaved");
         let (md, json) = crate::dns::run(quick)?;
         write(&dir, "dns", &md, &json)?;
+    }
+    if wanted(Only::Fleet) {
+        println!("fleet: simulated hosts (the daemon's and the register's cores) against a 3-member etcd");
+        let (md, json) = crate::fleet::run(quick)?;
+        write(&dir, "fleet", &md, &json)?;
     }
     println!(
         "{mode} run measured in {:.0} s (the build before it not counted)",
