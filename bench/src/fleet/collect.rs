@@ -26,6 +26,8 @@ pub struct Outcome {
     pub delays_ms: Vec<f64>,
     /// Hosts that had not got there by the deadline.
     pub missing: usize,
+    /// For a change: ms from the start until etcd accepted it.
+    pub accepted_ms: Option<f64>,
 }
 
 impl Outcome {
@@ -91,6 +93,7 @@ impl Collector {
         Outcome {
             delays_ms: at.iter().flatten().copied().collect(),
             missing: left,
+            accepted_ms: None,
         }
     }
 }

@@ -13,6 +13,7 @@ mod sim;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -61,6 +62,8 @@ struct Trial {
     changes: Vec<Outcome>,
     starts: Vec<Outcome>,
     loss: Outcome,
+    leader: Outcome,
+    restart: Restart,
     host_kib: f64,
     etcd_mib: f64,
     applies: u64,
@@ -74,38 +77,53 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let ns = NetNs::new("fl");
     let etcd = Etcd::cluster(&ns, 3);
     let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
+    let cluster = Arc::new(Mutex::new(etcd));
     let _proxy = start_proxy(&ns, &members)?;
     let mut trials = Vec::new();
     for &hosts in &sizes {
-        for via in [Via::Members, Via::Proxy] {
-            let prefix = format!("/fleet-{hosts}-{}", via.name());
-            let members = members.clone();
-            let pids: Vec<i32> = etcd
+        for via in vias(hosts) {
+            let pids: Vec<i32> = cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .members
                 .iter()
                 .filter_map(|m| m.proc.as_ref().map(Proc::pid))
                 .collect();
+            let setup = Setup {
+                hosts,
+                via,
+                members: members.clone(),
+                prefix: format!("/fleet-{hosts}-{}", via.name()),
+                events,
+                ttl,
+                etcd_pids: pids,
+                cluster: cluster.clone(),
+            };
             println!("fleet: {hosts} hosts through {}", via.name());
             let trial = ns.run(move || -> Result<Trial> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()?;
-                let setup = Setup {
-                    hosts,
-                    via,
-                    members,
-                    prefix,
-                    events,
-                    ttl,
-                    etcd_pids: pids,
-                };
                 rt.block_on(trial(setup))
             })?;
             trials.push(trial);
         }
     }
     Ok((report(&trials, events), json(&trials)))
+}
+
+/// Beyond this many hosts, only through grpc-proxy: a host given the whole cluster holds a
+/// connection to each member, and three per simulated host would exceed the open files one
+/// process may hold here (20,000).
+const MEMBERS_UP_TO: usize = 2000;
+
+fn vias(hosts: usize) -> Vec<Via> {
+    if hosts > MEMBERS_UP_TO {
+        vec![Via::Proxy]
+    } else {
+        vec![Via::Members, Via::Proxy]
+    }
 }
 
 /// The fleet sizes: `AMBASSADOR_FLEET_HOSTS` (comma-separated), else 50 for a quick run and
@@ -134,6 +152,8 @@ struct Setup {
     events: usize,
     ttl: i64,
     etcd_pids: Vec<i32>,
+    /// The cluster, for the leader kill and the full restart.
+    cluster: Arc<Mutex<Etcd>>,
 }
 
 fn service(j: usize) -> String {
@@ -151,126 +171,265 @@ fn has(d: &Desired, service: &str, addr: SocketAddr) -> bool {
         .is_some_and(|s| s.endpoints.iter().any(|e| e.addr == addr))
 }
 
+/// A trial under way: the operator's etcd client, the backend hosts, the fleet's reports.
+struct Run {
+    s: Setup,
+    etcd: etcd_client::Client,
+    backends: Vec<BackendHost>,
+    fleet: Collector,
+    /// Operator changes made so far (each a new endpoint).
+    changes: usize,
+}
+
 async fn trial(s: Setup) -> Result<Trial> {
-    let mut etcd = etcd_client::Client::connect(s.members.clone(), None)
+    let etcd = etcd_client::Client::connect(s.members.clone(), None)
         .await
         .context("connecting to etcd")?;
-    for j in 0..SERVICES {
-        let value = ServiceValue {
-            frontend: format!("10.96.1.{}:80", j + 1),
-            proto: "tcp".into(),
-        };
-        let key = contract::service_key(&s.prefix, &service(j));
-        etcd.put(key, serde_json::to_string(&value)?, None).await?;
-    }
     let backend_hosts = (s.hosts / 10).clamp(5, 100);
-    let mut backends: Vec<BackendHost> = (0..backend_hosts)
+    let backends: Vec<BackendHost> = (0..backend_hosts)
         .map(|b| BackendHost::start(b, s.members[b % 3].clone(), &s.prefix, s.ttl))
         .collect();
-    for (b, host) in backends.iter_mut().enumerate() {
-        for c in 0..2 {
-            host.run(
-                format!("{b:06x}{c:06x}"),
-                &service((b * 2 + c) % SERVICES),
-                backend_addr(b, c),
-            );
-        }
-    }
-    let endpoints: Vec<String> = match s.via {
-        Via::Members => s.members.clone(),
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut run = Run {
+        fleet: Collector::new(rx, s.hosts),
+        s,
+        etcd,
+        backends,
+        changes: 0,
+    };
+    run.populate().await?;
+    let endpoints: Vec<String> = match run.s.via {
+        // Every host is given the whole cluster, as a daemon is (`--etcd` with three URLs).
+        Via::Members => run.s.members.clone(),
         Via::Proxy => vec![format!("http://{PROXY}")],
     };
     let rss_before = rss_kib(std::process::id() as i32);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
-    let clients: Vec<_> = (0..s.hosts)
-        .map(|h| {
-            sim::client_host(
-                h,
-                endpoints[h % endpoints.len()].clone(),
-                &s.prefix,
-                tx.clone(),
-            )
-        })
+    let clients: Vec<_> = (0..run.s.hosts)
+        .map(|h| sim::client_host(h, endpoints.clone(), &run.s.prefix, tx.clone()))
         .collect();
     drop(tx);
-    let mut fleet = Collector::new(rx, s.hosts);
     let expected = backend_hosts * 2;
-    let cold = fleet
+    let cold = run
+        .fleet
         .until(start, Duration::from_secs(120), |d| {
             d.len() == SERVICES && d.values().map(|s| s.endpoints.len()).sum::<usize>() == expected
         })
         .await;
-    let host_kib = (rss_kib(std::process::id() as i32) - rss_before) / s.hosts as f64;
-
+    let host_kib = (rss_kib(std::process::id() as i32) - rss_before) / run.s.hosts as f64;
     let mut changes = Vec::new();
-    for k in 0..s.events {
-        let (svc, addr) = (
-            service(k % SERVICES),
-            SocketAddr::from(([10, 250, 0, (k + 1) as u8], 8080)),
-        );
-        let value = EndpointValue {
-            addr: addr.to_string(),
-            ..Default::default()
-        };
-        let key = contract::endpoint_key(&s.prefix, &svc, &format!("op{k}"));
-        fleet.drain();
-        let t0 = Instant::now();
-        etcd.put(key, serde_json::to_string(&value)?, None).await?;
-        changes.push(
-            fleet
-                .until(t0, Duration::from_secs(20), |d| has(d, &svc, addr))
-                .await,
-        );
+    for _ in 0..run.s.events {
+        changes.push(run.change(None, Duration::from_secs(20)).await?);
     }
     let mut starts = Vec::new();
-    for k in 0..s.events {
-        let b = k % backend_hosts;
-        let (svc, addr) = (service(k % SERVICES), backend_addr(b, 10 + k));
-        fleet.drain();
-        let t0 = Instant::now();
-        backends[b].run(format!("{b:06x}{:06x}", 10 + k), &svc, addr);
-        starts.push(
-            fleet
-                .until(t0, Duration::from_secs(20), |d| has(d, &svc, addr))
-                .await,
-        );
+    for k in 0..run.s.events {
+        starts.push(run.container_start(k).await);
     }
-    // A tenth of the backend hosts die at once (the last ones: the events above used the first).
-    let dead = (backend_hosts / 10).max(1);
-    let gone: Vec<SocketAddr> = backends[backend_hosts - dead..]
-        .iter()
-        .flat_map(|b| b.started.iter().map(|(_, a)| *a))
-        .collect();
-    fleet.drain();
-    let t0 = Instant::now();
-    for b in &mut backends[backend_hosts - dead..] {
-        b.die();
-    }
-    let lost = Duration::from_secs(s.ttl as u64 + 20);
-    let loss = fleet
-        .until(t0, lost, |d| {
-            !d.values()
-                .any(|s| s.endpoints.iter().any(|e| gone.contains(&e.addr)))
-        })
-        .await;
-    let etcd_mib = s.etcd_pids.iter().map(|p| rss_kib(*p)).sum::<f64>() / 1024.0;
+    let loss = run.lose_a_tenth().await;
+    let etcd_mib = run.s.etcd_pids.iter().map(|p| rss_kib(*p)).sum::<f64>() / 1024.0;
+    let leader = run.leader_killed().await?;
+    let restart = run.full_restart().await?;
     for c in clients {
         c.abort();
     }
     Ok(Trial {
-        hosts: s.hosts,
-        via: s.via,
+        hosts: run.s.hosts,
+        via: run.s.via,
         backend_hosts,
-        ttl: s.ttl,
+        ttl: run.s.ttl,
         cold,
         changes,
         starts,
         loss,
+        leader,
+        restart,
         host_kib,
         etcd_mib,
-        applies: fleet.applies,
+        applies: run.fleet.applies,
     })
+}
+
+impl Run {
+    /// The services, and two containers on every backend host.
+    async fn populate(&mut self) -> Result<()> {
+        for j in 0..SERVICES {
+            let value = ServiceValue {
+                frontend: format!("10.96.1.{}:80", j + 1),
+                proto: "tcp".into(),
+            };
+            let key = contract::service_key(&self.s.prefix, &service(j));
+            self.etcd
+                .put(key, serde_json::to_string(&value)?, None)
+                .await?;
+        }
+        for (b, host) in self.backends.iter_mut().enumerate() {
+            for c in 0..2 {
+                let svc = service((b * 2 + c) % SERVICES);
+                host.run(format!("{b:06x}{c:06x}"), &svc, backend_addr(b, c));
+            }
+        }
+        Ok(())
+    }
+
+    /// An operator adds an endpoint; the wait ends when every host has it, timed from `since`
+    /// (default: the put). The put is retried for up to 10 s (etcd may be choosing a leader).
+    async fn change(&mut self, since: Option<Instant>, timeout: Duration) -> Result<Outcome> {
+        let k = self.changes;
+        self.changes += 1;
+        let svc = service(k % SERVICES);
+        let addr = SocketAddr::from(([10, 250, (k / 250) as u8, (k % 250 + 1) as u8], 8080));
+        let value = serde_json::to_string(&EndpointValue {
+            addr: addr.to_string(),
+            ..Default::default()
+        })?;
+        let key = contract::endpoint_key(&self.s.prefix, &svc, &format!("op{k}"));
+        self.fleet.drain();
+        let t0 = since.unwrap_or_else(Instant::now);
+        let mut tries = 0;
+        loop {
+            let put = self.etcd.put(key.as_str(), value.as_str(), None);
+            match tokio::time::timeout(Duration::from_secs(1), put).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => anyhow::ensure!(tries < 20, "etcd refused the change: {e}"),
+                Err(_) => anyhow::ensure!(tries < 20, "etcd did not answer the change"),
+            }
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let accepted = t0.elapsed().as_secs_f64() * 1e3;
+        let mut outcome = self.fleet.until(t0, timeout, |d| has(d, &svc, addr)).await;
+        outcome.accepted_ms = Some(accepted);
+        Ok(outcome)
+    }
+
+    /// A container starts on a backend host; the wait ends when every host has it.
+    async fn container_start(&mut self, k: usize) -> Outcome {
+        let b = k % self.backends.len();
+        let (svc, addr) = (service(k % SERVICES), backend_addr(b, 10 + k));
+        self.fleet.drain();
+        let t0 = Instant::now();
+        self.backends[b].run(format!("{b:06x}{:06x}", 10 + k), &svc, addr);
+        self.fleet
+            .until(t0, Duration::from_secs(20), |d| has(d, &svc, addr))
+            .await
+    }
+
+    /// A tenth of the backend hosts die at once (the last ones: the events above used the
+    /// first); the wait ends when no host has any of their endpoints.
+    async fn lose_a_tenth(&mut self) -> Outcome {
+        let n = self.backends.len();
+        let dead = (n / 10).max(1);
+        let gone: Vec<SocketAddr> = self.backends[n - dead..]
+            .iter()
+            .flat_map(|b| b.started.iter().map(|(_, a)| *a))
+            .collect();
+        self.fleet.drain();
+        let t0 = Instant::now();
+        for b in &mut self.backends[n - dead..] {
+            b.die();
+        }
+        let lost = Duration::from_secs(self.s.ttl as u64 + 20);
+        self.fleet
+            .until(t0, lost, |d| {
+                !d.values()
+                    .any(|s| s.endpoints.iter().any(|e| gone.contains(&e.addr)))
+            })
+            .await
+    }
+
+    /// The leader is killed; an operator's change right after it reaches every host (from the
+    /// kill). The member is then started again.
+    async fn leader_killed(&mut self) -> Result<Outcome> {
+        let cluster = self.s.cluster.clone();
+        let t0 = Instant::now();
+        let killed = tokio::task::spawn_blocking(move || {
+            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            let leader = etcd.leader();
+            etcd.members[leader].kill();
+            leader
+        })
+        .await?;
+        let outcome = self.change(Some(t0), Duration::from_secs(30)).await?;
+        let cluster = self.s.cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            etcd.members[killed].start();
+            etcd.wait_healthy(Duration::from_secs(30));
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Every member is killed and started again; an operator's change once a quorum answers
+    /// reaches every host (from the restart). Also what it cost etcd: the list requests
+    /// (Range) and the bytes it sent, from the members' own metrics (counted from their start).
+    async fn full_restart(&mut self) -> Result<Restart> {
+        let cluster = self.s.cluster.clone();
+        let t0 = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            for m in &mut etcd.members {
+                m.kill();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            for m in &mut etcd.members {
+                m.start();
+            }
+            etcd.wait_healthy(Duration::from_secs(60));
+        })
+        .await?;
+        let converged = self.change(Some(t0), Duration::from_secs(90)).await?;
+        let members = self.s.members.clone();
+        let (ranges, bytes) = tokio::task::spawn_blocking(move || etcd_costs(&members)).await?;
+        Ok(Restart {
+            converged,
+            ranges,
+            bytes,
+        })
+    }
+}
+
+/// What a full restart cost.
+struct Restart {
+    /// From the restart until every host had a change made once a quorum answered.
+    converged: Outcome,
+    /// Range (list and get) requests the members served since their start.
+    ranges: f64,
+    /// Bytes the members sent to clients since their start.
+    bytes: f64,
+}
+
+/// The members' Range requests and bytes sent to clients, from their `/metrics`.
+fn etcd_costs(members: &[String]) -> (f64, f64) {
+    let (mut ranges, mut bytes) = (0.0, 0.0);
+    for m in members {
+        let text = http_get(m.trim_start_matches("http://"), "/metrics").unwrap_or_default();
+        for line in text.lines() {
+            let value = || {
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            if line.starts_with("etcd_mvcc_range_total ") {
+                ranges += value();
+            } else if line.starts_with("etcd_network_client_grpc_sent_bytes_total") {
+                bytes += value();
+            }
+        }
+    }
+    (ranges, bytes)
+}
+
+/// A plain HTTP/1.0 GET (the members' metrics), from the calling thread's namespace.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 /// `etcd grpc-proxy` in front of the members, once it answers.
@@ -395,6 +554,30 @@ fn report(trials: &[Trial], events: usize) -> String {
             t.etcd_mib,
         );
     }
+    md += "\netcd faults, after the events above. The leader is killed and an operator's change made at once (retried while etcd chooses a leader): time from the kill until every host has it. Then every member is killed and started again: time from the restart until every host has a change made once a quorum answers; what the reconnecting fleet cost etcd, from the members' own metrics since their start: list requests (Range) and bytes sent to clients.\n\n| hosts | via | leader killed → change accepted, ms | → change everywhere, ms | per host, ms (p50 / p99 / max) | full restart → every host converged, s | Range requests after the restart, per host | bytes sent after the restart, per host |\n|---:|---|---:|---:|---|---:|---:|---:|\n";
+    for t in trials {
+        let all = |o: &Outcome| {
+            o.all_ms()
+                .map_or(format!("{} hosts never", o.missing), |ms| {
+                    format!("{ms:.0}")
+                })
+        };
+        let converged = t.restart.converged.all_ms().map_or(
+            format!("{} hosts never", t.restart.converged.missing),
+            |ms| format!("{:.1}", ms / 1e3),
+        );
+        md += &format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} |\n",
+            t.hosts,
+            t.via.name(),
+            t.leader.accepted_ms.unwrap_or(f64::NAN),
+            all(&t.leader),
+            dist(t.leader.delays_ms.clone()).0,
+            converged,
+            t.restart.ranges / t.hosts as f64,
+            t.restart.bytes / t.hosts as f64,
+        );
+    }
     md
 }
 
@@ -415,6 +598,11 @@ fn json(trials: &[Trial]) -> serde_json::Value {
                 "memory_per_client_host_kib": t.host_kib,
                 "etcd_rss_mib": t.etcd_mib,
                 "applies": t.applies,
+                "leader_killed_every_host_ms": t.leader.all_ms(),
+                "leader_killed_per_host_ms": dist(t.leader.delays_ms.clone()).1,
+                "restart_converged_ms": t.restart.converged.all_ms(),
+                "restart_range_requests": t.restart.ranges,
+                "restart_bytes_sent": t.restart.bytes,
             })
         })
         .collect();

@@ -34,15 +34,15 @@ pub struct Applied {
     pub desired: Arc<Desired>,
 }
 
-/// Starts client host `host`: follows etcd at `endpoint` and reports each apply.
+/// Starts client host `host`: follows etcd at `endpoints` and reports each apply.
 pub fn client_host(
     host: usize,
-    endpoint: String,
+    endpoints: Vec<String>,
     prefix: &str,
     reports: mpsc::UnboundedSender<Applied>,
 ) -> JoinHandle<()> {
     let opts = EtcdOptions {
-        endpoints: vec![endpoint],
+        endpoints,
         prefix: prefix.to_owned(),
         ..Default::default()
     };
