@@ -1071,6 +1071,54 @@ impl Default for Certs {
     }
 }
 
+/// `etcd grpc-proxy` (Debian's etcd-server) in front of a cluster, inside its namespace: it
+/// coalesces identical watches, as a zone of hosts would run it. Stopped on drop.
+pub struct EtcdProxy {
+    /// Its client URL (inside the namespace).
+    pub url: String,
+    _proc: Proc,
+    _data: TempDir,
+}
+
+impl EtcdProxy {
+    /// Starts a proxy in `ns` (etcd's namespace) for `etcd`'s members, listening at `listen`
+    /// (`127.0.0.1:23790`, or `0.0.0.0:23790` for clients in other namespaces), once it
+    /// accepts connections.
+    pub fn start(ns: &NetNs, etcd: &Etcd, listen: &str) -> Self {
+        let members: Vec<String> = etcd
+            .members
+            .iter()
+            .map(|m| m.url.trim_start_matches("http://").to_owned())
+            .collect();
+        let data = temp_dir("grpc-proxy");
+        let args = vec![
+            "grpc-proxy".to_owned(),
+            "start".to_owned(),
+            format!("--endpoints={}", members.join(",")),
+            format!("--listen-addr={listen}"),
+            format!("--data-dir={}", data.path().display()),
+        ];
+        let proc = Proc::spawn(&ns.name, "grpc-proxy", Path::new("/usr/bin/etcd"), &args);
+        let port = listen.rsplit(':').next().expect("ADDR:PORT");
+        let local: SocketAddr = format!("127.0.0.1:{port}").parse().expect("a port");
+        let up = ns.run(move || {
+            wait_until(Duration::from_secs(15), || {
+                TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok()
+            })
+        });
+        assert!(
+            up,
+            "etcd grpc-proxy did not listen on {listen}:\n{}",
+            proc.log()
+        );
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            _proc: proc,
+            _data: data,
+        }
+    }
+}
+
 /// etcd for a test: one member, or a cluster of members on 127.0.0.1 inside `ns` (clients in
 /// other namespaces reach a single member on the namespace's addresses, port 2379).
 pub struct Etcd {

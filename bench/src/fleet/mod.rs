@@ -12,12 +12,11 @@ mod sim;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use ambassador_tests::{temp_dir, Etcd, NetNs, Proc};
+use ambassador_tests::{Etcd, EtcdProxy, NetNs, Proc};
 use ambassador_user::core::{
     contract::{self, EndpointValue, ServiceValue},
     model::Desired,
@@ -77,8 +76,8 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let ns = NetNs::new("fl");
     let etcd = Etcd::cluster(&ns, 3);
     let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
+    let proxy = EtcdProxy::start(&ns, &etcd, PROXY);
     let cluster = Arc::new(Mutex::new(etcd));
-    let _proxy = start_proxy(&ns, &members)?;
     let mut trials = Vec::new();
     for &hosts in &sizes {
         for via in vias(hosts) {
@@ -98,6 +97,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 ttl,
                 etcd_pids: pids,
                 cluster: cluster.clone(),
+                proxy: proxy.url.clone(),
             };
             println!("fleet: {hosts} hosts through {}", via.name());
             let trial = ns.run(move || -> Result<Trial> {
@@ -154,6 +154,8 @@ struct Setup {
     etcd_pids: Vec<i32>,
     /// The cluster, for the leader kill and the full restart.
     cluster: Arc<Mutex<Etcd>>,
+    /// The grpc-proxy's URL.
+    proxy: String,
 }
 
 fn service(j: usize) -> String {
@@ -201,7 +203,7 @@ async fn trial(s: Setup) -> Result<Trial> {
     let endpoints: Vec<String> = match run.s.via {
         // Every host is given the whole cluster, as a daemon is (`--etcd` with three URLs).
         Via::Members => run.s.members.clone(),
-        Via::Proxy => vec![format!("http://{PROXY}")],
+        Via::Proxy => vec![run.s.proxy.clone()],
     };
     let rss_before = rss_kib(std::process::id() as i32);
     let start = Instant::now();
@@ -430,41 +432,6 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
     Ok(body)
-}
-
-/// `etcd grpc-proxy` in front of the members, once it answers.
-fn start_proxy(ns: &NetNs, members: &[String]) -> Result<Proc> {
-    let endpoints: Vec<String> = members
-        .iter()
-        .map(|m| m.trim_start_matches("http://").to_owned())
-        .collect();
-    let data = temp_dir("grpc-proxy");
-    let args = vec![
-        "grpc-proxy".to_owned(),
-        "start".to_owned(),
-        format!("--endpoints={}", endpoints.join(",")),
-        format!("--listen-addr={PROXY}"),
-        format!("--data-dir={}", data.path().display()),
-    ];
-    let proxy = Proc::spawn(&ns.name, "grpc-proxy", Path::new("/usr/bin/etcd"), &args);
-    let addr: SocketAddr = PROXY.parse()?;
-    let up = ns.run(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    });
-    anyhow::ensure!(
-        up,
-        "etcd grpc-proxy did not listen on {PROXY}:\n{}",
-        proxy.log()
-    );
-    std::mem::forget(data);
-    Ok(proxy)
 }
 
 /// A process's resident memory in KiB (0 if it cannot be read).
