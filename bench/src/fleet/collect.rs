@@ -47,6 +47,11 @@ impl Collector {
         }
     }
 
+    /// Every host's tables as last reported.
+    pub fn latest(&self) -> &[Option<Arc<Desired>>] {
+        &self.latest
+    }
+
     /// Takes in every report that has arrived.
     pub fn drain(&mut self) {
         while let Ok(a) = self.rx.try_recv() {

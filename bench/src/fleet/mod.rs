@@ -2,8 +2,9 @@
 //! client hosts, each the daemon's core with its own etcd connection and watch, and M
 //! simulated backend hosts, each the register's core with its own lease over synthetic
 //! containers (see `sim.rs`), against a 3-member etcd cluster (Debian's etcd-server) on
-//! loopback in a namespace of its own; once with every client host connected to a member
-//! (round-robin), once through `etcd grpc-proxy`. Each figure is a distribution over many
+//! loopback in a namespace of its own; once with every client host given the three members,
+//! once through `etcd grpc-proxy`. Two real `ambassador run` daemons follow the same etcd, and
+//! their maps must end equal to the simulated hosts' tables. Each figure is a distribution over many
 //! events: an operator's endpoint change, a container start on a backend host, a tenth of the
 //! backend hosts dying at once (their leases expire).
 
@@ -11,12 +12,14 @@ mod collect;
 mod sim;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use ambassador_tests::{Etcd, EtcdProxy, NetNs, Proc};
+use ambassador_tests::{wait_until, Daemon, Etcd, EtcdProxy, NetNs, PinDir, Proc};
 use ambassador_user::core::{
     contract::{self, EndpointValue, ServiceValue},
     model::Desired,
@@ -36,7 +39,7 @@ const PROXY: &str = "127.0.0.1:23790";
 /// How the client hosts reach etcd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
-    /// Each to one member, round-robin.
+    /// Each given the three members.
     Members,
     /// Each through the one grpc-proxy in front of the cluster.
     Proxy,
@@ -63,6 +66,8 @@ struct Trial {
     loss: Outcome,
     leader: Outcome,
     restart: Restart,
+    /// What every simulated host's tables held at the end (None: the hosts disagreed).
+    last: Option<std::sync::Arc<Desired>>,
     host_kib: f64,
     etcd_mib: f64,
     applies: u64,
@@ -100,6 +105,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 proxy: proxy.url.clone(),
             };
             println!("fleet: {hosts} hosts through {}", via.name());
+            let real = RealHosts::start(&ns, &members, &setup.prefix, via, &proxy.url);
             let trial = ns.run(move || -> Result<Trial> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -107,6 +113,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                     .build()?;
                 rt.block_on(trial(setup))
             })?;
+            real.agree(&trial)?;
             trials.push(trial);
         }
     }
@@ -234,6 +241,13 @@ async fn trial(s: Setup) -> Result<Trial> {
     for c in clients {
         c.abort();
     }
+    let first = run.fleet.latest().first().cloned().flatten();
+    let last = first.filter(|f| {
+        run.fleet
+            .latest()
+            .iter()
+            .all(|l| l.as_deref() == Some(&**f))
+    });
     Ok(Trial {
         hosts: run.s.hosts,
         via: run.s.via,
@@ -245,6 +259,7 @@ async fn trial(s: Setup) -> Result<Trial> {
         loss,
         leader,
         restart,
+        last,
         host_kib,
         etcd_mib,
         applies: run.fleet.applies,
@@ -434,6 +449,102 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     Ok(body)
 }
 
+/// Real `ambassador run` daemons (the `tc` datapath on a veth of its own each, their maps
+/// pinned) following the same etcd as the simulated hosts: at the end their maps must hold
+/// what every simulated host's tables hold.
+struct RealHosts {
+    daemons: Vec<(Daemon, PinDir)>,
+    /// The namespace their interfaces are in.
+    ns: String,
+}
+
+/// Real daemons beside the simulated hosts in each trial.
+const REAL_HOSTS: usize = 2;
+
+impl RealHosts {
+    fn start(ns: &NetNs, members: &[String], prefix: &str, via: Via, proxy: &str) -> Self {
+        let urls = match via {
+            Via::Members => members.join(","),
+            Via::Proxy => proxy.to_owned(),
+        };
+        let daemons = (0..REAL_HOSTS)
+            .map(|i| {
+                let iface = format!("fl{i}");
+                let peer = format!("{iface}p");
+                ns.ip(&["link", "add", &iface, "type", "veth", "peer", "name", &peer]);
+                ns.ip(&["link", "set", &iface, "up"]);
+                ns.ip(&["link", "set", &peer, "up"]);
+                let pin = PinDir::new();
+                let mut d = Daemon::run_etcd(ns, &iface, &urls, &pin.path, &["--prefix", prefix]);
+                d.wait_ready();
+                (d, pin)
+            })
+            .collect();
+        Self {
+            daemons,
+            ns: ns.name.clone(),
+        }
+    }
+
+    /// Whether every real daemon's maps hold, service by service, the active backends the
+    /// simulated hosts' tables hold (waiting up to 10 s for them to catch up).
+    fn agree(&self, trial: &Trial) -> Result<()> {
+        let want = trial
+            .last
+            .as_ref()
+            .context("the simulated hosts did not all end with the same tables")?;
+        let want: BTreeMap<String, BTreeSet<String>> = want
+            .iter()
+            .map(|(name, spec)| {
+                let addrs = spec.endpoints.iter().map(|e| e.addr.to_string()).collect();
+                (name.clone(), addrs)
+            })
+            .collect();
+        for (i, (daemon, pin)) in self.daemons.iter().enumerate() {
+            let mut got = BTreeMap::new();
+            let same = wait_until(Duration::from_secs(10), || {
+                got = active_backends(&pin.path);
+                got == want
+            });
+            anyhow::ensure!(
+                same,
+                "real host {i} disagrees with the simulated hosts:\nmaps: {got:?}\nsimulated: {want:?}\n{}",
+                daemon.log()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RealHosts {
+    fn drop(&mut self) {
+        self.daemons.clear(); // each daemon stops, then its pins go
+        for i in 0..REAL_HOSTS {
+            let iface = format!("fl{i}");
+            let _ = std::process::Command::new("ip")
+                .args(["-n", &self.ns, "link", "del", &iface])
+                .status();
+        }
+    }
+}
+
+/// Service -> active backend addresses, from `ambassador status` on `pin`.
+fn active_backends(pin: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let status = ambassador_tests::status(pin);
+    let mut out = BTreeMap::new();
+    for svc in status["services"].as_array().into_iter().flatten() {
+        let addrs = svc["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["state"] == "active")
+            .filter_map(|b| b["addr"].as_str().map(str::to_owned))
+            .collect();
+        out.insert(svc["name"].as_str().unwrap_or_default().to_owned(), addrs);
+    }
+    out
+}
+
 /// A process's resident memory in KiB (0 if it cannot be read).
 fn rss_kib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -485,7 +596,7 @@ fn per_host(events: &[Outcome]) -> Vec<f64> {
 
 fn report(trials: &[Trial], events: usize) -> String {
     let mut md = format!(
-        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, data on disk (`/tmp`). `members`: each client host connected to one member, round-robin; `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
+        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, data on disk (`/tmp`). `members`: each client host given the three members (as a daemon is); `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
     );
     for t in trials {
         let (changes, missed_c) = every_host(&t.changes);
