@@ -133,12 +133,13 @@ fn forward<A: Family>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Whether a frame that came in on `ingress` can be redirected (or sent back) to `target`: the
-/// program on `ingress` runs in generic mode (the stack transmits), or `target` transmits
-/// frames redirected from a driver (`XDP_TX` on a veth goes to its peer the same way).
+/// Whether a frame that came in on `ingress` can be redirected (or sent back) to `target`:
+/// `target` transmits frames redirected from a driver (`XDP_TX` on a veth goes to its peer the
+/// same way), or the program on `ingress` runs in generic mode (the stack transmits). The
+/// target is asked first: it is the usual answer, and then one lookup a frame is enough.
 #[inline(always)]
 fn can_send(ingress: u32, target: u32) -> bool {
     // SAFETY: plain reads of `u32` values the daemon writes whole.
     let flags = |i: u32| unsafe { XDP_TARGETS.get(&i) }.copied().unwrap_or(0);
-    flags(ingress) & target::GENERIC != 0 || flags(target) & target::NDO_XMIT != 0
+    flags(target) & target::NDO_XMIT != 0 || flags(ingress) & target::GENERIC != 0
 }
