@@ -1132,20 +1132,26 @@ pub struct Etcd {
 impl Etcd {
     /// A single member listening on every address of `ns`, port 2379.
     pub fn single(ns: &NetNs) -> Self {
-        Self::build(ns, 1, None)
+        Self::build(ns, 1, None, None)
     }
 
     /// A single member serving TLS and requiring client certificates signed by `certs`' CA.
     pub fn single_tls(ns: &NetNs, certs: &Certs) -> Self {
-        Self::build(ns, 1, Some(certs))
+        Self::build(ns, 1, Some(certs), None)
     }
 
     /// A cluster of `n` members on 127.0.0.1 inside `ns`.
     pub fn cluster(ns: &NetNs, n: usize) -> Self {
-        Self::build(ns, n, None)
+        Self::build(ns, n, None, None)
     }
 
-    fn build(ns: &NetNs, n: usize, tls: Option<&Certs>) -> Self {
+    /// A cluster of `n` members whose data directories are under `data_root` (`/dev/shm`: on
+    /// tmpfs), not the system's temporary directory.
+    pub fn cluster_in(ns: &NetNs, n: usize, data_root: &Path) -> Self {
+        Self::build(ns, n, None, Some(data_root))
+    }
+
+    fn build(ns: &NetNs, n: usize, tls: Option<&Certs>, data_root: Option<&Path>) -> Self {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let cluster_token = unique("etcd-");
         let peers: Vec<(String, u16, u16)> = (0..n)
@@ -1164,7 +1170,13 @@ impl Etcd {
         let members = peers
             .iter()
             .map(|(name, client, peer)| {
-                let data = temp_dir("etcd-data");
+                let data = match data_root {
+                    Some(root) => tempfile::Builder::new()
+                        .prefix("etcd-data-")
+                        .tempdir_in(root)
+                        .expect("creating etcd's data directory"),
+                    None => temp_dir("etcd-data"),
+                };
                 let listen = if n == 1 {
                     format!("{scheme}://0.0.0.0:{client}")
                 } else {

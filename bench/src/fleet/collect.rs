@@ -47,9 +47,24 @@ impl Collector {
         }
     }
 
-    /// Every host's tables as last reported.
-    pub fn latest(&self) -> &[Option<Arc<Desired>>] {
-        &self.latest
+    /// Waits (at most `timeout`) until every host's tables are the same, and returns them; None
+    /// if they still differ then. Changes may still be arriving (a register rewriting its
+    /// entries after etcd came back): a comparison at one instant would race with them.
+    pub async fn agreed(&mut self, timeout: Duration) -> Option<Arc<Desired>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.drain();
+            let first = self.latest.first().cloned().flatten();
+            if let Some(f) =
+                first.filter(|f| self.latest.iter().all(|l| l.as_deref() == Some(&**f)))
+            {
+                return Some(f);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Takes in every report that has arrived.

@@ -79,7 +79,11 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let sizes = sizes(quick)?;
     let (events, ttl) = if quick { (5, 3) } else { (30, 10) };
     let ns = NetNs::new("fl");
-    let etcd = Etcd::cluster(&ns, 3);
+    let data = data_dir();
+    let etcd = match &data {
+        Some(root) => Etcd::cluster_in(&ns, 3, root),
+        None => Etcd::cluster(&ns, 3),
+    };
     let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
     let proxy = EtcdProxy::start(&ns, &etcd, PROXY);
     let cluster = Arc::new(Mutex::new(etcd));
@@ -117,7 +121,17 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             trials.push(trial);
         }
     }
-    Ok((report(&trials, events), json(&trials)))
+    let data = match &data {
+        Some(root) => format!("in {}", root.display()),
+        None => format!("on disk ({})", std::env::temp_dir().display()),
+    };
+    Ok((report(&trials, events, &data), json(&trials, &data)))
+}
+
+/// Where the members keep their data: `AMBASSADOR_FLEET_ETCD_DATA` (`/dev/shm` for tmpfs),
+/// else the system's temporary directory.
+fn data_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("AMBASSADOR_FLEET_ETCD_DATA").map(Into::into)
 }
 
 /// Beyond this many hosts, only through grpc-proxy: a host given the whole cluster holds a
@@ -238,16 +252,11 @@ async fn trial(s: Setup) -> Result<Trial> {
     let etcd_mib = run.s.etcd_pids.iter().map(|p| rss_kib(*p)).sum::<f64>() / 1024.0;
     let leader = run.leader_killed().await?;
     let restart = run.full_restart().await?;
+    // What every host ends with, once the changes still arriving have settled.
+    let last = run.fleet.agreed(Duration::from_secs(30)).await;
     for c in clients {
         c.abort();
     }
-    let first = run.fleet.latest().first().cloned().flatten();
-    let last = first.filter(|f| {
-        run.fleet
-            .latest()
-            .iter()
-            .all(|l| l.as_deref() == Some(&**f))
-    });
     Ok(Trial {
         hosts: run.s.hosts,
         via: run.s.via,
@@ -594,9 +603,9 @@ fn per_host(events: &[Outcome]) -> Vec<f64> {
         .collect()
 }
 
-fn report(trials: &[Trial], events: usize) -> String {
+fn report(trials: &[Trial], events: usize, data: &str) -> String {
     let mut md = format!(
-        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, data on disk (`/tmp`). `members`: each client host given the three members (as a daemon is); `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
+        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is); `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
     );
     for t in trials {
         let (changes, missed_c) = every_host(&t.changes);
@@ -659,7 +668,7 @@ fn report(trials: &[Trial], events: usize) -> String {
     md
 }
 
-fn json(trials: &[Trial]) -> serde_json::Value {
+fn json(trials: &[Trial], data: &str) -> serde_json::Value {
     let rows: Vec<_> = trials
         .iter()
         .map(|t| {
@@ -684,5 +693,5 @@ fn json(trials: &[Trial]) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "trials": rows })
+    json!({ "etcd_data": data, "trials": rows })
 }
