@@ -32,7 +32,13 @@ pub fn get(ns: &str, addr: SocketAddr, path: &str) -> (String, String) {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connecting to the metrics at {addr}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        // The server closes after the answer whatever it is (hyper, or Go's net/http for
+        // etcd), so the body is everything up to the end.
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");

@@ -80,7 +80,7 @@ impl Collector {
     }
 
     /// Waits until every host's tables satisfy `done`, from `start` for at most `timeout`.
-    /// A host that already does counts with the time of its report (0 if before `start`).
+    /// A host whose tables already do counts 0.
     pub async fn until(
         &mut self,
         start: Instant,

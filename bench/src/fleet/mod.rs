@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ambassador_tests::{wait_until, Daemon, Etcd, EtcdProxy, NetNs, PinDir, Proc};
+use ambassador_tests::{metrics, wait_until, Daemon, Etcd, EtcdProxy, NetNs, PinDir, Proc};
 use ambassador_user::core::{
     contract::{self, EndpointValue, ServiceValue},
     model::Desired,
@@ -107,9 +107,10 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 etcd_pids: pids,
                 cluster: cluster.clone(),
                 proxy: proxy.url.clone(),
+                ns: ns.name.clone(),
             };
             println!("fleet: {hosts} hosts through {}", via.name());
-            let real = RealHosts::start(&ns, &members, &setup.prefix, via, &proxy.url);
+            let real = RealHosts::start(&ns, &setup.endpoints(), &setup.prefix);
             let trial = ns.run(move || -> Result<Trial> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -177,6 +178,19 @@ struct Setup {
     cluster: Arc<Mutex<Etcd>>,
     /// The grpc-proxy's URL.
     proxy: String,
+    /// The namespace etcd runs in.
+    ns: String,
+}
+
+impl Setup {
+    /// Where the client hosts (simulated and real) reach etcd: the whole cluster, as a daemon
+    /// is given it (`--etcd` with three URLs), or the proxy.
+    fn endpoints(&self) -> Vec<String> {
+        match self.via {
+            Via::Members => self.members.clone(),
+            Via::Proxy => vec![self.proxy.clone()],
+        }
+    }
 }
 
 fn service(j: usize) -> String {
@@ -221,11 +235,7 @@ async fn trial(s: Setup) -> Result<Trial> {
         changes: 0,
     };
     run.populate().await?;
-    let endpoints: Vec<String> = match run.s.via {
-        // Every host is given the whole cluster, as a daemon is (`--etcd` with three URLs).
-        Via::Members => run.s.members.clone(),
-        Via::Proxy => vec![run.s.proxy.clone()],
-    };
+    let endpoints = run.s.endpoints();
     let rss_before = rss_kib(std::process::id() as i32);
     let start = Instant::now();
     let clients: Vec<_> = (0..run.s.hosts)
@@ -405,8 +415,9 @@ impl Run {
         })
         .await?;
         let converged = self.change(Some(t0), Duration::from_secs(90)).await?;
-        let members = self.s.members.clone();
-        let (ranges, bytes) = tokio::task::spawn_blocking(move || etcd_costs(&members)).await?;
+        let (ns, members) = (self.s.ns.clone(), self.s.members.clone());
+        let (ranges, bytes) =
+            tokio::task::spawn_blocking(move || etcd_costs(&ns, &members)).await??;
         Ok(Restart {
             converged,
             ranges,
@@ -426,36 +437,17 @@ struct Restart {
 }
 
 /// The members' Range requests and bytes sent to clients, from their `/metrics`.
-fn etcd_costs(members: &[String]) -> (f64, f64) {
+fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
     let (mut ranges, mut bytes) = (0.0, 0.0);
     for m in members {
-        let text = http_get(m.trim_start_matches("http://"), "/metrics").unwrap_or_default();
-        for line in text.lines() {
-            let value = || {
-                line.rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            if line.starts_with("etcd_mvcc_range_total ") {
-                ranges += value();
-            } else if line.starts_with("etcd_network_client_grpc_sent_bytes_total") {
-                bytes += value();
-            }
-        }
+        let addr: SocketAddr = m.trim_start_matches("http://").parse()?;
+        let (status, page) = metrics::get(ns, addr, "/metrics");
+        anyhow::ensure!(status.ends_with("200 OK"), "{m}/metrics: {status}");
+        ranges += metrics::value(&page, "etcd_mvcc_range_total", &[]).unwrap_or(0.0);
+        bytes +=
+            metrics::value(&page, "etcd_network_client_grpc_sent_bytes_total", &[]).unwrap_or(0.0);
     }
-    (ranges, bytes)
-}
-
-/// A plain HTTP/1.0 GET (the members' metrics), from the calling thread's namespace.
-fn http_get(addr: &str, path: &str) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body)
+    Ok((ranges, bytes))
 }
 
 /// Real `ambassador run` daemons (the `tc` datapath on a veth of its own each, their maps
@@ -471,11 +463,8 @@ struct RealHosts {
 const REAL_HOSTS: usize = 2;
 
 impl RealHosts {
-    fn start(ns: &NetNs, members: &[String], prefix: &str, via: Via, proxy: &str) -> Self {
-        let urls = match via {
-            Via::Members => members.join(","),
-            Via::Proxy => proxy.to_owned(),
-        };
+    fn start(ns: &NetNs, endpoints: &[String], prefix: &str) -> Self {
+        let urls = endpoints.join(",");
         let daemons = (0..REAL_HOSTS)
             .map(|i| {
                 let iface = format!("fl{i}");
