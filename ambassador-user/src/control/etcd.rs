@@ -241,6 +241,19 @@ pub struct Snapshot {
     pub host_refused: Arc<Vec<Refusal>>,
 }
 
+impl Snapshot {
+    /// The desired state, unless it is `last` (the one applied before, which it then
+    /// replaces): a follower applies each snapshot's state once, however often it is woken.
+    pub fn unapplied(&self, last: &mut Option<Arc<Desired>>) -> Option<Arc<Desired>> {
+        let desired = self.desired.as_ref()?;
+        if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, desired)) {
+            return None;
+        }
+        *last = Some(desired.clone());
+        Some(desired.clone())
+    }
+}
+
 impl Default for Snapshot {
     fn default() -> Self {
         Self {

@@ -61,13 +61,9 @@ pub fn client_host(
         while rx.changed().await.is_ok() {
             let snap = rx.borrow_and_update().clone();
             core.follow_trust(snap.scope.clone(), snap.host_refused.clone());
-            let Some(desired) = snap.desired else {
+            let Some(desired) = snap.unapplied(&mut last) else {
                 continue;
             };
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &desired)) {
-                continue;
-            }
-            last = Some(desired.clone());
             if let Ok(applied) = core.apply(&mut tables, &desired, &own) {
                 let report = Applied {
                     host,

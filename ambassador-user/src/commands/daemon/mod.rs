@@ -159,19 +159,9 @@ impl State {
         };
         self.core
             .follow_trust(snap.scope.clone(), snap.host_refused.clone());
-        if let Some(desired) = &snap.desired {
-            if !self
-                .applied
-                .as_ref()
-                .is_some_and(|a| Arc::ptr_eq(a, desired))
-            {
-                self.apply(
-                    desired,
-                    &format!("etcd revision {} applied", snap.revision),
-                    snap.received,
-                );
-                self.applied = Some(desired.clone());
-            }
+        if let Some(desired) = snap.unapplied(&mut self.applied) {
+            let why = format!("etcd revision {} applied", snap.revision);
+            self.apply(&desired, &why, snap.received);
         }
         self.write_info();
     }
