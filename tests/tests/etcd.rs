@@ -354,6 +354,67 @@ fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
     outcome.assert_nothing_lost();
 }
 
+/// The members the daemon listed from, in order, from its log.
+fn listed_from(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("etcd: listed"))
+        .filter_map(|l| l.split("member=").nth(1))
+        .map(|m| m.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The daemon's TCP connections to etcd's client ports, established now (`ss` in its namespace).
+fn etcd_connections(ns: &NetNs, pid: i32, members: &[String]) -> usize {
+    let out = ns.exec(&["ss", "-tnpH", "state", "established"]);
+    out.lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter(|l| {
+            members
+                .iter()
+                .any(|m| l.contains(m.trim_start_matches("http://")))
+        })
+        .count()
+}
+
+#[test]
+fn a_daemon_given_three_members_follows_one_and_moves_on_when_it_dies() {
+    if !require_root("a_daemon_given_three_members_follows_one_and_moves_on_when_it_dies") {
+        return;
+    }
+    let mut bed = Bed::new(2, 3);
+    let mut d = bed.daemon();
+    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
+    bed.ctl(&["endpoint", "add", "web", &b(1), "--id", "b1"]);
+    bed.wait_backends(&[b(1)]);
+    let urls: Vec<String> = bed.etcd.members.iter().map(|m| m.url.clone()).collect();
+    let first = listed_from(&d.log());
+    assert_eq!(first.len(), 1, "{}", d.log());
+    assert!(urls.contains(&first[0]), "{first:?} not in {urls:?}");
+    // One connection, to that member (a balancer over the three would hold three).
+    assert_eq!(
+        etcd_connections(&bed.topo.fwd, d.pid(), &urls),
+        1,
+        "{}",
+        bed.topo.fwd.exec(&["ss", "-tnp"])
+    );
+
+    let followed = bed.etcd.members.iter().position(|m| m.url == first[0]);
+    bed.etcd.members[followed.unwrap()].kill();
+    d.wait_log("retrying http://", Duration::from_secs(15));
+    let ok = wait_until(Duration::from_secs(20), || {
+        bed.etcd
+            .ctl(&["put", "/ambassador/v1/endpoints/web/b2", &b(2)])
+            .status
+            .success()
+    });
+    assert!(ok, "the surviving members never accepted a write");
+    bed.wait_backends(&[b(1), b(2)]);
+    let listed = listed_from(&d.log());
+    assert_eq!(listed.len(), 2, "{}", d.log());
+    assert_ne!(listed[1], first[0], "{}", d.log());
+    assert!(urls.contains(&listed[1]), "{listed:?}");
+}
+
 #[test]
 fn etcd_over_tls_with_client_certificates() {
     if !require_root("etcd_over_tls_with_client_certificates") {

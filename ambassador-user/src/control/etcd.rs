@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
-    control::reconnect::Reconnect,
+    control::reconnect::{Members, Reconnect},
     core::{
         contract::{self, PutOutcome, Store},
         model::Desired,
@@ -152,6 +152,13 @@ pub async fn timed<T>(
 impl EtcdOptions {
     /// Connects (and authenticates, when a user is set).
     pub async fn connect(&self) -> Result<Client> {
+        self.connect_to(&self.endpoints).await
+    }
+
+    /// Connects to `endpoints` (some of [`EtcdOptions::endpoints`]), as [`connect`] does.
+    ///
+    /// [`connect`]: EtcdOptions::connect
+    pub async fn connect_to(&self, endpoints: &[String]) -> Result<Client> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             // HTTP/2 pings notice a dead member within ~10 s even on an idle watch. etcd
@@ -209,8 +216,8 @@ impl EtcdOptions {
             opts = opts.with_tls(tls);
         }
         timed(
-            format!("connecting to {}", self.endpoints.join(",")),
-            Client::connect(&self.endpoints, Some(opts)),
+            format!("connecting to {}", endpoints.join(",")),
+            Client::connect(endpoints, Some(opts)),
         )
         .await
     }
@@ -275,21 +282,31 @@ impl Default for Snapshot {
 pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
     let mut warned: HashSet<(Vec<u8>, i64)> = HashSet::new();
     let mut backoff = Reconnect::default();
+    let mut members = Members::new(&opts.endpoints);
     let mut failures: u64 = 0;
     loop {
-        let result = session(&opts, &tx, &mut warned).await;
+        let result = session(&opts, members.current(), &tx, &mut warned).await;
         if tx.borrow().connected {
             // The session got as far as a listing: a new outage starts now.
             backoff.reset();
+            members.reached();
             failures = 0;
         }
-        let delay = backoff.next_delay();
+        let delay = match result {
+            // Cancelled by etcd (compaction): list again, from the same member.
+            Ok(()) => backoff.next_delay(),
+            Err(_) => members.failed(&mut backoff),
+        };
         if let Err(e) = result {
             // The first failure of an outage, then every tenth: enough to follow, not a flood.
+            let next = members.current().join(",");
             if failures.is_multiple_of(10) {
-                warn!("{e}; forwarding continues with the last known state, retrying in {delay:?}");
+                warn!("{e}; forwarding continues with the last known state, retrying {next} in {delay:?}");
             } else {
-                debug!("{e}; retrying in {delay:?} (attempt {})", failures + 1);
+                debug!(
+                    "{e}; retrying {next} in {delay:?} (attempt {})",
+                    failures + 1
+                );
             }
             failures += 1;
         }
@@ -311,14 +328,15 @@ pub async fn follow(opts: EtcdOptions, tx: watch::Sender<Snapshot>) {
 /// Watch responses taken together before the desired state is built once.
 const MAX_BATCH: usize = 256;
 
-/// One connection: list, then watch until something breaks. `Ok` means the watch was
-/// cancelled by etcd (compaction) and should be re-listed at once.
+/// One connection to `member`: list, then watch until something breaks. `Ok` means the
+/// watch was cancelled by etcd (compaction) and should be re-listed at once.
 async fn session(
     opts: &EtcdOptions,
+    member: &[String],
     tx: &watch::Sender<Snapshot>,
     warned: &mut HashSet<(Vec<u8>, i64)>,
 ) -> Result<()> {
-    let mut client = opts.connect().await?;
+    let mut client = opts.connect_to(member).await?;
     let root = contract::watch_prefix(&opts.prefix);
     let listing = timed(
         format!("listing {root}"),
@@ -341,7 +359,12 @@ async fn session(
             &mut malformed,
         );
     }
-    info!(revision, keys = listing.kvs().len(), "etcd: listed {root}");
+    info!(
+        revision,
+        keys = listing.kvs().len(),
+        member = %member.join(","),
+        "etcd: listed {root}"
+    );
     publish(tx, &store, revision, malformed, &mut conflicts, received);
 
     let mut stream = watch_from(&mut client, &root, revision + 1).await?;
