@@ -9,26 +9,26 @@
 //! backend hosts dying at once (their leases expire).
 
 mod collect;
+mod faults;
+mod real;
+mod report;
 mod sim;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use ambassador_tests::{metrics, wait_until, Daemon, Etcd, EtcdProxy, NetNs, PinDir, Proc};
+use ambassador_tests::{Etcd, EtcdProxy, NetNs, Proc};
 use ambassador_user::core::{
     contract::{self, EndpointValue, ServiceValue},
     model::Desired,
 };
 use anyhow::{Context as _, Result};
-use serde_json::json;
-
-use crate::stats::pct;
 use collect::{Collector, Outcome};
+use faults::Restart;
+use real::{RealHosts, REAL_HOSTS};
 use sim::BackendHost;
 
 /// Services every trial creates.
@@ -126,7 +126,10 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         Some(root) => format!("in {}", root.display()),
         None => format!("on disk ({})", std::env::temp_dir().display()),
     };
-    Ok((report(&trials, events, &data), json(&trials, &data)))
+    Ok((
+        report::markdown(&trials, events, &data),
+        report::json(&trials, &data),
+    ))
 }
 
 /// Where the members keep their data: `AMBASSADOR_FLEET_ETCD_DATA` (`/dev/shm` for tmpfs),
@@ -372,175 +375,6 @@ impl Run {
             })
             .await
     }
-
-    /// The leader is killed; an operator's change right after it reaches every host (from the
-    /// kill). The member is then started again.
-    async fn leader_killed(&mut self) -> Result<Outcome> {
-        let cluster = self.s.cluster.clone();
-        let t0 = Instant::now();
-        let killed = tokio::task::spawn_blocking(move || {
-            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
-            let leader = etcd.leader();
-            etcd.members[leader].kill();
-            leader
-        })
-        .await?;
-        let outcome = self.change(Some(t0), Duration::from_secs(30)).await?;
-        let cluster = self.s.cluster.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
-            etcd.members[killed].start();
-            etcd.wait_healthy(Duration::from_secs(30));
-        })
-        .await?;
-        Ok(outcome)
-    }
-
-    /// Every member is killed and started again; an operator's change once a quorum answers
-    /// reaches every host (from the restart). Also what it cost etcd: the list requests
-    /// (Range) and the bytes it sent, from the members' own metrics (counted from their start).
-    async fn full_restart(&mut self) -> Result<Restart> {
-        let cluster = self.s.cluster.clone();
-        let t0 = Instant::now();
-        tokio::task::spawn_blocking(move || {
-            let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
-            for m in &mut etcd.members {
-                m.kill();
-            }
-            std::thread::sleep(Duration::from_secs(1));
-            for m in &mut etcd.members {
-                m.start();
-            }
-            etcd.wait_healthy(Duration::from_secs(60));
-        })
-        .await?;
-        let converged = self.change(Some(t0), Duration::from_secs(90)).await?;
-        let (ns, members) = (self.s.ns.clone(), self.s.members.clone());
-        let (ranges, bytes) =
-            tokio::task::spawn_blocking(move || etcd_costs(&ns, &members)).await??;
-        Ok(Restart {
-            converged,
-            ranges,
-            bytes,
-        })
-    }
-}
-
-/// What a full restart cost.
-struct Restart {
-    /// From the restart until every host had a change made once a quorum answered.
-    converged: Outcome,
-    /// Range (list and get) requests the members served since their start.
-    ranges: f64,
-    /// Bytes the members sent to clients since their start.
-    bytes: f64,
-}
-
-/// The members' Range requests and bytes sent to clients, from their `/metrics`.
-fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
-    let (mut ranges, mut bytes) = (0.0, 0.0);
-    for m in members {
-        let addr: SocketAddr = m.trim_start_matches("http://").parse()?;
-        let (status, page) = metrics::get(ns, addr, "/metrics");
-        anyhow::ensure!(status.ends_with("200 OK"), "{m}/metrics: {status}");
-        ranges += metrics::value(&page, "etcd_mvcc_range_total", &[]).unwrap_or(0.0);
-        bytes +=
-            metrics::value(&page, "etcd_network_client_grpc_sent_bytes_total", &[]).unwrap_or(0.0);
-    }
-    Ok((ranges, bytes))
-}
-
-/// Real `ambassador run` daemons (the `tc` datapath on a veth of its own each, their maps
-/// pinned) following the same etcd as the simulated hosts: at the end their maps must hold
-/// what every simulated host's tables hold.
-struct RealHosts {
-    daemons: Vec<(Daemon, PinDir)>,
-    /// The namespace their interfaces are in.
-    ns: String,
-}
-
-/// Real daemons beside the simulated hosts in each trial.
-const REAL_HOSTS: usize = 2;
-
-impl RealHosts {
-    fn start(ns: &NetNs, endpoints: &[String], prefix: &str) -> Self {
-        let urls = endpoints.join(",");
-        let daemons = (0..REAL_HOSTS)
-            .map(|i| {
-                let iface = format!("fl{i}");
-                let peer = format!("{iface}p");
-                ns.ip(&["link", "add", &iface, "type", "veth", "peer", "name", &peer]);
-                ns.ip(&["link", "set", &iface, "up"]);
-                ns.ip(&["link", "set", &peer, "up"]);
-                let pin = PinDir::new();
-                let mut d = Daemon::run_etcd(ns, &iface, &urls, &pin.path, &["--prefix", prefix]);
-                d.wait_ready();
-                (d, pin)
-            })
-            .collect();
-        Self {
-            daemons,
-            ns: ns.name.clone(),
-        }
-    }
-
-    /// Whether every real daemon's maps hold, service by service, the active backends the
-    /// simulated hosts' tables hold (waiting up to 10 s for them to catch up).
-    fn agree(&self, trial: &Trial) -> Result<()> {
-        let want = trial
-            .last
-            .as_ref()
-            .context("the simulated hosts did not all end with the same tables")?;
-        let want: BTreeMap<String, BTreeSet<String>> = want
-            .iter()
-            .map(|(name, spec)| {
-                let addrs = spec.endpoints.iter().map(|e| e.addr.to_string()).collect();
-                (name.clone(), addrs)
-            })
-            .collect();
-        for (i, (daemon, pin)) in self.daemons.iter().enumerate() {
-            let mut got = BTreeMap::new();
-            let same = wait_until(Duration::from_secs(10), || {
-                got = active_backends(&pin.path);
-                got == want
-            });
-            anyhow::ensure!(
-                same,
-                "real host {i} disagrees with the simulated hosts:\nmaps: {got:?}\nsimulated: {want:?}\n{}",
-                daemon.log()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RealHosts {
-    fn drop(&mut self) {
-        self.daemons.clear(); // each daemon stops, then its pins go
-        for i in 0..REAL_HOSTS {
-            let iface = format!("fl{i}");
-            let _ = std::process::Command::new("ip")
-                .args(["-n", &self.ns, "link", "del", &iface])
-                .status();
-        }
-    }
-}
-
-/// Service -> active backend addresses, from `ambassador status` on `pin`.
-fn active_backends(pin: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let status = ambassador_tests::status(pin);
-    let mut out = BTreeMap::new();
-    for svc in status["services"].as_array().into_iter().flatten() {
-        let addrs = svc["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| b["state"] == "active")
-            .filter_map(|b| b["addr"].as_str().map(str::to_owned))
-            .collect();
-        out.insert(svc["name"].as_str().unwrap_or_default().to_owned(), addrs);
-    }
-    out
 }
 
 /// A process's resident memory in KiB (0 if it cannot be read).
@@ -566,121 +400,4 @@ fn raise_open_files() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-}
-
-/// p50, p99 and max of `v` (ms), or "-" when empty.
-fn dist(mut v: Vec<f64>) -> (String, [f64; 3]) {
-    if v.is_empty() {
-        return ("-".into(), [f64::NAN; 3]);
-    }
-    v.sort_by(f64::total_cmp);
-    let q = [pct(&v, 0.5), pct(&v, 0.99), v[v.len() - 1]];
-    (format!("{:.0} / {:.0} / {:.0}", q[0], q[1], q[2]), q)
-}
-
-/// Per event, the time until every host had it; hosts that never did are counted apart.
-fn every_host(events: &[Outcome]) -> (Vec<f64>, usize) {
-    let all: Vec<f64> = events.iter().filter_map(Outcome::all_ms).collect();
-    let missed = events.iter().filter(|e| e.missing > 0).count();
-    (all, missed)
-}
-
-fn per_host(events: &[Outcome]) -> Vec<f64> {
-    events
-        .iter()
-        .flat_map(|e| e.delays_ms.iter().copied())
-        .collect()
-}
-
-fn report(trials: &[Trial], events: usize, data: &str) -> String {
-    let mut md = format!(
-        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is); `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
-    );
-    for t in trials {
-        let (changes, missed_c) = every_host(&t.changes);
-        let (starts, missed_s) = every_host(&t.starts);
-        let missed = |n: usize| {
-            if n == 0 {
-                String::new()
-            } else {
-                format!(" ({n} events not everywhere in 20 s)")
-            }
-        };
-        let loss = t
-            .loss
-            .all_ms()
-            .map_or(format!("{} hosts still had them", t.loss.missing), |ms| {
-                format!("{:.1} ({})", ms / 1e3, t.ttl)
-            });
-        md += &format!(
-            "| {} | {} | {} | {} | {}{} | {} | {}{} | {} | {:.0} | {:.0} |\n",
-            t.hosts,
-            t.via.name(),
-            t.backend_hosts,
-            t.cold
-                .all_ms()
-                .map_or(format!("{} never", t.cold.missing), |ms| format!("{ms:.0}")),
-            dist(changes).0,
-            missed(missed_c),
-            dist(per_host(&t.changes)).0,
-            dist(starts).0,
-            missed(missed_s),
-            loss,
-            t.host_kib,
-            t.etcd_mib,
-        );
-    }
-    md += "\netcd faults, after the events above. The leader is killed and an operator's change made at once (retried while etcd chooses a leader): time from the kill until every host has it. Then every member is killed and started again: time from the restart until every host has a change made once a quorum answers; what the reconnecting fleet cost etcd, from the members' own metrics since their start: list requests (Range) and bytes sent to clients.\n\n| hosts | via | leader killed → change accepted, ms | → change everywhere, ms | per host, ms (p50 / p99 / max) | full restart → every host converged, s | Range requests after the restart, per host | bytes sent after the restart, per host |\n|---:|---|---:|---:|---|---:|---:|---:|\n";
-    for t in trials {
-        let all = |o: &Outcome| {
-            o.all_ms()
-                .map_or(format!("{} hosts never", o.missing), |ms| {
-                    format!("{ms:.0}")
-                })
-        };
-        let converged = t.restart.converged.all_ms().map_or(
-            format!("{} hosts never", t.restart.converged.missing),
-            |ms| format!("{:.1}", ms / 1e3),
-        );
-        md += &format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} |\n",
-            t.hosts,
-            t.via.name(),
-            t.leader.accepted_ms.unwrap_or(f64::NAN),
-            all(&t.leader),
-            dist(t.leader.delays_ms.clone()).0,
-            converged,
-            t.restart.ranges / t.hosts as f64,
-            t.restart.bytes / t.hosts as f64,
-        );
-    }
-    md
-}
-
-fn json(trials: &[Trial], data: &str) -> serde_json::Value {
-    let rows: Vec<_> = trials
-        .iter()
-        .map(|t| {
-            json!({
-                "hosts": t.hosts,
-                "via": t.via.name(),
-                "backend_hosts": t.backend_hosts,
-                "ttl_s": t.ttl,
-                "cold_start_ms": t.cold.all_ms(),
-                "change_every_host_ms": every_host(&t.changes).0,
-                "change_per_host_ms": dist(per_host(&t.changes)).1,
-                "container_start_every_host_ms": every_host(&t.starts).0,
-                "loss_gone_everywhere_ms": t.loss.all_ms(),
-                "memory_per_client_host_kib": t.host_kib,
-                "etcd_rss_mib": t.etcd_mib,
-                "applies": t.applies,
-                "leader_killed_every_host_ms": t.leader.all_ms(),
-                "leader_killed_per_host_ms": dist(t.leader.delays_ms.clone()).1,
-                "restart_converged_ms": t.restart.converged.all_ms(),
-                "restart_range_requests": t.restart.ranges,
-                "restart_bytes_sent": t.restart.bytes,
-            })
-        })
-        .collect();
-    json!({ "etcd_data": data, "trials": rows })
 }
