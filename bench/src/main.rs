@@ -147,7 +147,7 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     }
     if wanted(Only::Fleet) {
         println!("fleet: simulated hosts (the daemon's and the register's cores) against a 3-member etcd");
-        let (md, json) = crate::fleet::run(quick)?;
+        let (md, json) = crate::fleet::run(&dir, quick)?;
         write(&dir, "fleet", &md, &json)?;
     }
     println!(

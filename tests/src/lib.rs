@@ -1076,7 +1076,7 @@ impl Default for Certs {
 pub struct EtcdProxy {
     /// Its client URL (inside the namespace).
     pub url: String,
-    _proc: Proc,
+    proc: Proc,
     _data: TempDir,
 }
 
@@ -1113,9 +1113,14 @@ impl EtcdProxy {
         );
         Self {
             url: format!("http://127.0.0.1:{port}"),
-            _proc: proc,
+            proc,
             _data: data,
         }
+    }
+
+    /// The proxy's process id.
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Collector {
     latest: Vec<Option<Arc<Desired>>>,
     /// Applies received so far, over all hosts.
     pub applies: u64,
+    /// How long each apply took the daemon's core, µs (since the last [`Collector::costs`]).
+    apply_us: Vec<f64>,
 }
 
 /// How one wait ended.
@@ -44,6 +46,7 @@ impl Collector {
             rx,
             latest: vec![None; hosts],
             applies: 0,
+            apply_us: Vec::new(),
         }
     }
 
@@ -74,8 +77,15 @@ impl Collector {
         }
     }
 
+    /// The apply times taken in since the last call (µs), and starts again.
+    pub fn costs(&mut self) -> Vec<f64> {
+        self.drain();
+        std::mem::take(&mut self.apply_us)
+    }
+
     fn take(&mut self, a: Applied) {
         self.applies += 1;
+        self.apply_us.push(a.apply_us);
         self.latest[a.host] = Some(a.desired);
     }
 

@@ -76,7 +76,7 @@ pub(super) struct Restart {
 }
 
 /// The members' Range requests and bytes sent to clients, from their `/metrics`.
-fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
+pub(super) fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
     let (mut ranges, mut bytes) = (0.0, 0.0);
     for m in members {
         let addr: SocketAddr = m.trim_start_matches("http://").parse()?;

@@ -8,14 +8,17 @@
 //! events: an operator's endpoint change, a container start on a backend host, a tenth of the
 //! backend hosts dying at once (their leases expire).
 
+mod charts;
 mod collect;
 mod faults;
 mod real;
 mod report;
 mod sim;
+mod usage;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -33,23 +36,35 @@ use sim::BackendHost;
 
 /// Services every trial creates.
 const SERVICES: usize = 20;
-/// Where `etcd grpc-proxy` listens, inside the namespace.
-const PROXY: &str = "127.0.0.1:23790";
+/// Where the `k`-th `etcd grpc-proxy` listens, inside the namespace.
+fn proxy_addr(k: usize) -> String {
+    format!("127.0.0.1:{}", 23790 + k)
+}
 
 /// How the client hosts reach etcd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
     /// Each given the three members.
     Members,
-    /// Each through the one grpc-proxy in front of the cluster.
-    Proxy,
+    /// Through this many grpc-proxies in front of the cluster, host `h` through proxy
+    /// `h % n` (as the hosts of several zones would each use their zone's).
+    Proxies(usize),
 }
 
 impl Via {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Via::Members => "members",
-            Via::Proxy => "grpc-proxy",
+            Via::Members => "members".into(),
+            Via::Proxies(1) => "grpc-proxy".into(),
+            Via::Proxies(n) => format!("{n} grpc-proxies"),
+        }
+    }
+
+    /// For key prefixes.
+    fn slug(self) -> String {
+        match self {
+            Via::Members => "members".into(),
+            Via::Proxies(n) => format!("proxy{n}"),
         }
     }
 }
@@ -70,13 +85,18 @@ struct Trial {
     last: Option<std::sync::Arc<Desired>>,
     host_kib: f64,
     etcd_mib: f64,
+    /// What the hosts added to etcd's memory (3 members' RSS, from before they connected).
+    etcd_growth_mib: f64,
     applies: u64,
+    /// What the operator's changes cost, per change.
+    cost: usage::PerChange,
 }
 
 /// Runs the fleet at each size, direct and through grpc-proxy.
-pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
+pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
     raise_open_files();
     let sizes = sizes(quick)?;
+    let proxy_counts = proxy_counts()?;
     let (events, ttl) = if quick { (5, 3) } else { (30, 10) };
     let ns = NetNs::new("fl");
     let data = data_dir();
@@ -85,11 +105,13 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         None => Etcd::cluster(&ns, 3),
     };
     let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
-    let proxy = EtcdProxy::start(&ns, &etcd, PROXY);
+    let proxies: Vec<EtcdProxy> = (0..proxy_counts.iter().copied().max().unwrap_or(1))
+        .map(|k| EtcdProxy::start(&ns, &etcd, &proxy_addr(k)))
+        .collect();
     let cluster = Arc::new(Mutex::new(etcd));
     let mut trials = Vec::new();
     for &hosts in &sizes {
-        for via in vias(hosts) {
+        for via in vias(hosts, &proxy_counts) {
             let pids: Vec<i32> = cluster
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -101,16 +123,17 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 hosts,
                 via,
                 members: members.clone(),
-                prefix: format!("/fleet-{hosts}-{}", via.name()),
+                prefix: format!("/fleet-{hosts}-{}", via.slug()),
                 events,
                 ttl,
                 etcd_pids: pids,
                 cluster: cluster.clone(),
-                proxy: proxy.url.clone(),
+                proxies: proxies.iter().map(|p| p.url.clone()).collect(),
+                proxy_pids: proxies.iter().map(EtcdProxy::pid).collect(),
                 ns: ns.name.clone(),
             };
             println!("fleet: {hosts} hosts through {}", via.name());
-            let real = RealHosts::start(&ns, &setup.endpoints(), &setup.prefix);
+            let real = RealHosts::start(&ns, |h| setup.endpoints(h), &setup.prefix);
             let trial = ns.run(move || -> Result<Trial> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -126,6 +149,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         Some(root) => format!("in {}", root.display()),
         None => format!("on disk ({})", std::env::temp_dir().display()),
     };
+    charts::write(dir, &trials)?;
     Ok((
         report::markdown(&trials, events, &data),
         report::json(&trials, &data),
@@ -143,11 +167,28 @@ fn data_dir() -> Option<std::path::PathBuf> {
 /// process may hold here (20,000).
 const MEMBERS_UP_TO: usize = 2000;
 
-fn vias(hosts: usize) -> Vec<Via> {
-    if hosts > MEMBERS_UP_TO {
-        vec![Via::Proxy]
-    } else {
-        vec![Via::Members, Via::Proxy]
+fn vias(hosts: usize, proxy_counts: &[usize]) -> Vec<Via> {
+    let members = (hosts <= MEMBERS_UP_TO).then_some(Via::Members);
+    members
+        .into_iter()
+        .chain(proxy_counts.iter().map(|&n| Via::Proxies(n)))
+        .collect()
+}
+
+/// How many grpc-proxies the proxied trials use: `AMBASSADOR_FLEET_PROXIES` (comma-separated),
+/// else one, then three.
+fn proxy_counts() -> Result<Vec<usize>> {
+    match std::env::var("AMBASSADOR_FLEET_PROXIES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| match n.trim().parse() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => anyhow::bail!(
+                    "AMBASSADOR_FLEET_PROXIES: a comma-separated list of counts from 1"
+                ),
+            })
+            .collect(),
+        Err(_) => Ok(vec![1, 3]),
     }
 }
 
@@ -179,19 +220,30 @@ struct Setup {
     etcd_pids: Vec<i32>,
     /// The cluster, for the leader kill and the full restart.
     cluster: Arc<Mutex<Etcd>>,
-    /// The grpc-proxy's URL.
-    proxy: String,
+    /// The grpc-proxies' URLs (a trial uses the first `n` of [`Via::Proxies`]).
+    proxies: Vec<String>,
+    /// Their process ids.
+    proxy_pids: Vec<i32>,
     /// The namespace etcd runs in.
     ns: String,
 }
 
 impl Setup {
-    /// Where the client hosts (simulated and real) reach etcd: the whole cluster, as a daemon
-    /// is given it (`--etcd` with three URLs), or the proxy.
-    fn endpoints(&self) -> Vec<String> {
+    /// Where client host `h` (simulated or real) reaches etcd: the whole cluster, as a daemon
+    /// is given it (`--etcd` with three URLs), or its proxy.
+    fn endpoints(&self, h: usize) -> Vec<String> {
         match self.via {
             Via::Members => self.members.clone(),
-            Via::Proxy => vec![self.proxy.clone()],
+            Via::Proxies(n) => vec![self.proxies[h % n].clone()],
+        }
+    }
+
+    /// The processes serving the client hosts' requests: etcd's members, and the proxies
+    /// this trial uses.
+    fn proxy_pids_used(&self) -> &[i32] {
+        match self.via {
+            Via::Members => &[],
+            Via::Proxies(n) => &self.proxy_pids[..n],
         }
     }
 }
@@ -238,11 +290,11 @@ async fn trial(s: Setup) -> Result<Trial> {
         changes: 0,
     };
     run.populate().await?;
-    let endpoints = run.s.endpoints();
     let rss_before = rss_kib(std::process::id() as i32);
+    let etcd_before = etcd_rss_mib(&run.s.etcd_pids);
     let start = Instant::now();
     let clients: Vec<_> = (0..run.s.hosts)
-        .map(|h| sim::client_host(h, endpoints.clone(), &run.s.prefix, tx.clone()))
+        .map(|h| sim::client_host(h, run.s.endpoints(h), &run.s.prefix, tx.clone()))
         .collect();
     drop(tx);
     let expected = backend_hosts * 2;
@@ -253,16 +305,26 @@ async fn trial(s: Setup) -> Result<Trial> {
         })
         .await;
     let host_kib = (rss_kib(std::process::id() as i32) - rss_before) / run.s.hosts as f64;
+    let etcd_growth_mib = etcd_rss_mib(&run.s.etcd_pids) - etcd_before;
+    run.fleet.costs();
+    let before = run.usage().await?;
     let mut changes = Vec::new();
     for _ in 0..run.s.events {
         changes.push(run.change(None, Duration::from_secs(20)).await?);
     }
+    let cost = usage::PerChange::new(
+        &before,
+        &run.usage().await?,
+        run.s.events,
+        run.s.hosts,
+        run.fleet.costs(),
+    );
     let mut starts = Vec::new();
     for k in 0..run.s.events {
         starts.push(run.container_start(k).await);
     }
     let loss = run.lose_a_tenth().await;
-    let etcd_mib = run.s.etcd_pids.iter().map(|p| rss_kib(*p)).sum::<f64>() / 1024.0;
+    let etcd_mib = etcd_rss_mib(&run.s.etcd_pids);
     let leader = run.leader_killed().await?;
     let restart = run.full_restart().await?;
     // What every host ends with, once the changes still arriving have settled.
@@ -284,7 +346,9 @@ async fn trial(s: Setup) -> Result<Trial> {
         last,
         host_kib,
         etcd_mib,
+        etcd_growth_mib,
         applies: run.fleet.applies,
+        cost,
     })
 }
 
@@ -385,6 +449,11 @@ fn rss_kib(pid: i32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The members' resident memory together, MiB.
+fn etcd_rss_mib(pids: &[i32]) -> f64 {
+    pids.iter().map(|p| rss_kib(*p)).sum::<f64>() / 1024.0
 }
 
 /// Every simulated host holds sockets: the soft limit of open files goes up to the hard one.

@@ -25,10 +25,15 @@ pub(super) struct RealHosts {
 pub(super) const REAL_HOSTS: usize = 2;
 
 impl RealHosts {
-    pub(super) fn start(ns: &NetNs, endpoints: &[String], prefix: &str) -> Self {
-        let urls = endpoints.join(",");
+    /// `endpoints(i)`: where real host `i` reaches etcd.
+    pub(super) fn start(
+        ns: &NetNs,
+        endpoints: impl Fn(usize) -> Vec<String>,
+        prefix: &str,
+    ) -> Self {
         let daemons = (0..REAL_HOSTS)
             .map(|i| {
+                let urls = endpoints(i).join(",");
                 let iface = format!("fl{i}");
                 let peer = format!("{iface}p");
                 ns.ip(&["link", "add", &iface, "type", "veth", "peer", "name", &peer]);

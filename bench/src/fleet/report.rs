@@ -1,6 +1,6 @@
 //! The fleet's report: Markdown tables and the JSON beside them.
 
-use super::{collect::Outcome, Trial, REAL_HOSTS, SERVICES};
+use super::{charts::ETCD_MIB_PER_CLIENT, collect::Outcome, Trial, REAL_HOSTS, SERVICES};
 use crate::stats::pct;
 use serde_json::json;
 
@@ -15,7 +15,7 @@ fn dist(mut v: Vec<f64>) -> (String, [f64; 3]) {
 }
 
 /// Per event, the time until every host had it; hosts that never did are counted apart.
-fn every_host(events: &[Outcome]) -> (Vec<f64>, usize) {
+pub(super) fn every_host(events: &[Outcome]) -> (Vec<f64>, usize) {
     let all: Vec<f64> = events.iter().filter_map(Outcome::all_ms).collect();
     let missed = events.iter().filter(|e| e.missing > 0).count();
     (all, missed)
@@ -30,7 +30,7 @@ fn per_host(events: &[Outcome]) -> Vec<f64> {
 
 pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
     let mut md = format!(
-        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is); `grpc-proxy`: every client host through one `etcd grpc-proxy` (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
+        "## Fleet: the control plane at scale\n\nSimulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is; it follows one at a time); `grpc-proxy`: every client host through one `etcd grpc-proxy`; `3 grpc-proxies`: host h through proxy h mod 3, as the hosts of three zones would each use their zone's (backend hosts always to a member). Beside them, {REAL_HOSTS} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {SERVICES} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
     );
     for t in trials {
         let (changes, missed_c) = every_host(&t.changes);
@@ -90,6 +90,30 @@ pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
             t.restart.bytes / t.hosts as f64,
         );
     }
+    md + &costs(trials)
+}
+
+/// The cost of one change: CPU and bytes, and etcd's memory beside its published figure.
+fn costs(trials: &[Trial]) -> String {
+    let mut md = format!("\nWhat one operator change cost, averaged over the changes of each trial: CPU time of the 3 members, of the proxies in use and of this whole process (every simulated host, the backend hosts' registers and the operator: on real hosts, each host's share is its own), read from /proc before and after the changes; bytes the members sent to their clients (the hosts, or the proxies), from their metrics, per host; and the daemon's core per apply on one host (the policies, the fit, the plan and the in-memory tables; p50 / p99 over every apply). The memory is what the hosts added to the 3 members' RSS from before they connected until every host had listed, beside etcd's published watch cost (about 50 MB for 1,000 clients with one watch each: {:.1} KiB a client).\n\n| hosts | via | etcd CPU per change, ms | proxies' CPU per change, ms | simulator CPU per change, ms (per host, µs) | bytes the members sent per change, per host | the daemon's core per apply, µs (p50 / p99) | etcd memory the hosts added, MiB | per host, KiB | etcd's published cost for as many clients, MiB |\n|---:|---|---:|---:|---|---:|---|---:|---:|---:|\n", ETCD_MIB_PER_CLIENT * 1024.0);
+    for t in trials {
+        let c = &t.cost;
+        md += &format!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} ({:.0}) | {:.0} | {:.0} / {:.0} | {:.0} | {:.1} | {:.0} |\n",
+            t.hosts,
+            t.via.name(),
+            c.etcd_cpu_ms,
+            c.proxy_cpu_ms,
+            c.sim_cpu_ms,
+            c.sim_cpu_ms * 1e3 / t.hosts as f64,
+            c.bytes_per_host,
+            c.apply_us[0],
+            c.apply_us[1],
+            t.etcd_growth_mib,
+            t.etcd_growth_mib * 1024.0 / t.hosts as f64,
+            ETCD_MIB_PER_CLIENT * t.hosts as f64,
+        );
+    }
     md
 }
 
@@ -115,6 +139,14 @@ pub(super) fn json(trials: &[Trial], data: &str) -> serde_json::Value {
                 "restart_converged_ms": t.restart.converged.all_ms(),
                 "restart_range_requests": t.restart.ranges,
                 "restart_bytes_sent": t.restart.bytes,
+                "etcd_growth_mib": t.etcd_growth_mib,
+                "per_change": {
+                    "etcd_cpu_ms": t.cost.etcd_cpu_ms,
+                    "proxy_cpu_ms": t.cost.proxy_cpu_ms,
+                    "simulator_cpu_ms": t.cost.sim_cpu_ms,
+                    "member_bytes_per_host": t.cost.bytes_per_host,
+                    "apply_us_p50_p99": t.cost.apply_us,
+                },
             })
         })
         .collect();

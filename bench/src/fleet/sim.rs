@@ -32,6 +32,8 @@ pub struct Applied {
     pub at: Instant,
     /// What its tables hold (after the policies).
     pub desired: Arc<Desired>,
+    /// How long the daemon's core took to apply it (policies, fit, plan, tables), in µs.
+    pub apply_us: f64,
 }
 
 /// Starts client host `host`: follows etcd at `endpoints` and reports each apply.
@@ -64,11 +66,14 @@ pub fn client_host(
             let Some(desired) = snap.unapplied(&mut last) else {
                 continue;
             };
+            let started = Instant::now();
             if let Ok(applied) = core.apply(&mut tables, &desired, &own) {
+                let at = Instant::now();
                 let report = Applied {
                     host,
-                    at: Instant::now(),
+                    at,
                     desired: Arc::new(applied.desired),
+                    apply_us: (at - started).as_secs_f64() * 1e6,
                 };
                 if reports.send(report).is_err() {
                     return;
