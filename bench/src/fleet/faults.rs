@@ -8,6 +8,7 @@ use std::{
 
 use ambassador_tests::metrics;
 use anyhow::Result;
+use etcd_client::GetOptions;
 
 use super::{collect::Outcome, Run};
 
@@ -39,8 +40,16 @@ impl Run {
     /// reaches every host (from the restart). Also what it cost etcd: the list requests
     /// (Range) and the bytes it sent, from the members' own metrics (counted from their start).
     pub(super) async fn full_restart(&mut self) -> Result<Restart> {
+        let hosts_prefix = format!("{}/v1/hosts/", self.s.prefix);
+        let expected = count(&mut self.etcd, &hosts_prefix).await?;
         let cluster = self.s.cluster.clone();
         let t0 = Instant::now();
+        let entries = tokio::spawn(follow_entries(
+            self.etcd.clone(),
+            hosts_prefix,
+            expected,
+            Duration::from_secs(2 * self.s.ttl as u64),
+        ));
         tokio::task::spawn_blocking(move || {
             let mut etcd = cluster.lock().unwrap_or_else(|p| p.into_inner());
             for m in &mut etcd.members {
@@ -61,8 +70,79 @@ impl Run {
             converged,
             ranges,
             bytes,
+            entries: entries.await?,
         })
     }
+}
+
+/// How many keys are under `prefix` now (tried up to 10 times: the client's connection to a
+/// member that was restarted may fail once).
+async fn count(etcd: &mut etcd_client::Client, prefix: &str) -> Result<i64> {
+    let mut tries = 0;
+    loop {
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        let get = tokio::time::timeout(Duration::from_secs(2), etcd.get(prefix, Some(opts)));
+        match get.await {
+            Ok(Ok(resp)) => return Ok(resp.count()),
+            Ok(Err(e)) if tries >= 10 => return Err(e.into()),
+            Err(e) if tries >= 10 => return Err(e.into()),
+            _ => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The backend hosts' entries in etcd during a full restart.
+#[derive(Debug, Default)]
+pub(super) struct Entries {
+    /// Before the restart.
+    pub(super) expected: i64,
+    /// The fewest seen after it (while etcd answered).
+    pub(super) lowest: i64,
+    /// How long they were fewer than before, seconds (from the first answer after the
+    /// restart).
+    pub(super) below_s: f64,
+}
+
+/// Counts the keys under `prefix` every 250 ms from the restart until they have been back at
+/// `expected` for `settled` (or 90 s): whether the backend hosts' registers kept their
+/// entries through the restart, and for how long they were missing.
+async fn follow_entries(
+    mut etcd: etcd_client::Client,
+    prefix: String,
+    expected: i64,
+    settled: Duration,
+) -> Entries {
+    let start = Instant::now();
+    let mut out = Entries {
+        expected,
+        lowest: expected,
+        below_s: 0.0,
+    };
+    let (mut last, mut whole_since) = (None::<Instant>, None::<Instant>);
+    while start.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(n) = count(&mut etcd, &prefix).await else {
+            continue; // etcd not answering yet
+        };
+        let now = Instant::now();
+        if let Some(l) = last {
+            if n < expected {
+                out.below_s += (now - l).as_secs_f64();
+            }
+        }
+        last = Some(now);
+        out.lowest = out.lowest.min(n);
+        if n >= expected {
+            let since = *whole_since.get_or_insert(now);
+            if now - since >= settled {
+                break;
+            }
+        } else {
+            whole_since = None;
+        }
+    }
+    out
 }
 
 /// What a full restart cost.
@@ -73,6 +153,8 @@ pub(super) struct Restart {
     pub(super) ranges: f64,
     /// Bytes the members sent to clients since their start.
     pub(super) bytes: f64,
+    /// The backend hosts' entries in etcd through the restart.
+    pub(super) entries: Entries,
 }
 
 /// The members' Range requests and bytes sent to clients, from their `/metrics`.

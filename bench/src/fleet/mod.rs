@@ -139,7 +139,15 @@ pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
                     .worker_threads(2)
                     .enable_all()
                     .build()?;
-                rt.block_on(trial(setup))
+                // The backend hosts on threads of their own, as on machines of their own: a
+                // burst of work on the client hosts must not delay their leases' keep-alives
+                // in one task queue (at 5,000 hosts it did, and their leases expired).
+                let backends = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("backend-hosts")
+                    .enable_all()
+                    .build()?;
+                rt.block_on(trial(setup, backends.handle().clone()))
             })?;
             real.agree(&trial)?;
             trials.push(trial);
@@ -273,13 +281,13 @@ struct Run {
     changes: usize,
 }
 
-async fn trial(s: Setup) -> Result<Trial> {
+async fn trial(s: Setup, backends_rt: tokio::runtime::Handle) -> Result<Trial> {
     let etcd = etcd_client::Client::connect(s.members.clone(), None)
         .await
         .context("connecting to etcd")?;
     let backend_hosts = (s.hosts / 10).clamp(5, 100);
     let backends: Vec<BackendHost> = (0..backend_hosts)
-        .map(|b| BackendHost::start(b, s.members[b % 3].clone(), &s.prefix, s.ttl))
+        .map(|b| BackendHost::start(&backends_rt, b, s.members[b % 3].clone(), &s.prefix, s.ttl))
         .collect();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut run = Run {

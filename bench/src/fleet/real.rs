@@ -73,7 +73,8 @@ impl RealHosts {
             });
             anyhow::ensure!(
                 same,
-                "real host {i} disagrees with the simulated hosts:\nmaps: {got:?}\nsimulated: {want:?}\n{}",
+                "real host {i} disagrees with the simulated hosts:\nmaps: {got:?}\nsimulated: {want:?}\nits status: {}\nits log:\n{}",
+                ambassador_tests::status(&pin.path)["control_plane"],
                 daemon.log()
             );
         }

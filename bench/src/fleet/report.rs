@@ -66,7 +66,7 @@ pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
             t.etcd_mib,
         );
     }
-    md += "\netcd faults, after the events above. The leader is killed and an operator's change made at once (retried while etcd chooses a leader): time from the kill until every host has it. Then every member is killed and started again: time from the restart until every host has a change made once a quorum answers; what the reconnecting fleet cost etcd, from the members' own metrics since their start: list requests (Range) and bytes sent to clients.\n\n| hosts | via | leader killed → change accepted, ms | → change everywhere, ms | per host, ms (p50 / p99 / max) | full restart → every host converged, s | Range requests after the restart, per host | bytes sent after the restart, per host |\n|---:|---|---:|---:|---|---:|---:|---:|\n";
+    md += "\netcd faults, after the events above. The leader is killed and an operator's change made at once (retried while etcd chooses a leader): time from the kill until every host has it. Then every member is killed and started again: time from the restart until every host has a change made once a quorum answers; what the reconnecting fleet cost etcd, from the members' own metrics since their start: list requests (Range) and bytes sent to clients; and the backend hosts' entries in etcd (their registers' keys, counted every 250 ms from the restart until back for twice the TTL): the fewest seen, and for how long there were fewer than before.\n\n| hosts | via | leader killed → change accepted, ms | → change everywhere, ms | per host, ms (p50 / p99 / max) | full restart → every host converged, s | Range requests after the restart, per host | bytes sent after the restart, per host | backend hosts' entries in etcd through the restart: fewest / before | time with fewer, s |\n|---:|---|---:|---:|---|---:|---:|---:|---|---:|\n";
     for t in trials {
         let all = |o: &Outcome| {
             o.all_ms()
@@ -79,7 +79,7 @@ pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
             |ms| format!("{:.1}", ms / 1e3),
         );
         md += &format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} | {} / {} | {:.1} |\n",
             t.hosts,
             t.via.name(),
             t.leader.accepted_ms.unwrap_or(f64::NAN),
@@ -88,6 +88,9 @@ pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
             converged,
             t.restart.ranges / t.hosts as f64,
             t.restart.bytes / t.hosts as f64,
+            t.restart.entries.lowest,
+            t.restart.entries.expected,
+            t.restart.entries.below_s,
         );
     }
     md + &costs(trials)
@@ -139,6 +142,11 @@ pub(super) fn json(trials: &[Trial], data: &str) -> serde_json::Value {
                 "restart_converged_ms": t.restart.converged.all_ms(),
                 "restart_range_requests": t.restart.ranges,
                 "restart_bytes_sent": t.restart.bytes,
+                "restart_entries": {
+                    "before": t.restart.entries.expected,
+                    "fewest": t.restart.entries.lowest,
+                    "fewer_s": t.restart.entries.below_s,
+                },
                 "etcd_growth_mib": t.etcd_growth_mib,
                 "per_change": {
                     "etcd_cpu_ms": t.cost.etcd_cpu_ms,

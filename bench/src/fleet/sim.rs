@@ -94,8 +94,15 @@ pub struct BackendHost {
 }
 
 impl BackendHost {
-    /// Starts backend host `host` against etcd at `endpoint`, with a lease of `ttl` seconds.
-    pub fn start(host: usize, endpoint: String, prefix: &str, ttl: i64) -> Self {
+    /// Starts backend host `host` on `rt` against etcd at `endpoint`, with a lease of `ttl`
+    /// seconds.
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        host: usize,
+        endpoint: String,
+        prefix: &str,
+        ttl: i64,
+    ) -> Self {
         let (source, containers) = register::synthetic();
         let cfg = RegisterConfig {
             docker: String::new(),
@@ -113,7 +120,7 @@ impl BackendHost {
             create_services: false,
         };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = rt.spawn(async move {
             let stats = Arc::new(Stats::default());
             register::serve(&cfg, source, stats, async {
                 let _ = stopped.await;
