@@ -7,6 +7,7 @@ use ambassador_user::{
         cli::{Cli, Command},
         ctl, daemon,
         register::{self, RegisterConfig},
+        socks,
     },
     datapath::loader,
     error::{Error, Result},
@@ -17,6 +18,15 @@ use tracing_subscriber::EnvFilter;
 
 fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the runtime"))?
+        .block_on(f)
+}
+
+/// For the roles that move bytes (`socks`): a worker per core.
+fn block_on_threads<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(Error::io("starting the runtime"))?
@@ -106,6 +116,7 @@ fn main() -> ExitCode {
             create_services: !a.no_create_services,
             etcd: a.etcd.into(),
         })),
+        Command::Socks(args) => block_on_threads(socks::run(*args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

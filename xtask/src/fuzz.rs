@@ -14,7 +14,13 @@ use anyhow::{bail, Context as _, Result};
 use crate::{cargo, root, run};
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 4] = ["etcd_contract", "config_toml", "docker_labels", "dns_query"];
+pub const TARGETS: [&str; 5] = [
+    "etcd_contract",
+    "config_toml",
+    "docker_labels",
+    "dns_query",
+    "socks_handshake",
+];
 
 /// The instrumentation `cargo fuzz build` adds (cargo-fuzz 0.13, project.rs), minus a
 /// sanitizer.

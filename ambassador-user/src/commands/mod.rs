@@ -1,4 +1,4 @@
-//! The command line and the long-running roles (`run`, `register`) that wire the core, the
+//! The command line and the long-running roles (`run`, `register`, `socks`) that wire the core, the
 //! datapath, the control plane and the services together.
 
 pub mod auth;
@@ -6,3 +6,4 @@ pub mod cli;
 pub mod ctl;
 pub mod daemon;
 pub mod register;
+pub mod socks;

@@ -1,7 +1,8 @@
 //! What other programs ask of a running host: names (DNS), `status` and the metrics page,
-//! the heartbeat.
+//! the heartbeat; and the SOCKS5 door for clients outside the fleet.
 
 pub mod dns;
 pub mod heartbeat;
 pub mod metrics;
+pub mod socks;
 pub mod status;

@@ -3,6 +3,7 @@
 mod common;
 mod ops;
 mod run;
+mod socks;
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 pub use common::{EtcdArgs, Output, ProtoArg};
 pub use ops::{AuthCmd, CredentialArgs, EndpointCmd, ServiceCmd, VipCmd};
 pub use run::{DatapathKind, RunArgs};
+pub use socks::SocksArgs;
 
 /// A kernel-accelerated dynamic ambassador: clients dial a stable frontend VIP:port, eBPF
 /// rewrites it to a current backend.
@@ -54,6 +56,9 @@ pub enum Command {
     Auth(AuthCmd),
     /// Register this host's labelled Docker containers as endpoints in etcd.
     Register(RegisterArgs),
+    /// Serve a SOCKS5 door for clients outside the fleet: `<service>.<domain>` and endpoint
+    /// names resolved from etcd (curl --socks5-hostname, a browser's SOCKS setting, ssh).
+    Socks(Box<SocksArgs>),
     /// Remove the datapath a stopped `run` left in place: program links (detaching it from
     /// every interface) and maps. Forwarding through this host stops.
     Uninstall(UninstallArgs),

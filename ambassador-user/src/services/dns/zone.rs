@@ -266,7 +266,7 @@ impl Zone {
             [svc, proto] => match self.srv_entry(svc, proto) {
                 Some((name, e)) => Node::Srv(name, e),
                 None if *proto == "endpoints" && matches!(*svc, "_tcp" | "_udp") => Node::Empty,
-                None if *proto == "endpoints" => match host_label(svc) {
+                None if *proto == "endpoints" => match endpoint_ip(svc) {
                     Some(ip) if self.endpoint_addrs.contains(&ip) => Node::EndpointHost(ip),
                     _ => Node::Missing,
                 },
@@ -318,8 +318,9 @@ enum Node<'a> {
     Missing,
 }
 
+/// The address an endpoint name's first label stands for ([`endpoint_host`] backwards):
 /// `10-0-0-1` -> 10.0.0.1.
-fn host_label(label: &str) -> Option<IpAddr> {
+pub fn endpoint_ip(label: &str) -> Option<IpAddr> {
     let v4 = Ipv4Addr::from_str(&label.replace('-', "."))
         .ok()
         .map(IpAddr::V4);

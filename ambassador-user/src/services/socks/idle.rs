@@ -1,0 +1,124 @@
+//! The byte copy between a client and its destination: tokio's bidirectional copy, each side
+//! wrapped to count what it reads and when, so that a connection with no byte either way for
+//! the idle timeout is closed (a download with a silent upload is not idle).
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{stats::Stats, Ended};
+
+/// What both sides share: when either last read a byte (ms from `start`).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that counts the bytes read from it and notes the time.
+struct Counted<S> {
+    inner: S,
+    read: u64,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways until both sides are done, an error, or `idle` without a byte.
+pub(super) async fn copy<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    stats: &Stats,
+) -> Result<(), Ended>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let mut client = Counted {
+        inner: client,
+        read: 0,
+        activity: activity.clone(),
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        read: 0,
+        activity: activity.clone(),
+    };
+    let watch = async {
+        loop {
+            let left = idle.saturating_sub(activity.idle());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    };
+    let result = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied.map(|_| ()).map_err(Ended::Io),
+        () = watch => {
+            stats.idle_timeouts.fetch_add(1, Relaxed);
+            Err(Ended::Idle(idle))
+        }
+    };
+    stats.bytes_up.fetch_add(client.read, Relaxed);
+    stats.bytes_down.fetch_add(upstream.read, Relaxed);
+    result
+}
