@@ -20,7 +20,7 @@ pub(super) fn write(dir: &Path, trials: &[Trial]) -> Result<()> {
         v.sort_by(f64::total_cmp);
         (!v.is_empty()).then(|| pct(&v, 0.99))
     });
-    let memory = lines(trials, |t| Some(t.etcd_growth_mib.max(0.1)));
+    let memory = lines(trials, |t| Some(t.etcd_growth_mib.max(1.0)));
     let hosts: Vec<f64> = trials.iter().map(|t| t.hosts as f64).collect();
     let goal =
         |per_host: f64| -> Vec<(f64, f64)> { hosts.iter().map(|&h| (h, h * per_host)).collect() };
@@ -81,18 +81,31 @@ fn chart(title: &str, unit: &str, measured: &[Line], reference: &[Line]) -> Resu
     {
         let root = SVGBackend::with_string(&mut svg, (760, 440)).into_drawing_area();
         root.fill(&WHITE)?;
+        let mut sizes: Vec<f64> = measured.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+        sizes.sort_by(f64::total_cmp);
+        sizes.dedup();
         let mut c = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(
-                (x0 * 0.8..x1 * 1.25).log_scale(),
+                (x0 * 0.8..x1 * 1.25).log_scale().with_key_points(sizes),
                 (y0 * 0.7..y1 * 1.4).log_scale(),
             )?;
+        let whole = |v: &f64| {
+            if *v >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
         c.configure_mesh()
             .x_desc("client hosts")
             .y_desc(unit)
+            .x_label_formatter(&whole)
+            .y_label_formatter(&whole)
+            .light_line_style(WHITE)
             .draw()?;
         for (i, (name, points)) in measured.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();

@@ -100,57 +100,11 @@ pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
     let (events, ttl) = if quick { (5, 3) } else { (30, 10) };
     let ns = NetNs::new("fl");
     let data = data_dir();
-    let etcd = match &data {
-        Some(root) => Etcd::cluster_in(&ns, 3, root),
-        None => Etcd::cluster(&ns, 3),
-    };
-    let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
-    let proxies: Vec<EtcdProxy> = (0..proxy_counts.iter().copied().max().unwrap_or(1))
-        .map(|k| EtcdProxy::start(&ns, &etcd, &proxy_addr(k)))
-        .collect();
-    let cluster = Arc::new(Mutex::new(etcd));
     let mut trials = Vec::new();
     for &hosts in &sizes {
         for via in vias(hosts, &proxy_counts) {
-            let pids: Vec<i32> = cluster
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .members
-                .iter()
-                .filter_map(|m| m.proc.as_ref().map(Proc::pid))
-                .collect();
-            let setup = Setup {
-                hosts,
-                via,
-                members: members.clone(),
-                prefix: format!("/fleet-{hosts}-{}", via.slug()),
-                events,
-                ttl,
-                etcd_pids: pids,
-                cluster: cluster.clone(),
-                proxies: proxies.iter().map(|p| p.url.clone()).collect(),
-                proxy_pids: proxies.iter().map(EtcdProxy::pid).collect(),
-                ns: ns.name.clone(),
-            };
             println!("fleet: {hosts} hosts through {}", via.name());
-            let real = RealHosts::start(&ns, |h| setup.endpoints(h), &setup.prefix);
-            let trial = ns.run(move || -> Result<Trial> {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                // The backend hosts on threads of their own, as on machines of their own: a
-                // burst of work on the client hosts must not delay their leases' keep-alives
-                // in one task queue (at 5,000 hosts it did, and their leases expired).
-                let backends = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("backend-hosts")
-                    .enable_all()
-                    .build()?;
-                rt.block_on(trial(setup, backends.handle().clone()))
-            })?;
-            real.agree(&trial)?;
-            trials.push(trial);
+            trials.push(one(&ns, data.as_deref(), hosts, via, events, ttl)?);
         }
     }
     let data = match &data {
@@ -164,16 +118,77 @@ pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
     ))
 }
 
+/// One trial, on a cluster of its own (its memory is then the trial's alone): 3 members,
+/// the proxies the trial uses, the real daemons; all gone at the end.
+fn one(
+    ns: &NetNs,
+    data: Option<&Path>,
+    hosts: usize,
+    via: Via,
+    events: usize,
+    ttl: i64,
+) -> Result<Trial> {
+    let etcd = match data {
+        Some(root) => Etcd::cluster_in(ns, 3, root),
+        None => Etcd::cluster(ns, 3),
+    };
+    let members: Vec<String> = etcd.members.iter().map(|m| m.url.clone()).collect();
+    let etcd_pids = etcd
+        .members
+        .iter()
+        .filter_map(|m| m.proc.as_ref().map(Proc::pid))
+        .collect();
+    let n = match via {
+        Via::Members => 0,
+        Via::Proxies(n) => n,
+    };
+    let proxies: Vec<EtcdProxy> = (0..n)
+        .map(|k| EtcdProxy::start(ns, &etcd, &proxy_addr(k)))
+        .collect();
+    let setup = Setup {
+        hosts,
+        via,
+        members,
+        prefix: format!("/fleet-{hosts}-{}", via.slug()),
+        events,
+        ttl,
+        etcd_pids,
+        cluster: Arc::new(Mutex::new(etcd)),
+        proxies: proxies.iter().map(|p| p.url.clone()).collect(),
+        proxy_pids: proxies.iter().map(EtcdProxy::pid).collect(),
+        ns: ns.name.clone(),
+    };
+    let real = RealHosts::start(ns, |h| setup.endpoints(h), &setup.prefix);
+    let trial = ns.run(move || -> Result<Trial> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        // The backend hosts on threads of their own, as on machines of their own: a burst of
+        // work on the client hosts must not delay their leases' keep-alives in one task queue
+        // (at 5,000 hosts it did, and their leases expired).
+        let backends = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("backend-hosts")
+            .enable_all()
+            .build()?;
+        rt.block_on(trial(setup, backends.handle().clone()))
+    })?;
+    real.agree(&trial)?;
+    drop(real); // the daemons stop before the cluster does
+    drop(proxies);
+    Ok(trial)
+}
+
 /// Where the members keep their data: `AMBASSADOR_FLEET_ETCD_DATA` (`/dev/shm` for tmpfs),
 /// else the system's temporary directory.
 fn data_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("AMBASSADOR_FLEET_ETCD_DATA").map(Into::into)
 }
 
-/// Beyond this many hosts, only through grpc-proxy: a host given the whole cluster holds a
-/// connection to each member, and three per simulated host would exceed the open files one
-/// process may hold here (20,000).
-const MEMBERS_UP_TO: usize = 2000;
+/// Beyond this many hosts, only through grpc-proxy: every simulated host holds a connection
+/// (each follows one member at a time), and one process may hold 20,000 open files here.
+const MEMBERS_UP_TO: usize = 5000;
 
 fn vias(hosts: usize, proxy_counts: &[usize]) -> Vec<Via> {
     let members = (hosts <= MEMBERS_UP_TO).then_some(Via::Members);
