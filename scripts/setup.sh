@@ -29,6 +29,7 @@ APT_PACKAGES=(
   redis-server                                         # the database the migration testbed moves
   bind9-dnsutils dnsmasq-base dnsperf                  # dig; a resolver in front of the responder and its bench peer; the DNS load generator
   netsniff-ng                                          # trafgen: frames from an AF_PACKET ring
+  curl chromium                                        # clients outside the fleet: through the SOCKS5 door, as a person's browser
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )
 
@@ -51,7 +52,7 @@ apt_install() {
 }
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "install packages (${missing[*]})"
-  step "apt: installing ${#missing[@]} packages: ${missing[*]}" "about 40 s" apt_install
+  step "apt: installing ${#missing[@]} packages: ${missing[*]}" "about 90 s, Chromium included" apt_install
 fi
 
 # The eBPF object's toolchain: the dated nightly pinned in ambassador-ebpf/rust-toolchain.toml

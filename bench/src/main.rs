@@ -13,6 +13,7 @@ mod fleet;
 mod ipv6;
 mod pps;
 mod scale;
+mod socks;
 mod stats;
 
 use std::{
@@ -68,6 +69,9 @@ pub enum Only {
     /// The control plane at fleet scale: simulated hosts made of the real cores, a 3-member
     /// etcd cluster, directly and through grpc-proxy.
     Fleet,
+    /// The SOCKS5 door against dante and microsocks: connections per second, a small
+    /// request, one stream's throughput and CPU per GB.
+    Socks,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -144,6 +148,11 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         println!("dns: the responder against dnsmasq, the same names, interleaved");
         let (md, json) = crate::dns::run(quick)?;
         write(&dir, "dns", &md, &json)?;
+    }
+    if wanted(Only::Socks) {
+        println!("socks: the door against dante and microsocks, interleaved");
+        let (md, json) = crate::socks::run(quick)?;
+        write(&dir, "socks", &md, &json)?;
     }
     if wanted(Only::Fleet) {
         println!("fleet: simulated hosts (the daemon's and the register's cores) against a 3-member etcd");

@@ -49,6 +49,42 @@ pub fn cpu_seconds() -> (f64, f64) {
     ((total - idle) / hz, total / hz)
 }
 
+/// Busy time of CPU `cpu` so far, in seconds (its line of /proc/stat: everything but idle and
+/// iowait).
+pub fn cpu_busy_seconds(cpu: usize) -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let label = format!("cpu{cpu}");
+    let fields: Vec<f64> = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (total - idle) / hz
+}
+
+/// A process's CPU time so far (user and system), seconds; 0 if it cannot be read.
+pub fn process_cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
+        _ => 0.0,
+    }
+}
+
 /// The order modes `0..modes` run in, for each of `reps` repetitions: a new random order each
 /// time, from a fixed seed (runs are comparable). A fixed or rotated order keeps each mode
 /// behind the same predecessor, which alone skewed ratios by up to 9%.

@@ -1647,3 +1647,89 @@ pub fn dnsmasq(ns: &NetNs, args: &[&str]) -> Proc {
     all.extend(args.iter().map(|a| a.to_string()));
     Proc::spawn(&ns.name, "dnsmasq", Path::new(DNSMASQ_BIN), &all)
 }
+
+/// `ambassador socks` in a namespace: the SOCKS5 door for clients outside the fleet.
+pub struct SocksDoor {
+    /// The running door.
+    pub proc: Proc,
+    ns: String,
+}
+
+impl SocksDoor {
+    /// Starts the door in `ns` listening at `listen` for `allow_client`, following etcd at
+    /// `etcd`, with `extra` flags; returns once it has its names.
+    pub fn start(ns: &NetNs, etcd: &str, listen: &str, allow_client: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "socks",
+            "--listen",
+            listen,
+            "--allow-client",
+            allow_client,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--etcd",
+            etcd,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(&ns.name, "socks", &ambassador_bin(), &args);
+        let ready = wait_until(Duration::from_secs(10), || {
+            proc.log().contains("socks: ready")
+        });
+        assert!(ready, "the door never got ready:\n{}", proc.log());
+        Self {
+            proc,
+            ns: ns.name.clone(),
+        }
+    }
+
+    /// The value of the door's metric `name` with `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let page = metrics::scrape(&self.ns, &self.proc.log());
+        metrics::value(&page, name, labels).unwrap_or_else(|| panic!("no {name} in\n{page}"))
+    }
+}
+
+/// `curl --socks5-hostname DOOR URL` from `ns` (names resolved by the door): (exit code,
+/// body).
+pub fn curl_socks(ns: &NetNs, door: &str, url: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "5"];
+    args.extend_from_slice(&["--socks5-hostname", door]);
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = Command::new("ip").args(&args).output().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.code().unwrap_or(-1), body)
+}
+
+/// Debian's Chromium, headless, in `ns` with `--proxy-server=socks5://DOOR` (Chromium sends
+/// every name to a SOCKS5 proxy): loads `url`, saves a screenshot at `screenshot`, and
+/// returns the page's DOM as Chromium built it.
+pub fn chromium_through_socks(ns: &NetNs, door: &str, url: &str, screenshot: &Path) -> String {
+    let profile = temp_dir("chromium");
+    let proxy = format!("--proxy-server=socks5://{door}");
+    let shot = format!("--screenshot={}", screenshot.display());
+    let dir = format!("--user-data-dir={}", profile.path().display());
+    let run = |what: &[&str]| {
+        let mut args = vec!["netns", "exec", &ns.name, "timeout", "60", "chromium"];
+        args.extend_from_slice(&[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ]);
+        args.extend_from_slice(&[&proxy, &dir, "--window-size=800,300"]);
+        args.extend_from_slice(what);
+        args.push(url);
+        let out = Command::new("ip").args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "chromium {what:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[&shot]);
+    run(&["--dump-dom"])
+}

@@ -748,3 +748,64 @@ fn a_confined_register_registers_only_what_its_host_record_allows() {
     let log = reg.log();
     assert_eq!(log.matches("etcd lease granted").count(), 1, "{log}");
 }
+
+#[test]
+fn a_laptop_reaches_a_labelled_container_by_name_through_the_socks_door() {
+    if !require_root("a_laptop_reaches_a_labelled_container_by_name_through_the_socks_door") {
+        return;
+    }
+    // The seed thesis' closing experiment: the provider's register publishes the container at
+    // its start; a user's browser, on a host running no ambassador, reaches its web page by
+    // name through a SOCKS proxy that resolves names from those records.
+    let bed = Bed::new();
+    let _reg = bed.register();
+    bed.dockerd.run_web(
+        IMAGE,
+        "site1",
+        &["--label", "ambassador.service=site", "-p", "8080"],
+    );
+    let door = SocksDoor::start(
+        &bed.topo.fwd,
+        &bed.etcd.urls(),
+        "0.0.0.0:1080",
+        "10.200.0.0/24",
+        &[],
+    );
+    let (client, at) = (&bed.topo.client, "10.200.0.1:1080");
+    let url = "http://site.ambassador.internal:8080/";
+    let reached = wait_until(Duration::from_secs(10), || {
+        curl_socks(client, at, url, &[]) == (0, "site1".into())
+    });
+    assert!(
+        reached,
+        "{:?}\n{}",
+        curl_socks(client, at, url, &[]),
+        door.proc.log()
+    );
+    // By the endpoint's name: the host's advertised address and the published port.
+    let published = bed.dockerd.docker(&["port", "site1", "8080/tcp"]);
+    let port = published
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let endpoint = format!("http://10-200-1-2.endpoints.ambassador.internal:{port}/");
+    assert_eq!(curl_socks(client, at, &endpoint, &[]), (0, "site1".into()));
+
+    // Debian's Chromium, as the user's browser: the page's DOM, and a screenshot.
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join("socks-chromium.png");
+    let _ = std::fs::remove_file(&shot);
+    let dom = chromium_through_socks(client, at, url, &shot);
+    assert!(dom.contains("<body>site1"), "{dom}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 1000, "no screenshot at {}", shot.display());
+    eprintln!(
+        "Chromium loaded {url} through the door; screenshot: {}",
+        shot.display()
+    );
+    assert!(door.metric("ambassador_socks_connected_total", &[]) >= 4.0);
+}

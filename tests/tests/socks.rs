@@ -73,47 +73,20 @@ impl Bed {
 
     /// `ambassador socks` on the gateway, listening at `DOOR` for the client's subnet, with
     /// `extra` flags; returns once it has its names from etcd.
-    fn door(&self, extra: &[&str]) -> Proc {
-        let mut args: Vec<String> = [
-            "socks",
-            "--listen",
-            "0.0.0.0:1080",
-            "--allow-client",
-            "10.200.0.0/24",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--etcd",
+    fn door(&self, extra: &[&str]) -> SocksDoor {
+        SocksDoor::start(
+            &self.topo.fwd,
             &self.etcd.urls(),
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let door = Proc::spawn(&self.topo.fwd.name, "socks", &ambassador_bin(), &args);
-        let ready = wait_until(Duration::from_secs(10), || {
-            door.log().contains("socks: ready")
-        });
-        assert!(ready, "the door never got ready:\n{}", door.log());
-        door
+            "0.0.0.0:1080",
+            "10.200.0.0/24",
+            extra,
+        )
     }
 
     /// `curl --socks5-hostname` from the client: (exit code, body).
     fn curl(&self, url: &str, extra: &[&str]) -> (i32, String) {
-        let mut args = vec!["curl", "-sS", "--max-time", "5", "--socks5-hostname", DOOR];
-        args.extend_from_slice(extra);
-        args.push(url);
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.topo.client.name])
-            .args(&args)
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (out.status.code().unwrap_or(-1), body)
+        curl_socks(&self.topo.client, DOOR, url, extra)
     }
-}
-
-fn metric(bed: &Bed, door: &Proc, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let page = metrics::scrape(&bed.topo.fwd.name, &door.log());
-    metrics::value(&page, name, labels).unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
 #[test]
@@ -136,7 +109,7 @@ fn curl_reaches_a_service_and_an_endpoint_by_name_through_the_door() {
         bed.curl("http://web.ambassador.internal/", &[]),
         (0, "b1".into()),
         "{}",
-        door.log()
+        door.proc.log()
     );
     // The frontend as an address, as a client that resolved the name itself would give it.
     assert_eq!(bed.curl("http://10.96.0.10/", &[]), (0, "b1".into()));
@@ -160,12 +133,9 @@ fn curl_reaches_a_service_and_an_endpoint_by_name_through_the_door() {
     let moved = wait_until(Duration::from_secs(5), || {
         bed.curl("http://web.ambassador.internal/", &[]).1 == "b2"
     });
-    assert!(moved, "{}", door.log());
-    assert!(metric(&bed, &door, "ambassador_socks_connected_total", &[]) >= 5.0);
-    assert_eq!(
-        metric(&bed, &door, "ambassador_socks_etcd_connected", &[]),
-        1.0
-    );
+    assert!(moved, "{}", door.proc.log());
+    assert!(door.metric("ambassador_socks_connected_total", &[]) >= 5.0);
+    assert_eq!(door.metric("ambassador_socks_etcd_connected", &[]), 1.0);
 }
 
 #[test]
@@ -229,7 +199,7 @@ fn a_service_moving_between_backends_fails_no_fetch() {
         "{} of {} fetches failed: {failed:?}\n{}",
         failed.len(),
         results.len(),
-        door.log()
+        door.proc.log()
     );
     assert_eq!(results.last().unwrap().1, "b2");
     eprintln!("{} fetches through the move, 0 failed", results.len());
@@ -261,11 +231,11 @@ fn an_endpoint_that_refuses_is_left_for_the_next_before_the_client_hears() {
             bed.curl("http://web.ambassador.internal/", &[]),
             (0, "b2".into()),
             "{}",
-            door.log()
+            door.proc.log()
         );
     }
     // It was tried, refused, and then left alone while suspect (10 s): once, maybe twice.
-    let failures = metric(&bed, &door, "ambassador_socks_endpoint_failures_total", &[]);
+    let failures = door.metric("ambassador_socks_endpoint_failures_total", &[]);
     assert!((1.0..=2.0).contains(&failures), "{failures}");
 }
 
@@ -295,9 +265,7 @@ fn the_door_refuses_what_it_should_and_says_why() {
     ] {
         let (code, _) = bed.curl(url, &[]);
         assert_eq!(code, 97, "{url}");
-        let n = metric(
-            &bed,
-            &door,
+        let n = door.metric(
             "ambassador_socks_destinations_refused_total",
             &[("reason", reason)],
         );
@@ -319,7 +287,7 @@ fn the_door_refuses_what_it_should_and_says_why() {
         "the door answered a client it does not allow"
     );
     assert_eq!(
-        metric(&bed, &door, "ambassador_socks_clients_refused_total", &[]),
+        door.metric("ambassador_socks_clients_refused_total", &[]),
         1.0
     );
 
@@ -348,31 +316,14 @@ fn the_door_refuses_what_it_should_and_says_why() {
     let got = client.run(move || exchange(vec![5, 1, 0], Duration::from_secs(5)));
     assert_eq!(got, vec![5, 0]);
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
-    assert!(
-        metric(
-            &bed,
-            &door,
-            "ambassador_socks_handshake_timeouts_total",
-            &[]
-        ) >= 1.0
-    );
-    assert!(
-        metric(
-            &bed,
-            &door,
-            "ambassador_socks_handshake_failures_total",
-            &[]
-        ) >= 2.0
-    );
+    assert!(door.metric("ambassador_socks_handshake_timeouts_total", &[]) >= 1.0);
+    assert!(door.metric("ambassador_socks_handshake_failures_total", &[]) >= 2.0);
     // Still serving.
     assert_eq!(
         bed.curl("http://web.ambassador.internal/", &[]),
         (0, "b1".into())
     );
-    assert_eq!(
-        metric(&bed, &door, "ambassador_socks_connections_active", &[]),
-        0.0
-    );
+    assert_eq!(door.metric("ambassador_socks_connections_active", &[]), 0.0);
 }
 
 #[test]
@@ -402,14 +353,9 @@ fn a_users_file_requires_a_username_and_password() {
     assert_ne!(bed.curl(url, &["--proxy-user", "alice:wrong"]).0, 0);
     assert_ne!(bed.curl(url, &[]).0, 0);
     assert!(
-        metric(
-            &bed,
-            &door,
-            "ambassador_socks_handshake_failures_total",
-            &[]
-        ) >= 2.0,
+        door.metric("ambassador_socks_handshake_failures_total", &[]) >= 2.0,
         "{}",
-        door.log()
+        door.proc.log()
     );
 }
 

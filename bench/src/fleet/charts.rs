@@ -81,7 +81,10 @@ fn chart(title: &str, unit: &str, measured: &[Line], reference: &[Line]) -> Resu
     {
         let root = SVGBackend::with_string(&mut svg, (760, 440)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut sizes: Vec<f64> = measured.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+        let mut sizes: Vec<f64> = measured
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.0))
+            .collect();
         sizes.sort_by(f64::total_cmp);
         sizes.dedup();
         let mut c = ChartBuilder::on(&root)

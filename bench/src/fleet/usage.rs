@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use super::{faults::etcd_costs, Run};
-use crate::stats::pct;
+use crate::stats::{pct, process_cpu_seconds};
 
 /// Counters at one instant.
 pub(super) struct Usage {
@@ -67,28 +67,12 @@ impl Run {
         let (ns, members) = (self.s.ns.clone(), self.s.members.clone());
         let (_, sent_bytes) =
             tokio::task::spawn_blocking(move || etcd_costs(&ns, &members)).await??;
-        let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_s(p)).sum::<f64>();
+        let cpu = |pids: &[i32]| pids.iter().map(|&p| process_cpu_seconds(p)).sum::<f64>();
         Ok(Usage {
             etcd_cpu_s: cpu(&self.s.etcd_pids),
             proxy_cpu_s: cpu(self.s.proxy_pids_used()),
-            sim_cpu_s: cpu_s(std::process::id() as i32),
+            sim_cpu_s: process_cpu_seconds(std::process::id() as i32),
             sent_bytes,
         })
-    }
-}
-
-/// A process's CPU time so far (user and system), seconds; 0 if it cannot be read.
-fn cpu_s(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    // SAFETY: sysconf reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
-        _ => 0.0,
     }
 }

@@ -27,7 +27,7 @@ use fast_socks5::{
 };
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
-use rand::{rngs::StdRng, seq::IndexedRandom as _, SeedableRng as _};
+use rand::seq::IndexedRandom as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -131,7 +131,7 @@ impl Door {
             .copied()
             .partition(|(a, _)| !suspects.contains_key(a));
         drop(suspects);
-        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let mut rng = rand::rng();
         let mut out = Vec::with_capacity(endpoints.len());
         while let Ok(&pick) = good.choose_weighted(&mut rng, |(_, w)| *w) {
             out.push(pick.0);

@@ -1,0 +1,430 @@
+//! The SOCKS5 door against Debian's dante-server and microsocks, and no proxy at all, on one
+//! path: loopback in a namespace of its own, the servers (an echo and a sink) at 10.77.0.1,
+//! every proxy pinned to CPU 0, the clients and servers to CPU 1. Each repetition measures
+//! every mode in a random order; ratios to `direct` are per repetition.
+//!
+//! - connections per second: 4 clients in a loop of connect, SOCKS handshake (the door: by
+//!   the service's name; the others: by address, as they know no names), 1 byte each way;
+//! - a small request on an open tunnel: 64 bytes each way, one at a time (p50, p99);
+//! - one stream's throughput: 1 GiB (16 MiB in a quick run) to the sink;
+//! - CPU per GB: CPU 0's busy time (the proxy's, all its processes and their kernel work)
+//!   during the stream, per GB moved.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use ambassador_tests::{ambassador_bin, wait_until, Etcd, NetNs, Proc, TempFile};
+use anyhow::{bail, Context as _, Result};
+use fast_socks5::client::{Config, Socks5Stream};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::stats::{cpu_busy_seconds, median, pct, ratio, shuffled_orders, spread};
+
+const ECHO: &str = "10.77.0.1:9000";
+const SINK: &str = "10.77.0.1:9001";
+/// Answers one read and closes first, so that TIME_WAIT stays on the servers' side and a
+/// run of many connections does not use up the clients' ports.
+const ONCE: &str = "10.77.0.1:9002";
+const PROXY_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Direct,
+    Ambassador,
+    Dante,
+    Microsocks,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Ambassador,
+        Mode::Dante,
+        Mode::Microsocks,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Ambassador => "ambassador socks",
+            Mode::Dante => "dante",
+            Mode::Microsocks => "microsocks",
+        }
+    }
+
+    fn proxy(self) -> Option<&'static str> {
+        match self {
+            Mode::Direct => None,
+            Mode::Ambassador => Some("127.0.0.1:1080"),
+            Mode::Dante => Some("127.0.0.1:1081"),
+            Mode::Microsocks => Some("127.0.0.1:1082"),
+        }
+    }
+
+    /// What the client asks the proxy for: the door knows the services' names.
+    fn target(self, server: &str) -> (String, u16) {
+        let addr: SocketAddr = server.parse().expect("an address");
+        match (self, addr.port()) {
+            (Mode::Ambassador, 9000) => ("echo.ambassador.internal".into(), 9000),
+            (Mode::Ambassador, 9001) => ("sink.ambassador.internal".into(), 9001),
+            (Mode::Ambassador, _) => ("once.ambassador.internal".into(), 9002),
+            _ => (addr.ip().to_string(), addr.port()),
+        }
+    }
+}
+
+/// A connection to `server`, through the mode's proxy.
+async fn open(mode: Mode, server: &str) -> Result<tokio::net::TcpStream> {
+    let stream = match mode.proxy() {
+        None => tokio::net::TcpStream::connect(server).await?,
+        Some(proxy) => {
+            let (host, port) = mode.target(server);
+            Socks5Stream::connect(proxy, host, port, Config::default())
+                .await
+                .with_context(|| format!("{} to {server}", mode.name()))?
+                .get_socket()
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[derive(Default)]
+struct Samples {
+    cps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    gbps: Vec<f64>,
+    cpu_per_gb: Vec<f64>,
+}
+
+/// Pins the calling thread (and the threads it starts) to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Echo,
+    Sink,
+    Once,
+}
+
+/// The echo server (what it reads, back) and the sink (a length, that many bytes, then one
+/// byte back), each a thread per connection, until `stop` is set and a connection wakes
+/// them.
+fn servers(ns: &NetNs, stop: Arc<AtomicBool>) {
+    for (addr, kind) in [(ECHO, Kind::Echo), (SINK, Kind::Sink), (ONCE, Kind::Once)] {
+        let stop = stop.clone();
+        ns.spawn(move || {
+            pin(CLIENT_CPU);
+            let listener = TcpListener::bind(addr).expect("binding a bench server");
+            while let Ok((mut s, _)) = listener.accept() {
+                if stop.load(Relaxed) {
+                    break; // the wake-up connection of `stop_servers`
+                }
+                let _ = s.set_nodelay(true);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    match kind {
+                        Kind::Echo => {
+                            while let Ok(n @ 1..) = s.read(&mut buf) {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            return;
+                        }
+                        Kind::Once => {
+                            if let Ok(n @ 1..) = s.read(&mut buf) {
+                                let _ = s.write_all(&buf[..n]);
+                            }
+                            return;
+                        }
+                        Kind::Sink => {}
+                    }
+                    // The sink: a length, that many bytes, then one byte back (no half-close:
+                    // microsocks closes both ways when the client closes its side).
+                    let mut len = [0u8; 8];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut left = u64::from_be_bytes(len);
+                    while left > 0 {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => left = left.saturating_sub(n as u64),
+                        }
+                    }
+                    let _ = s.write_all(b"k");
+                });
+            }
+        });
+    }
+}
+
+/// Connections per second from 4 clients for `secs`.
+async fn cps(mode: Mode, secs: f64) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let mut s = open(mode, ONCE).await?;
+                s.write_all(b"x").await?;
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b[..1]).await?;
+                // The server closes first; then this side.
+                let _ = s.read(&mut b).await;
+                done.fetch_add(1, Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Relaxed) as f64 / secs)
+}
+
+/// 64 bytes each way on one tunnel, `n` times: p50 and p99 in µs.
+async fn latency(mode: Mode, n: usize) -> Result<[f64; 2]> {
+    let mut s = open(mode, ECHO).await?;
+    let (msg, mut back) = ([7u8; 64], [0u8; 64]);
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&msg).await?;
+        s.read_exact(&mut back).await?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    Ok([pct(&us, 0.5), pct(&us, 0.99)])
+}
+
+/// `mib` MiB to the sink on one stream: Gbit/s, and CPU 0's busy seconds per GB meanwhile.
+async fn stream(mode: Mode, mib: usize) -> Result<(f64, f64)> {
+    let mut s = open(mode, SINK).await?;
+    let chunk = vec![1u8; 64 * 1024];
+    let cpu0 = cpu_busy_seconds(PROXY_CPU);
+    let t = Instant::now();
+    s.write_all(&((mib as u64) << 20).to_be_bytes()).await?;
+    for _ in 0..mib * 16 {
+        s.write_all(&chunk).await?;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_busy_seconds(PROXY_CPU) - cpu0;
+    let gb = (mib * (1 << 20)) as f64 / 1e9;
+    Ok((gb * 8.0 / secs, cpu / gb))
+}
+
+/// danted's configuration: loopback clients, CONNECT anywhere, no authentication.
+const DANTE_CONF: &str = "logoutput: stderr\n\
+internal: 127.0.0.1 port = 1081\n\
+external: 10.77.0.1\n\
+clientmethod: none\n\
+socksmethod: none\n\
+user.privileged: root\n\
+user.unprivileged: nobody\n\
+client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n\
+socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect }\n";
+
+/// A program pinned to the proxies' CPU.
+fn pinned(ns: &NetNs, what: &str, program: &Path, args: &[&str]) -> Proc {
+    let mut all: Vec<String> = vec![
+        "-c".into(),
+        PROXY_CPU.to_string(),
+        program.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Proc::spawn(&ns.name, what, Path::new("/usr/bin/taskset"), &all)
+}
+
+pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
+    let (reps, secs, lat_n, mib) = if quick {
+        (1, 0.5, 500, 16)
+    } else {
+        (5, 3.0, 5_000, 1024)
+    };
+    let ns = NetNs::new("sx");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    servers(&ns, stop.clone());
+    let etcd = Etcd::single(&ns);
+    let ctl = |args: &[&str]| {
+        let mut all = args.to_vec();
+        let urls = etcd.urls();
+        all.extend_from_slice(&["--etcd", &urls]);
+        ambassador_tests::ambassador_ok(&ns, &all)
+    };
+    ctl(&["service", "set", "echo", "--frontend", "10.96.0.1:9000"]);
+    ctl(&["endpoint", "add", "echo", ECHO, "--id", "e"]);
+    ctl(&["service", "set", "sink", "--frontend", "10.96.0.2:9001"]);
+    ctl(&["endpoint", "add", "sink", SINK, "--id", "s"]);
+    ctl(&["service", "set", "once", "--frontend", "10.96.0.3:9002"]);
+    ctl(&["endpoint", "add", "once", ONCE, "--id", "o"]);
+    // Every proxy pinned from its start (the door's runtime then starts one worker, as it
+    // would on a one-CPU host).
+    let door = pinned(
+        &ns,
+        "socks",
+        &ambassador_bin(),
+        &[
+            "socks",
+            "--listen",
+            "127.0.0.1:1080",
+            "--allow-client",
+            "127.0.0.0/8",
+            "--log",
+            "info",
+            "--etcd",
+            &etcd.urls(),
+        ],
+    );
+    if !wait_until(Duration::from_secs(10), || {
+        door.log().contains("socks: ready")
+    }) {
+        bail!("the door never got ready:\n{}", door.log());
+    }
+    let conf = TempFile::new(DANTE_CONF);
+    let _dante = pinned(
+        &ns,
+        "danted",
+        Path::new("/usr/sbin/danted"),
+        &["-f", conf.as_str()],
+    );
+    let _micro = pinned(
+        &ns,
+        "microsocks",
+        Path::new("/usr/bin/microsocks"),
+        &["-i", "127.0.0.1", "-p", "1082"],
+    );
+
+    let result = ns.run(move || -> Result<Vec<Samples>> {
+        pin(CLIENT_CPU);
+        for mode in Mode::ALL {
+            let mut last = None;
+            let up = wait_until(Duration::from_secs(10), || {
+                last = Some(futures_ready(latency(mode, 1)));
+                matches!(last, Some(Ok(_)))
+            });
+            if !up {
+                bail!("{} never forwarded: {:?}", mode.name(), last);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
+            for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x736f_636b)
+                .into_iter()
+                .enumerate()
+            {
+                for i in order {
+                    let mode = Mode::ALL[i];
+                    println!("  rep {}/{reps}: {}", rep + 1, mode.name());
+                    let r = &mut results[i];
+                    r.cps.push(cps(mode, secs).await?);
+                    let [p50, p99] = latency(mode, lat_n).await?;
+                    r.p50.push(p50);
+                    r.p99.push(p99);
+                    let (gbps, cpu) = stream(mode, mib).await?;
+                    r.gbps.push(gbps);
+                    r.cpu_per_gb.push(cpu);
+                }
+            }
+            Ok(results)
+        })
+    });
+    stop.store(true, Relaxed);
+    ns.run(|| {
+        for addr in [ECHO, SINK, ONCE] {
+            let _ = std::net::TcpStream::connect(addr);
+        }
+    });
+    let results = result?;
+    Ok(report(&results, reps, secs, lat_n, mib))
+}
+
+/// Runs `f` to completion on a runtime of its own (the wait for the proxies, before any
+/// measurement).
+fn futures_ready<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await? })
+}
+
+fn report(
+    results: &[Samples],
+    reps: usize,
+    secs: f64,
+    lat_n: usize,
+    mib: usize,
+) -> (String, serde_json::Value) {
+    let direct = &results[0];
+    let mut md = format!(
+        "## SOCKS5: the door against dante and microsocks\n\n`cargo xtask bench --only socks`. One namespace, loopback; the servers (echo, sink) at 10.77.0.1; every proxy pinned to CPU {PROXY_CPU} (Debian's dante-server 1.4 and microsocks, and `ambassador socks` following a local etcd), the clients and servers to CPU {CLIENT_CPU}. {reps} repetitions, every mode in each, in a random order; each ratio is the median of per-repetition ratios to `direct`, with min-max. Connections: 4 clients for {secs} s, each a connect, the SOCKS handshake (the door by the service's name; dante and microsocks by address) and 1 byte each way. Request: 64 bytes each way on an open tunnel, {lat_n} times. Stream: {mib} MiB to the sink. CPU: CPU {PROXY_CPU}'s busy time during the stream, per GB.\n\n| mode | connections/s | vs direct | p50 (µs) | p99 (µs) | p50 vs direct | stream (Gbit/s) | vs direct | CPU per GB (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let mut json = serde_json::Map::new();
+    for (mode, r) in Mode::ALL.iter().zip(results) {
+        let (c_ratio, c_spread) = ratio(&r.cps, &direct.cps, 2);
+        let (l_ratio, l_spread) = ratio(&r.p50, &direct.p50, 2);
+        let (t_ratio, t_spread) = ratio(&r.gbps, &direct.gbps, 2);
+        md += &format!(
+            "| {} | {:.0} | {c_ratio:.2}x ({c_spread}) | {:.1} | {:.1} | {l_ratio:.2}x ({l_spread}) | {:.2} | {t_ratio:.2}x ({t_spread}) | {:.2} ({}) |\n",
+            mode.name(),
+            median(&mut r.cps.clone()),
+            median(&mut r.p50.clone()),
+            median(&mut r.p99.clone()),
+            median(&mut r.gbps.clone()),
+            median(&mut r.cpu_per_gb.clone()),
+            spread(&r.cpu_per_gb, 2),
+        );
+        json.insert(
+            mode.name().into(),
+            serde_json::json!({"cps": r.cps, "p50_us": r.p50, "p99_us": r.p99, "gbps": r.gbps, "cpu_s_per_gb": r.cpu_per_gb}),
+        );
+    }
+    let amb = &results[1];
+    let ahead = |other: &Samples| {
+        let (c, _) = ratio(&amb.cps, &other.cps, 2);
+        let (l, _) = ratio(&other.p50, &amb.p50, 2);
+        let (p, _) = ratio(&other.p99, &amb.p99, 2);
+        let (t, _) = ratio(&amb.gbps, &other.gbps, 2);
+        let (u, _) = ratio(&other.cpu_per_gb, &amb.cpu_per_gb, 2);
+        [c, l, p, t, u]
+    };
+    for (name, other) in [("dante", &results[2]), ("microsocks", &results[3])] {
+        let [c, l, p, t, u] = ahead(other);
+        let all = [c, l, p, t, u].iter().all(|x| *x >= 1.0);
+        md += &format!(
+            "\nambassador socks against {name}, per repetition (above 1: ambassador ahead): connections/s {c:.2}x, p50 {l:.2}x, p99 {p:.2}x, stream {t:.2}x, CPU per GB {u:.2}x: ahead on every row: **{}**{}.",
+            if all { "yes" } else { "no" },
+            if reps < 3 { " (a quick run: one repetition, not a measurement)" } else { "" }
+        );
+        json.insert(format!("vs_{name}"), serde_json::json!([c, l, p, t, u]));
+    }
+    md.push('\n');
+    (md, serde_json::Value::Object(json))
+}
