@@ -30,6 +30,7 @@ APT_PACKAGES=(
   bind9-dnsutils dnsmasq-base dnsperf                  # dig; a resolver in front of the responder and its bench peer; the DNS load generator
   netsniff-ng                                          # trafgen: frames from an AF_PACKET ring
   curl chromium                                        # clients outside the fleet: through the SOCKS5 door, as a person's browser
+  dante-server microsocks                              # the SOCKS5 door's bench peers
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
 )
 

@@ -30,12 +30,13 @@ pub fn ratio(v: &[f64], base: &[f64], digits: usize) -> (f64, String) {
     (median(&mut r), sp)
 }
 
-/// Busy and total CPU time of the whole machine so far, in seconds (from /proc/stat).
-pub fn cpu_seconds() -> (f64, f64) {
+/// Busy and total CPU time so far, in seconds, from the /proc/stat line that starts with
+/// `label` (`cpu`: the whole machine; `cpu0`: one CPU).
+fn stat_seconds(label: &str) -> (f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = text
         .lines()
-        .next()
+        .find(|l| l.split_whitespace().next() == Some(label))
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
@@ -49,24 +50,14 @@ pub fn cpu_seconds() -> (f64, f64) {
     ((total - idle) / hz, total / hz)
 }
 
-/// Busy time of CPU `cpu` so far, in seconds (its line of /proc/stat: everything but idle and
-/// iowait).
+/// Busy and total CPU time of the whole machine so far, in seconds.
+pub fn cpu_seconds() -> (f64, f64) {
+    stat_seconds("cpu")
+}
+
+/// Busy time of CPU `cpu` so far, in seconds (everything but idle and iowait).
 pub fn cpu_busy_seconds(cpu: usize) -> f64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let label = format!("cpu{cpu}");
-    let fields: Vec<f64> = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: f64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (total - idle) / hz
+    stat_seconds(&format!("cpu{cpu}")).0
 }
 
 /// A process's CPU time so far (user and system), seconds; 0 if it cannot be read.

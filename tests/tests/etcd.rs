@@ -72,6 +72,19 @@ impl Bed {
         ambassador_ok(&self.topo.fwd, &full)
     }
 
+    /// Adds backend 2 with etcdctl, retried until the cluster accepts writes again, and waits
+    /// until the daemon's maps hold it.
+    fn add_b2_once_a_quorum_answers(&self) {
+        let ok = wait_until(Duration::from_secs(20), || {
+            self.etcd
+                .ctl(&["put", "/ambassador/v1/endpoints/web/b2", &b(2)])
+                .status
+                .success()
+        });
+        assert!(ok, "the surviving members never accepted a write");
+        self.wait_backends(&[b(1), b(2)]);
+    }
+
     fn wait_backends(&self, want: &[String]) {
         let mut want = want.to_vec();
         want.sort();
@@ -333,16 +346,9 @@ fn a_three_member_cluster_losing_its_leader_keeps_the_control_plane_working() {
     let leader = bed.etcd.leader();
     bed.etcd.members[leader].kill();
     let killed = Instant::now();
-    // Writes resume once the survivors elect a leader; the daemon (connected to all three)
-    // follows them.
-    let ok = wait_until(Duration::from_secs(20), || {
-        bed.etcd
-            .ctl(&["put", "/ambassador/v1/endpoints/web/b2", &b(2)])
-            .status
-            .success()
-    });
-    assert!(ok, "the surviving members never accepted a write");
-    bed.wait_backends(&[b(1), b(2)]);
+    // Writes resume once the survivors elect a leader; the daemon (following one of the
+    // three, the next if its own dies) follows them.
+    bed.add_b2_once_a_quorum_answers();
     let degraded = killed.elapsed();
     let seen = bed.idents(30);
     assert!(seen.contains(&"b2".into()), "{seen:?}\n{}", d.log());
@@ -401,14 +407,7 @@ fn a_daemon_given_three_members_follows_one_and_moves_on_when_it_dies() {
     let followed = bed.etcd.members.iter().position(|m| m.url == first[0]);
     bed.etcd.members[followed.unwrap()].kill();
     d.wait_log("retrying http://", Duration::from_secs(15));
-    let ok = wait_until(Duration::from_secs(20), || {
-        bed.etcd
-            .ctl(&["put", "/ambassador/v1/endpoints/web/b2", &b(2)])
-            .status
-            .success()
-    });
-    assert!(ok, "the surviving members never accepted a write");
-    bed.wait_backends(&[b(1), b(2)]);
+    bed.add_b2_once_a_quorum_answers();
     let listed = listed_from(&d.log());
     assert_eq!(listed.len(), 2, "{}", d.log());
     assert_ne!(listed[1], first[0], "{}", d.log());

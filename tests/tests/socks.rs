@@ -83,6 +83,22 @@ impl Bed {
         )
     }
 
+    /// Service `web` at `VIP` with the web servers `backends` (1-based) as its endpoints.
+    fn web(&self, backends: &[usize]) {
+        self.ctl(&["service", "set", "web", "--frontend", VIP]);
+        for &i in backends {
+            let (addr, id) = (Topology::backend_addr(i, 8080), format!("b{i}"));
+            self.ctl(&["endpoint", "add", "web", &addr, "--id", &id]);
+        }
+    }
+
+    /// `web` moves: the new endpoint (b2) is added, then the old one (b1) removed.
+    fn move_web_from_b1_to_b2(&self) {
+        let b2 = Topology::backend_addr(2, 8080);
+        self.ctl(&["endpoint", "add", "web", &b2, "--id", "b2"]);
+        self.ctl(&["endpoint", "rm", "web", "b1"]);
+    }
+
     /// `curl --socks5-hostname` from the client: (exit code, body).
     fn curl(&self, url: &str, extra: &[&str]) -> (i32, String) {
         curl_socks(&self.topo.client, DOOR, url, extra)
@@ -95,15 +111,7 @@ fn curl_reaches_a_service_and_an_endpoint_by_name_through_the_door() {
         return;
     }
     let bed = Bed::new(2);
-    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(1, 8080),
-        "--id",
-        "b1",
-    ]);
+    bed.web(&[1]);
     let door = bed.door(&[]);
     assert_eq!(
         bed.curl("http://web.ambassador.internal/", &[]),
@@ -121,15 +129,7 @@ fn curl_reaches_a_service_and_an_endpoint_by_name_through_the_door() {
     );
     assert_eq!(bed.curl(&format!("http://{ep}/"), &[]), (0, "b1".into()));
     // A change in etcd is followed.
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(2, 8080),
-        "--id",
-        "b2",
-    ]);
-    bed.ctl(&["endpoint", "rm", "web", "b1"]);
+    bed.move_web_from_b1_to_b2();
     let moved = wait_until(Duration::from_secs(5), || {
         bed.curl("http://web.ambassador.internal/", &[]).1 == "b2"
     });
@@ -144,15 +144,7 @@ fn a_service_moving_between_backends_fails_no_fetch() {
         return;
     }
     let mut bed = Bed::new(2);
-    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(1, 8080),
-        "--id",
-        "b1",
-    ]);
+    bed.web(&[1]);
     let door = bed.door(&[]);
     // Fetch every 100 ms while the container moves from b1 to b2: the new one registered,
     // the old one deregistered and stopped at once (its removal may not have reached the
@@ -176,15 +168,7 @@ fn a_service_moving_between_backends_fails_no_fetch() {
         results
     });
     std::thread::sleep(Duration::from_secs(1));
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(2, 8080),
-        "--id",
-        "b2",
-    ]);
-    bed.ctl(&["endpoint", "rm", "web", "b1"]);
+    bed.move_web_from_b1_to_b2();
     bed.www[0].kill();
     std::thread::sleep(Duration::from_secs(2));
     tx.send(()).unwrap();
@@ -211,18 +195,7 @@ fn an_endpoint_that_refuses_is_left_for_the_next_before_the_client_hears() {
         return;
     }
     let mut bed = Bed::new(2);
-    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
-    for i in 1..=2 {
-        let id = format!("b{i}");
-        bed.ctl(&[
-            "endpoint",
-            "add",
-            "web",
-            &Topology::backend_addr(i, 8080),
-            "--id",
-            &id,
-        ]);
-    }
+    bed.web(&[1, 2]);
     let door = bed.door(&[]);
     // b1 crashes and stays registered (its lease has not expired yet).
     bed.www[0].kill();
@@ -245,15 +218,7 @@ fn the_door_refuses_what_it_should_and_says_why() {
         return;
     }
     let bed = Bed::new(1);
-    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(1, 8080),
-        "--id",
-        "b1",
-    ]);
+    bed.web(&[1]);
     let door = bed.door(&["--handshake-timeout", "1"]);
     // curl exits 97 when the proxy refuses (its "proxy handshake error").
     for (url, reason) in [
@@ -332,15 +297,7 @@ fn a_users_file_requires_a_username_and_password() {
         return;
     }
     let bed = Bed::new(1);
-    bed.ctl(&["service", "set", "web", "--frontend", VIP]);
-    bed.ctl(&[
-        "endpoint",
-        "add",
-        "web",
-        &Topology::backend_addr(1, 8080),
-        "--id",
-        "b1",
-    ]);
+    bed.web(&[1]);
     let dir = temp_dir("socks-users");
     let users = dir.path().join("users");
     std::fs::write(&users, "# the door's users\nalice:correct horse\n").unwrap();

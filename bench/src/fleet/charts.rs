@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::{report::every_host, Trial};
+use super::{collect::every_host, Trial};
 use crate::stats::pct;
 
 /// etcd's published watch cost: about 50 MB for 1,000 clients with one watch each (its watch

@@ -127,3 +127,18 @@ impl Collector {
         }
     }
 }
+
+/// Per event, the time until every host had it; hosts that never did are counted apart.
+pub fn every_host(events: &[Outcome]) -> (Vec<f64>, usize) {
+    let all: Vec<f64> = events.iter().filter_map(Outcome::all_ms).collect();
+    let missed = events.iter().filter(|e| e.missing > 0).count();
+    (all, missed)
+}
+
+/// Every host's delay, over every event.
+pub fn per_host(events: &[Outcome]) -> Vec<f64> {
+    events
+        .iter()
+        .flat_map(|e| e.delays_ms.iter().copied())
+        .collect()
+}

@@ -1,6 +1,10 @@
 //! The fleet's report: Markdown tables and the JSON beside them.
 
-use super::{charts::ETCD_MIB_PER_CLIENT, collect::Outcome, Trial, REAL_HOSTS, SERVICES};
+use super::{
+    charts::ETCD_MIB_PER_CLIENT,
+    collect::{every_host, per_host, Outcome},
+    Trial, REAL_HOSTS, SERVICES,
+};
 use crate::stats::pct;
 use serde_json::json;
 
@@ -12,20 +16,6 @@ fn dist(mut v: Vec<f64>) -> (String, [f64; 3]) {
     v.sort_by(f64::total_cmp);
     let q = [pct(&v, 0.5), pct(&v, 0.99), v[v.len() - 1]];
     (format!("{:.0} / {:.0} / {:.0}", q[0], q[1], q[2]), q)
-}
-
-/// Per event, the time until every host had it; hosts that never did are counted apart.
-pub(super) fn every_host(events: &[Outcome]) -> (Vec<f64>, usize) {
-    let all: Vec<f64> = events.iter().filter_map(Outcome::all_ms).collect();
-    let missed = events.iter().filter(|e| e.missing > 0).count();
-    (all, missed)
-}
-
-fn per_host(events: &[Outcome]) -> Vec<f64> {
-    events
-        .iter()
-        .flat_map(|e| e.delays_ms.iter().copied())
-        .collect()
 }
 
 pub(super) fn markdown(trials: &[Trial], events: usize, data: &str) -> String {
