@@ -256,6 +256,12 @@ fn auth_confines_each_credential_to_its_own_keys() {
         &format!("{p}/settings/vip-range"),
         ru,
     );
+    // The SOCKS door needs nothing more than the reader: it only follows the registry.
+    let read_only: Vec<&str> = reader.0.iter().map(String::as_str).collect();
+    let door = SocksDoor::start(&ns, &url, "127.0.0.1:1080", "127.0.0.0/8", &read_only);
+    let log = door.proc.log();
+    assert!(log.contains("services=1"), "{log}");
+    assert!(!log.contains("permission denied"), "{log}");
     // No credential: etcd says authentication is on.
     let out = amb(&ns, &url, &Cred::none(), &["service", "ls"]);
     assert_eq!(out.status.code(), Some(77));
