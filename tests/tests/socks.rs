@@ -341,3 +341,25 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("line 1: expected user:password"), "{err}");
 }
+
+#[test]
+fn allowed_destinations_open_addresses_and_names_that_resolve_into_them() {
+    if !require_root("allowed_destinations_open_addresses_and_names_that_resolve_into_them") {
+        return;
+    }
+    let bed = Bed::new(1);
+    bed.web(&[1]);
+    let door = bed.door(&["--allow-destination", "10.200.1.0/24"]);
+    // An address inside the range, as it is.
+    assert_eq!(bed.curl("http://10.200.1.2:8080/", &[]), (0, "b1".into()));
+    // A name outside the domain is resolved by the door, then checked: localhost is not
+    // inside the range.
+    assert_eq!(bed.curl("http://localhost:8080/", &[]).0, 97);
+    let n = door.metric(
+        "ambassador_socks_destinations_refused_total",
+        &[("reason", "destination_not_allowed")],
+    );
+    assert_eq!(n, 1.0);
+    // Outside the range, still refused.
+    assert_eq!(bed.curl("http://10.200.0.1:2379/", &[]).0, 97);
+}

@@ -302,8 +302,12 @@ async fn candidates(
         Route::Service { endpoints, .. } => door.order(&endpoints),
         Route::Endpoint(a) | Route::Allowed(a) => vec![a],
         Route::Resolve(name, port) => {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+            // Bounded like the handshake: a resolver that does not answer is no answer.
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            let found: Vec<SocketAddr> = tokio::time::timeout(door.cfg.handshake_timeout, lookup)
                 .await
+                .ok()
+                .and_then(|r| r.ok())
                 .map(Iterator::collect)
                 .unwrap_or_default();
             let allowed: Vec<SocketAddr> = found
