@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
-use rand::{rngs::StdRng, seq::SliceRandom as _, RngExt as _, SeedableRng as _};
+use rand::{seq::SliceRandom as _, RngExt as _};
 
 /// The first delay.
 const MIN: Duration = Duration::from_millis(100);
@@ -58,21 +58,18 @@ pub struct Members {
     at: usize,
     /// Members that failed since a session last got through.
     failed: usize,
-    rng: StdRng,
 }
 
 impl Members {
-    /// `endpoints` in a random order. A single endpoint (a grpc-proxy, a load balancer) is
-    /// given whole, and so is a list of them: `Members` only changes which comes first.
+    /// `endpoints` in a random order (one endpoint, a grpc-proxy or a load balancer, is the
+    /// only member).
     pub fn new(endpoints: &[String]) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed());
         let mut order = endpoints.to_vec();
-        order.shuffle(&mut rng);
+        order.shuffle(&mut rand::rng());
         Self {
             order,
             at: 0,
             failed: 0,
-            rng,
         }
     }
 
@@ -99,20 +96,9 @@ impl Members {
         if self.failed >= self.order.len() {
             backoff.next_delay()
         } else {
-            MIN.mul_f64(self.rng.random::<f64>())
+            MIN.mul_f64(rand::rng().random::<f64>())
         }
     }
-}
-
-/// A seed of the OS's random source (the clock, should it fail: the order is for spreading
-/// load, not for secrecy).
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        return now.map_or(0, |d| d.as_nanos() as u64);
-    }
-    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]
