@@ -20,7 +20,7 @@ use hickory_proto::rr::Name;
 use ipnet::IpNet;
 
 use crate::{
-    core::model::{Desired, Proto},
+    core::model::{Desired, Endpoint, Proto},
     services::dns::zone::endpoint_ip,
 };
 
@@ -45,12 +45,12 @@ impl fmt::Display for Destination {
 /// Where the connection goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// One of a service's endpoints (address, weight), tried in turn.
+    /// One of a service's endpoints, tried in turn.
     Service {
         /// The service's name.
         name: String,
         /// Its endpoints with their weights.
-        endpoints: Vec<(SocketAddr, u32)>,
+        endpoints: Vec<Endpoint>,
     },
     /// One endpoint, by its name.
     Endpoint(SocketAddr),
@@ -120,18 +120,12 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// A service as the door sees it.
-#[derive(Clone, Debug)]
-struct Service {
-    frontend: SocketAddr,
-    endpoints: Vec<(SocketAddr, u32)>,
-}
-
 /// The registry's TCP services by name and by frontend, and the allowed ranges.
 #[derive(Clone, Debug)]
 pub struct Directory {
     domain: Name,
-    services: BTreeMap<String, Service>,
+    /// The TCP services (SOCKS CONNECT is TCP).
+    services: Desired,
     by_frontend: BTreeMap<SocketAddr, String>,
     allow: Vec<IpNet>,
 }
@@ -140,17 +134,10 @@ impl Directory {
     /// The directory of `desired` (after the backend policy) under `domain`, allowing
     /// `allow` as destinations besides.
     pub fn new(domain: Name, desired: &Desired, allow: Vec<IpNet>) -> Self {
-        let services: BTreeMap<String, Service> = desired
+        let services: Desired = desired
             .iter()
             .filter(|(_, s)| s.proto == Proto::Tcp)
-            .map(|(name, s)| {
-                let endpoints = s.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
-                let service = Service {
-                    frontend: s.frontend,
-                    endpoints,
-                };
-                (name.clone(), service)
-            })
+            .map(|(name, s)| (name.clone(), s.clone()))
             .collect();
         let by_frontend = services
             .iter()
@@ -239,7 +226,7 @@ impl Directory {
         let mut has = Vec::new();
         let mut by_frontend = None;
         for s in self.services.values() {
-            for &(addr, _) in s.endpoints.iter().filter(|(a, _)| a.ip() == ip) {
+            for addr in s.endpoints.iter().map(|e| e.addr).filter(|a| a.ip() == ip) {
                 if addr.port() == port {
                     return Ok(Route::Endpoint(addr));
                 }
@@ -268,10 +255,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        core::model::{Endpoint, ServiceSpec},
-        services::dns::zone::parse_domain,
-    };
+    use crate::{core::model::ServiceSpec, services::dns::zone::parse_domain};
 
     fn directory(allow: &[&str]) -> Directory {
         let mut d = Desired::new();
@@ -317,8 +301,14 @@ mod tests {
         let want = Route::Service {
             name: "web".into(),
             endpoints: vec![
-                ("10.0.0.1:8080".parse().unwrap(), 1),
-                ("10.0.0.2:8080".parse().unwrap(), 3),
+                Endpoint {
+                    addr: "10.0.0.1:8080".parse().unwrap(),
+                    weight: 1,
+                },
+                Endpoint {
+                    addr: "10.0.0.2:8080".parse().unwrap(),
+                    weight: 3,
+                },
             ],
         };
         for dest in [

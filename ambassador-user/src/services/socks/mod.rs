@@ -36,7 +36,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    core::{model::Desired, policy::BackendPolicy},
+    core::{
+        model::{Desired, Endpoint},
+        policy::BackendPolicy,
+    },
     error::{Error, Result},
 };
 pub use directory::{Destination, Directory, Refusal, Route};
@@ -122,22 +125,21 @@ impl Door {
 
     /// `endpoints` in the order to try: weighted random among those not suspect, then the
     /// suspect ones (still better than failing the client).
-    fn order(&self, endpoints: &[(SocketAddr, u32)]) -> Vec<SocketAddr> {
+    fn order(&self, endpoints: &[Endpoint]) -> Vec<SocketAddr> {
         let now = Instant::now();
         let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
         suspects.retain(|_, until| *until > now);
         let (mut good, bad): (Vec<_>, Vec<_>) = endpoints
             .iter()
-            .copied()
-            .partition(|(a, _)| !suspects.contains_key(a));
+            .partition(|e| !suspects.contains_key(&e.addr));
         drop(suspects);
         let mut rng = rand::rng();
         let mut out = Vec::with_capacity(endpoints.len());
-        while let Ok(&pick) = good.choose_weighted(&mut rng, |(_, w)| *w) {
-            out.push(pick.0);
-            good.retain(|e| *e != pick);
+        while let Ok(&pick) = good.choose_weighted(&mut rng, |e| e.weight) {
+            out.push(pick.addr);
+            good.retain(|e| !std::ptr::eq(*e, pick));
         }
-        out.extend(bad.iter().map(|(a, _)| *a));
+        out.extend(bad.iter().map(|e| e.addr));
         out
     }
 

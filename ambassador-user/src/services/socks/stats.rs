@@ -51,12 +51,6 @@ impl Stats {
             .or_default() += 1;
     }
 
-    /// Destinations refused for `reason` so far.
-    pub fn refused_for(&self, reason: &str) -> u64 {
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.get(reason).copied().unwrap_or(0)
-    }
-
     /// The metrics page.
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
