@@ -321,19 +321,21 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
 
     let result = ns.run(move || -> Result<Vec<Samples>> {
         pin(CLIENT_CPU);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         for mode in Mode::ALL {
             let mut last = None;
             let up = wait_until(Duration::from_secs(10), || {
-                last = Some(futures_ready(latency(mode, 1)));
-                matches!(last, Some(Ok(_)))
+                let once =
+                    async { tokio::time::timeout(Duration::from_secs(2), latency(mode, 1)).await };
+                last = Some(rt.block_on(once));
+                matches!(last, Some(Ok(Ok(_))))
             });
             if !up {
                 bail!("{} never forwarded: {:?}", mode.name(), last);
             }
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         rt.block_on(async {
             let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
             for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x736f_636b)
@@ -364,15 +366,6 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     });
     let results = result?;
     Ok(report(&results, reps, secs, lat_n, mib))
-}
-
-/// Runs `f` to completion on a runtime of its own (the wait for the proxies, before any
-/// measurement).
-fn futures_ready<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await? })
 }
 
 fn report(

@@ -243,7 +243,7 @@ struct Setup {
     etcd_pids: Vec<i32>,
     /// The cluster, for the leader kill and the full restart.
     cluster: Arc<Mutex<Etcd>>,
-    /// The grpc-proxies' URLs (a trial uses the first `n` of [`Via::Proxies`]).
+    /// The trial's grpc-proxies' URLs (none given the members).
     proxies: Vec<String>,
     /// Their process ids.
     proxy_pids: Vec<i32>,
@@ -258,15 +258,6 @@ impl Setup {
         match self.via {
             Via::Members => self.members.clone(),
             Via::Proxies(n) => vec![self.proxies[h % n].clone()],
-        }
-    }
-
-    /// The processes serving the client hosts' requests: etcd's members, and the proxies
-    /// this trial uses.
-    fn proxy_pids_used(&self) -> &[i32] {
-        match self.via {
-            Via::Members => &[],
-            Via::Proxies(n) => &self.proxy_pids[..n],
         }
     }
 }

@@ -70,7 +70,7 @@ impl Run {
         let cpu = |pids: &[i32]| pids.iter().map(|&p| process_cpu_seconds(p)).sum::<f64>();
         Ok(Usage {
             etcd_cpu_s: cpu(&self.s.etcd_pids),
-            proxy_cpu_s: cpu(self.s.proxy_pids_used()),
+            proxy_cpu_s: cpu(&self.s.proxy_pids),
             sim_cpu_s: process_cpu_seconds(std::process::id() as i32),
             sent_bytes,
         })
