@@ -32,6 +32,7 @@ APT_PACKAGES=(
   curl chromium                                        # clients outside the fleet: through the SOCKS5 door, as a person's browser
   dante-server microsocks                              # the SOCKS5 door's bench peers
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
+  qemu-system-x86 mmdebstrap                           # the kernel matrix: VMs (QEMU) on an image made from Debian's packages
 )
 
 root=1

@@ -126,8 +126,12 @@ pub struct CtKey<A> {
     pub dport_be: u16,
     /// IP protocol.
     pub proto: u8,
+    /// Always zero. A byte and a word rather than `[u8; 3]`: the compiler zeroes an odd-sized
+    /// array with a call to `memset`, a BPF-to-BPF call whose frame pushed the XDP program's
+    /// deepest call chain past the 512 bytes of stack Linux 6.1's verifier allows.
+    pub pad: u8,
     /// Always zero.
-    pub pad: [u8; 3],
+    pub pad2: u16,
 }
 
 /// An IPv4 flow.
@@ -146,7 +150,8 @@ impl<A: Addr> CtKey<A> {
             sport_be,
             dport_be,
             proto,
-            pad: [0; 3],
+            pad: 0,
+            pad2: 0,
         }
     }
 }

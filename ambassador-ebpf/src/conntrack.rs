@@ -209,8 +209,12 @@ pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool
     };
     // Another backend, one that is not suspect if there is one; else a suspect one all the
     // same: this one has just refused, and the other may have come back since it failed.
-    let Ok((id, backend)) = crate::lb::pick_backend::<A>(svc.service_id, svc.count, e.backend_id)
-    else {
+    let Ok((id, backend)) = crate::lb::pick_backend::<A>(
+        svc.service_id,
+        svc.count,
+        e.backend_id,
+        crate::lb::Retry::Suspects,
+    ) else {
         return false;
     };
     let _ = A::reverse_nat().remove(&s.key);

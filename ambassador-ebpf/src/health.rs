@@ -9,12 +9,13 @@ use ambassador_common::{suspicion, HealthEvent, Suspect};
 
 use crate::maps::{HEALTH_EVENTS, SUSPECTS};
 
-/// Whether new flows should avoid `backend_id` at time `now`.
+/// Whether new flows should avoid `backend_id` at time `now`: while it is suspect, or only
+/// until its backoff ends when the flow may be the one that tries it again (`retry`).
 #[inline(always)]
-pub fn avoided(backend_id: u32, now: u64) -> bool {
+pub fn avoided(backend_id: u32, now: u64, retry: bool) -> bool {
     // SAFETY: plain integers, replaced whole.
     match unsafe { SUSPECTS.get(&backend_id) } {
-        Some(s) => now < s.retry_ns,
+        Some(s) => !retry || now < s.retry_ns,
         None => false,
     }
 }

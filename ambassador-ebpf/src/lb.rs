@@ -48,6 +48,18 @@ pub fn is_frontend_address<A: Family>(ip: &IpPacket<A>) -> bool {
 /// How many slots after a random one are looked at for a backend that is not suspect.
 const SCAN: u32 = 64;
 
+/// Whether a new flow may be the one that tries a suspect backend again once its backoff
+/// has ended (see `health`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// It may: TC sees the try's answer and withholds a refusal from the client (the flow is
+    /// re-pointed).
+    Suspects,
+    /// It may not: the socket datapath sees no packets, so its client would get the refusal.
+    /// A suspect stays avoided until a TC flow's try clears it or its entry changes.
+    Never,
+}
+
 /// A backend for a new flow of service `service_id`, whose slots `0..count` are filled: a
 /// random slot (a backend holds as many slots as its weight). A suspect backend (see `health`)
 /// is passed over for the next slots' backends; when every one of them is suspect, one of them
@@ -58,8 +70,9 @@ pub fn pick_backend<A: Family>(
     service_id: u32,
     count: u32,
     except: u32,
+    retry: Retry,
 ) -> Result<(u32, Backend<A>), Reason> {
-    let id = pick_id::<A>(service_id, count, except)?;
+    let id = pick_id::<A>(service_id, count, except, retry)?;
     let backend = *unsafe { A::backends().get(&id) }.ok_or(Reason::BackendMissing)?;
     Ok((id, backend))
 }
@@ -69,7 +82,12 @@ pub fn pick_backend<A: Family>(
 /// program needs. Its state is kept small (one id, 0 for none), as the verifier walks the
 /// loop once per state.
 #[inline(always)]
-fn pick_id<A: Family>(service_id: u32, count: u32, except: u32) -> Result<u32, Reason> {
+fn pick_id<A: Family>(
+    service_id: u32,
+    count: u32,
+    except: u32,
+    retry: Retry,
+) -> Result<u32, Reason> {
     if count == 0 {
         return Err(Reason::NoBackend);
     }
@@ -78,7 +96,7 @@ fn pick_id<A: Family>(service_id: u32, count: u32, except: u32) -> Result<u32, R
     let now = unsafe { bpf_ktime_get_ns() };
     let mut standing = 0;
     if first != except {
-        if !health::avoided(first, now) {
+        if !health::avoided(first, now, retry == Retry::Suspects) {
             return Ok(first);
         }
         standing = first;
@@ -90,7 +108,7 @@ fn pick_id<A: Family>(service_id: u32, count: u32, except: u32) -> Result<u32, R
         let slot = (start + i) % count;
         if let Ok(other) = slot_id::<A>(service_id, slot) {
             if other != except {
-                if !health::avoided(other, now) {
+                if !health::avoided(other, now, retry == Retry::Suspects) {
                     return Ok(other);
                 }
                 standing = other;

@@ -106,10 +106,11 @@ fn forward<A: Family>(
         Some(Ok(backend)) => backend,
         Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
         None => {
-            let (backend_id, backend) = match lb::pick_backend::<A>(service_id, count, 0) {
-                Ok(b) => b,
-                Err(reason) => return reason,
-            };
+            let (backend_id, backend) =
+                match lb::pick_backend::<A>(service_id, count, 0, lb::Retry::Suspects) {
+                    Ok(b) => b,
+                    Err(reason) => return reason,
+                };
             s.entry = CtEntry {
                 backend_id,
                 service_id,

@@ -122,7 +122,8 @@ pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
     };
     // SAFETY: the context the kernel passed; each field is read whole, as the verifier wants.
     let (vip_be, port_be) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
-    match translate::<u32>(
+    let mut to = None;
+    let done = translate::<u32>(
         ctx,
         call,
         &Dest {
@@ -130,7 +131,9 @@ pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
             port_be,
             proto,
         },
-    ) {
+        &mut to,
+    );
+    match done.map(|()| to) {
         Ok(Some(backend)) => {
             // SAFETY: as above; user_port is written as the 32-bit field it is.
             unsafe {
@@ -156,26 +159,26 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: as above.
     let port_be = unsafe { (*sa).user_port as u16 };
     let written = match mapped_v4(w) {
-        Some(addr_be) => translate::<u32>(
-            ctx,
-            call,
-            &Dest {
+        Some(addr_be) => {
+            let mut to = None;
+            let dest = Dest {
                 addr_be,
                 port_be,
                 proto,
-            },
-        )
-        .map(|b| b.map(|b| ([0, 0, MAPPED_WORD, b.addr_be], b.port_be))),
-        None => translate::<[u8; 16]>(
-            ctx,
-            call,
-            &Dest {
+            };
+            translate::<u32>(ctx, call, &dest, &mut to)
+                .map(|()| to.map(|b| ([0, 0, MAPPED_WORD, b.addr_be], b.port_be)))
+        }
+        None => {
+            let mut to = None;
+            let dest = Dest {
                 addr_be: bytes(w),
                 port_be,
                 proto,
-            },
-        )
-        .map(|b| b.map(|b| (family::words(&b.addr_be), b.port_be))),
+            };
+            translate::<[u8; 16]>(ctx, call, &dest, &mut to)
+                .map(|()| to.map(|b| (family::words(&b.addr_be), b.port_be)))
+        }
     };
     match written {
         Ok(Some((w, port_be))) => {
@@ -187,23 +190,27 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
     }
 }
 
-/// The backend a call to `vip_be:port_be` goes to instead (`None`: not a frontend), with the
-/// socket's entries written; `Err`: the call must fail (its errno is set).
+/// Writes into `to` the backend a call to `dest` goes to instead (left `None`: not a frontend),
+/// with the socket's entries written; `Err`: the call must fail (its errno is set).
 /// A BPF function of its own: an IPv6 program holds both families' translations, and their
-/// frames side by side exceed the 512-byte stack.
+/// frames side by side exceed the 512-byte stack. The backend goes out through `to`, never
+/// as a returned value: the compiler returns a large value through a pointer to the caller's
+/// stack, which verifiers before Linux 6.x refuse ("cannot return stack pointer to the
+/// caller"; the kernel matrix boots 6.1).
 #[inline(never)]
 fn translate<A: Family>(
     ctx: &SockAddrContext,
     call: Call,
     dest: &Dest<A>,
-) -> Result<Option<Backend<A>>, Rejected> {
+    to: &mut Option<Backend<A>>,
+) -> Result<(), Rejected> {
     let Dest {
         addr_be: vip_be,
         port_be,
         proto,
     } = *dest;
     let Some(svc) = lb::frontend::<A>(vip_be, port_be, proto) else {
-        return Ok(None);
+        return Ok(());
     };
     // SAFETY: the helper only reads the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -216,7 +223,7 @@ fn translate<A: Family>(
     let (backend_id, backend, up_to_date) = match kept {
         Some(Kept::Fresh(id, b)) => (id, b, true),
         Some(Kept::Stale(id, b)) => (id, b, false),
-        None => match lb::pick_backend::<A>(svc.service_id, svc.count, 0) {
+        None => match lb::pick_backend::<A>(svc.service_id, svc.count, 0, lb::Retry::Never) {
             Ok((id, b)) => (id, b, false),
             Err(reason) => return Err(reject(reason, svc.service_id, ECONNREFUSED)),
         },
@@ -280,7 +287,8 @@ fn translate<A: Family>(
             u16::from_be(backend.port_be)
         );
     }
-    Ok(Some(backend))
+    *to = Some(backend);
+    Ok(())
 }
 
 /// Where a call goes: passed by reference, since a BPF function takes at most five

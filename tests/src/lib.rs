@@ -280,9 +280,25 @@ pub fn service_status(pin: &Path, name: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
-/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
+/// Environment variable: how many times slower than a host this machine runs the tests (a
+/// whole number, 1 when unset). The kernel matrix sets it in VMs under QEMU's emulation, where
+/// loading the XDP program alone takes seconds of verification; every wait's deadline is
+/// stretched by it, never what a test asserts about the product's own timing.
+pub const SLOWDOWN_ENV: &str = "AMBASSADOR_TEST_SLOWDOWN";
+
+/// See [`SLOWDOWN_ENV`].
+fn slowdown() -> u32 {
+    std::env::var(SLOWDOWN_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Polls `f` until it is true or `timeout` passes (times [`SLOWDOWN_ENV`]); returns whether it
+/// became true.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * slowdown();
     while Instant::now() < deadline {
         if f() {
             return true;

@@ -507,6 +507,57 @@ fn sock_flags_are_checked_before_anything_is_attached() {
     assert!(!pin.path.join("links").exists(), "nothing was attached");
 }
 
+/// On a kernel without the hooks the socket datapath needs (before 5.18: the kernel matrix
+/// boots Debian 11's 5.10), `run --datapath sock` is refused in one line that names the
+/// version it needs and this kernel's, with exit 69, and nothing is attached; on a kernel
+/// that has them the same command starts and attaches every program.
+#[test]
+fn sock_is_refused_by_version_where_the_kernel_lacks_its_hooks() {
+    if !require_root("sock_is_refused_by_version_where_the_kernel_lacks_its_hooks") {
+        return;
+    }
+    let ns = NetNs::new("s");
+    let cg = Cgroup::new();
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&config(&[1]));
+    let args = [
+        "run",
+        "--datapath",
+        "sock",
+        "--cgroup-path",
+        cg.arg(),
+        "--config",
+        cfg.as_str(),
+        "--pin-path",
+        pin.path.to_str().unwrap(),
+    ];
+    let links = || std::fs::read_dir(pin.path.join("links")).map_or(0, Iterator::count);
+    match ambassador_user::datapath::loader::check_sock_kernel() {
+        Ok(()) => {
+            let mut d = Daemon::start(&ns, &args);
+            d.wait_ready();
+            assert_eq!(links(), SOCK_LINKS, "{}", d.log());
+        }
+        Err(_) => {
+            let out = ambassador_in(&ns, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(69), "{err}");
+            // As a person writes a version (Debian's kernels say theirs in `uname -v`).
+            let version = aya::util::KernelVersion::current().unwrap();
+            for says in [
+                "the socket datapath",
+                "needs Linux 5.18 or later",
+                &format!("this kernel is {version};"),
+                "use --datapath tc",
+            ] {
+                assert!(err.contains(says), "{says:?} not in: {err}");
+            }
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert_eq!(links(), 0, "nothing attached");
+        }
+    }
+}
+
 /// IPv6 sockets: an IPv6 frontend (connect6, sendmsg6, recvmsg6, getpeername6, and a connected
 /// UDP socket destroyed when its backend leaves, found by sock_diag over AF_INET6), and an IPv4
 /// frontend dialled as an IPv4-mapped address (what dual-stack runtimes do), which the kernel

@@ -68,6 +68,34 @@ fn gateway_status(topo: &Topology, pin: &PinDir) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Whether the kernel says which interfaces take redirected frames (Linux 6.3+). Before that
+/// the daemon sends frames for a veth through the stack, translated (the kernel matrix boots
+/// 5.10 and 6.1).
+fn redirects_reported() -> bool {
+    ambassador_user::datapath::netdev::xdp_features()
+        .expect("asking for the XDP features")
+        .is_some()
+}
+
+/// The share of translated frames the gateway's stack forwarded, checked against what the
+/// kernel allows: under one in `one_in` where the program redirects them (the first frames of
+/// a neighbour not yet resolved go through the stack), most of them where it cannot know that
+/// a veth takes them (and the log says what would).
+fn check_forwarded_by(by_stack: u64, translated: u64, one_in: u64, log: &str) {
+    if redirects_reported() {
+        assert!(
+            by_stack * one_in < translated,
+            "the stack forwarded {by_stack} of {translated} translated frames: not redirected at XDP"
+        );
+    } else {
+        assert!(
+            by_stack * 2 > translated,
+            "the stack forwarded only {by_stack} of {translated} translated frames, on a kernel that cannot say whether a veth takes redirects"
+        );
+        assert!(log.contains("Linux 6.3 or later"), "{log}");
+    }
+}
+
 /// Whether `iface` in `ns` has an XDP program attached, from `ip link`.
 fn has_xdp(ns: &NetNs, iface: &str) -> bool {
     ns.ip(&["link", "show", iface]).contains("xdp")
@@ -117,7 +145,7 @@ fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
     let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b(i, 5353), &format!("b{i}")));
     let pin = PinDir::new();
     let cfg = TempFile::new(&config());
-    let _d = run_xdp(&topo, &pin, &cfg);
+    let d = run_xdp(&topo, &pin, &cfg);
     // The client-facing interface, and the two towards the backends, found from the routes.
     let datapaths = |st: &serde_json::Value| -> Vec<String> {
         st["control_plane"]["datapaths"]
@@ -146,10 +174,7 @@ fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
         + st["reasons"]["reverse_nat"].as_u64().unwrap();
     let by_stack = topo.fwd.snmp("Ip", "ForwDatagrams") - forwarded_before;
     assert!(translated >= 400, "{st}");
-    assert!(
-        by_stack * 20 < translated,
-        "the stack forwarded {by_stack} of {translated} translated frames: not redirected at XDP"
-    );
+    check_forwarded_by(by_stack, translated, 20, &d.log());
     for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
         for (group, field) in [("Tcp", "InCsumErrors"), ("Udp", "InCsumErrors")] {
             assert_eq!(ns.snmp(group, field), 0, "{group} {field} in {}", ns.name);
@@ -249,7 +274,7 @@ fn xdp_gateway_forwards_ipv6_before_the_stack() {
         b6(1, 5353),
         b6(2, 5353)
     ));
-    let _d = run_xdp(&topo, &pin, &cfg);
+    let d = run_xdp(&topo, &pin, &cfg);
     assert!(wait_until(Duration::from_secs(10), || {
         has_xdp(&topo.fwd, "b1") && has_xdp(&topo.fwd, "b2")
     }));
@@ -279,10 +304,7 @@ fn xdp_gateway_forwards_ipv6_before_the_stack() {
         + st["reasons"]["reverse_nat"].as_u64().unwrap();
     let by_stack = topo.fwd.snmp6("Ip6OutForwDatagrams") - forwarded_before;
     assert!(translated >= 300, "{st}");
-    assert!(
-        by_stack * 10 < translated,
-        "the stack forwarded {by_stack} of {translated} translated IPv6 frames"
-    );
+    check_forwarded_by(by_stack, translated, 10, &d.log());
     // TCP's counters are one for both families; UDP has its own for IPv6.
     for ns in [&topo.client, &topo.backends[0], &topo.backends[1]] {
         assert_eq!(ns.snmp("Tcp", "InCsumErrors"), 0, "{}", ns.name);

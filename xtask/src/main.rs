@@ -12,6 +12,7 @@ mod demo;
 mod fuzz;
 mod step;
 mod tally;
+mod vm;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -39,7 +40,7 @@ enum Task {
     /// Set up, then build every binary (the eBPF object is embedded in `ambassador`).
     Build,
     /// Set up, build, then run every test (a test that cannot run here, e.g. without root, is
-    /// reported as skipped with its reason).
+    /// reported as skipped with its reason), then the kernel matrix in VMs (`kernels`).
     Test {
         /// Fail when any test cannot run here instead of reporting it as skipped (implied when
         /// the CI environment variable is set: CI runs as root with everything installed).
@@ -55,6 +56,10 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Set up, build, then run the kernel matrix: each datapath's tests inside VMs (QEMU) on
+    /// every kernel the README supports (Debian's 5.10, 6.1, 6.12), the image built from
+    /// Debian's packages under target/vm/ (the table: target/vm/kernels.md).
+    Kernels,
     /// The multi-host testbed (network namespaces; see tests/src/testbed.rs).
     Testbed {
         #[command(subcommand)]
@@ -200,9 +205,29 @@ fn test(args: &[String], no_skip: bool) -> Result<()> {
         tally.line(&line);
     }
     let status = child.wait()?;
-    let skips = recorded_skips(
+    // The kernel matrix, on a whole run only (arguments select tests of this machine's kernel).
+    let mut matrix_skips = Vec::new();
+    let matrix = if !args.is_empty() {
+        println!(
+            "kernel matrix not run: cargo test was given arguments (`cargo xtask kernels` runs it)"
+        );
+        Ok(())
+    } else if unsafe { libc::geteuid() } != 0 {
+        // SAFETY: as above.
+        matrix_skips.push((
+            "kernel matrix".to_owned(),
+            "needs root (the VM image is built in a chroot)".to_owned(),
+        ));
+        Ok(())
+    } else {
+        step("test: the kernel matrix in VMs", step::KERNELS, || {
+            vm::kernels(&mut tally)
+        })
+    };
+    let mut skips = recorded_skips(
         &std::fs::read_to_string(&skip_log).context("reading target/test-skips.tsv")?,
     );
+    skips.extend(matrix_skips);
     for (t, reason) in &skips {
         println!("skipped: {t}: {reason}");
     }
@@ -215,6 +240,7 @@ fn test(args: &[String], no_skip: bool) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    matrix?;
     if no_skip && skipped > 0 {
         bail!("{skipped} tests skipped, and skipping is not allowed here (--no-skip or CI)");
     }
@@ -229,6 +255,13 @@ fn main() -> Result<()> {
             build()?;
             step("test: cargo test, every package", step::TEST, || {
                 test(&args, no_skip)
+            })
+        }
+        Task::Kernels => {
+            build()?;
+            let mut tally = Tally::default();
+            step("kernels: the kernel matrix in VMs", step::KERNELS, || {
+                vm::kernels(&mut tally)
             })
         }
         Task::Run { keep } => {

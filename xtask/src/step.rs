@@ -16,6 +16,11 @@ pub const DEBUG: &str = "about 4 min on a fresh machine; seconds when nothing ch
 pub const TEST: &str = "about 3 min as root on a 2-core machine";
 /// See [`SETUP`].
 pub const DEMO: &str = "about 1 min";
+/// See [`SETUP`].
+pub const VM_IMAGE: &str =
+    "about 2 min here; once, then again only when scripts/vm-image.sh changes";
+/// See [`SETUP`].
+pub const KERNELS: &str = "about 6 min under emulation on 2 cores, the image's build aside";
 
 /// Runs `f` as one named step, announcing it with `expected` and reporting the time it took.
 pub fn step<T>(name: &str, expected: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -27,7 +27,7 @@ pub(super) fn check_kernel() -> Result<()> {
         return Err(Error::KernelFeature {
             feature: "the TC datapath (LRU hash maps, TC direct packet access, checksum helpers)",
             needed: "5.10",
-            detail: format!("this kernel is {v:?}"),
+            detail: format!("this kernel is {v}"),
         });
     }
     Ok(())
@@ -35,7 +35,7 @@ pub(super) fn check_kernel() -> Result<()> {
 /// Refuses kernels older than the socket datapath needs: cgroup `getpeername4` hooks (5.8),
 /// `sock_release` (5.9) and `bpf_set_retval`, which makes a `connect()` to a frontend without
 /// backends fail with ECONNREFUSED (5.18).
-pub(super) fn check_sock_kernel() -> Result<()> {
+pub fn check_sock_kernel() -> Result<()> {
     let Ok(v) = KernelVersion::current() else {
         return Ok(());
     };
@@ -44,7 +44,7 @@ pub(super) fn check_sock_kernel() -> Result<()> {
             feature:
                 "the socket datapath (cgroup getpeername4 and sock_release hooks, bpf_set_retval)",
             needed: "5.18",
-            detail: format!("this kernel is {v:?}; use --datapath tc"),
+            detail: format!("this kernel is {v}; use --datapath tc"),
         });
     }
     Ok(())

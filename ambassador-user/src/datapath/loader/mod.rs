@@ -31,8 +31,8 @@ mod links;
 mod pin;
 mod xdp;
 
-pub use kernel::{check_interface, TcAttach, XdpAttach};
-use kernel::{check_kernel, check_sock_kernel, has_tcx, raise_memlock, use_tcx};
+pub use kernel::{check_interface, check_sock_kernel, TcAttach, XdpAttach};
+use kernel::{check_kernel, has_tcx, raise_memlock, use_tcx};
 use links::{
     adopt, adopt_xdp, classifier, describe, is_bridge, link_file, pinned_program_ids,
     pinned_xdp_ifaces, refuse_foreign_attachments, sock_link_file, XDP_SUFFIX,

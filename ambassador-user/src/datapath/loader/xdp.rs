@@ -198,15 +198,19 @@ impl Datapath {
         static UNREPORTED: Once = Once::new();
         if features.is_none() {
             UNREPORTED.call_once(|| {
-                warn!("this kernel does not report which interfaces take redirected XDP frames (the netdev netlink family, Linux 6.3): the XDP datapath redirects to every interface, and a veth drops them unless its peer has GRO or an XDP program");
+                warn!("this kernel does not report which interfaces take redirected XDP frames (the netdev netlink family, Linux 6.3): the XDP datapath redirects to every interface but veths, whose frames go through the stack, translated (a veth would drop them unless its peer has an XDP program, or GRO on Linux 5.13+, which cannot be seen from here)");
             });
         }
         let mut table = BTreeMap::new();
         for link in &links {
-            let xmit = features.as_ref().is_none_or(|f| {
-                f.get(&link.index)
-                    .is_some_and(|bits| bits & netdev::XDP_ACT_NDO_XMIT != 0)
-            });
+            // Unreported (before 6.3): a driver with native XDP transmits redirected frames,
+            // but a veth only under conditions on its peer: never a silent drop, so not veths.
+            let xmit = match &features {
+                Some(f) => f
+                    .get(&link.index)
+                    .is_some_and(|bits| bits & netdev::XDP_ACT_NDO_XMIT != 0),
+                None => link.kind.as_deref() != Some("veth"),
+            };
             let mut flags = 0;
             if xmit {
                 flags |= target::NDO_XMIT;
@@ -220,7 +224,7 @@ impl Datapath {
             if let Some(a) = attached.get_mut(&link.name) {
                 if a.takes_redirects != Some(xmit) {
                     a.takes_redirects = Some(xmit);
-                    say_redirects(link, xmit);
+                    say_redirects(link, xmit, features.is_some());
                 }
             }
         }
@@ -229,13 +233,17 @@ impl Datapath {
 }
 
 /// Logs whether `link`, one the XDP program runs on, takes redirected frames, and if not, how
-/// to make it.
-fn say_redirects(link: &netlink::Link, xmit: bool) {
+/// to make it (`reported`: whether the kernel says which interfaces do).
+fn say_redirects(link: &netlink::Link, xmit: bool, reported: bool) {
     let iface = &link.name;
     if xmit {
         info!(%iface, "XDP: frames for this interface are redirected to it");
         return;
     }
-    let fix = netdev::redirect_fix(link.kind.as_deref());
+    let fix = if reported {
+        netdev::redirect_fix(link.kind.as_deref())
+    } else {
+        "Linux 6.3 or later, which says whether an interface takes them"
+    };
     warn!(%iface, "XDP: this interface cannot take redirected frames, so frames for it go through the stack, translated (slower, nothing lost); fix: {fix}");
 }
