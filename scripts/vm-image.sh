@@ -18,6 +18,7 @@ MIRROR=${AMBASSADOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=(
   systemd-sysv udev kmod procps util-linux iproute2 ethtool iptables bpftool
   curl redis-server busybox-static   # the socket datapath's real clients and servers
+  docker.io apparmor etcd-server etcd-client  # the move between two VMs (scripts/vm-move.sh)
   linux-image-amd64   # bookworm's 6.1
 )
 # The other kernels, by the metapackage of their suite: resolved to a versioned package.
@@ -30,8 +31,10 @@ rootfs=$(mktemp -d "${TMPDIR:-/tmp}/ambassador-vm-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT
 
 # The job the host shares (9p, tag "job"): run.sh runs (it mounts whatever else the host
-# shares), its output and exit code are written beside it, then the VM powers off. No network,
-# no login: the VM is a test runner.
+# shares), its output and exit code are written beside it, then the VM powers off. No login:
+# the VM is a test runner. The 9p transport's module is loaded first: udev loads it too, but
+# maybe after this unit starts (then the mount fails, "bad option", as seen once on 5.10).
+# Docker's and etcd's services stay off: the jobs that use them start them.
 job_unit='[Unit]
 Description=Run the job the host shared with this VM, then power off
 After=local-fs.target
@@ -39,7 +42,7 @@ After=local-fs.target
 Type=oneshot
 StandardOutput=journal+console
 StandardError=journal+console
-ExecStart=/bin/sh -c "mkdir -p /job && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /job && cd /job && sh ./run.sh > ./output 2>&1; echo $? > ./rc.tmp; sync; mv ./rc.tmp ./rc; sync"
+ExecStart=/bin/sh -c "modprobe -a 9pnet_virtio 9p && mkdir -p /job && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /job && cd /job && sh ./run.sh > ./output 2>&1; echo $? > ./rc.tmp; sync; mv ./rc.tmp ./rc; sync"
 ExecStopPost=/bin/systemctl poweroff --no-block
 [Install]
 WantedBy=multi-user.target'
@@ -61,7 +64,8 @@ mmdebstrap --quiet --variant=apt --include="$(IFS=,; echo "${PACKAGES[*]}")" \
   --customize-hook='passwd --root "$1" -d root >/dev/null' \
   --customize-hook="printf '%s\n' '$job_unit' > \"\$1/etc/systemd/system/ambassador-job.service\"" \
   --customize-hook='chroot "$1" systemctl enable ambassador-job.service >/dev/null 2>&1' \
-  --customize-hook='chroot "$1" systemctl mask redis-server.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service man-db.timer fstrim.timer >/dev/null 2>&1 || true' \
+  --customize-hook='chroot "$1" systemctl disable docker.service docker.socket containerd.service >/dev/null 2>&1 || true' \
+  --customize-hook='chroot "$1" systemctl mask etcd.service redis-server.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service man-db.timer fstrim.timer >/dev/null 2>&1 || true' \
   --customize-hook='rm -rf "$1/var/cache/apt/archives"/*.deb "$1/var/lib/apt/lists"/*_Packages' \
   bookworm "$rootfs" \
   "deb $MIRROR bookworm main" "deb $MIRROR bullseye main" "deb $MIRROR bookworm-backports main"

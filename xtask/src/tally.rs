@@ -44,6 +44,15 @@ impl Tally {
         self.ignored += count(" ignored");
     }
 
+    /// Counts one test that is not a libtest test (the move between VMs).
+    pub fn record(&mut self, passed: bool) {
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+
     /// The totals, given how many tests recorded a skip (each returned early, so libtest
     /// counted it as passed).
     pub fn totals(&self, recorded_skips: usize) -> Totals {

@@ -258,7 +258,7 @@ fn one(
         path: target.to_owned(),
         read_only: true,
     };
-    let finished = Vm::boot(image, kernel, accel, &job, &[share])?.wait(TIMEOUT)?;
+    let finished = Vm::boot(image, kernel, accel, &job, &[share], &[])?.wait(TIMEOUT)?;
     eprintln!(
         "[xtask] kernel {kernel}: done in {:.0} s (exit {})",
         finished.took.as_secs_f64(),

@@ -1,6 +1,8 @@
-//! Tests on other kernels, in VMs: an image built from Debian's packages ([`image`]), QEMU
-//! ([`qemu`]), and the kernel matrix run on it ([`matrix`]).
+//! Tests on other kernels and on hosts of their own, in VMs: an image built from Debian's
+//! packages ([`image`]), QEMU ([`qemu`]), the kernel matrix run on it ([`matrix`]), and a
+//! container moved between two VMs ([`hosts`]).
 
+pub mod hosts;
 pub mod image;
 pub mod matrix;
 pub mod qemu;
@@ -14,12 +16,22 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, root, tally::Tally};
+use crate::{cargo, root, step, tally::Tally};
+
+/// A part of [`kernels`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The kernel matrix.
+    Matrix,
+    /// The move between two VMs.
+    Move,
+}
 
 /// Runs the kernel matrix on the binaries already built (`cargo xtask build`), prints its
-/// table (also written to `target/vm/kernels.md`) and fails unless every test passed on every
-/// kernel. What libtest reported in the VMs is added to `tally`.
-pub fn kernels(tally: &mut Tally) -> Result<()> {
+/// table (also written to `target/vm/kernels.md`), then the move between two VMs; fails unless
+/// every test passed on every kernel and the move lost no request. What libtest reported in
+/// the VMs, and the move, are added to `tally`.
+pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
     let image = image::Image::ensure(&root())?;
     let accel = qemu::Accel::detect();
     let exes = test_executables()?;
@@ -30,16 +42,42 @@ pub fn kernels(tally: &mut Tally) -> Result<()> {
         accel.describe()
     );
     let target = root().join("target");
-    let runs = matrix::run(&image, &accel, &target, &exes, parallel)?;
-    for r in &runs {
-        if let Ok(f) = &r.finished {
-            f.output.lines().for_each(|l| tally.line(l));
+    let matrix = if only.is_none_or(|p| p == Part::Matrix) {
+        let runs = matrix::run(&image, &accel, &target, &exes, parallel)?;
+        for r in &runs {
+            if let Ok(f) = &r.finished {
+                f.output.lines().for_each(|l| tally.line(l));
+            }
         }
+        let table = matrix::report(&runs, &accel);
+        println!("{table}");
+        std::fs::write(target.join("vm/kernels.md"), &table)?;
+        matrix::check(&runs)
+    } else {
+        Ok(())
+    };
+    if only == Some(Part::Matrix) {
+        return matrix;
     }
-    let table = matrix::report(&runs, &accel);
-    println!("{table}");
-    std::fs::write(target.join("vm/kernels.md"), &table)?;
-    matrix::check(&runs)
+    let moved = step::step(
+        "kernels: a container moved between two VMs while a client fetches every 100 ms",
+        step::VM_MOVE,
+        || hosts::run(&image, &accel, &target),
+    );
+    let moved = moved.and_then(|m| {
+        println!(
+            "move between VMs (kernel 6.1, {}): {} fetches from h2's backend, then {} from h1's; {} failed; {:.0} s from boot to end",
+            accel.describe(),
+            m.ok_h2,
+            m.ok_h1,
+            m.failed,
+            m.took.as_secs_f64()
+        );
+        anyhow::ensure!(m.failed == 0, "{} fetches failed during the move", m.failed);
+        Ok(())
+    });
+    tally.record(moved.is_ok());
+    matrix.and(moved)
 }
 
 /// The test binaries of `ambassador-tests` as built: file name of `tests/tests/` -> path.

@@ -85,14 +85,16 @@ pub struct Vm {
 
 impl Vm {
     /// Boots `kernel` (a version from [`Image::kernels`]) on a throwaway copy of the image's
-    /// disk (writes never reach the image), with `job` shared as `job` and `shares` beside it.
-    /// The guest's console goes to `job/console.log`.
+    /// disk (writes never reach the image), with `job` shared as `job` and `shares` beside it,
+    /// and QEMU's `extra` arguments (network devices: it has none otherwise; the first is
+    /// `eth0`). The guest's console goes to `job/console.log`.
     pub fn boot(
         image: &Image,
         kernel: &str,
         accel: &Accel,
         job: &Path,
         shares: &[Share],
+        extra: &[String],
     ) -> Result<Self> {
         for stale in ["rc", "output", "console.log"] {
             let _ = std::fs::remove_file(job.join(stale));
@@ -108,7 +110,10 @@ impl Vm {
             .arg(image.kernel(kernel))
             .arg("-initrd")
             .arg(image.initrd(kernel))
-            .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
+            .args([
+                "-append",
+                "root=/dev/vda rw console=ttyS0 quiet net.ifnames=0",
+            ])
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=raw,snapshot=on",
@@ -127,6 +132,7 @@ impl Vm {
                 if s.read_only { ",readonly=on" } else { "" }
             ));
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -151,10 +157,14 @@ impl Vm {
                 let rc = std::fs::read_to_string(self.job.join("rc")).ok();
                 let output = std::fs::read_to_string(self.job.join("output")).unwrap_or_default();
                 let Some(rc) = rc.and_then(|s| s.trim().parse().ok()) else {
+                    let console = self.job.join("console.log");
+                    let text = std::fs::read_to_string(&console).unwrap_or_default();
+                    let last: Vec<&str> = text.lines().rev().take(5).collect();
                     bail!(
-                        "the VM stopped ({status}) before its job ended: {}; console: {}",
-                        err.trim(),
-                        self.job.join("console.log").display()
+                        "the VM stopped ({status}) before its job ended{}; the console ({}) ends: {}",
+                        if err.trim().is_empty() { String::new() } else { format!(": {}", err.trim()) },
+                        console.display(),
+                        last.into_iter().rev().collect::<Vec<_>>().join(" / ")
                     );
                 };
                 return Ok(Finished {
