@@ -20,9 +20,9 @@ pub const DEMO: &str = "about 1 min";
 pub const VM_IMAGE: &str =
     "about 2 min here; once, then again only when scripts/vm-image.sh changes";
 /// See [`SETUP`].
-pub const KERNELS: &str = "about 10 min under emulation on 2 cores, the image's build aside";
+pub const KERNELS: &str = "about 9 min under emulation on 2 cores, the image's build aside";
 /// See [`SETUP`].
-pub const VM_MOVE: &str = "about 3 min under emulation";
+pub const VM_MOVE: &str = "about 2 min under emulation";
 
 /// Runs `f` as one named step, announcing it with `expected` and reporting the time it took.
 pub fn step<T>(name: &str, expected: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
