@@ -194,9 +194,9 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
 /// with the socket's entries written; `Err`: the call must fail (its errno is set).
 /// A BPF function of its own: an IPv6 program holds both families' translations, and their
 /// frames side by side exceed the 512-byte stack. The backend goes out through `to`, never
-/// as a returned value: the compiler returns a large value through a pointer to the caller's
-/// stack, which verifiers before Linux 6.x refuse ("cannot return stack pointer to the
-/// caller"; the kernel matrix boots 6.1).
+/// as a returned value: the compiler may return a large value through a pointer to the
+/// caller's stack, which 6.1's verifier refuses ("cannot return stack pointer to the caller";
+/// 6.12's accepts it; the kernel matrix boots both).
 #[inline(never)]
 fn translate<A: Family>(
     ctx: &SockAddrContext,

@@ -30,8 +30,13 @@ const ATTR_XDP_FEATURES: u16 = 3;
 /// while its peer can receive them: GRO or an XDP program on the peer).
 pub const XDP_ACT_NDO_XMIT: u64 = 1 << 2;
 
-/// How to make an interface of link kind `kind` take redirected frames, when it does not.
-pub fn redirect_fix(kind: Option<&str>) -> &'static str {
+/// How to make an interface of link kind `kind` take redirected frames, when it does not;
+/// `reported`: whether the kernel says which interfaces do (Linux 6.3+). Before that a veth is
+/// taken not to, whatever its peer has, since a wrong guess would drop frames silently.
+pub fn redirect_fix(kind: Option<&str>, reported: bool) -> &'static str {
+    if !reported {
+        return "Linux 6.3 or later, which says whether an interface takes them";
+    }
     match kind {
         Some("veth") => "GRO on its peer (`ethtool -K PEER gro on` in the peer's namespace) or an XDP program on the peer",
         _ => "a driver that transmits redirected frames (ndo_xdp_xmit)",

@@ -240,10 +240,6 @@ fn say_redirects(link: &netlink::Link, xmit: bool, reported: bool) {
         info!(%iface, "XDP: frames for this interface are redirected to it");
         return;
     }
-    let fix = if reported {
-        netdev::redirect_fix(link.kind.as_deref())
-    } else {
-        "Linux 6.3 or later, which says whether an interface takes them"
-    };
+    let fix = netdev::redirect_fix(link.kind.as_deref(), reported);
     warn!(%iface, "XDP: this interface cannot take redirected frames, so frames for it go through the stack, translated (slower, nothing lost); fix: {fix}");
 }

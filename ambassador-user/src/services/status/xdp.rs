@@ -41,6 +41,8 @@ pub(super) fn read(maps: &Maps, pin_dir: &Path) -> Result<Option<XdpStatus>> {
     }
     let targets = maps.xdp_targets()?;
     let links = netlink::links().unwrap_or_default();
+    // Whether the kernel says which interfaces take redirects (the daemon's rule otherwise).
+    let reported = netdev::xdp_features().is_ok_and(|f| f.is_some());
     let interfaces = names
         .into_iter()
         .map(|name| {
@@ -52,7 +54,8 @@ pub(super) fn read(maps: &Maps, pin_dir: &Path) -> Result<Option<XdpStatus>> {
             });
             XdpInterface {
                 takes_redirects: takes,
-                fix: (!takes).then(|| netdev::redirect_fix(link.and_then(|l| l.kind.as_deref()))),
+                fix: (!takes)
+                    .then(|| netdev::redirect_fix(link.and_then(|l| l.kind.as_deref()), reported)),
                 name,
             }
         })
