@@ -344,6 +344,39 @@ mod tests {
     }
 
     #[test]
+    fn the_job_runs_each_binary_once_with_its_rows_and_stretches_waits_under_emulation() {
+        let exes: BTreeMap<String, PathBuf> = ["datapath", "netns", "failover", "xdp", "sock"]
+            .map(|b| (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0"))))
+            .into_iter()
+            .collect();
+        let tcg = Accel::Tcg("test".into());
+        let old = script(Path::new("/t"), &exes, "5.10.0-32-amd64", &tcg).unwrap();
+        assert!(old.contains("AMBASSADOR_TEST_SLOWDOWN=5"), "{old}");
+        assert_eq!(old.matches("/t/debug/deps/sock-0").count(), 1, "{old}");
+        assert!(old.contains("sock_is_refused_by_version_where_the_kernel_lacks_its_hooks"));
+        assert!(!old.contains("sock_real_clients"), "{old}");
+        let new = script(Path::new("/t"), &exes, "6.12.95+deb12-amd64", &Accel::Kvm).unwrap();
+        assert!(new.contains("AMBASSADOR_TEST_SLOWDOWN=1"), "{new}");
+        assert!(ROWS.iter().all(|r| new.contains(r.test)), "{new}");
+        assert!(script(Path::new("/t"), &BTreeMap::new(), "6.1.0-50-amd64", &tcg).is_err());
+    }
+
+    /// A renamed test would only show as "did not run" after minutes of VMs: caught here.
+    #[test]
+    fn every_row_names_a_test_of_its_binary() {
+        for row in ROWS {
+            let file = crate::root().join(format!("tests/tests/{}.rs", row.binary));
+            let source = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                source.contains(&format!("fn {}()", row.test)),
+                "{} has no test {}",
+                file.display(),
+                row.test
+            );
+        }
+    }
+
+    #[test]
     fn the_socket_rows_run_only_where_the_kernel_has_its_hooks() {
         let sock_rows = |k: &str| {
             ROWS.iter()
