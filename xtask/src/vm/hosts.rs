@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     image::Image,
-    qemu::{Accel, Finished, Share, Vm},
+    qemu::{tail, Accel, Finished, Share, Vm},
 };
 
 /// The kernel the hosts boot: Debian 12's own.
@@ -70,23 +70,17 @@ pub fn run(image: &Image, accel: &Accel, target: &Path) -> Result<Moved> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let amb = target.join("debug/ambassador");
     let script = std::fs::read_to_string(crate::root().join("scripts/vm-move.sh"))?;
-    let share = || Share {
-        tag: "target",
-        path: target.to_owned(),
-        read_only: true,
-    };
     let mut vms = Vec::new();
     for (n, role) in ["h1", "h2"].into_iter().enumerate() {
         let job = dir.join(role);
         std::fs::create_dir_all(&job)?;
         std::fs::write(job.join("vm-move.sh"), &script)?;
         std::fs::copy(&web_tar, job.join("web.tar"))?;
-        let t = target.display();
         std::fs::write(
             job.join("run.sh"),
             format!(
-                "mkdir -p '{t}' && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro target '{t}' || exit 90\n\
-                 sh ./vm-move.sh {role} '{}' /job/web.tar\n",
+                "{}\nsh ./vm-move.sh {role} '{}' /job/web.tar\n",
+                Share::build(target).mount_command(),
                 amb.display()
             ),
         )?;
@@ -101,7 +95,7 @@ pub fn run(image: &Image, accel: &Accel, target: &Path) -> Result<Moved> {
         vms.push((
             role,
             job.clone(),
-            Vm::boot(image, kernel, accel, &job, &[share()], &nic)?,
+            Vm::boot(image, kernel, accel, &job, &[Share::build(target)], &nic)?,
         ));
         // h1 listens before h2 connects.
         std::thread::sleep(Duration::from_secs(1));
@@ -131,12 +125,6 @@ pub fn run(image: &Image, accel: &Accel, target: &Path) -> Result<Moved> {
         );
     }
     Ok(moved)
-}
-
-/// The last `n` lines of `s`.
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// h1's `RESULT ok_h1=N ok_h2=N failed=N` line.

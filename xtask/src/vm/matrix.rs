@@ -168,9 +168,10 @@ fn script(
         Accel::Tcg(_) => 5,
     };
     let mut s = format!(
-        "set -u\nmkdir -p '{t}' && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro target '{t}' || exit 90\n\
+        "set -u\n{}\n\
          export {NO_SKIP_ENV}=1 {SLOWDOWN_ENV}={slowdown} RUST_BACKTRACE=1 AMBASSADOR_BIN='{t}/debug/ambassador'\n\
-         echo \"kernel $(uname -r)\"\ncd /tmp\nrc=0\n"
+         echo \"kernel $(uname -r)\"\ncd /tmp\nrc=0\n",
+        Share::build(target).mount_command()
     );
     let mut by_binary: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for row in ROWS.iter().filter(|r| runs_on(r, kernel)) {
@@ -253,12 +254,8 @@ fn one(
     std::fs::create_dir_all(&job)?;
     std::fs::write(job.join("run.sh"), script(target, exes, kernel, accel)?)?;
     eprintln!("[xtask] kernel {kernel}: booting");
-    let share = Share {
-        tag: "target",
-        path: target.to_owned(),
-        read_only: true,
-    };
-    let finished = Vm::boot(image, kernel, accel, &job, &[share], &[])?.wait(TIMEOUT)?;
+    let finished =
+        Vm::boot(image, kernel, accel, &job, &[Share::build(target)], &[])?.wait(TIMEOUT)?;
     eprintln!(
         "[xtask] kernel {kernel}: done in {:.0} s (exit {})",
         finished.took.as_secs_f64(),
@@ -352,6 +349,12 @@ mod tests {
         let tcg = Accel::Tcg("test".into());
         let old = script(Path::new("/t"), &exes, "5.10.0-32-amd64", &tcg).unwrap();
         assert!(old.contains("AMBASSADOR_TEST_SLOWDOWN=5"), "{old}");
+        assert!(
+            old.contains(
+                "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro target '/t'"
+            ),
+            "{old}"
+        );
         assert_eq!(old.matches("/t/debug/deps/sock-0").count(), 1, "{old}");
         assert!(old.contains("sock_is_refused_by_version_where_the_kernel_lacks_its_hooks"));
         assert!(!old.contains("sock_real_clients"), "{old}");

@@ -76,6 +76,34 @@ pub struct Share {
     pub read_only: bool,
 }
 
+impl Share {
+    /// The build (`target/`), shared read-only and mounted by the job at the same path, so the
+    /// test binaries' compiled-in paths hold in the VM.
+    pub fn build(target: &Path) -> Self {
+        Self {
+            tag: "target",
+            path: target.to_owned(),
+            read_only: true,
+        }
+    }
+
+    /// The guest's command that mounts it at its path here (exit 90 when it cannot).
+    pub fn mount_command(&self) -> String {
+        let at = self.path.display();
+        let ro = if self.read_only { ",ro" } else { "" };
+        format!(
+            "mkdir -p '{at}' && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000{ro} {} '{at}' || exit 90",
+            self.tag
+        )
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// A running VM.
 pub struct Vm {
     child: Child,
@@ -159,12 +187,11 @@ impl Vm {
                 let Some(rc) = rc.and_then(|s| s.trim().parse().ok()) else {
                     let console = self.job.join("console.log");
                     let text = std::fs::read_to_string(&console).unwrap_or_default();
-                    let last: Vec<&str> = text.lines().rev().take(5).collect();
                     bail!(
                         "the VM stopped ({status}) before its job ended{}; the console ({}) ends: {}",
                         if err.trim().is_empty() { String::new() } else { format!(": {}", err.trim()) },
                         console.display(),
-                        last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                        tail(&text, 5).replace('\n', " / ")
                     );
                 };
                 return Ok(Finished {
