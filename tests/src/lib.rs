@@ -1723,22 +1723,33 @@ pub fn curl_socks(ns: &NetNs, door: &str, url: &str, extra: &[&str]) -> (i32, St
 /// every name to a SOCKS5 proxy): loads `url`, saves a screenshot at `screenshot`, and
 /// returns the page's DOM as Chromium built it.
 pub fn chromium_through_socks(ns: &NetNs, door: &str, url: &str, screenshot: &Path) -> String {
+    chromium(
+        ns,
+        &[&format!("--proxy-server=socks5://{door}")],
+        url,
+        screenshot,
+    )
+}
+
+/// Debian's Chromium, headless, in `ns`, with `args` added: loads `url`, saves a screenshot at
+/// `screenshot`, then loads it again and returns the page's DOM as Chromium built it.
+pub fn chromium(ns: &NetNs, args: &[&str], url: &str, screenshot: &Path) -> String {
     let profile = temp_dir("chromium");
-    let proxy = format!("--proxy-server=socks5://{door}");
     let shot = format!("--screenshot={}", screenshot.display());
     let dir = format!("--user-data-dir={}", profile.path().display());
     let run = |what: &[&str]| {
-        let mut args = vec!["netns", "exec", &ns.name, "timeout", "60", "chromium"];
-        args.extend_from_slice(&[
+        let mut all = vec!["netns", "exec", &ns.name, "timeout", "60", "chromium"];
+        all.extend_from_slice(&[
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
         ]);
-        args.extend_from_slice(&[&proxy, &dir, "--window-size=800,300"]);
-        args.extend_from_slice(what);
-        args.push(url);
-        let out = Command::new("ip").args(&args).output().unwrap();
+        all.extend_from_slice(&[&dir, "--window-size=800,300"]);
+        all.extend_from_slice(args);
+        all.extend_from_slice(what);
+        all.push(url);
+        let out = Command::new("ip").args(&all).output().unwrap();
         assert!(
             out.status.success(),
             "chromium {what:?} failed: {}",
@@ -1748,4 +1759,14 @@ pub fn chromium_through_socks(ns: &NetNs, door: &str, url: &str, screenshot: &Pa
     };
     run(&[&shot]);
     run(&["--dump-dom"])
+}
+
+/// Where tests save screenshots (`target/screenshots/NAME`, the folder made, the old file
+/// gone).
+pub fn screenshot_path(name: &str) -> PathBuf {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join(name);
+    let _ = std::fs::remove_file(&shot);
+    shot
 }

@@ -795,10 +795,7 @@ fn a_laptop_reaches_a_labelled_container_by_name_through_the_socks_door() {
     assert_eq!(curl_socks(client, at, &endpoint, &[]), (0, "site1".into()));
 
     // Debian's Chromium, as the user's browser: the page's DOM, and a screenshot.
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let shot = shots.join("socks-chromium.png");
-    let _ = std::fs::remove_file(&shot);
+    let shot = screenshot_path("socks-chromium.png");
     let dom = chromium_through_socks(client, at, url, &shot);
     assert!(dom.contains("<body>site1"), "{dom}");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);

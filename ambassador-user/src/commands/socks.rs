@@ -15,8 +15,8 @@ use crate::{
     core::policy::BackendPolicy,
     error::{Error, Result},
     services::{
-        metrics::{self, Render},
         socks::{self, Door, DoorConfig, Users},
+        web::{self, Site},
     },
     task::AbortOnDrop,
 };
@@ -93,10 +93,8 @@ pub async fn run(args: SocksArgs) -> Result<()> {
     let _metrics = match args.metrics_addr {
         Some(addr) => {
             let stats = door.stats.clone();
-            let render: Render = Arc::new(move || stats.render());
-            Some(AbortOnDrop(
-                metrics::serve(addr, render).await?.1.abort_handle(),
-            ))
+            let site = Site::metrics(move || stats.render());
+            Some(AbortOnDrop(web::serve(addr, site).await?.1.abort_handle()))
         }
         None => None,
     };

@@ -6,3 +6,4 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod socks;
 pub mod status;
+pub mod web;

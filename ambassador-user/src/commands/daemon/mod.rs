@@ -23,7 +23,7 @@ mod follow;
 mod telemetry;
 
 use follow::follow_kernel_log;
-use telemetry::{render_metrics, Telemetry};
+use telemetry::{render_metrics, status_view, Telemetry};
 
 use crate::{
     control::etcd::{self, EtcdOptions, Snapshot},
@@ -41,7 +41,8 @@ use crate::{
     error::{Error, Result},
     services::{
         heartbeat::{self, unix_ms},
-        metrics,
+        status::page,
+        web::{self, Site},
     },
 };
 
@@ -123,6 +124,7 @@ impl State {
                 t.applies += 1;
                 if let Some(r) = received {
                     t.lag.observe(r.elapsed());
+                    t.last_lag = Some(r.elapsed());
                 }
                 let (desired, changes) = (&applied.desired, applied.changes);
                 info!(services = desired.len(), changes, "{why}");
@@ -397,7 +399,7 @@ impl Signals {
     }
 }
 
-/// The metrics page, when `--metrics-listen` asks for it.
+/// The metrics page and the status page, when `--metrics-addr` asks for them.
 async fn serve_metrics(
     cfg: &RunConfig,
     state: &State,
@@ -410,8 +412,19 @@ async fn serve_metrics(
         .dns
         .as_ref()
         .map(crate::services::dns::Responder::stats);
-    let render: metrics::Render = Arc::new(move || render_metrics(&pin, &t, dns.as_deref()));
-    Ok(Some(metrics::serve(addr, render).await?.1))
+    let (pin2, t2, dns2) = (pin.clone(), t.clone(), dns.clone());
+    let view = move || status_view(&pin2, &t2, dns2.as_deref());
+    let json = view.clone();
+    let site = Site::metrics(move || render_metrics(&pin, &t, dns.as_deref()))
+        .page("/", "text/html; charset=utf-8", move || {
+            view().map(|v| page::html(&v))
+        })
+        .page("/status.json", "application/json", move || {
+            json().and_then(|v| serde_json::to_string(&v).map_err(|e| e.to_string()))
+        })
+        .fixed("/page.js", "text/javascript; charset=utf-8", page::SCRIPT)
+        .fixed("/page.css", "text/css; charset=utf-8", page::STYLE);
+    Ok(Some(web::serve(addr, site).await?.1))
 }
 
 /// The datapath's backend health events as something the loop can wait on.

@@ -8,13 +8,18 @@ use tracing::warn;
 use crate::services::{
     dns::DnsStats,
     metrics::{self, Histogram, Kind, Page},
-    status,
+    status::{
+        self,
+        page::{DaemonFigures, View},
+    },
 };
 
 /// The daemon's own figures.
 pub(super) struct Telemetry {
     /// etcd response received -> maps updated.
     pub(super) lag: Histogram,
+    /// The last of those.
+    pub(super) last_lag: Option<std::time::Duration>,
     /// Desired states applied, and those that failed to apply.
     pub(super) applies: u64,
     pub(super) apply_failures: u64,
@@ -34,6 +39,7 @@ impl Default for Telemetry {
     fn default() -> Self {
         Self {
             lag: Histogram::new(metrics::LAG_BUCKETS),
+            last_lag: None,
             applies: 0,
             apply_failures: 0,
             gc_flows: 0,
@@ -136,4 +142,29 @@ pub(super) fn render_metrics(
         dns.write(&mut page);
     }
     page.finish()
+}
+
+/// What the status page shows: the status read from the maps, then the daemon's own figures.
+pub(super) fn status_view(
+    pin_dir: &Path,
+    telemetry: &Mutex<Telemetry>,
+    dns: Option<&DnsStats>,
+) -> std::result::Result<View, String> {
+    let status = status::read(pin_dir).map_err(|e| format!("reading the pinned maps: {e}"))?;
+    let t = telemetry.lock().unwrap_or_else(|p| p.into_inner());
+    let daemon = DaemonFigures {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        applies: t.applies,
+        apply_failures: t.apply_failures,
+        last_lag_ms: t.last_lag.map(|d| d.as_secs_f64() * 1000.0),
+        suspicions: t.suspected_refused + t.suspected_silent,
+        recoveries: t.recovered,
+    };
+    Ok(View {
+        status,
+        daemon,
+        dns: dns.map(DnsStats::counts),
+    })
 }

@@ -47,7 +47,7 @@ use crate::{
     control::{etcd::timed, reconnect::Reconnect},
     core::trust::Mode,
     error::{Error, Result},
-    services::metrics,
+    services::web,
     task::AbortOnDrop,
 };
 
@@ -273,10 +273,8 @@ pub async fn run(cfg: RegisterConfig) -> Result<()> {
     let _metrics = match cfg.metrics_addr {
         Some(addr) => {
             let s = stats.clone();
-            let render: metrics::Render = Arc::new(move || s.render());
-            Some(AbortOnDrop(
-                metrics::serve(addr, render).await?.1.abort_handle(),
-            ))
+            let site = web::Site::metrics(move || s.render());
+            Some(AbortOnDrop(web::serve(addr, site).await?.1.abort_handle()))
         }
         None => None,
     };

@@ -18,7 +18,7 @@ pub mod zone;
 
 pub use rrl::DEFAULT_RATE;
 use stats::bump;
-pub use stats::DnsStats;
+pub use stats::{DnsCounts, DnsStats};
 pub use tcp::read_message;
 use tcp::supervise_tcp;
 use udp::supervise_udp;

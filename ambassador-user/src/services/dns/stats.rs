@@ -1,6 +1,7 @@
 //! What the DNS responder counts, for `/metrics`.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -10,6 +11,7 @@ use std::{
 };
 
 use hickory_proto::op::ResponseCode;
+use serde::Serialize;
 use tracing::warn;
 
 use crate::services::metrics::{Kind, Page};
@@ -39,6 +41,19 @@ pub struct DnsStats {
     pub(super) tcp_stalled: AtomicU64,
     /// When a malformed query was last warned about (at most one warning a minute).
     pub(super) warned: Mutex<Option<Instant>>,
+}
+
+/// The responder's answers since the daemon started, for the status page.
+#[derive(Debug, Serialize)]
+pub struct DnsCounts {
+    /// Answers sent, by response code (NOERROR, NXDOMAIN, REFUSED, FORMERR, SERVFAIL, other).
+    pub answers: BTreeMap<&'static str, u64>,
+    /// Queries for names outside the domain relayed upstream and answered.
+    pub forwarded: u64,
+    /// Forwarded queries no upstream answered in time.
+    pub forward_failures: u64,
+    /// Datagrams left unanswered: malformed, responses, or over the rate limit.
+    pub dropped: u64,
 }
 
 /// Adds one.
@@ -79,6 +94,33 @@ impl DnsStats {
     }
 
     /// Writes the responder's counters.
+    /// The answers sent, by response code.
+    fn by_rcode(&self) -> [(&'static str, &AtomicU64); 6] {
+        [
+            ("NOERROR", &self.noerror),
+            ("NXDOMAIN", &self.nxdomain),
+            ("REFUSED", &self.refused),
+            ("FORMERR", &self.formerr),
+            ("SERVFAIL", &self.servfail),
+            ("other", &self.other),
+        ]
+    }
+
+    /// What the status page shows of the responder.
+    pub fn counts(&self) -> DnsCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DnsCounts {
+            answers: self
+                .by_rcode()
+                .into_iter()
+                .map(|(r, a)| (r, get(a)))
+                .collect(),
+            forwarded: get(&self.forwarded),
+            forward_failures: get(&self.forward_failures),
+            dropped: get(&self.dropped) + get(&self.rate_dropped),
+        }
+    }
+
     pub fn write(&self, page: &mut Page) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let name = "ambassador_dns_answers_total";
@@ -87,14 +129,7 @@ impl DnsStats {
             Kind::Counter,
             "DNS answers the responder sent, by response code (forwarded answers are not counted here).",
         );
-        for (rcode, a) in [
-            ("NOERROR", &self.noerror),
-            ("NXDOMAIN", &self.nxdomain),
-            ("REFUSED", &self.refused),
-            ("FORMERR", &self.formerr),
-            ("SERVFAIL", &self.servfail),
-            ("other", &self.other),
-        ] {
+        for (rcode, a) in self.by_rcode() {
             f.sample(name, &[("rcode", rcode)], get(a));
         }
         page.single(

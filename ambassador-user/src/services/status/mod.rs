@@ -8,6 +8,7 @@ use serde::Serialize;
 use ambassador_common::{source, suspicion, DaemonInfo, ServiceStats, Suspect};
 
 mod metrics;
+pub mod page;
 mod xdp;
 pub use metrics::write_metrics;
 pub use xdp::{XdpInterface, XdpStatus};
