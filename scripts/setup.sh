@@ -29,7 +29,8 @@ APT_PACKAGES=(
   redis-server                                         # the database the migration testbed moves
   bind9-dnsutils dnsmasq-base dnsperf                  # dig; a resolver in front of the responder and its bench peer; the DNS load generator
   netsniff-ng                                          # trafgen: frames from an AF_PACKET ring
-  curl chromium                                        # clients outside the fleet: through the SOCKS5 door, as a person's browser
+  curl chromium                                        # clients outside the fleet: through the SOCKS5 door, as a person's browser; the status page
+  prometheus                                           # the dashboard and alert rules, evaluated by a real Prometheus; promtool
   dante-server microsocks                              # the SOCKS5 door's bench peers
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
   qemu-system-x86 mmdebstrap                           # the kernel matrix: VMs (QEMU) on an image made from Debian's packages
@@ -50,7 +51,17 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 apt_install() {
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages with a service (prometheus, dockerd, etcd) must not start it: the tests start
+  # their own, inside namespaces, and nothing may listen for the whole world. A policy that
+  # denies starts is put in place for the install unless the machine has its own.
+  local policy=/usr/sbin/policy-rc.d own=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  [ "$own" -eq 0 ] || rm -f "$policy"
+  return "$rc"
 }
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "install packages (${missing[*]})"

@@ -4,6 +4,7 @@
 
 pub mod image;
 pub mod metrics;
+pub mod prometheus;
 pub mod scenario;
 pub mod testbed;
 pub mod traffic;

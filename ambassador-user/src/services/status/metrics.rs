@@ -12,7 +12,7 @@ fn flag(v: bool) -> Option<f64> {
 }
 
 /// The single-valued metrics, in the page's order.
-const SINGLES: [Single; 14] = [
+const SINGLES: [Single; 15] = [
     (
         "ambassador_daemon_running",
         Kind::Gauge,
@@ -20,10 +20,16 @@ const SINGLES: [Single; 14] = [
         |s| flag(s.control_plane.daemon_running),
     ),
     (
+        "ambassador_ready",
+        Kind::Gauge,
+        "1 while the daemon runs and has applied a desired state to the maps (the alert rules' AmbassadorNotReady).",
+        |s| flag(s.control_plane.daemon_running && s.control_plane.applied_age_ms.is_some()),
+    ),
+    (
         "ambassador_etcd_connected",
         Kind::Gauge,
-        "Whether the etcd watch is established (0 while etcd is unreachable: forwarding goes on with the last state).",
-        |s| flag(s.control_plane.etcd_connected),
+        "Whether the etcd watch is established (0 while etcd is unreachable: forwarding goes on with the last state). Only with etcd as the source.",
+        |s| flag(s.control_plane.etcd_connected).filter(|_| s.control_plane.source == "etcd"),
     ),
     (
         "ambassador_etcd_state_seconds",
