@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod monitor;
 pub mod xdp;
 
 pub mod map_names;
@@ -480,6 +481,7 @@ mod pod {
     unsafe impl<A: Addr> aya::Pod for SockNat<A> {}
     unsafe impl aya::Pod for Suspect {}
     unsafe impl aya::Pod for HealthEvent {}
+    unsafe impl aya::Pod for monitor::FlowEvent {}
 }
 
 #[cfg(test)]

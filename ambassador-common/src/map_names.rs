@@ -46,8 +46,14 @@ pub const HEALTH_EVENTS: &str = "amb_health_v1";
 pub const XDP_TARGETS: &str = "amb_xdptgt_v1";
 /// Per-CPU counters of the `xdp` datapath's forwarding, indexed by [`crate::xdp::Forward`].
 pub const XDP_FORWARD: &str = "amb_xdpfwd_v1";
+/// Ring buffer of flow events ([`crate::monitor::FlowEvent`]) for `ambassador monitor`.
+pub const EVENTS: &str = "amb_events_v1";
+/// One `u32`: 1 while a monitor listens (the datapath writes flow events only then).
+pub const MONITOR: &str = "amb_monitor_v1";
+/// Per-CPU count of flow events lost because the ring buffer was full.
+pub const EVENTS_LOST: &str = "amb_evlost_v1";
 /// Every map, in a stable order (for status, uninstall and tests).
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 24] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -69,6 +75,9 @@ pub const ALL: [&str; 21] = [
     SOCK_REVERSE6,
     XDP_TARGETS,
     XDP_FORWARD,
+    EVENTS,
+    MONITOR,
+    EVENTS_LOST,
 ];
 /// The socket datapath's maps (sized by whether `sock` runs, not by the capacity flags).
 pub const SOCK: [&str; 4] = [SOCK_FORWARD, SOCK_REVERSE, SOCK_FORWARD6, SOCK_REVERSE6];

@@ -59,6 +59,8 @@ pub trait Family: Addr {
     fn shown(self) -> Self::Shown;
     /// Whether two addresses are equal (word by word: BPF has no `memcmp`).
     fn same(self, other: Self) -> bool;
+    /// The address as 16 network-order bytes (IPv4 in the first 4), and its family (4 or 6).
+    fn octets(self) -> ([u8; 16], u8);
     /// Writes `new` over the address `old` at `off` (SADDR_OFF or DADDR_OFF), with the L4
     /// checksum at `csum_off` (`l4_flags`: extra flags of its update) and any header checksum
     /// kept correct.
@@ -116,6 +118,12 @@ impl Family for u32 {
     }
     fn same(self, other: u32) -> bool {
         self == other
+    }
+    #[inline(always)]
+    fn octets(self) -> ([u8; 16], u8) {
+        let mut o = [0; 16];
+        o[..4].copy_from_slice(&self.to_ne_bytes());
+        (o, 4)
     }
 
     #[inline(always)]
@@ -195,6 +203,10 @@ impl Family for [u8; 16] {
     }
     fn shown(self) -> [u8; 16] {
         self
+    }
+    #[inline(always)]
+    fn octets(self) -> ([u8; 16], u8) {
+        (self, 6)
     }
     #[inline(always)]
     fn same(self, other: [u8; 16]) -> bool {

@@ -4,7 +4,7 @@
 //! checksums updated here: a frame at XDP comes straight from the wire, its checksums
 //! complete).
 
-use ambassador_common::csum;
+use ambassador_common::{csum, monitor::datapath};
 use aya_ebpf::{
     bindings::BPF_F_MARK_MANGLED_0,
     programs::{TcContext, XdpContext},
@@ -16,6 +16,13 @@ const CSUM_SIZE: u64 = 0xf;
 
 /// A frame at a hook.
 pub trait Frame: EbpfContext {
+    /// The datapath this kind of frame belongs to (`ambassador_common::monitor::datapath`).
+    const DATAPATH: u8;
+    /// [`Frame::DATAPATH`] of this frame.
+    #[inline(always)]
+    fn datapath(&self) -> u8 {
+        Self::DATAPATH
+    }
     /// Start of the packet's directly accessible bytes.
     fn data(&self) -> usize;
     /// End of them.
@@ -32,6 +39,7 @@ pub trait Frame: EbpfContext {
 }
 
 impl Frame for TcContext {
+    const DATAPATH: u8 = datapath::TC;
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)
@@ -55,6 +63,7 @@ impl Frame for TcContext {
 }
 
 impl Frame for XdpContext {
+    const DATAPATH: u8 = datapath::XDP;
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)

@@ -13,6 +13,7 @@ mod health;
 mod icmp;
 mod lb;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod scratch;

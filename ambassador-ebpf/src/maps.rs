@@ -109,6 +109,18 @@ pub static SUSPECTS: HashMap<u32, Suspect> = HashMap::pinned(limits::DEFAULT_BAC
 #[map(name = "amb_health_v1")]
 pub static HEALTH_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
 
+/// Flow events for `ambassador monitor`, written only while [`MONITOR`] is on.
+#[map(name = "amb_events_v1")]
+pub static EVENTS: RingBuf = RingBuf::pinned(ambassador_common::monitor::RING_BYTES, 0);
+
+/// The monitor switch: entry 0 is 1 while a monitor listens (the daemon sets it).
+#[map(name = "amb_monitor_v1")]
+pub static MONITOR: Array<u32> = Array::pinned(1, 0);
+
+/// Flow events lost because [`EVENTS`] was full.
+#[map(name = "amb_evlost_v1")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
 /// interface index -> `ambassador_common::xdp::target` flags, kept by the daemon: which
 /// interfaces the XDP program may redirect to.
 #[map(name = "amb_xdptgt_v1")]

@@ -2,7 +2,7 @@
 //! backend from the connection table, or a new one from the load balancer), and backend ->
 //! frontend on replies; and the rewrite both use.
 
-use ambassador_common::{proto, CtEntry, Reason, CT_CLOSING, CT_REPLIED};
+use ambassador_common::{monitor::kind, proto, CtEntry, Reason, CT_CLOSING, CT_REPLIED};
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, helpers::bpf_ktime_get_ns, programs::TcContext};
 // Debug output exists only under `ambassador run --debug-datapath`: otherwise the loader sets
 // AYA_LOG_LEVEL to 0, a constant the verifier sees, and these calls are removed as dead code.
@@ -12,7 +12,7 @@ use crate::{
     conntrack,
     family::{per_family, Family},
     frame::Frame,
-    health, icmp, lb,
+    health, icmp, lb, monitor,
     parse::{self, IpPacket, L4, L4_DPORT, L4_SPORT},
     scratch::{EGRESS, INGRESS},
     stats,
@@ -70,6 +70,15 @@ pub fn dnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
         _ => s.drops += 1,
     });
     if !matches!(verdict, Reason::Forwarded) {
+        let about = monitor::About {
+            kind: kind::DROP,
+            datapath: ctx.datapath(),
+            reason: verdict,
+            service_id: svc.service_id,
+            backend_id: 0,
+            backend: (ip.daddr_be, 0),
+        };
+        monitor::frame(&about, ip, &l4);
         debug!(
             ctx,
             "drop {}: {:i}:{} -> {:i}:{} proto {} (service {})",
@@ -126,6 +135,15 @@ fn forward<A: Family>(
                 return Reason::CtInsertFailed;
             }
             stats::with_service(service_id, |s| s.new_flows += 1);
+            let about = monitor::About {
+                kind: kind::FLOW,
+                datapath: ctx.datapath(),
+                reason: Reason::Forwarded,
+                service_id,
+                backend_id,
+                backend: (backend.addr_be, backend.port_be),
+            };
+            monitor::frame(&about, ip, l4);
             debug!(
                 ctx,
                 "new flow {:i}:{} -> {:i}:{} proto {}: service {} backend {} {:i}:{}",
@@ -192,6 +210,16 @@ pub fn rnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
         } else if l4.tcp_flags & parse::TCP_RST != 0
             && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() })
         {
+            let about = monitor::About {
+                kind: kind::FAILOVER,
+                datapath: ctx.datapath(),
+                reason: Reason::Failover,
+                service_id: rev.service_id,
+                backend_id: rev.backend_id,
+                backend: (ip.saddr_be, l4.sport_be),
+            };
+            let client = (ip.daddr_be, l4.dport_be);
+            monitor::flow(&about, client, (rev.vip_be, rev.vport_be), ip.proto);
             debug!(
                 ctx,
                 "backend {:i}:{} refused {:i}:{}: flow re-pointed, RST withheld",

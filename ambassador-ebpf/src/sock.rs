@@ -11,7 +11,10 @@
 //! (`::ffff:10.96.0.1`, what dual-stack runtimes do for an IPv4 name) is an IPv4 translation:
 //! the kernel sends IPv4 packets for it and the `*4` hooks never see it.
 
-use ambassador_common::{proto, Backend, Reason, SockKey, SockNat, SOCK_CONNECTED};
+use ambassador_common::{
+    monitor::{datapath, kind},
+    proto, Backend, Reason, SockKey, SockNat, SOCK_CONNECTED,
+};
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
@@ -22,7 +25,7 @@ use aya_log_ebpf::debug;
 
 use crate::{
     family::{self, Family},
-    lb, stats,
+    lb, monitor, stats,
 };
 
 /// Return value of a cgroup socket program: let the call go on.
@@ -270,6 +273,15 @@ fn translate<A: Family>(
         }
     });
     if new_flow {
+        let about = monitor::About {
+            kind: kind::FLOW,
+            datapath: datapath::SOCK,
+            reason: Reason::Forwarded,
+            service_id: svc.service_id,
+            backend_id,
+            backend: (backend.addr_be, backend.port_be),
+        };
+        monitor::socket(&about, (vip_be, port_be), proto, cookie);
         debug!(
             ctx,
             "sock {}: {:i}:{} proto {}: service {} backend {} {:i}:{}",

@@ -5,7 +5,7 @@ use ambassador_user::{
     commands::{
         auth,
         cli::{Cli, Command},
-        ctl, daemon,
+        ctl, daemon, monitor,
         register::{self, RegisterConfig},
         socks,
     },
@@ -100,6 +100,7 @@ fn main() -> ExitCode {
                 );
             }
         }),
+        Command::Monitor(args) => monitor::run(args),
         Command::Service(cmd) => block_on(ctl::service(cmd)),
         Command::Endpoint(cmd) => block_on(ctl::endpoint(cmd)),
         Command::Vip(cmd) => block_on(ctl::vip(cmd)),

@@ -381,3 +381,127 @@ fn prometheus_evaluates_the_dashboard_and_the_alert_rules_against_a_daemon_under
         .collect();
     assert!(others.is_empty(), "{others:?}");
 }
+
+/// The events one monitor printed as JSON lines (other lines, its own log, left out).
+fn events(monitor: &Daemon) -> Vec<serde_json::Value> {
+    monitor
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+/// `ambassador monitor`, from other processes: every flow the `tc` datapath translates (client,
+/// frontend, backend, service), the backend killed turning suspect, the flows re-pointed away
+/// from it, a reload applied; a filtered monitor prints only what it asked for, as text; and
+/// the datapath's events stop when the monitors go.
+#[test]
+fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process() {
+    if !require_root(
+        "the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process",
+    ) {
+        return;
+    }
+    let topo = Topology::new(2);
+    let (b1, b2) = (
+        Topology::backend_addr(1, 8080),
+        Topology::backend_addr(2, 8080),
+    );
+    let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
+    let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
+    let pin = PinDir::new();
+    let cfg = TempFile::new(&format!(
+        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
+    ));
+    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
+    d.wait_ready();
+    let pin_arg = pin.path.to_str().unwrap();
+    let mut all = Daemon::start(&topo.fwd, &["monitor", "--pin-path", pin_arg, "--json"]);
+    let mut only = Daemon::start(
+        &topo.fwd,
+        &[
+            "monitor",
+            "--pin-path",
+            pin_arg,
+            "--kind",
+            "flow",
+            "--client",
+            "10.200.0.2",
+            "--backend",
+            &b2,
+        ],
+    );
+    d.wait_log("flow events are on", Duration::from_secs(5));
+
+    let load = Load::start(&topo.client);
+    let flow_to = |who: &str| {
+        events(&all).iter().any(|e| {
+            e["kind"] == "flow"
+                && e["datapath"] == "tc"
+                && e["proto"] == "tcp"
+                && e["service"] == "web"
+                && e["frontend"] == VIP
+                && e["backend"] == who
+                && e["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("10.200.0.2:"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || flow_to(&b1) && flow_to(&b2)),
+        "no flow to each backend in the monitor's events:\n{}",
+        all.log()
+    );
+
+    // b1's process is killed: suspect, and new flows re-pointed from it.
+    s1.take();
+    let seen = |kind: &str| {
+        events(&all)
+            .iter()
+            .any(|e| e["kind"] == kind && e["backend"] == b1.as_str() && e["service"] == "web")
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || seen("suspect")
+            && seen("failover")),
+        "no suspect and failover events for b1:\n{}",
+        all.log()
+    );
+    // A reload, applied.
+    d.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || events(&all)
+            .iter()
+            .any(
+                |e| e["kind"] == "applied" && e["reason"] == "configuration reloaded"
+            )),
+        "{}",
+        all.log()
+    );
+
+    // The filtered monitor printed text, and only flows of that client to b2.
+    assert!(
+        wait_until(Duration::from_secs(10), || only.log().lines().count() >= 5),
+        "{}",
+        only.log()
+    );
+    let text = only.log();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 5, "{text}");
+    for line in &lines {
+        assert!(
+            line.starts_with("flow      tc tcp 10.200.0.2:")
+                && line.ends_with(&format!(" -> {VIP} -> {b2} (web)")),
+            "{line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || load.answered() > 50),
+        "the traffic stopped"
+    );
+
+    // The monitors go: the datapath's events stop.
+    all.kill();
+    only.kill();
+    d.wait_log("flow events are off", Duration::from_secs(10));
+}

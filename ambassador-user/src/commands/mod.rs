@@ -5,5 +5,6 @@ pub mod auth;
 pub mod cli;
 pub mod ctl;
 pub mod daemon;
+pub mod monitor;
 pub mod register;
 pub mod socks;

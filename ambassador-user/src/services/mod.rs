@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod heartbeat;
 pub mod metrics;
+pub mod monitor;
 pub mod socks;
 pub mod status;
 pub mod web;

@@ -33,6 +33,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show services, backends, flows, counters and the control plane, from the pinned maps.
     Status(StatusArgs),
+    /// Stream what a running daemon sees: flows translated, failovers, drops, backends
+    /// turning suspect and answering again, changes applied.
+    Monitor(MonitorArgs),
     /// Define, show and remove services (frontends) in etcd.
     #[command(subcommand)]
     Service(ServiceCmd),
@@ -87,6 +90,34 @@ pub struct StatusArgs {
     )]
     pub pin_path: PathBuf,
     /// Print JSON for scripts instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ambassador monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Pin directory of the daemon to follow (its events are served beside it, at
+    /// /run/ambassador/<name>.monitor).
+    #[arg(
+        long,
+        env = "AMBASSADOR_PIN_PATH",
+        default_value = crate::datapath::loader::DEFAULT_PIN_DIR
+    )]
+    pub pin_path: PathBuf,
+    /// Only these kinds of event (repeat or comma-separate; all when not given).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kind: Vec<crate::services::monitor::Kind>,
+    /// Only events of these services (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub service: Vec<String>,
+    /// Only events of this backend: IP or IP:PORT.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Only flows of this client: IP or IP:PORT.
+    #[arg(long)]
+    pub client: Option<String>,
+    /// Print one JSON object a line instead of text.
     #[arg(long)]
     pub json: bool,
 }

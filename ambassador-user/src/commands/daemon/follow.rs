@@ -1,7 +1,7 @@
 //! What the daemon follows in the kernel: backend health transitions the datapath reports,
 //! sockets whose backend went, and the programs' debug records.
 
-use ambassador_common::{suspicion, HealthEvent};
+use ambassador_common::{monitor::FlowEvent, suspicion, HealthEvent};
 use tracing::{info, warn};
 
 use super::State;
@@ -9,9 +9,36 @@ use crate::{
     core::model::Proto,
     datapath::{loader, sockets},
     error::{Error, Result},
+    services::monitor::{self, Event, Kind},
 };
 
 impl State {
+    /// Turns the datapath's flow events on while a monitor listens, off when none does.
+    pub(super) fn monitor_switch(&mut self, on: bool) {
+        match self.dp.maps.set_monitor(on) {
+            Ok(()) => info!(
+                "monitor {}: the datapath's flow events are {}",
+                if on { "connected" } else { "gone" },
+                if on { "on" } else { "off" }
+            ),
+            Err(e) => warn!("switching the datapath's flow events failed: {e}"),
+        }
+    }
+
+    /// Hands the flow events the datapath wrote to the monitors.
+    pub(super) fn flow_events(&mut self, ring: &mut loader::FlowEvents) {
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the datapath writes whole FlowEvents (checked length; any bit pattern
+            // is a valid value).
+            let r: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let service = self.core.installed.names.get(&r.service_id).cloned();
+            self.monitor.publish(|| monitor::from_datapath(&r, service));
+        }
+    }
+
     /// Logs and counts the backend health transitions the datapath reported.
     pub(super) fn health_events(&mut self, ring: &mut loader::HealthEvents) {
         let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,10 +78,32 @@ impl State {
                         strikes = ev.strikes,
                         "backend {how}: suspect on this host, new flows go to the others; one may try it again in {retry_s} s"
                     );
+                    self.monitor.publish(|| {
+                        let mut e = Event::new(Kind::Suspect);
+                        e.backend = Some(backend.clone());
+                        e.service = Some(service.clone());
+                        e.reason = Some(
+                            if ev.reason == suspicion::REFUSED {
+                                "refused"
+                            } else {
+                                "silent"
+                            }
+                            .to_owned(),
+                        );
+                        e.detail =
+                            Some(format!("{} in a row; next try in {retry_s} s", ev.strikes));
+                        e
+                    });
                 }
                 suspicion::ANSWERED => {
                     t.recovered += 1;
                     info!(%backend, %service, "suspect backend answered a new flow: in use again");
+                    self.monitor.publish(|| {
+                        let mut e = Event::new(Kind::Recovered);
+                        e.backend = Some(backend.clone());
+                        e.service = Some(service.clone());
+                        e
+                    });
                 }
                 _ => {}
             }

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeSet,
-    future::Future,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -11,24 +10,20 @@ use std::{
 };
 
 use ambassador_common::{source, DaemonInfo};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
-    sync::watch,
-    time::{interval, Interval},
-};
 use tracing::{error, info, warn};
 
 mod follow;
+mod life;
 mod telemetry;
+
+pub use life::run;
 
 use follow::follow_kernel_log;
 use telemetry::{render_metrics, status_view, Telemetry};
 
 use crate::{
-    control::etcd::{self, EtcdOptions, Snapshot},
+    control::etcd::{EtcdOptions, Snapshot},
     core::{
-        config,
         model::Desired,
         pipeline::Pipeline,
         policy::BackendPolicy,
@@ -38,9 +33,10 @@ use crate::{
         gc::{self, Timeouts},
         loader,
     },
-    error::{Error, Result},
+    error::Result,
     services::{
-        heartbeat::{self, unix_ms},
+        heartbeat::unix_ms,
+        monitor::{Event, Hub, Kind},
         status::page,
         web::{self, Site},
     },
@@ -101,6 +97,8 @@ struct State {
     destroy_refused: bool,
     /// The DNS responder, answering from what was last applied.
     dns: Option<crate::services::dns::Responder>,
+    /// Events for `ambassador monitor`.
+    monitor: Hub,
 }
 
 impl State {
@@ -128,6 +126,12 @@ impl State {
                 }
                 let (desired, changes) = (&applied.desired, applied.changes);
                 info!(services = desired.len(), changes, "{why}");
+                self.monitor.publish(|| {
+                    let mut e = Event::new(Kind::Applied);
+                    e.reason = Some(why.to_owned());
+                    e.detail = Some(format!("{} services, {changes} changes", desired.len()));
+                    e
+                });
                 let serial = t.applies as u32;
                 drop(t);
                 if let Some(dns) = &self.dns {
@@ -138,7 +142,13 @@ impl State {
             }
             Err(e) => {
                 t.apply_failures += 1;
-                error!("{why}: applying failed, the maps keep what was applied before: {e}")
+                error!("{why}: applying failed, the maps keep what was applied before: {e}");
+                self.monitor.publish(|| {
+                    let mut e2 = Event::new(Kind::Applied);
+                    e2.reason = Some(format!("{why}: FAILED"));
+                    e2.detail = Some(e.to_string());
+                    e2
+                });
             }
         }
     }
@@ -213,6 +223,7 @@ impl State {
             telemetry: Arc::default(),
             destroy_refused: false,
             dns,
+            monitor: Hub::default(),
         })
     }
 
@@ -268,137 +279,6 @@ impl State {
     }
 }
 
-/// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives).
-///
-/// With a file, SIGHUP re-reads it: a bad file is reported and the running state stays. With
-/// etcd, the state follows etcd; while etcd is unreachable the last applied state stays in
-/// force (also across a restart: the pinned maps keep it).
-pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    // Validate everything before touching the kernel.
-    let initial = match &cfg.source {
-        Source::File(path) => Some(config::load(path)?),
-        Source::Etcd(_) => None,
-    };
-    let mut signals = Signals::install()?;
-
-    // The responder binds its addresses before the kernel is touched: a bad address fails
-    // the start with nothing changed.
-    let dns = match &cfg.dns {
-        Some(d) => Some(crate::services::dns::Responder::start(d.clone()).await?),
-        None => None,
-    };
-    let mut state = State::start(&cfg, dns)?;
-    if let Some(desired) = &initial {
-        state.apply(desired, "configuration applied", None);
-    }
-    state.write_info();
-    let metrics = serve_metrics(&cfg, &state).await?;
-    let (follower, mut rx) = follow(&cfg.source);
-    info!(pin_dir = %cfg.pin_dir.display(), "ready");
-
-    let mut ticks = Ticks::new(&cfg);
-    let link_events = if state.dp.has_bridges() {
-        link_events()
-    } else {
-        None
-    };
-    let mut health = state.dp.health_events.take().and_then(readable);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = signals.term.recv() => { info!("SIGTERM: stopping"); break }
-            _ = signals.int.recv() => { info!("SIGINT: stopping"); break }
-            changed = rx.changed(), if follower.is_some() => {
-                if changed.is_err() {
-                    error!("the etcd follower stopped");
-                    break;
-                }
-                let snap = rx.borrow_and_update().clone();
-                state.follow_etcd(&snap);
-            }
-            _ = signals.hup.recv() => match &cfg.source {
-                Source::File(path) => match config::load(path) {
-                    Ok(desired) => state.apply(&desired, "configuration reloaded", None),
-                    Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
-                },
-                Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
-            },
-            _ = ticks.gc.tick() => state.collect_garbage(&cfg.timeouts),
-            _ = ticks.heartbeat.tick() => state.write_info(),
-            _ = ticks.ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
-            _ = ticks.routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
-            _ = ticks.xdp_targets.tick(), if state.dp.has_xdp() => state.dp.sync_xdp_targets(),
-            ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
-                if let Ok(mut guard) = ready {
-                    state.health_events(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-            }
-            ready = async { link_events.as_ref().expect("guarded").readable().await }, if link_events.is_some() => {
-                if let Ok(mut guard) = ready {
-                    if guard.get_inner().drain() {
-                        state.dp.sync_bridge_ports();
-                    }
-                    guard.clear_ready();
-                }
-            }
-        }
-    }
-    for task in [follower, metrics].into_iter().flatten() {
-        task.abort();
-    }
-    state.stop(cfg.grace);
-    Ok(())
-}
-
-/// The daemon's periodic work.
-struct Ticks {
-    /// Flow expiry (`--gc-interval`).
-    gc: Interval,
-    /// The record `status` reads (the heartbeat).
-    heartbeat: Interval,
-    /// Bridge ports come and go with containers: a link event attaches a new port at once;
-    /// this sweep is the safety net (a lost event, an overflowing socket).
-    ports: Interval,
-    /// Routes to the backends change too (a subnet moves to another link).
-    routes: Interval,
-    /// Which interfaces take redirected XDP frames changes with a peer's GRO or XDP program.
-    xdp_targets: Interval,
-}
-
-impl Ticks {
-    fn new(cfg: &RunConfig) -> Self {
-        Self {
-            gc: interval(cfg.gc_interval),
-            heartbeat: interval(heartbeat::INTERVAL),
-            ports: interval(Duration::from_secs(1)),
-            routes: interval(Duration::from_secs(5)),
-            xdp_targets: interval(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// The signals the daemon answers: SIGHUP re-reads a file, SIGTERM and SIGINT stop it.
-struct Signals {
-    hup: Signal,
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self> {
-        let install = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(Error::io(format!("installing the {name} handler")))
-        };
-        Ok(Self {
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-}
-
 /// The metrics page and the status page, when `--metrics-addr` asks for them.
 async fn serve_metrics(
     cfg: &RunConfig,
@@ -425,51 +305,4 @@ async fn serve_metrics(
         .fixed("/page.js", "text/javascript; charset=utf-8", page::SCRIPT)
         .fixed("/page.css", "text/css; charset=utf-8", page::STYLE);
     Ok(Some(web::serve(addr, site).await?.1))
-}
-
-/// The datapath's backend health events as something the loop can wait on.
-fn readable(ring: loader::HealthEvents) -> Option<AsyncFd<loader::HealthEvents>> {
-    // SAFETY: the ring buffer owns its map's fd and never replaces or closes it while it
-    // lives; the AsyncFd owns the ring buffer.
-    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| warn!("backend health events will not be logged: {e}"))
-        .ok()
-}
-
-/// Follows the source of truth: a watch of etcd's desired state (none for a file, which is
-/// read at start and on SIGHUP).
-fn follow(
-    source: &Source,
-) -> (
-    Option<tokio::task::JoinHandle<()>>,
-    watch::Receiver<Snapshot>,
-) {
-    let (tx, rx) = watch::channel(Snapshot::default());
-    let follower = match source {
-        Source::Etcd(opts) => {
-            info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "following etcd");
-            Some(tokio::spawn(etcd::follow(opts.clone(), tx)))
-        }
-        Source::File(_) => None,
-    };
-    (follower, rx)
-}
-
-/// Link events of this namespace, ready for `select!`; `None` (with a warning) where they are
-/// unavailable, leaving the periodic sweep alone to follow bridge ports.
-fn link_events() -> Option<tokio::io::unix::AsyncFd<crate::datapath::netlink::LinkEvents>> {
-    let registered = crate::datapath::netlink::LinkEvents::subscribe().and_then(|events| {
-        // SAFETY: LinkEvents owns its descriptor and always returns that same one.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| std::io::Error::other(e.to_string()))
-    });
-    match registered {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            warn!("link events unavailable ({e}); bridge ports are followed every second");
-            None
-        }
-    }
 }

@@ -124,10 +124,15 @@ pub struct Datapath {
     pub kernel_log: Option<KernelLog>,
     /// Backend health transitions the datapath reports: taken by whoever polls them.
     pub health_events: Option<HealthEvents>,
+    /// Flow events for `ambassador monitor`: taken by whoever polls them.
+    pub flow_events: Option<FlowEvents>,
 }
 
 /// The ring buffer of backend health transitions (`ambassador_common::HealthEvent`).
 pub type HealthEvents = aya::maps::RingBuf<aya::maps::MapData>;
+
+/// The ring buffer of flow events (`ambassador_common::monitor::FlowEvent`).
+pub type FlowEvents = aya::maps::RingBuf<aya::maps::MapData>;
 
 /// Reads the datapath's aya-log ring buffer (`ambassador run --debug-datapath`).
 pub type KernelLog = aya_log::EbpfLogger<ToTracing>;
@@ -368,7 +373,8 @@ pub fn start(
     } else {
         None
     };
-    let health_events = take_health_events(&mut ebpf)?;
+    let health_events = take_ring(&mut ebpf, map_names::HEALTH_EVENTS)?;
+    let flow_events = take_ring(&mut ebpf, map_names::EVENTS)?;
     let links_dir = pin_dir.join("links");
     if tcx || cgroup.is_some() || xdp {
         std::fs::create_dir_all(&links_dir)
@@ -393,6 +399,7 @@ pub fn start(
         xdp: xdp.then(|| (targets.xdp_attach, BTreeMap::new())),
         kernel_log,
         health_events,
+        flow_events,
     };
     for iface in ifaces {
         dp.attach(iface)?;
@@ -416,13 +423,16 @@ pub fn start(
     Ok(dp)
 }
 
-/// The ring buffer of backend health events, when the object has one.
-fn take_health_events(ebpf: &mut Ebpf) -> Result<Option<HealthEvents>> {
-    let Some(map) = ebpf.take_map(map_names::HEALTH_EVENTS) else {
+/// The ring buffer `name`, when the object has one.
+fn take_ring(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+    let Some(map) = ebpf.take_map(name) else {
         return Ok(None);
     };
-    let ring = HealthEvents::try_from(map).map_err(|source| Error::Map {
-        name: map_names::HEALTH_EVENTS,
+    let ring = aya::maps::RingBuf::try_from(map).map_err(|source| Error::Map {
+        name,
         what: "unexpected map type".into(),
         source,
     })?;

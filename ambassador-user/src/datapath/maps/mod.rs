@@ -15,10 +15,12 @@ use aya::{
 };
 
 mod family;
+mod monitor;
 mod xdp;
 
 use family::{service_key, v4, FamilyMaps};
 pub use family::{Flow, SockEntry};
+use monitor::MonitorMaps;
 use xdp::XdpMaps;
 
 use crate::{
@@ -46,6 +48,8 @@ pub struct Maps {
     suspects: HashMap<MapData, u32, Suspect>,
     /// The `xdp` datapath's maps; `None` when opening the pins of a daemon from before them.
     xdp: Option<XdpMaps>,
+    /// The monitor's switch and loss count; `None` likewise.
+    monitor: Option<MonitorMaps>,
 }
 
 fn map_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Error {
@@ -125,6 +129,7 @@ impl Maps {
             // Missing only from an older daemon's pins: a permission or type problem has
             // already failed one of the maps above.
             xdp: XdpMaps::build(&mut take).ok(),
+            monitor: MonitorMaps::build(&mut take).ok(),
         })
     }
 
