@@ -233,6 +233,10 @@ mod tests {
                 "--host",
                 "--address",
                 "--service",
+                // `monitor`'s filters.
+                "--kind",
+                "--backend",
+                "--client",
             ]
             .iter()
             .any(|f| m.ends_with(f))
