@@ -1720,6 +1720,26 @@ pub fn curl_socks(ns: &NetNs, door: &str, url: &str, extra: &[&str]) -> (i32, St
     (out.status.code().unwrap_or(-1), body)
 }
 
+/// `ambassador monitor --pin-path PIN --json EXTRA...` in `ns`, started once `daemon` (the one
+/// whose maps are pinned there) has turned its datapath's flow events on for it.
+pub fn monitor(ns: &NetNs, daemon: &mut Daemon, pin: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec!["monitor", "--pin-path", pin.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let m = Daemon::start(ns, &args);
+    daemon.wait_log("flow events are on", Duration::from_secs(5));
+    m
+}
+
+/// The events a `monitor --json` printed (its own log lines left out).
+pub fn monitor_events(monitor: &Daemon) -> Vec<serde_json::Value> {
+    monitor
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(serde_json::Value::is_object)
+        .collect()
+}
+
 /// Debian's Chromium, headless, in `ns` with `--proxy-server=socks5://DOOR` (Chromium sends
 /// every name to a SOCKS5 proxy): loads `url`, saves a screenshot at `screenshot`, and
 /// returns the page's DOM as Chromium built it.

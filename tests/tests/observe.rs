@@ -382,16 +382,6 @@ fn prometheus_evaluates_the_dashboard_and_the_alert_rules_against_a_daemon_under
     assert!(others.is_empty(), "{others:?}");
 }
 
-/// The events one monitor printed as JSON lines (other lines, its own log, left out).
-fn events(monitor: &Daemon) -> Vec<serde_json::Value> {
-    monitor
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.is_object())
-        .collect()
-}
-
 /// `ambassador monitor`, from other processes: every flow the `tc` datapath translates (client,
 /// frontend, backend, service), the backend killed turning suspect, the flows re-pointed away
 /// from it, a reload applied; a filtered monitor prints only what it asked for, as text; and
@@ -417,7 +407,7 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
     let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
     d.wait_ready();
     let pin_arg = pin.path.to_str().unwrap();
-    let mut all = Daemon::start(&topo.fwd, &["monitor", "--pin-path", pin_arg, "--json"]);
+    let mut all = monitor(&topo.fwd, &mut d, &pin.path, &[]);
     let mut only = Daemon::start(
         &topo.fwd,
         &[
@@ -432,11 +422,10 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
             &b2,
         ],
     );
-    d.wait_log("flow events are on", Duration::from_secs(5));
 
     let load = Load::start(&topo.client);
     let flow_to = |who: &str| {
-        events(&all).iter().any(|e| {
+        monitor_events(&all).iter().any(|e| {
             e["kind"] == "flow"
                 && e["datapath"] == "tc"
                 && e["proto"] == "tcp"
@@ -457,7 +446,7 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
     // b1's process is killed: suspect, and new flows re-pointed from it.
     s1.take();
     let seen = |kind: &str| {
-        events(&all)
+        monitor_events(&all)
             .iter()
             .any(|e| e["kind"] == kind && e["backend"] == b1.as_str() && e["service"] == "web")
     };
@@ -470,11 +459,9 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
     // A reload, applied.
     d.signal(libc::SIGHUP);
     assert!(
-        wait_until(Duration::from_secs(10), || events(&all)
-            .iter()
-            .any(
-                |e| e["kind"] == "applied" && e["reason"] == "configuration reloaded"
-            )),
+        wait_until(Duration::from_secs(10), || monitor_events(&all).iter().any(
+            |e| e["kind"] == "applied" && e["reason"] == "configuration reloaded"
+        )),
         "{}",
         all.log()
     );

@@ -137,7 +137,8 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
     let cg = Cgroup::new();
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(&[1, 2]));
-    let _d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
+    let mut d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
+    let flows = monitor(&topo.fwd, &mut d, &pin.path, &["--service", "http"]);
 
     // curl: the page through the frontend; its peer (getpeername) is the frontend.
     let out = cg.run(
@@ -156,6 +157,28 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
     assert!(out.status.success(), "curl: {text}{:?}", out.stderr);
     assert!(text.contains("hello from b1"), "{text}");
     assert!(text.contains(&format!("peer {VIP_HTTP}")), "{text}");
+    // `ambassador monitor` saw the connection translated by `sock`, with the socket's cookie.
+    let seen = || {
+        monitor_events(&flows).into_iter().find(|e| {
+            e["kind"] == "flow"
+                && e["datapath"] == "sock"
+                && e["service"] == "http"
+                && e["frontend"] == VIP_HTTP
+                && e["backend"] == Topology::backend_addr(1, 8081).as_str()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || seen().is_some()),
+        "{}",
+        flows.log()
+    );
+    assert!(
+        seen().unwrap()["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("socket cookie ")),
+        "{}",
+        flows.log()
+    );
 
     // redis-cli: a real protocol client through the frontend.
     let (host, port) = VIP_REDIS.split_once(':').unwrap();

@@ -160,7 +160,8 @@ fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
     let u = [1, 2].map(|i| UdpServer::start(&topo.backends[i - 1], &b(i, 5353), &format!("b{i}")));
     let pin = PinDir::new();
     let cfg = TempFile::new(&config());
-    let d = run_xdp(&topo, &pin, &cfg);
+    let mut d = run_xdp(&topo, &pin, &cfg);
+    let flows = monitor(&topo.fwd, &mut d, &pin.path, &["--kind", "flow"]);
     // The client-facing interface, and the two towards the backends, found from the routes.
     let datapaths = |st: &serde_json::Value| -> Vec<String> {
         st["control_plane"]["datapaths"]
@@ -203,6 +204,19 @@ fn xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack() {
         .find(|s| s["name"] == "web")
         .unwrap()["counters"];
     assert_eq!(web["new_flows"], 40, "{web}");
+    // `ambassador monitor` saw each of them, translated by `xdp`, once.
+    let web_flows = || {
+        monitor_events(&flows)
+            .iter()
+            .filter(|e| e["service"] == "web" && e["datapath"] == "xdp" && e["proto"] == "tcp")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || web_flows() >= 40),
+        "{}",
+        flows.log()
+    );
+    assert_eq!(web_flows(), 40, "{}", flows.log());
 }
 
 #[test]
