@@ -11,6 +11,7 @@ mod datapath;
 mod dns;
 mod fleet;
 mod ipv6;
+mod monitor;
 mod pps;
 mod scale;
 mod socks;
@@ -72,6 +73,8 @@ pub enum Only {
     /// The SOCKS5 door against dante and microsocks: connections per second, a small
     /// request, one stream's throughput and CPU per GB.
     Socks,
+    /// What `ambassador monitor` costs the datapath per packet (kernel-timed program runs).
+    Monitor,
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
@@ -153,6 +156,13 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         println!("socks: the door against dante and microsocks, interleaved");
         let (md, json) = crate::socks::run(quick)?;
         write(&dir, "socks", &md, &json)?;
+    }
+    if wanted(Only::Monitor) {
+        println!(
+            "monitor: the tc program's time per packet with the monitor off and on, interleaved"
+        );
+        let (md, json) = crate::monitor::run(quick)?;
+        write(&dir, "monitor", &md, &json)?;
     }
     if wanted(Only::Fleet) {
         println!("fleet: simulated hosts (the daemon's and the register's cores) against a 3-member etcd");

@@ -127,7 +127,14 @@ impl std::fmt::Display for Event {
             Kind::Suspect | Kind::Recovered => {
                 write!(f, " {} of {}", or(&self.backend), or(&self.service))?
             }
-            Kind::Applied | Kind::Lost => {}
+            Kind::Applied | Kind::Lost => {
+                let said: Vec<&str> = [&self.reason, &self.detail]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect();
+                return write!(f, " {}", said.join(": "));
+            }
         }
         for v in [&self.reason, &self.detail].into_iter().flatten() {
             write!(f, ": {v}")?;
@@ -221,6 +228,11 @@ impl Hub {
     /// Whether any monitor is connected (the datapath emits flow events only then).
     pub fn is_listening(&self) -> bool {
         self.tx.receiver_count() > 0
+    }
+
+    /// Monitors connected.
+    pub fn monitors(&self) -> usize {
+        self.tx.receiver_count()
     }
 
     /// Changes of [`Hub::is_listening`], for the daemon to switch the datapath's events.
@@ -355,6 +367,13 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "suspect   10.200.1.2:8080 of web: refused: 1 in a row; next try in 1 s"
+        );
+        let mut a = Event::new(Kind::Applied);
+        a.reason = Some("etcd revision 58 applied".into());
+        a.detail = Some("3 services, 2 changes".into());
+        assert_eq!(
+            a.to_string(),
+            "applied   etcd revision 58 applied: 3 services, 2 changes"
         );
         let line = serde_json::to_string(&s).unwrap();
         assert!(line.contains(r#""kind":"suspect""#), "{line}");

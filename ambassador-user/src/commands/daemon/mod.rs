@@ -295,7 +295,8 @@ async fn serve_metrics(
     let (pin2, t2, dns2) = (pin.clone(), t.clone(), dns.clone());
     let view = move || status_view(&pin2, &t2, dns2.as_deref());
     let json = view.clone();
-    let site = Site::metrics(move || render_metrics(&pin, &t, dns.as_deref()))
+    let hub = state.monitor.clone();
+    let site = Site::metrics(move || render_metrics(&pin, &t, dns.as_deref(), &hub))
         .page("/", "text/html; charset=utf-8", move || {
             view().map(|v| page::html(&v))
         })

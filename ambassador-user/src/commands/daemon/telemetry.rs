@@ -8,6 +8,7 @@ use tracing::warn;
 use crate::services::{
     dns::DnsStats,
     metrics::{self, Histogram, Kind, Page},
+    monitor::Hub,
     status::{
         self,
         page::{DaemonFigures, View},
@@ -96,11 +97,14 @@ pub(super) fn render_metrics(
     pin_dir: &Path,
     telemetry: &Mutex<Telemetry>,
     dns: Option<&DnsStats>,
+    monitor: &Hub,
 ) -> String {
     let mut page = Page::default();
+    let mut ring_lost = 0;
     let readable = match status::read(pin_dir) {
         Ok(s) => {
             status::write_metrics(&s, &mut page);
+            ring_lost = s.events_lost;
             true
         }
         Err(e) => {
@@ -137,6 +141,27 @@ pub(super) fn render_metrics(
         "ambassador_backend_suspicions_total",
         &[("reason", "silent")],
         t.suspected_silent as f64,
+    );
+    page.single(
+        "ambassador_monitors",
+        Kind::Gauge,
+        "`ambassador monitor` processes connected (the datapath writes flow events only while one is).",
+        monitor.monitors() as f64,
+    )
+    .family(
+        "ambassador_monitor_events_lost_total",
+        Kind::Counter,
+        "Flow events lost: to a full ring buffer (at=ring), or by a monitor that read too slowly (at=monitor).",
+    )
+    .sample(
+        "ambassador_monitor_events_lost_total",
+        &[("at", "ring")],
+        ring_lost as f64,
+    )
+    .sample(
+        "ambassador_monitor_events_lost_total",
+        &[("at", "monitor")],
+        monitor.lost() as f64,
     );
     if let Some(dns) = dns {
         dns.write(&mut page);

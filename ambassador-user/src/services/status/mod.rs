@@ -106,6 +106,8 @@ pub struct Status {
     pub capacity: CapacityUse,
     /// The `xdp` datapath's forwarding (absent without it).
     pub xdp: Option<XdpStatus>,
+    /// Flow events for `ambassador monitor` lost to a full ring buffer.
+    pub events_lost: u64,
 }
 
 /// One service.
@@ -218,6 +220,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             flows: Use::of(flow_entries, cap.flows),
         },
         xdp: xdp::read(&maps, pin_dir)?,
+        events_lost: maps.events_lost()?,
         control_plane: control_plane(&info, pin_dir),
         reasons: maps.reasons()?,
         flows: live.len() - closing_flows,
@@ -487,5 +490,12 @@ pub fn render(status: &Status) -> String {
         xdp::render(x, &mut out);
     }
     out.push_str(&render_capacity(&status.capacity));
+    if status.events_lost > 0 {
+        let _ = writeln!(
+            out,
+            "monitor: {} flow events lost to a full ring buffer (a monitor reading too slowly)",
+            status.events_lost
+        );
+    }
     out
 }

@@ -290,6 +290,7 @@ mod tests {
                     flows: used(95),
                 },
                 xdp: None,
+                events_lost: 0,
             },
             daemon: DaemonFigures {
                 host: "h1".to_owned(),
