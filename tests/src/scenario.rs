@@ -118,6 +118,9 @@ pub struct Report {
     pub long: Vec<LongLife>,
     /// The hard failure.
     pub hard: Hard,
+    /// What `ambassador monitor`, run by `docker exec` in h1's `run` container during the
+    /// moves, printed: flows, then the changes applied (JSON lines), or why it did not.
+    pub monitor: Result<Vec<String>, String>,
 }
 
 /// A snapshot for a live display.
@@ -320,6 +323,25 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
         backend_in_maps("h2")
     });
 
+    // An operator's view of the same run, as a person would take it: `ambassador monitor` by
+    // `docker exec` into h1's `run` container, until it has seen a few flows and a change.
+    let monitor = ["flow", "applied"].map(|kind| {
+        tb.docker_spawn(
+            "h1",
+            &[
+                "exec",
+                "ambassador-run",
+                "/usr/local/bin/ambassador",
+                "monitor",
+                "--json",
+                "--kind",
+                kind,
+                "--count",
+                "3",
+            ],
+        )
+    });
+
     let mut first = Err(String::new());
     wait(
         &format!("{DB_NAME} answered by the responder"),
@@ -432,6 +454,11 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
     for t in threads {
         let _ = t.join();
     }
+    let monitor = monitor
+        .into_iter()
+        .map(monitor_lines)
+        .collect::<Result<Vec<_>, _>>()
+        .map(|m| m.concat());
     let ttl = Duration::from_secs(tb.ttl as u64);
 
     let samples = shared.samples.lock().unwrap().clone();
@@ -476,6 +503,33 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
             window,
             ttl,
         },
+        monitor,
+    }
+}
+
+/// What one `monitor --count` printed once it ended (killed if it has not within 5 s).
+fn monitor_lines(mut child: std::process::Child) -> Result<Vec<String>, String> {
+    let done = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if out.status.success() {
+        Ok(lines)
+    } else {
+        Err(format!(
+            "monitor {}: {}{}",
+            out.status,
+            lines.join("\n"),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -546,6 +600,18 @@ pub fn render(r: &Report) -> String {
             m.takeover.as_secs_f64() * 1000.0,
             m.drain.as_secs_f64() * 1000.0
         ));
+    }
+    match &r.monitor {
+        Ok(lines) => {
+            out.push_str(&format!(
+                "\n`docker exec ambassador-run ambassador monitor --json` on h1 saw {} events, among them:\n",
+                lines.len()
+            ));
+            for line in lines.iter().take(1).chain(lines.last()) {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        Err(e) => out.push_str(&format!("\nambassador monitor on h1 failed: {e}\n")),
     }
     out.push_str("\nlong-lived connection (one request every 100 ms):\n");
     for l in &r.long {

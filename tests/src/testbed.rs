@@ -131,6 +131,18 @@ impl Testbed {
         }
     }
 
+    /// `docker ARGS` on `host`, started (its output kept for [`std::process::Child::wait_with_output`]).
+    pub fn docker_spawn(&self, host: &str, args: &[&str]) -> std::process::Child {
+        Command::new(DOCKER)
+            .args(["-H", &self.socket(host)])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting docker {args:?} on {host}: {e}"))
+    }
+
     /// `docker ARGS` on `host`, whatever the outcome.
     pub fn docker_try(&self, host: &str, args: &[&str]) -> bool {
         Command::new(DOCKER)

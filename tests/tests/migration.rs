@@ -73,6 +73,28 @@ fn the_database_moves_across_hosts_and_clouds_without_a_failed_request() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An operator saw it happen: `ambassador monitor` in h1's `run` container (docker exec)
+    // printed flows to the database's frontend and changes applied from etcd.
+    let monitor = report.monitor.as_ref().expect("monitor ran");
+    let events: Vec<serde_json::Value> = monitor
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "flow" && e["service"] == "db")
+            .count()
+            >= 3,
+        "{text}"
+    );
+    assert!(
+        events.iter().any(|e| e["kind"] == "applied"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("etcd revision"))),
+        "{text}"
+    );
     assert!(report.hard.failed <= 2, "{text}");
     assert!(report.hard.slowest < Duration::from_secs(3), "{text}");
     assert!(

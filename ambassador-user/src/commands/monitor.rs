@@ -64,7 +64,7 @@ fn same_address(have: &str, want: &str) -> bool {
     have == want || host(have) == want.trim_matches(['[', ']'])
 }
 
-/// Streams the events until the daemon goes (or the output closes).
+/// Streams the events until the daemon goes, the output closes, or `--count` were printed.
 pub fn run(args: MonitorArgs) -> Result<()> {
     let path = monitor::socket_path(&args.pin_path);
     let stream = UnixStream::connect(&path).map_err(|e| {
@@ -81,6 +81,7 @@ pub fn run(args: MonitorArgs) -> Result<()> {
         client: args.client,
     };
     let mut out = std::io::stdout().lock();
+    let mut printed = 0;
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(Error::io("reading the daemon's events"))?;
         let event: Event = match serde_json::from_str(&line) {
@@ -100,6 +101,10 @@ pub fn run(args: MonitorArgs) -> Result<()> {
         };
         if written.and_then(|()| out.flush()).is_err() {
             return Ok(()); // the reader went (`| head`)
+        }
+        printed += 1;
+        if args.count.is_some_and(|n| printed >= n) {
+            return Ok(());
         }
     }
     eprintln!("ambassador: the daemon closed the event stream (it stopped)");

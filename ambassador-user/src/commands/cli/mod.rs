@@ -117,6 +117,9 @@ pub struct MonitorArgs {
     /// Only flows of this client: IP or IP:PORT.
     #[arg(long)]
     pub client: Option<String>,
+    /// Exit after printing this many events (default: follow until the daemon stops).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Print one JSON object a line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +237,7 @@ mod tests {
                 "--address",
                 "--service",
                 // `monitor`'s filters.
+                "--count",
                 "--kind",
                 "--backend",
                 "--client",
