@@ -14,7 +14,7 @@ use ambassador_common::{
 
 use crate::{
     family::Family,
-    health,
+    health, monitor,
     parse::{IpPacket, L4},
     scratch::Scratch,
 };
@@ -57,6 +57,7 @@ pub fn established<A: Family>(
     syn_only: bool,
     closing: bool,
     now: u64,
+    datapath: u8,
 ) -> Option<Result<(A, u16), InsertFailed>> {
     let entry = A::conntrack().get_ptr_mut(&s.key)?;
     if !usable::<A>(entry, syn_only) {
@@ -72,6 +73,15 @@ pub fn established<A: Family>(
             e.created_ns = now;
         } else if now.wrapping_sub(e.created_ns) > SILENT_AFTER_NS {
             health::failed(e.backend_id, e.service_id, suspicion::SILENT, now);
+            monitor::failover(
+                &mut s.event,
+                datapath,
+                (e.service_id, e.backend_id),
+                (&ip.saddr_be, l4.sport_be),
+                (&ip.daddr_be, l4.dport_be),
+                (&e.backend_addr_be, e.backend_port_be),
+                ip.proto,
+            );
             s.other = reply_key(ip, l4, e);
             let _ = A::reverse_nat().remove(&s.other);
             return None;
@@ -186,7 +196,7 @@ pub fn mark<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, flag: u32) {
 /// False: a reset of a real connection, a third refusal (`CT_FAILED_OVER_TWICE`), or no other
 /// backend; the client gets it.
 #[inline(always)]
-pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool {
+pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64, datapath: u8) -> bool {
     let Some(entry) = forward_of(s, rev) else {
         return false;
     };
@@ -217,6 +227,17 @@ pub fn refused<A: Family>(s: &mut Scratch<A>, rev: &RevNat<A>, now: u64) -> bool
     ) else {
         return false;
     };
+    // The refusal's reply key: from the backend that refused, to the client.
+    let key = &s.key;
+    monitor::failover(
+        &mut s.event,
+        datapath,
+        (rev.service_id, rev.backend_id),
+        (&key.daddr_be, key.dport_be),
+        (&rev.vip_be, rev.vport_be),
+        (&key.saddr_be, key.sport_be),
+        key.proto,
+    );
     let _ = A::reverse_nat().remove(&s.key);
     e.backend_id = id;
     e.backend_addr_be = backend.addr_be;

@@ -59,8 +59,12 @@ pub trait Family: Addr {
     fn shown(self) -> Self::Shown;
     /// Whether two addresses are equal (word by word: BPF has no `memcmp`).
     fn same(self, other: Self) -> bool;
+    /// 4 or 6.
+    const FAMILY: u8;
     /// The address as 16 network-order bytes (IPv4 in the first 4), and its family (4 or 6).
     fn octets(self) -> ([u8; 16], u8);
+    /// Writes the address into `to` as [`Family::octets`] gives it, in place.
+    fn put_octets(&self, to: &mut [u8; 16]);
     /// Writes `new` over the address `old` at `off` (SADDR_OFF or DADDR_OFF), with the L4
     /// checksum at `csum_off` (`l4_flags`: extra flags of its update) and any header checksum
     /// kept correct.
@@ -84,6 +88,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 impl Family for u32 {
+    const FAMILY: u8 = 4;
     type Shown = u32;
     const SADDR_OFF: usize = ETH_HLEN + IP_SADDR;
     const DADDR_OFF: usize = ETH_HLEN + IP_DADDR;
@@ -123,7 +128,19 @@ impl Family for u32 {
     fn octets(self) -> ([u8; 16], u8) {
         let mut o = [0; 16];
         o[..4].copy_from_slice(&self.to_ne_bytes());
-        (o, 4)
+        (o, Self::FAMILY)
+    }
+    #[inline(always)]
+    fn put_octets(&self, to: &mut [u8; 16]) {
+        // Word by word: no `memset` or `memcpy` call (a BPF-to-BPF call with a frame).
+        let words = to.as_mut_ptr().cast::<u32>();
+        // SAFETY: 16 bytes, written as four unaligned words.
+        unsafe {
+            words.write_unaligned(*self);
+            for i in 1..4 {
+                words.add(i).write_unaligned(0);
+            }
+        }
     }
 
     #[inline(always)]
@@ -172,6 +189,7 @@ impl Family for u32 {
 }
 
 impl Family for [u8; 16] {
+    const FAMILY: u8 = 6;
     type Shown = [u8; 16];
     const SADDR_OFF: usize = ETH_HLEN + IP6_SADDR;
     const DADDR_OFF: usize = ETH_HLEN + IP6_DADDR;
@@ -206,7 +224,17 @@ impl Family for [u8; 16] {
     }
     #[inline(always)]
     fn octets(self) -> ([u8; 16], u8) {
-        (self, 6)
+        (self, Self::FAMILY)
+    }
+    #[inline(always)]
+    fn put_octets(&self, to: &mut [u8; 16]) {
+        let (from, words) = (self.as_ptr().cast::<u32>(), to.as_mut_ptr().cast::<u32>());
+        // SAFETY: 16 bytes each side, copied as four unaligned words.
+        unsafe {
+            for i in 0..4 {
+                words.add(i).write_unaligned(from.add(i).read_unaligned());
+            }
+        }
     }
     #[inline(always)]
     fn same(self, other: [u8; 16]) -> bool {

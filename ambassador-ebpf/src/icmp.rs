@@ -8,7 +8,7 @@
 //! a reply (the quote's source goes back to the backend, and so does the error's destination,
 //! the frontend).
 
-use ambassador_common::{csum, proto, CtKey, Reason};
+use ambassador_common::{csum, monitor::datapath, proto, CtKey, Reason};
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_ktime_get_ns, programs::TcContext};
 
 use crate::{
@@ -205,7 +205,7 @@ fn to_client_of<A: IcmpFamily>(ctx: &TcContext) -> Verdict {
     };
     if e.inner_proto == proto::TCP
         && A::is_refusal(e)
-        && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() })
+        && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() }, datapath::TC)
     {
         return Verdict::Done(Reason::Failover);
     }

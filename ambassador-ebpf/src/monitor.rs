@@ -2,7 +2,10 @@
 //! with no monitor connected, an event site costs one array lookup and nothing reaches user
 //! space. A full ring loses the event and counts it.
 
-use ambassador_common::{monitor::FlowEvent, Reason};
+use ambassador_common::{
+    monitor::{kind, FlowEvent},
+    Reason,
+};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
@@ -58,6 +61,55 @@ pub fn socket<A: Family>(about: &About<A>, frontend: (A, u16), proto: u8, cookie
     }
 }
 
+/// Ends of a staged event: an address (by reference: no copy on the stack) and its port.
+pub type End<'a, A> = (&'a A, u16);
+
+/// A failover event (a new flow sent away from `backend`), staged in per-CPU scratch memory:
+/// the connection table's paths, the ICMP error path among them, have no stack to spare.
+/// `event` is the scratch's slot; `ids` the service's and the backend's.
+#[inline(always)]
+pub fn failover<A: Family>(
+    event: &mut FlowEvent,
+    datapath: u8,
+    ids: (u32, u32),
+    client: End<A>,
+    frontend: End<A>,
+    backend: End<A>,
+    proto: u8,
+) {
+    if !on() {
+        return;
+    }
+    // SAFETY: the helper has no preconditions.
+    event.at_ns = unsafe { bpf_ktime_get_ns() };
+    event.cookie = 0;
+    client.0.put_octets(&mut event.client);
+    frontend.0.put_octets(&mut event.frontend);
+    backend.0.put_octets(&mut event.backend);
+    (event.service_id, event.backend_id) = ids;
+    event.pad0 = 0;
+    event.client_port_be = client.1;
+    event.frontend_port_be = frontend.1;
+    event.backend_port_be = backend.1;
+    event.kind = kind::FAILOVER;
+    event.datapath = datapath;
+    event.reason = Reason::Failover as u8;
+    event.proto = proto;
+    event.family = A::FAMILY;
+    event.pad = 0;
+    if EVENTS.output::<FlowEvent>(&*event, 0).is_err() {
+        count_lost();
+    }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
+        unsafe { *lost += 1 };
+    }
+}
+
 /// Reserves a record and writes every field in place (nothing is built on the stack).
 #[inline(always)]
 fn write<A: Family>(
@@ -68,10 +120,7 @@ fn write<A: Family>(
     cookie: u64,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
-            unsafe { *lost += 1 };
-        }
+        count_lost();
         return;
     };
     let e = entry.as_mut_ptr();

@@ -111,55 +111,56 @@ fn forward<A: Family>(
         && l4.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
     let closing = l4.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0;
 
-    let (addr_be, port_be) = match conntrack::established(s, ip, l4, syn_only, closing, now) {
-        Some(Ok(backend)) => backend,
-        Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
-        None => {
-            let (backend_id, backend) =
-                match lb::pick_backend::<A>(service_id, count, 0, lb::Retry::Suspects) {
-                    Ok(b) => b,
-                    Err(reason) => return reason,
+    let (addr_be, port_be) =
+        match conntrack::established(s, ip, l4, syn_only, closing, now, ctx.datapath()) {
+            Some(Ok(backend)) => backend,
+            Some(Err(conntrack::InsertFailed)) => return Reason::CtInsertFailed,
+            None => {
+                let (backend_id, backend) =
+                    match lb::pick_backend::<A>(service_id, count, 0, lb::Retry::Suspects) {
+                        Ok(b) => b,
+                        Err(reason) => return reason,
+                    };
+                s.entry = CtEntry {
+                    backend_id,
+                    service_id,
+                    backend_addr_be: backend.addr_be,
+                    backend_port_be: backend.port_be,
+                    pad: 0,
+                    flags: if closing { CT_CLOSING } else { 0 },
+                    pad2: Default::default(),
+                    created_ns: now,
+                    last_seen_ns: now,
                 };
-            s.entry = CtEntry {
-                backend_id,
-                service_id,
-                backend_addr_be: backend.addr_be,
-                backend_port_be: backend.port_be,
-                pad: 0,
-                flags: if closing { CT_CLOSING } else { 0 },
-                pad2: Default::default(),
-                created_ns: now,
-                last_seen_ns: now,
-            };
-            if conntrack::create(s, ip, l4).is_err() {
-                return Reason::CtInsertFailed;
+                if conntrack::create(s, ip, l4).is_err() {
+                    return Reason::CtInsertFailed;
+                }
+                stats::with_service(service_id, |s| s.new_flows += 1);
+                let about = monitor::About {
+                    kind: kind::FLOW,
+                    datapath: ctx.datapath(),
+                    reason: Reason::Forwarded,
+                    service_id,
+                    backend_id,
+                    backend: (backend.addr_be, backend.port_be),
+                };
+                monitor::frame(&about, ip, l4);
+                debug!(
+                    ctx,
+                    "new flow {:i}:{} -> {:i}:{} proto {}: service {} backend {} {:i}:{}",
+                    ip.saddr_be.shown(),
+                    u16::from_be(l4.sport_be),
+                    ip.daddr_be.shown(),
+                    u16::from_be(l4.dport_be),
+                    ip.proto,
+                    service_id,
+                    backend_id,
+                    backend.addr_be.shown(),
+                    u16::from_be(backend.port_be)
+                );
+                (backend.addr_be, backend.port_be)
             }
-            stats::with_service(service_id, |s| s.new_flows += 1);
-            let about = monitor::About {
-                kind: kind::FLOW,
-                datapath: ctx.datapath(),
-                reason: Reason::Forwarded,
-                service_id,
-                backend_id,
-                backend: (backend.addr_be, backend.port_be),
-            };
-            monitor::frame(&about, ip, l4);
-            debug!(
-                ctx,
-                "new flow {:i}:{} -> {:i}:{} proto {}: service {} backend {} {:i}:{}",
-                ip.saddr_be.shown(),
-                u16::from_be(l4.sport_be),
-                ip.daddr_be.shown(),
-                u16::from_be(l4.dport_be),
-                ip.proto,
-                service_id,
-                backend_id,
-                backend.addr_be.shown(),
-                u16::from_be(backend.port_be)
-            );
-            (backend.addr_be, backend.port_be)
-        }
-    };
+        };
 
     if rewrite(ctx, ip, l4, Side::Destination, addr_be, port_be).is_err() {
         return Reason::RewriteFailed;
@@ -208,18 +209,8 @@ pub fn rnat_packet<A: Family>(ctx: &impl Frame, ip: &IpPacket<A>) -> Verdict {
                 bpf_ktime_get_ns()
             });
         } else if l4.tcp_flags & parse::TCP_RST != 0
-            && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() })
+            && conntrack::refused(s, &rev, unsafe { bpf_ktime_get_ns() }, ctx.datapath())
         {
-            let about = monitor::About {
-                kind: kind::FAILOVER,
-                datapath: ctx.datapath(),
-                reason: Reason::Failover,
-                service_id: rev.service_id,
-                backend_id: rev.backend_id,
-                backend: (ip.saddr_be, l4.sport_be),
-            };
-            let client = (ip.daddr_be, l4.dport_be);
-            monitor::flow(&about, client, (rev.vip_be, rev.vport_be), ip.proto);
             debug!(
                 ctx,
                 "backend {:i}:{} refused {:i}:{}: flow re-pointed, RST withheld",

@@ -1,7 +1,7 @@
 //! Per-CPU scratch space for the connection table's keys and values (see `conntrack`): its
 //! shape and its slots, apart from the table's logic so that the maps can declare it.
 
-use ambassador_common::{Addr, CtEntry, CtKey, RevNat};
+use ambassador_common::{monitor::FlowEvent, Addr, CtEntry, CtKey, RevNat};
 
 /// Per-CPU scratch space for the connection table's keys and values. A TC program runs to its
 /// end on its CPU before another starts there (softirq or bottom halves disabled), and each
@@ -17,6 +17,9 @@ pub struct Scratch<A: Addr> {
     pub entry: CtEntry<A>,
     /// A reverse entry being written.
     pub rev: RevNat<A>,
+    /// A flow event being written (see `monitor::staged`): paths with no stack to spare
+    /// build it here.
+    pub event: FlowEvent,
 }
 
 /// The ingress program's slot of the scratch maps.

@@ -163,6 +163,7 @@ fn failover(
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
     let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
     let (pin, _cfg, mut d) = run_web(&topo, vip, &b1, &b2, &[]);
+    let watch = monitor(&topo.fwd, &mut d, &pin.path, &["--kind", "failover"]);
 
     let stream = Stream::start(&topo.client, vip);
     assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
@@ -180,6 +181,21 @@ fn failover(
     let found = suspect["suspect"]["reason"].as_str().unwrap_or_default();
     assert!(reason.split('|').any(|r| r == found), "{suspect}");
     d.wait_log("suspect on this host", Duration::from_secs(2));
+    // `ambassador monitor` saw flows re-pointed away from it, whichever way it failed (a RST,
+    // an ICMP error, silence).
+    let repointed = || {
+        monitor_events(&watch)
+            .iter()
+            .filter(|e| {
+                e["backend"] == b1.as_str() && e["service"] == "web" && e["frontend"] == vip
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || repointed() >= 1),
+        "no failover event for {b1}:\n{}",
+        watch.log()
+    );
     // Mended: after the backoff one new flow tries it, it answers, it is used again.
     heal(&topo);
     let s1 = s1.or_else(|| Some(TcpServer::start(&topo.backends[0], &b1, "b1")));
