@@ -228,7 +228,18 @@ fn translate<A: Family>(
         Some(Kept::Stale(id, b)) => (id, b, false),
         None => match lb::pick_backend::<A>(svc.service_id, svc.count, 0, lb::Retry::Never) {
             Ok((id, b)) => (id, b, false),
-            Err(reason) => return Err(reject(reason, svc.service_id, ECONNREFUSED)),
+            Err(reason) => {
+                let about = monitor::About {
+                    kind: kind::DROP,
+                    datapath: datapath::SOCK,
+                    reason,
+                    service_id: svc.service_id,
+                    backend_id: 0,
+                    backend: (vip_be, 0),
+                };
+                monitor::socket(&about, (vip_be, port_be), proto, cookie);
+                return Err(reject(reason, svc.service_id, ECONNREFUSED));
+            }
         },
     };
     let new_flow = kept.is_none();

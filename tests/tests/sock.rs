@@ -138,7 +138,7 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
     let pin = PinDir::new();
     let cfg = TempFile::new(&config(&[1, 2]));
     let mut d = run_sock(&topo, &cg, &cfg, &pin.path, &[]);
-    let flows = monitor(&topo.fwd, &mut d, &pin.path, &["--service", "http"]);
+    let flows = monitor(&topo.fwd, &mut d, &pin.path, &["--service", "http,empty"]);
 
     // curl: the page through the frontend; its peer (getpeername) is the frontend.
     let out = cg.run(
@@ -239,6 +239,20 @@ fn sock_real_clients_reach_frontends_see_the_vip_and_weights_spread() {
     assert_eq!(web["flows"], 0, "{web}");
     let empty = service_status(&pin.path, "empty").unwrap();
     assert_eq!(empty["counters"]["drops"], 1, "{empty}");
+    // `ambassador monitor` saw that refusal, and why.
+    assert!(
+        wait_until(Duration::from_secs(5), || monitor_events(&flows)
+            .iter()
+            .any(|e| {
+                e["kind"] == "drop"
+                    && e["datapath"] == "sock"
+                    && e["service"] == "empty"
+                    && e["frontend"] == VIP_EMPTY
+                    && e["reason"] == "no_backend"
+            })),
+        "{}",
+        flows.log()
+    );
     // The reply the unconnected socket received with recvfrom (recv on a connected socket asks
     // for no source address, so the kernel runs no recvmsg program for it).
     let dns = service_status(&pin.path, "dns").unwrap();
