@@ -894,3 +894,97 @@ fn check_ptb(out: &[u8], outer: ([u8; 16], [u8; 16]), quote: (Endpoint6, Endpoin
     assert_eq!((s, d), quote, "the quoted packet's endpoints");
     csum.expect("the quoted segment's checksum");
 }
+
+/// The datapath's flow events for `ambassador monitor`: none while the switch is off (the
+/// fixture-like packets run with nobody listening write nothing), one per new flow and per
+/// drop once it is on (fields as the packet says), and a full ring loses events and counts
+/// them instead of blocking or failing the packet.
+#[test]
+fn flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_its_losses() {
+    use ambassador_common::{
+        map_names,
+        monitor::{datapath, kind, FlowEvent},
+    };
+    use aya::maps::{MapData, RingBuf};
+    if !require_root(
+        "flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_its_losses",
+    ) {
+        return;
+    }
+    let pin = PinDir::new();
+    let (mut ebpf, mut maps, _lock, _) =
+        loader::load(&pin.path, Default::default(), false, false, false).expect("load");
+    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let mut installed = maps.read_installed().unwrap();
+    tables::converge(&mut maps, &mut installed, &desired).unwrap();
+    let mut ring: RingBuf<MapData> =
+        RingBuf::try_from(ebpf.take_map(map_names::EVENTS).expect("the event ring")).unwrap();
+    let events = |ring: &mut RingBuf<MapData>| -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<FlowEvent>());
+            // SAFETY: checked length; any bit pattern is a valid FlowEvent.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        out
+    };
+    let prog: &SchedClassifier = ebpf
+        .program(program_names::TC_DNAT)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let run = |input: &[u8], repeat: u32| {
+        let mut out = vec![0u8; 4096];
+        prog.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+    };
+    let new_flow = |sport| tcp(CLIENT, sport, VIP, 80, true, b"");
+    let dropped = tcp(CLIENT, 41000, VIP_EMPTY, 80, true, b"");
+
+    // Off: a new flow and a drop write nothing.
+    assert_eq!(run(&new_flow(40000), 1), NEXT);
+    assert_eq!(run(&dropped, 1), SHOT);
+    assert!(events(&mut ring).is_empty());
+
+    // On: one event each, saying what happened.
+    maps.set_monitor(true).unwrap();
+    run(&new_flow(40001), 1);
+    run(&tcp(CLIENT, 40001, VIP, 80, false, b"x"), 1); // the same flow: no event
+    run(&dropped, 1);
+    let got = events(&mut ring);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (flow, drop) = (&got[0], &got[1]);
+    assert_eq!(
+        (flow.kind, flow.datapath, flow.family),
+        (kind::FLOW, datapath::TC, 4)
+    );
+    assert_eq!(&flow.client[..4], &CLIENT);
+    assert_eq!(u16::from_be(flow.client_port_be), 40001);
+    assert_eq!(&flow.frontend[..4], &VIP);
+    assert_eq!(u16::from_be(flow.frontend_port_be), 80);
+    assert_eq!(&flow.backend[..4], &BACKEND);
+    assert_eq!(u16::from_be(flow.backend_port_be), 8080);
+    assert_eq!(drop.kind, kind::DROP);
+    assert_eq!(drop.reason, ambassador_common::Reason::NoBackend as u8);
+    assert_eq!(&drop.frontend[..4], &VIP_EMPTY);
+
+    // Nobody reads: the ring fills, the packets are still dropped as they should be, and the
+    // events that did not fit are counted.
+    assert_eq!(run(&dropped, 10_000), SHOT);
+    let lost = maps.events_lost().unwrap();
+    let kept = events(&mut ring).len() as u64;
+    assert!(lost > 0, "nothing counted lost ({kept} kept)");
+    assert_eq!(kept + lost, 10_000, "kept {kept}, lost {lost}");
+
+    // Off again: nothing more.
+    maps.set_monitor(false).unwrap();
+    run(&dropped, 100);
+    assert!(events(&mut ring).is_empty());
+    assert_eq!(maps.events_lost().unwrap(), lost);
+}

@@ -52,6 +52,14 @@ const ROWS: &[Row] = &[
         needs: None,
     },
     Row {
+        what: "monitor: flow events only while one listens, a full ring's losses counted",
+        datapath: "tc",
+        binary: "datapath",
+        test:
+            "flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_its_losses",
+        needs: None,
+    },
+    Row {
         what: "IPv6 both ways, checksums (BPF_PROG_TEST_RUN)",
         datapath: "tc",
         binary: "datapath",
