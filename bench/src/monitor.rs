@@ -15,7 +15,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use ambassador_common::{map_names, program_names};
-use ambassador_tests::PinDir;
+use ambassador_tests::{PinDir, FIXTURE_CONFIG};
 use ambassador_user::{
     core::{config, tables},
     datapath::loader,
@@ -28,17 +28,6 @@ use aya::{
 use etherparse::PacketBuilder;
 
 use crate::stats::{median, ratio, shuffled_orders, spread};
-
-const CONFIG: &str = r#"
-[[service]]
-name = "web"
-frontend = "10.96.0.10:80"
-endpoints = ["10.0.1.2:8080"]
-
-[[service]]
-name = "empty"
-frontend = "10.96.0.11:80"
-"#;
 
 /// Runs per BPF_PROG_TEST_RUN call: fewer than the ring holds (256 KiB, 96 bytes an event), so
 /// `on` writes every event when the ring is drained between calls.
@@ -120,7 +109,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let pin = PinDir::new();
     let (mut ebpf, mut maps, _lock, _) =
         loader::load(&pin.path, Default::default(), false, false, false)?;
-    let desired = config::parse("monitor-bench.toml", CONFIG)?;
+    let desired = config::parse("fixture.toml", FIXTURE_CONFIG)?;
     let mut installed = maps.read_installed()?;
     tables::converge(&mut maps, &mut installed, &desired)?;
     let mut ring = RingBuf::try_from(

@@ -281,6 +281,26 @@ pub fn service_status(pin: &Path, name: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// The services the programs are run on by `BPF_PROG_TEST_RUN` (the fixture tables, the
+/// monitor's cost): `web` (TCP) and `dns` (UDP) at 10.96.0.10 over 10.0.1.2, `empty` at
+/// 10.96.0.11 with no backend.
+pub const FIXTURE_CONFIG: &str = r#"
+[[service]]
+name = "web"
+frontend = "10.96.0.10:80"
+endpoints = ["10.0.1.2:8080"]
+
+[[service]]
+name = "dns"
+frontend = "10.96.0.10:53"
+proto = "udp"
+endpoints = ["10.0.1.2:5353"]
+
+[[service]]
+name = "empty"
+frontend = "10.96.0.11:80"
+"#;
+
 /// Environment variable: how many times slower than a host this machine runs the tests (a
 /// whole number, 1 when unset). The kernel matrix sets it in VMs under QEMU's emulation, where
 /// loading the XDP program alone takes seconds of verification; every wait's deadline is

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use ambassador_common::program_names;
-use ambassador_tests::{require_root, PinDir};
+use ambassador_tests::{require_root, PinDir, FIXTURE_CONFIG};
 use ambassador_user::{
     core::{config, tables},
     datapath::loader,
@@ -27,23 +27,6 @@ const BACKEND: [u8; 4] = [10, 0, 1, 2];
 const OTHER: [u8; 4] = [192, 0, 2, 1];
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
-
-const CONFIG: &str = r#"
-[[service]]
-name = "web"
-frontend = "10.96.0.10:80"
-endpoints = ["10.0.1.2:8080"]
-
-[[service]]
-name = "dns"
-frontend = "10.96.0.10:53"
-proto = "udp"
-endpoints = ["10.0.1.2:5353"]
-
-[[service]]
-name = "empty"
-frontend = "10.96.0.11:80"
-"#;
 
 /// Runs a program once on `input` (BPF_PROG_TEST_RUN); returns its verdict and the packet as
 /// it left.
@@ -283,7 +266,7 @@ fn programs_handle_the_fixture_table() {
     };
     let (ebpf, mut maps, _lock, _) =
         loader::load(&pin.path, Default::default(), false, sock, false).expect("load the datapath");
-    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let desired = config::parse("fixture.toml", FIXTURE_CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let prog = |name: &str| -> &SchedClassifier {
@@ -325,7 +308,7 @@ fn the_xdp_program_handles_the_fixture_table() {
     let pin = PinDir::new();
     let (ebpf, mut maps, _lock, _) =
         loader::load(&pin.path, Default::default(), false, false, true).expect("load the datapath");
-    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let desired = config::parse("fixture.toml", FIXTURE_CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let xdp: &Xdp = ebpf
@@ -914,7 +897,7 @@ fn flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_i
     let pin = PinDir::new();
     let (mut ebpf, mut maps, _lock, _) =
         loader::load(&pin.path, Default::default(), false, false, false).expect("load");
-    let desired = config::parse("fixture.toml", CONFIG).unwrap();
+    let desired = config::parse("fixture.toml", FIXTURE_CONFIG).unwrap();
     let mut installed = maps.read_installed().unwrap();
     tables::converge(&mut maps, &mut installed, &desired).unwrap();
     let mut ring: RingBuf<MapData> =

@@ -80,6 +80,47 @@ fn refreshes(dom: &str) -> u32 {
         .unwrap_or_else(|| panic!("no <main data-refreshes> in the page:\n{dom}"))
 }
 
+/// `web` at the VIP over b1 and b2 (a server each, in its namespace), and the gateway's daemon
+/// with `extra` flags, ready.
+struct Web {
+    d: Daemon,
+    s1: Option<TcpServer>,
+    _s2: TcpServer,
+    _cfg: TempFile,
+    pin: PinDir,
+    b1: String,
+    b2: String,
+    topo: Topology,
+}
+
+impl Web {
+    fn start(extra: &[&str]) -> Self {
+        let topo = Topology::new(2);
+        let (b1, b2) = (
+            Topology::backend_addr(1, 8080),
+            Topology::backend_addr(2, 8080),
+        );
+        let s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
+        let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
+        let pin = PinDir::new();
+        let _cfg = TempFile::new(&format!(
+            "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
+        ));
+        let mut d = Daemon::run_file(&topo.fwd, "c0", _cfg.as_str(), &pin.path, extra);
+        d.wait_ready();
+        Self {
+            d,
+            s1,
+            _s2,
+            _cfg,
+            pin,
+            b1,
+            b2,
+            topo,
+        }
+    }
+}
+
 /// Whether the backend at `addr` of service `web` is suspect.
 fn suspect(pin: &std::path::Path, addr: &str) -> bool {
     !service_status(pin, "web").unwrap()["backends"]
@@ -96,25 +137,18 @@ fn the_status_page_shows_a_backend_turn_suspect_in_a_browser() {
     if !require_root("the_status_page_shows_a_backend_turn_suspect_in_a_browser") {
         return;
     }
-    let topo = Topology::new(2);
-    let (b1, b2) = (
-        Topology::backend_addr(1, 8080),
-        Topology::backend_addr(2, 8080),
-    );
-    let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
-    let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
-    ));
-    let mut d = Daemon::run_file(
-        &topo.fwd,
-        "c0",
-        cfg.as_str(),
-        &pin.path,
-        &["--metrics-addr", "127.0.0.1:0"],
-    );
-    d.wait_ready();
+    // Bound in this order so they drop in the reverse one: the daemon first, the namespaces
+    // last.
+    let Web {
+        topo,
+        b1,
+        b2,
+        pin,
+        _cfg,
+        _s2,
+        mut s1,
+        mut d,
+    } = Web::start(&["--metrics-addr", "127.0.0.1:0"]);
     d.wait_log("status page at http://", Duration::from_secs(5));
     let at = served_at(&d.log());
     let url = format!("http://{at}/");
@@ -393,19 +427,18 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
     ) {
         return;
     }
-    let topo = Topology::new(2);
-    let (b1, b2) = (
-        Topology::backend_addr(1, 8080),
-        Topology::backend_addr(2, 8080),
-    );
-    let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
-    let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
-    ));
-    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
-    d.wait_ready();
+    // Bound in this order so they drop in the reverse one: the daemon first, the namespaces
+    // last.
+    let Web {
+        topo,
+        b1,
+        b2,
+        pin,
+        _cfg,
+        _s2,
+        mut s1,
+        mut d,
+    } = Web::start(&[]);
     let pin_arg = pin.path.to_str().unwrap();
     let mut all = monitor(&topo.fwd, &mut d, &pin.path, &[]);
     let mut only = Daemon::start(
