@@ -66,6 +66,20 @@ impl From<EtcdArgs> for EtcdOptions {
     }
 }
 
+/// A listening address for `--metrics-addr`: `ADDR:PORT`, or a bare `PORT`, which listens on
+/// 127.0.0.1 only (the status page and metrics are for this host's operators unless an
+/// address says otherwise).
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!(
+            "{s:?} is neither a PORT (0-65535: on 127.0.0.1) nor ADDR:PORT (e.g. 127.0.0.1:9595, [::1]:9595)"
+        )
+    })
+}
+
 /// Output format of the operator commands.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct Output {

@@ -118,7 +118,7 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub client: Option<String>,
     /// Exit after printing this many events (default: follow until the daemon stops).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub count: Option<u64>,
     /// Print one JSON object a line instead of text.
     #[arg(long)]
@@ -152,8 +152,8 @@ pub struct RegisterArgs {
     #[arg(long, env = "AMBASSADOR_RECONCILE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub reconcile_interval: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (registered containers, etcd and
-    /// Docker connection state). Not served unless given.
-    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
+    /// Docker connection state; `9595`: 127.0.0.1:9595). Not served unless given.
+    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "[ADDR:]PORT", value_parser = crate::commands::cli::common::parse_listen)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Never create services: a labelled container whose service does not exist is
     /// registered, and waits for an operator's `service set`. Without it, such a service is
@@ -198,6 +198,39 @@ mod tests {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
         }
+    }
+
+    /// A bare port listens on this host only; an address says where; anything else is a usage
+    /// error that names both forms.
+    #[test]
+    fn a_metrics_port_alone_listens_on_localhost() {
+        let parse = |addr: &str| {
+            Cli::try_parse_from(["ambassador", "socks", "--metrics-addr", addr]).map(|c| {
+                match c.command {
+                    Command::Socks(a) => a.metrics_addr,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        assert_eq!(
+            parse("9595").unwrap(),
+            Some("127.0.0.1:9595".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[::1]:9595").unwrap(),
+            Some("[::1]:9595".parse().unwrap())
+        );
+        assert_eq!(
+            parse("0.0.0.0:9595").unwrap(),
+            Some("0.0.0.0:9595".parse().unwrap())
+        );
+        let e = parse("localhost:9595").unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            e.to_string()
+                .contains("neither a PORT (0-65535: on 127.0.0.1) nor ADDR:PORT"),
+            "{e}"
+        );
     }
 
     #[test]

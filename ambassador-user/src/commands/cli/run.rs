@@ -69,9 +69,10 @@ pub struct RunArgs {
     /// generic otherwise (`auto`), or only one of them. `status` shows which each interface got.
     #[arg(long, env = "AMBASSADOR_XDP_ATTACH", value_enum, default_value_t = crate::datapath::loader::XdpAttach::Auto)]
     pub xdp_attach: crate::datapath::loader::XdpAttach,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595; port 0 picks
-    /// one and logs it). Not served unless given.
-    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics and the status page at http://ADDR/
+    /// (`9595`: 127.0.0.1:9595, this host only; or ADDR:PORT; port 0 picks one and logs it).
+    /// Not served unless given.
+    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "[ADDR:]PORT", value_parser = crate::commands::cli::common::parse_listen)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds a stop (SIGTERM/SIGINT) may take before the daemon exits anyway. Forwarding
     /// never depends on it: the pinned links keep forwarding after the process is gone.

@@ -51,8 +51,9 @@ pub struct SocksArgs {
     /// Seconds without a byte either way before a connection is closed (1-86400).
     #[arg(long, env = "AMBASSADOR_SOCKS_IDLE_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics. Not served unless given.
-    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (`9595`: 127.0.0.1:9595). Not served
+    /// unless given.
+    #[arg(long, env = "AMBASSADOR_METRICS_ADDR", value_name = "[ADDR:]PORT", value_parser = crate::commands::cli::common::parse_listen)]
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
