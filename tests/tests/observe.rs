@@ -520,7 +520,9 @@ fn the_monitor_streams_flows_failovers_suspects_and_changes_from_another_process
         "the traffic stopped"
     );
 
-    // The monitors go: the datapath's events stop.
+    // The monitors go, with no traffic left to make an event: the daemon sees them go at once
+    // and turns the datapath's events off.
+    drop(load);
     all.kill();
     only.kill();
     d.wait_log("flow events are off", Duration::from_secs(10));

@@ -19,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{UnixListener, UnixStream},
     sync::{broadcast, watch},
 };
@@ -281,9 +281,17 @@ impl Hub {
     }
 
     /// Writes every event to one monitor until it goes, stalls, or the daemon stops.
-    async fn feed(self, mut stream: UnixStream, mut rx: broadcast::Receiver<Arc<str>>) {
+    async fn feed(self, stream: UnixStream, mut rx: broadcast::Receiver<Arc<str>>) {
+        // A monitor never writes: its side readable means it went (EOF), and it stops holding
+        // the datapath's events on at once rather than at the next event.
+        let (mut gone, mut stream) = stream.into_split();
+        let mut byte = [0u8; 1];
         loop {
-            let line: Arc<str> = match rx.recv().await {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = gone.read(&mut byte) => break,
+            };
+            let line: Arc<str> = match next {
                 Ok(line) => line,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.lost.fetch_add(n, Ordering::Relaxed);
@@ -417,8 +425,8 @@ mod tests {
             .unwrap()
             .ends_with("events missed: this monitor read too slowly"));
         assert!(hub.lost() > 0);
+        // It goes: the switch turns off without waiting for another event.
         drop(lines);
-        hub.publish(|| Event::new(Kind::Applied));
         listening.wait_for(|l| !*l).await.unwrap();
         server.abort();
     }
