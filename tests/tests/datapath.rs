@@ -906,8 +906,7 @@ fn flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_i
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<FlowEvent>());
-            // SAFETY: checked length; any bit pattern is a valid FlowEvent.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            out.push(loader::ring_record::<FlowEvent>(&item).unwrap());
         }
         out
     };

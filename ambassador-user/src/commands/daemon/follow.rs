@@ -28,12 +28,9 @@ impl State {
     /// Hands the flow events the datapath wrote to the monitors.
     pub(super) fn flow_events(&mut self, ring: &mut loader::FlowEvents) {
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<FlowEvent>() {
+            let Some(r) = loader::ring_record::<FlowEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the datapath writes whole FlowEvents (checked length; any bit pattern
-            // is a valid value).
-            let r: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             let service = self.core.installed.names.get(&r.service_id).cloned();
             self.monitor.publish(|| monitor::from_datapath(&r, service));
         }
@@ -43,12 +40,9 @@ impl State {
     pub(super) fn health_events(&mut self, ring: &mut loader::HealthEvents) {
         let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<HealthEvent>() {
+            let Some(ev) = loader::ring_record::<HealthEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the datapath writes whole HealthEvents (checked length; any bit pattern
-            // is a valid value).
-            let ev: HealthEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             let backend = self
                 .core
                 .installed
@@ -82,14 +76,7 @@ impl State {
                         let mut e = Event::new(Kind::Suspect);
                         e.backend = Some(backend.clone());
                         e.service = Some(service.clone());
-                        e.reason = Some(
-                            if ev.reason == suspicion::REFUSED {
-                                "refused"
-                            } else {
-                                "silent"
-                            }
-                            .to_owned(),
-                        );
+                        e.reason = Some(suspicion::name(ev.reason).to_owned());
                         e.detail =
                             Some(format!("{} in a row; next try in {retry_s} s", ev.strikes));
                         e

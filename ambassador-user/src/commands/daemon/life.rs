@@ -72,17 +72,16 @@ impl State {
         mut rx: watch::Receiver<Snapshot>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let state = self;
         let mut signals = Signals::install()?;
-        let mut listening = state.monitor.listening();
+        let mut listening = self.monitor.listening();
         let mut ticks = Ticks::new(cfg);
-        let link_events = if state.dp.has_bridges() {
+        let link_events = if self.dp.has_bridges() {
             link_events()
         } else {
             None
         };
-        let mut health = state.dp.health_events.take().and_then(readable);
-        let mut flows = state.dp.flow_events.take().and_then(readable);
+        let mut health = self.dp.health_events.take().and_then(readable);
+        let mut flows = self.dp.flow_events.take().and_then(readable);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -95,40 +94,40 @@ impl State {
                         break;
                     }
                     let snap = rx.borrow_and_update().clone();
-                    state.follow_etcd(&snap);
+                    self.follow_etcd(&snap);
                 }
                 _ = signals.hup.recv() => match &cfg.source {
                     Source::File(path) => match config::load(path) {
-                        Ok(desired) => state.apply(&desired, "configuration reloaded", None),
+                        Ok(desired) => self.apply(&desired, "configuration reloaded", None),
                         Err(e) => warn!("configuration not reloaded, the running one stays: {e}"),
                     },
                     Source::Etcd(_) => info!("SIGHUP ignored: the configuration comes from etcd"),
                 },
                 Ok(()) = listening.changed() => {
                     let on = *listening.borrow_and_update();
-                    state.monitor_switch(on);
+                    self.monitor_switch(on);
                 }
-                _ = ticks.gc.tick() => state.collect_garbage(&cfg.timeouts),
-                _ = ticks.heartbeat.tick() => state.write_info(),
-                _ = ticks.ports.tick(), if state.dp.has_bridges() => state.dp.sync_bridge_ports(),
-                _ = ticks.routes.tick(), if state.dp.has_xdp() => state.follow_xdp_backends(),
-                _ = ticks.xdp_targets.tick(), if state.dp.has_xdp() => state.dp.sync_xdp_targets(),
+                _ = ticks.gc.tick() => self.collect_garbage(&cfg.timeouts),
+                _ = ticks.heartbeat.tick() => self.write_info(),
+                _ = ticks.ports.tick(), if self.dp.has_bridges() => self.dp.sync_bridge_ports(),
+                _ = ticks.routes.tick(), if self.dp.has_xdp() => self.follow_xdp_backends(),
+                _ = ticks.xdp_targets.tick(), if self.dp.has_xdp() => self.dp.sync_xdp_targets(),
                 ready = async { health.as_mut().expect("guarded").readable_mut().await }, if health.is_some() => {
                     if let Ok(mut guard) = ready {
-                        state.health_events(guard.get_inner_mut());
+                        self.health_events(guard.get_inner_mut());
                         guard.clear_ready();
                     }
                 }
                 ready = async { flows.as_mut().expect("guarded").readable_mut().await }, if flows.is_some() => {
                     if let Ok(mut guard) = ready {
-                        state.flow_events(guard.get_inner_mut());
+                        self.flow_events(guard.get_inner_mut());
                         guard.clear_ready();
                     }
                 }
                 ready = async { link_events.as_ref().expect("guarded").readable().await }, if link_events.is_some() => {
                     if let Ok(mut guard) = ready {
                         if guard.get_inner().drain() {
-                            state.dp.sync_bridge_ports();
+                            self.dp.sync_bridge_ports();
                         }
                         guard.clear_ready();
                     }
@@ -187,7 +186,7 @@ impl Signals {
 }
 
 /// One of the datapath's ring buffers (health or flow events) as something the loop can wait on.
-fn readable(ring: loader::HealthEvents) -> Option<AsyncFd<loader::HealthEvents>> {
+fn readable(ring: loader::Ring) -> Option<AsyncFd<loader::Ring>> {
     // SAFETY: the ring buffer owns its map's fd and never replaces or closes it while it
     // lives; the AsyncFd owns the ring buffer.
     unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

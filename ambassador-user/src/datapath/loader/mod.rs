@@ -128,11 +128,22 @@ pub struct Datapath {
     pub flow_events: Option<FlowEvents>,
 }
 
+/// One of the datapath's ring buffers.
+pub type Ring = aya::maps::RingBuf<aya::maps::MapData>;
+
 /// The ring buffer of backend health transitions (`ambassador_common::HealthEvent`).
-pub type HealthEvents = aya::maps::RingBuf<aya::maps::MapData>;
+pub type HealthEvents = Ring;
 
 /// The ring buffer of flow events (`ambassador_common::monitor::FlowEvent`).
-pub type FlowEvents = aya::maps::RingBuf<aya::maps::MapData>;
+pub type FlowEvents = Ring;
+
+/// One record of a ring buffer as the `T` the datapath wrote there; `None` if it is too short
+/// to be one.
+pub fn ring_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= std::mem::size_of::<T>())
+        // SAFETY: long enough, and any bit pattern is a valid `T` (`Pod`).
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
 
 /// Reads the datapath's aya-log ring buffer (`ambassador run --debug-datapath`).
 pub type KernelLog = aya_log::EbpfLogger<ToTracing>;
@@ -424,14 +435,11 @@ pub fn start(
 }
 
 /// The ring buffer `name`, when the object has one.
-fn take_ring(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<Ring>> {
     let Some(map) = ebpf.take_map(name) else {
         return Ok(None);
     };
-    let ring = aya::maps::RingBuf::try_from(map).map_err(|source| Error::Map {
+    let ring = Ring::try_from(map).map_err(|source| Error::Map {
         name,
         what: "unexpected map type".into(),
         source,

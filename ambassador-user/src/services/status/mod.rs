@@ -290,11 +290,7 @@ impl PerBackend {
     fn suspect(&self, s: &Suspect) -> SuspectStatus {
         let ms = |ns: u64| ns / 1_000_000;
         SuspectStatus {
-            reason: if s.reason == suspicion::SILENT {
-                "silent"
-            } else {
-                "refused"
-            },
+            reason: suspicion::name(s.reason),
             strikes: s.strikes,
             for_ms: ms(self.now.saturating_sub(s.since_ns)),
             retry_in_ms: ms(s.retry_ns.saturating_sub(self.now)),
