@@ -34,6 +34,8 @@ APT_PACKAGES=(
   dante-server microsocks                              # the SOCKS5 door's bench peers
   g++                                                  # libFuzzer, built by libfuzzer-sys for `cargo xtask fuzz`
   qemu-system-x86 mmdebstrap                           # the kernel matrix: VMs (QEMU) on an image made from Debian's packages
+  qemu-utils vagrant vagrant-libvirt                   # the Vagrant testbed: the box (qemu-img), Vagrant with libvirt
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # libvirt without its systemd units (`cargo xtask vagrant` starts it where none runs)
 )
 
 root=1
@@ -88,6 +90,17 @@ bpf_linker() {
 }
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   step "cargo: building bpf-linker $BPF_LINKER_VERSION against $LLVM_PREFIX" "about 60 s" bpf_linker
+fi
+
+# The user QEMU runs as under libvirt; Debian's libvirt-daemon-system creates it (with its
+# systemd units, which machines without systemd cannot use).
+libvirt_user() {
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  useradd --system -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+}
+if ! getent passwd libvirt-qemu >/dev/null; then
+  need_root "create the libvirt-qemu user"
+  step "creating the libvirt-qemu user (libvirt's QEMU runs as it)" "instant" libvirt_user
 fi
 
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Builds the VM image the kernel matrix boots (and the testbed's VMs will): a Debian 12 root
-# file system made from Debian's packages only, with the kernels the README says it supports
-# (bullseye's 5.10, bookworm's 6.1, bookworm-backports' 6.12), what the tests need, and a
-# systemd unit that runs the job the host shares with the VM, then powers off.
+# Builds the VM image the kernel matrix boots, and the Vagrant box is made from: a Debian 12
+# root file system made from Debian's packages only, with the kernels the README says it
+# supports (bullseye's 5.10, bookworm's 6.1, bookworm-backports' 6.12) and what the tests and
+# the testbed need. It boots one of two ways, by the kernel's command line:
+#   - with `ambassador.job`: a test runner. A systemd unit runs the job the host shares with
+#     the VM, then powers off; no network configuration, no ssh.
+#   - without: a Vagrant box's host (`cargo xtask vagrant`). DHCP on eth0 (the management
+#     network) by systemd-networkd, sshd, and the `vagrant` user with Vagrant's well-known
+#     insecure key, which `vagrant up` replaces with a key of its own at the first boot.
 #
 #   scripts/vm-image.sh OUT_DIR
 #
@@ -19,6 +24,7 @@ PACKAGES=(
   systemd-sysv udev kmod procps util-linux iproute2 ethtool iptables bpftool
   curl redis-server busybox-static   # the socket datapath's real clients and servers
   docker.io apparmor etcd-server etcd-client  # the move between two VMs (scripts/vm-move.sh)
+  docker-compose openssh-server sudo dbus  # the Vagrant testbed (Vagrantfile)
   linux-image-amd64   # bookworm's 6.1
 )
 # The other kernels, by the metapackage of their suite: resolved to a versioned package.
@@ -38,6 +44,7 @@ trap 'rm -rf "$rootfs"' EXIT
 job_unit='[Unit]
 Description=Run the job the host shared with this VM, then power off
 After=local-fs.target
+ConditionKernelCommandLine=ambassador.job
 [Service]
 Type=oneshot
 StandardOutput=journal+console
@@ -46,6 +53,23 @@ ExecStart=/bin/sh -c "modprobe -a 9pnet_virtio 9p && mkdir -p /job && mount -t 9
 ExecStopPost=/bin/systemctl poweroff --no-block
 [Install]
 WantedBy=multi-user.target'
+
+# Vagrant's box conventions (only when not a test runner): the `vagrant` user, password-less
+# sudo, Vagrant's published insecure public key (vagrant's keys/vagrant.pub), DHCP on eth0.
+VAGRANT_KEY='ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key'
+hook_vagrant='set -e
+chroot "$1" useradd -m -s /bin/bash -G docker,sudo vagrant
+mkdir -p "$1/home/vagrant/.ssh"
+echo "'"$VAGRANT_KEY"'" > "$1/home/vagrant/.ssh/authorized_keys"
+chmod 700 "$1/home/vagrant/.ssh"; chmod 600 "$1/home/vagrant/.ssh/authorized_keys"
+chroot "$1" chown -R vagrant:vagrant /home/vagrant/.ssh
+echo "vagrant ALL=(ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/vagrant"; chmod 440 "$1/etc/sudoers.d/vagrant"
+printf "[Match]\nName=eth0\n[Network]\nDHCP=ipv4\n" > "$1/etc/systemd/network/10-management.network"
+chroot "$1" systemctl enable systemd-networkd.service >/dev/null 2>&1
+for unit in ssh.service systemd-networkd.service systemd-networkd-wait-online.service; do
+  mkdir -p "$1/etc/systemd/system/$unit.d"
+  printf "[Unit]\nConditionKernelCommandLine=!ambassador.job\n" > "$1/etc/systemd/system/$unit.d/not-a-job.conf"
+done'
 
 hook_kernels='set -e
 for suite in '"${OTHER_KERNELS[*]}"'; do
@@ -59,6 +83,7 @@ t0=$SECONDS
 say "mmdebstrap: Debian 12 with kernels from bookworm, bullseye and bookworm-backports (about 3 min here)"
 mmdebstrap --quiet --variant=apt --include="$(IFS=,; echo "${PACKAGES[*]}")" \
   --customize-hook="$hook_kernels" \
+  --customize-hook="$hook_vagrant" \
   --customize-hook='echo ambassador-vm > "$1/etc/hostname"' \
   --customize-hook='printf "/dev/vda / ext4 rw 0 1\n" > "$1/etc/fstab"' \
   --customize-hook='passwd --root "$1" -d root >/dev/null' \

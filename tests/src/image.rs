@@ -4,6 +4,7 @@
 //! in); the testbed's helper images are imported with `docker import`.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -137,30 +138,57 @@ pub enum Source {
 impl Image {
     /// Loads the image into the engine at `socket` (`docker import` or `docker build`).
     pub fn import(&self, socket: &str) {
-        let mut cmd = Command::new("/usr/bin/docker");
-        cmd.args(["-H", socket]);
-        match &self.source {
-            Source::Tarball { tar, changes } => {
-                cmd.arg("import");
-                for c in changes {
-                    cmd.args(["--change", c]);
-                }
-                cmd.arg(tar).arg(self.tag);
-            }
-            Source::Dockerfile { context } => {
-                // The classic builder: what Docker 20.10 does by default, and no registry.
-                cmd.env("DOCKER_BUILDKIT", "0")
-                    .args(["build", "-q", "-t", self.tag])
-                    .arg(context);
-            }
-        }
-        let out = cmd.stdout(Stdio::null()).output().unwrap();
+        let out = Command::new("/usr/bin/docker")
+            .args(["-H", socket])
+            .args(self.docker_args(|p| p.as_os_str().to_owned()))
+            // The classic builder: what Docker 20.10 does by default, and no registry.
+            .env("DOCKER_BUILDKIT", "0")
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "loading {} into {socket}: {}",
             self.tag,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The shell command that loads the image into the local engine on another machine,
+    /// which sees this machine's folder `here` at `there` (a VM's shared folder).
+    pub fn load_command(&self, here: &Path, there: &Path) -> String {
+        let args =
+            self.docker_args(|p| {
+                there
+                    .join(p.strip_prefix(here).unwrap_or_else(|_| {
+                        panic!("{} is not under {}", p.display(), here.display())
+                    }))
+                    .into_os_string()
+            });
+        let words: Vec<String> = std::iter::once("docker".to_owned())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        let line = shlex::try_join(words.iter().map(String::as_str)).expect("no NUL in arguments");
+        format!("DOCKER_BUILDKIT=0 {line} >/dev/null")
+    }
+
+    /// `docker`'s arguments that load it, its files' paths given by `path`.
+    fn docker_args(&self, path: impl Fn(&Path) -> OsString) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match &self.source {
+            Source::Tarball { tar, changes } => {
+                args.push("import".into());
+                for c in changes {
+                    args.extend(["--change".into(), c.into()]);
+                }
+                args.extend([path(tar), self.tag.into()]);
+            }
+            Source::Dockerfile { context } => {
+                args.extend(["build", "-q", "-t", self.tag].map(OsString::from));
+                args.push(path(context));
+            }
+        }
+        args
     }
 
     /// What it is made from, for messages.
@@ -247,7 +275,9 @@ wait $pid
             changes: vec![
                 r#"CMD ["/start.sh"]"#.into(),
                 // Healthy once it answers with its host name: the register waits for that.
-                r#"HEALTHCHECK --interval=200ms --timeout=1s --retries=1 CMD ["sh", "-c", "[ \"$(redis-cli -p 6379 exists host)\" = 1 ]"]"#.into(),
+                // Unhealthy after three failed checks, not one: under emulation (the Vagrant
+                // testbed's VMs) a check alone can take a second.
+                r#"HEALTHCHECK --interval=200ms --timeout=5s --retries=3 CMD ["sh", "-c", "[ \"$(redis-cli -p 6379 exists host)\" = 1 ]"]"#.into(),
             ],
         },
     }
@@ -265,5 +295,48 @@ pub fn busybox(out_dir: &Path) -> Image {
             tar,
             changes: vec![r#"CMD ["sleep", "1000000"]"#.into()],
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_command_names_the_files_where_the_other_machine_sees_them_and_quotes_each_word() {
+        let tarball = Image {
+            tag: REDIS,
+            source: Source::Tarball {
+                tar: PathBuf::from("/repo/target/images/redis.tar"),
+                changes: vec![r#"CMD ["sh", "-c", "[ \"$(x)\" = 1 ]"]"#.into()],
+            },
+        };
+        let line = tarball.load_command(Path::new("/repo"), Path::new("/vagrant"));
+        let words = shlex::split(line.trim_end_matches(" >/dev/null")).unwrap();
+        assert_eq!(
+            words,
+            [
+                "DOCKER_BUILDKIT=0",
+                "docker",
+                "import",
+                "--change",
+                r#"CMD ["sh", "-c", "[ \"$(x)\" = 1 ]"]"#,
+                "/vagrant/target/images/redis.tar",
+                REDIS
+            ]
+        );
+        let built = Image {
+            tag: AMBASSADOR,
+            source: Source::Dockerfile {
+                context: PathBuf::from("/repo/target/images/ambassador"),
+            },
+        };
+        let line = built.load_command(Path::new("/repo"), Path::new("/vagrant"));
+        assert!(
+            line.ends_with(
+                "docker build -q -t ambassador:dev /vagrant/target/images/ambassador >/dev/null"
+            ),
+            "{line}"
+        );
     }
 }

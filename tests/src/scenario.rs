@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::testbed::{Testbed, DB_FRONTEND_PORT, DB_NAME, DB_PORT};
+use crate::testbed::{db_name, Testbed, DB_FRONTEND_PORT, DB_NAME, DB_PORT};
 
 /// Requests per second of the short-connection loop.
 pub const RATE: u32 = 50;
@@ -416,7 +416,7 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
             std::thread::sleep(Duration::from_secs(1));
             set_phase(format!("moving {from} -> {to}: stopping db on {from}"));
             let t1 = shared.start.elapsed();
-            tb.docker(from, &["stop", &format!("db-{from}")]);
+            tb.docker(from, &["stop", &db_name(from)]);
             std::thread::sleep(Duration::from_secs(1));
             let last = shared
                 .answered_by(from, Duration::ZERO)
@@ -445,7 +445,7 @@ pub fn run(tb: &Testbed, bin: &Path, progress: &(dyn Fn(&Progress) + Sync)) -> R
         set_phase("hard failure: h2's register and db killed (SIGKILL)".into());
         let t_kill = shared.start.elapsed();
         tb.docker("h2", &["kill", "ambassador-register"]);
-        tb.docker("h2", &["kill", "db-h2"]);
+        tb.docker("h2", &["kill", &db_name("h2")]);
         std::thread::sleep(Duration::from_secs(tb.ttl as u64 + 3));
         set_phase("done".into());
         shared.stop.store(true, Ordering::Relaxed);

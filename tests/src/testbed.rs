@@ -227,27 +227,35 @@ impl Testbed {
 
     /// Starts the database on `host` (a labelled container publishing [`DB_PORT`]).
     pub fn start_db(&self, host: &str) {
-        let name = format!("db-{host}");
-        let _ = self.docker_try(host, &["rm", "-f", &name]);
-        let port = format!("{DB_PORT}:6379");
-        let env = format!("HOST_ID={host}");
-        self.docker(
-            host,
-            &[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--label",
-                "ambassador.service=db",
-                "-p",
-                &port,
-                "-e",
-                &env,
-                image::REDIS,
-            ],
-        );
+        let _ = self.docker_try(host, &["rm", "-f", &db_name(host)]);
+        let args = db_run_args(host);
+        self.docker(host, &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
+}
+
+/// The database's container on `host`.
+pub fn db_name(host: &str) -> String {
+    format!("db-{host}")
+}
+
+/// `docker` arguments that start the database on `host`: a container labelled for the
+/// register, publishing [`DB_PORT`], that knows its host's name.
+pub fn db_run_args(host: &str) -> Vec<String> {
+    [
+        "run",
+        "-d",
+        "--name",
+        &db_name(host),
+        "--label",
+        "ambassador.service=db",
+        "-p",
+        &format!("{DB_PORT}:6379"),
+        "-e",
+        &format!("HOST_ID={host}"),
+        image::REDIS,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Runs `scripts/NAME` (inside namespace `ns`, if given) with `env`: the provisioning shared

@@ -65,6 +65,13 @@ enum Task {
         #[arg(long, value_enum)]
         only: Option<vm::Part>,
     },
+    /// The Vagrantfile's testbed on VMs with libvirt (KVM where the host has a usable one,
+    /// QEMU's emulation otherwise): the box, built here from Debian's packages, and the seed
+    /// experiment on h1, h2, the NAT router and h4.
+    Vagrant {
+        #[command(subcommand)]
+        action: vm::VagrantAction,
+    },
     /// The multi-host testbed (network namespaces; see tests/src/testbed.rs).
     Testbed {
         #[command(subcommand)]
@@ -277,6 +284,10 @@ fn main() -> Result<()> {
                 step::DEMO,
                 || demo::run(&release_bin(), TESTBED, keep),
             )
+        }
+        Task::Vagrant { action } => {
+            release()?;
+            vm::vagrant(action, &release_bin())
         }
         Task::Testbed { action } => match action {
             TestbedAction::Up { ttl } => {

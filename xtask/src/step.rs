@@ -22,6 +22,12 @@ pub const VM_IMAGE: &str =
 /// See [`SETUP`].
 pub const KERNELS: &str = "about 9 min under emulation on 2 cores, the image's build aside";
 /// See [`SETUP`].
+pub const VAGRANT_BOX: &str = "about 20 s; once per VM image";
+/// See [`SETUP`].
+pub const VAGRANT_UP: &str = "about 3 min under emulation";
+/// See [`SETUP`].
+pub const VAGRANT_SEED: &str = "about 2 min under emulation";
+/// See [`SETUP`].
 pub const VM_MOVE: &str = "about 2 min under emulation";
 
 /// Runs `f` as one named step, announcing it with `expected` and reporting the time it took.

@@ -4,8 +4,11 @@
 
 pub mod hosts;
 pub mod image;
+pub mod libvirt;
 pub mod matrix;
 pub mod qemu;
+pub mod seed;
+pub mod vagrant;
 
 use std::{
     collections::BTreeMap,
@@ -25,12 +28,15 @@ pub enum Part {
     Matrix,
     /// The move between two VMs.
     Move,
+    /// The Vagrant testbed (`cargo xtask vagrant run`).
+    Vagrant,
 }
 
 /// Runs the kernel matrix on the binaries already built (`cargo xtask build`), prints its
-/// table (also written to `target/vm/kernels.md`), then the move between two VMs; fails unless
-/// every test passed on every kernel and the move lost no request. What libtest reported in
-/// the VMs, and the move, are added to `tally`.
+/// table (also written to `target/vm/kernels.md`), then the move between two VMs, then the
+/// Vagrant testbed's seed experiment; fails unless every test passed on every kernel and
+/// neither the move nor the experiment lost a request. What libtest reported in the VMs, the
+/// move and the experiment are added to `tally`.
 pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
     let image = image::Image::ensure(&root())?;
     let accel = qemu::Accel::detect();
@@ -56,15 +62,33 @@ pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
     } else {
         Ok(())
     };
-    if only == Some(Part::Matrix) {
-        return matrix;
-    }
+    let moved = if only.is_none_or(|p| p == Part::Move) {
+        let m = moved(&image, &accel, &target);
+        tally.record(m.is_ok());
+        m
+    } else {
+        Ok(())
+    };
+    let vagrant = if only.is_none_or(|p| p == Part::Vagrant) {
+        // The release binary, as the demo runs: the debug one is ten times the size, and
+        // every VM loads it under emulation.
+        let v = crate::release().and_then(|()| vagrant(VagrantAction::Run, &crate::release_bin()));
+        tally.record(v.is_ok());
+        v
+    } else {
+        Ok(())
+    };
+    matrix.and(moved).and(vagrant)
+}
+
+/// The move between two VMs, its result printed.
+fn moved(image: &image::Image, accel: &qemu::Accel, target: &std::path::Path) -> Result<()> {
     let moved = step::step(
         "kernels: a container moved between two VMs while a client fetches every 100 ms",
         step::VM_MOVE,
-        || hosts::run(&image, &accel, &target),
+        || hosts::run(image, accel, target),
     );
-    let moved = moved.and_then(|m| {
+    moved.and_then(|m| {
         println!(
             "move between VMs (kernel 6.1, {}): {} fetches from h2's backend, then {} from h1's; {} failed; {:.0} s from boot to end",
             accel.describe(),
@@ -75,9 +99,71 @@ pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
         );
         anyhow::ensure!(m.failed == 0, "{} fetches failed during the move", m.failed);
         Ok(())
-    });
-    tally.record(moved.is_ok());
-    matrix.and(moved)
+    })
+}
+
+/// What `cargo xtask vagrant` does.
+#[derive(Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum VagrantAction {
+    /// Build the box (from the VM image, built first if need be) and the images the VMs load,
+    /// under target/vagrant/; then `VAGRANT_HOME=target/vagrant/home vagrant up` works.
+    Box,
+    /// Build, bring h1, h2, the NAT router and h4 up, play the seed experiment on them, and
+    /// destroy them (also after a failure or an interrupt).
+    Run,
+}
+
+/// Runs `action` with the release binary `bin`.
+pub fn vagrant(action: VagrantAction, bin: &std::path::Path) -> Result<()> {
+    vagrant::on_interrupt()?;
+    let root = root();
+    let target = root.join("target");
+    let image = image::Image::ensure(&root)?;
+    let version = step::step(
+        "vagrant: the box, from the VM image",
+        step::VAGRANT_BOX,
+        || vagrant::ensure_box(&image, &target),
+    )?;
+    vagrant::images(bin, &target)?;
+    eprintln!(
+        "[xtask] box ambassador/debian12 {version} in target/vagrant/home; the images in target/vagrant/images"
+    );
+    if action == VagrantAction::Box {
+        return Ok(());
+    }
+    let accel = qemu::Accel::detect();
+    eprintln!("[xtask] vagrant: the VMs run under {}", accel.describe());
+    let up = step::step(
+        "vagrant: up h1, h2, nat, h4 (libvirt)",
+        step::VAGRANT_UP,
+        || {
+            vagrant::Up::new(
+                vagrant::Vagrant::new(&root, &target, &accel),
+                &target,
+                &vagrant::HOSTS,
+                &accel,
+            )
+        },
+    )?;
+    let ssh = vagrant::dir(&target).join("ssh");
+    std::fs::create_dir_all(&ssh)?;
+    up.vagrant()
+        .ssh_config(&vagrant::HOSTS, &ssh.join("config"))?;
+    let hosts = seed::Hosts::new(&vagrant::HOSTS, &ssh.join("config"), &ssh)?;
+    let report = step::step(
+        "vagrant: the seed experiment on the VMs (a move h2 -> h4 behind the NAT, a hard failure)",
+        step::VAGRANT_SEED,
+        || seed::run(&hosts).map_err(|e| e.context(hosts.diagnose())),
+    )?;
+    let (text, pass) = seed::render(&report, &accel.describe());
+    println!("{text}");
+    drop(hosts);
+    drop(up);
+    anyhow::ensure!(
+        pass,
+        "requests failed during the move, or a host never answered"
+    );
+    Ok(())
 }
 
 /// The test binaries of `ambassador-tests` as built: file name of `tests/tests/` -> path.

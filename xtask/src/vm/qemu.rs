@@ -112,8 +112,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots `kernel` (a version from [`Image::kernels`]) on a throwaway copy of the image's
-    /// disk (writes never reach the image), with `job` shared as `job` and `shares` beside it,
+    /// Boots `kernel` (a version from [`Image::kernels`]) as a test runner (`ambassador.job`
+    /// on its command line) on a throwaway copy of the image's disk (writes never reach the
+    /// image), with `job` shared as `job` and `shares` beside it,
     /// and QEMU's `extra` arguments (network devices: it has none otherwise; the first is
     /// `eth0`). The guest's console goes to `job/console.log`.
     pub fn boot(
@@ -140,7 +141,7 @@ impl Vm {
             .arg(image.initrd(kernel))
             .args([
                 "-append",
-                "root=/dev/vda rw console=ttyS0 quiet net.ifnames=0",
+                "root=/dev/vda rw console=ttyS0 quiet net.ifnames=0 ambassador.job",
             ])
             .arg("-drive")
             .arg(format!(
