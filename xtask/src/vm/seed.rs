@@ -210,59 +210,52 @@ pub struct Report {
     pub hard: (usize, usize, f64),
     /// Failures before the kill: when (s from the start) and what the client said.
     pub failures: Vec<(f64, String)>,
-    /// The frontend the name gave (from h1's `status`).
+    /// The frontend address the name gave (the client container's `nslookup`), or `-`.
     pub frontend: String,
+}
+
+/// `ambassador ARGS` in h1's `run` container.
+fn ambassador(hosts: &Hosts, args: &[&str]) -> Result<String> {
+    let exec = ["exec", "ambassador-run", "/usr/local/bin/ambassador"];
+    hosts.docker("h1", &[&exec[..], args].concat())
+}
+
+/// When each phase began, in h1's uptime (the client log's clock).
+struct Times {
+    /// The client's start.
+    start: f64,
+    /// h4's database started, and its first answer.
+    h4_started: f64,
+    /// See `h4_started`.
+    h4_answered: f64,
+    /// h2's database stopped.
+    h2_stopped: f64,
+    /// h2's database started again.
+    h2_again: f64,
+    /// h2's register and database killed.
+    killed: f64,
 }
 
 /// Runs the experiment on the hosts that are up.
 pub fn run(hosts: &Hosts) -> Result<Report> {
     hosts.wait("ambassador run ready on h1", || {
-        Ok(hosts
-            .docker(
-                "h1",
-                &[
-                    "exec",
-                    "ambassador-run",
-                    "/usr/local/bin/ambassador",
-                    "status",
-                ],
-            )
-            .is_ok())
+        Ok(ambassador(hosts, &["status"]).is_ok())
     })?;
     let port = DB_FRONTEND_PORT.to_string();
-    hosts.docker(
-        "h1",
-        &[
-            "exec",
-            "ambassador-run",
-            "/usr/local/bin/ambassador",
-            "service",
-            "set",
-            "db",
-            "--port",
-            &port,
-            "--etcd",
-            ETCD,
-        ],
+    ambassador(
+        hosts,
+        &["service", "set", "db", "--port", &port, "--etcd", ETCD],
     )?;
     hosts.docker("h2", &db_run_args("h2"))?;
-    let in_maps = |backend: &str| {
-        let status = hosts.docker(
-            "h1",
-            &[
-                "exec",
-                "ambassador-run",
-                "/usr/local/bin/ambassador",
-                "status",
-            ],
-        )?;
-        Ok(status.contains(&format!("{backend}:{DB_PORT}")))
-    };
-    hosts.wait("h2's database in h1's datapath", || in_maps("10.210.1.12"))?;
+    hosts.wait("h2's database in h1's datapath", || {
+        Ok(ambassador(hosts, &["status"])?.contains(&format!("10.210.1.12:{DB_PORT}")))
+    })?;
     hosts.sh(
         "h1",
         &format!("rm -rf {CLIENT_DIR} && mkdir -p {CLIENT_DIR}"),
     )?;
+    let out = format!("{CLIENT_DIR}:/out");
+    let client = client_loop();
     hosts.docker(
         "h1",
         &[
@@ -273,97 +266,102 @@ pub fn run(hosts: &Hosts) -> Result<Report> {
             "--dns",
             RESOLVER,
             "-v",
-            &format!("{CLIENT_DIR}:/out"),
+            &out,
             image::REDIS,
             "sh",
             "-c",
-            &client_loop(),
+            &client,
         ],
     )?;
     let start = hosts.uptime("h1")?;
     hosts.wait("answer from h2", || {
         Ok(first_answer(hosts, "h2", start)?.is_some())
     })?;
+    let lookup = format!("nslookup {DB_NAME} {RESOLVER}");
     let frontend = hosts
-        .docker(
-            "h1",
-            &[
-                "exec",
-                "client",
-                "sh",
-                "-c",
-                &format!("nslookup {DB_NAME} {RESOLVER}"),
-            ],
-        )
+        .docker("h1", &["exec", "client", "sh", "-c", &lookup])
         .unwrap_or_default();
+    let times = phases(hosts, start)?;
+    hosts.docker("h1", &["rm", "-f", "client"])?;
+    Ok(summarize(&requests(hosts)?, &times, &frontend))
+}
 
+/// The move, then the hard failure, while the client runs.
+fn phases(hosts: &Hosts, start: f64) -> Result<Times> {
     eprintln!("[seed] moving h2 -> h4 (behind the NAT): the database starts on h4");
-    let t0 = hosts.uptime("h1")?;
+    let h4_started = hosts.uptime("h1")?;
     hosts.docker("h4", &db_run_args("h4"))?;
     hosts.wait("answer from h4", || {
-        Ok(first_answer(hosts, "h4", t0)?.is_some())
+        Ok(first_answer(hosts, "h4", h4_started)?.is_some())
     })?;
-    let first = first_answer(hosts, "h4", t0)?.context("h4 answered")?;
+    let h4_answered = first_answer(hosts, "h4", h4_started)?.context("h4 answered")?;
     std::thread::sleep(Duration::from_secs(1));
     eprintln!("[seed] moving h2 -> h4: the database stops on h2");
-    let t1 = hosts.uptime("h1")?;
+    let h2_stopped = hosts.uptime("h1")?;
     hosts.docker("h2", &["stop", &db_name("h2")])?;
     std::thread::sleep(Duration::from_secs(3));
 
     eprintln!("[seed] hard failure: the database back on h2 beside h4");
     hosts.docker("h2", &["rm", "-f", &db_name("h2")])?;
-    let t2 = hosts.uptime("h1")?;
+    let h2_again = hosts.uptime("h1")?;
     hosts.docker("h2", &db_run_args("h2"))?;
     hosts.wait("answer from h2 again", || {
-        Ok(first_answer(hosts, "h2", t2)?.is_some())
+        Ok(first_answer(hosts, "h2", h2_again)?.is_some())
     })?;
     std::thread::sleep(Duration::from_secs(2));
     eprintln!("[seed] hard failure: h2's register and database killed (SIGKILL)");
-    let t_kill = hosts.uptime("h1")?;
+    let killed = hosts.uptime("h1")?;
     hosts.docker("h2", &["kill", "ambassador-register", &db_name("h2")])?;
     std::thread::sleep(TTL + Duration::from_secs(5));
-    hosts.docker("h1", &["rm", "-f", "client"])?;
+    Ok(Times {
+        start,
+        h4_started,
+        h4_answered,
+        h2_stopped,
+        h2_again,
+        killed,
+    })
+}
 
-    let all = requests(hosts)?;
+/// What the client's requests say about each phase; `lookup` is what `nslookup` printed.
+fn summarize(all: &[Request], t: &Times, lookup: &str) -> Report {
     let before_kill: Vec<&Request> = all
         .iter()
-        .filter(|r| r.at >= start && r.at < t_kill)
+        .filter(|r| r.at >= t.start && r.at < t.killed)
         .collect();
-    let moving = || before_kill.iter().filter(|r| r.at < t2);
-    let after: Vec<&Request> = all.iter().filter(|r| r.at >= t_kill).collect();
+    let moving = || before_kill.iter().filter(|r| r.at < t.h2_again);
+    let by = |host: &str| moving().filter(|r| r.answer.as_deref() == Ok(host)).count();
+    let after: Vec<&Request> = all.iter().filter(|r| r.at >= t.killed).collect();
     let hard_failed: Vec<&&Request> = after.iter().filter(|r| r.answer.is_err()).collect();
     let last_h2 = moving()
         .filter(|r| r.answer.as_deref() == Ok("h2"))
         .map(|r| r.at)
-        .fold(t1, f64::max);
-    Ok(Report {
+        .fold(t.h2_stopped, f64::max);
+    Report {
         graceful: (
             before_kill.len(),
             before_kill.iter().filter(|r| r.answer.is_err()).count(),
         ),
-        answered: (
-            moving().filter(|r| r.answer.as_deref() == Ok("h2")).count(),
-            moving().filter(|r| r.answer.as_deref() == Ok("h4")).count(),
-        ),
-        takeover: first - t0,
-        drain: last_h2 - t1,
+        answered: (by("h2"), by("h4")),
+        takeover: t.h4_answered - t.h4_started,
+        drain: last_h2 - t.h2_stopped,
         hard: (
             after.len(),
             hard_failed.len(),
-            hard_failed.last().map_or(0.0, |r| r.at - t_kill),
+            hard_failed.last().map_or(0.0, |r| r.at - t.killed),
         ),
         failures: before_kill
             .iter()
-            .filter_map(|r| r.answer.clone().err().map(|e| (r.at - start, e)))
+            .filter_map(|r| r.answer.clone().err().map(|e| (r.at - t.start, e)))
             .collect(),
-        frontend: frontend
+        frontend: lookup
             .lines()
             .skip_while(|l| !l.contains(DB_NAME))
             .find_map(|l| l.strip_prefix("Address: "))
             .unwrap_or("-")
             .trim()
             .to_owned(),
-    })
+    }
 }
 
 /// The report for people, and whether it passes: every request before the kill answered,
@@ -417,6 +415,36 @@ mod tests {
             .unwrap_err()
             .contains("Connection refused"));
         assert_eq!(r[2].answer.as_deref(), Ok("h4"));
+    }
+
+    #[test]
+    fn each_request_is_counted_in_its_phase() {
+        let t = Times {
+            start: 10.0,
+            h4_started: 20.0,
+            h4_answered: 22.0,
+            h2_stopped: 25.0,
+            h2_again: 30.0,
+            killed: 40.0,
+        };
+        let log = "9.0 h2\n11.0 h2\n21.0 h2\n22.0 h4\n26.0 h2\n27.0 h4\n31.0 h2\n35.0 refused\n41.0 refused\n43.0 h4\n";
+        let lookup = "Server:\t\t172.17.0.1\nAddress:\t172.17.0.1:53\n\nName:\tdb.ambassador.internal\nAddress: 10.96.0.1\n";
+        let r = summarize(&parse(log), &t, lookup);
+        assert_eq!(
+            r.graceful,
+            (7, 1),
+            "from the start to the kill; the one before is not"
+        );
+        assert_eq!(r.answered, (3, 2), "answers before h2 came back");
+        assert!((r.takeover - 2.0).abs() < 1e-9);
+        assert!(
+            (r.drain - 1.0).abs() < 1e-9,
+            "h2's last answer 1 s after its stop"
+        );
+        assert_eq!((r.hard.0, r.hard.1), (2, 1));
+        assert!((r.hard.2 - 1.0).abs() < 1e-9);
+        assert_eq!(r.failures, [(25.0, "refused".to_owned())]);
+        assert_eq!(r.frontend, "10.96.0.1");
     }
 
     #[test]
