@@ -13,6 +13,7 @@ mod fleet;
 mod ipv6;
 mod monitor;
 mod pps;
+mod record;
 mod scale;
 mod socks;
 mod stats;
@@ -78,7 +79,10 @@ pub enum Only {
 }
 
 /// Writes `name.md` and `name.json` under `dir` and prints the table.
+/// Writes group `name`'s table and results beside each other in `dir`, and adds the results
+/// to the run's record.
 pub fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    record::group(dir, name, json)?;
     println!("\n{md}");
     std::fs::write(dir.join(format!("{name}.md")), md)?;
     std::fs::write(
@@ -91,17 +95,13 @@ pub fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Resu
 
 /// One line about the machine, for the reports.
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
+    let m = record::machine();
+    format!(
+        "{} cores ({}), kernel {}",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or_default(),
+        m["kernel"].as_str().unwrap_or_default()
+    )
 }
 
 fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
@@ -114,6 +114,13 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     let wanted = |o: Only| only.is_none_or(|x| x == o);
     let mode = if quick { "quick" } else { "full" };
     println!("machine: {}; {mode} run", machine());
+    record::start(
+        &dir,
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        mode,
+        only.and_then(|o| clap::ValueEnum::to_possible_value(&o))
+            .map(|v| v.get_name().to_owned()),
+    )?;
     let started = Instant::now();
     if wanted(Only::Datapath) {
         println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
@@ -169,9 +176,10 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         let (md, json) = crate::fleet::run(&dir, quick)?;
         write(&dir, "fleet", &md, &json)?;
     }
+    let seconds = started.elapsed().as_secs_f64();
+    record::finish(&dir, seconds)?;
     println!(
-        "{mode} run measured in {:.0} s (the build before it not counted)",
-        started.elapsed().as_secs_f64()
+        "{mode} run measured in {seconds:.0} s (the build before it not counted); the record: target/bench/run.json"
     );
     Ok(())
 }
