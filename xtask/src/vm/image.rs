@@ -15,6 +15,9 @@ use crate::step;
 const DIR: &str = "target/vm/image";
 /// The copy of the script the image was built from.
 const BUILT_FROM: &str = "built-from.sh";
+/// The kernel command line the image boots with (its disk has no boot loader). A test runner
+/// adds `ambassador.job`; without it the image is a Vagrant box's host.
+pub const CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
 
 /// A built image: a raw ext4 disk, and the kernels (each with its initrd) it can boot.
 pub struct Image {

@@ -139,10 +139,8 @@ impl Vm {
             .arg(image.kernel(kernel))
             .arg("-initrd")
             .arg(image.initrd(kernel))
-            .args([
-                "-append",
-                "root=/dev/vda rw console=ttyS0 quiet net.ifnames=0 ambassador.job",
-            ])
+            .arg("-append")
+            .arg(format!("{} quiet ambassador.job", super::image::CMDLINE))
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=raw,snapshot=on",

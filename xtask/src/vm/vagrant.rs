@@ -93,11 +93,6 @@ pub fn ensure_box(image: &Image, target: &Path) -> Result<String> {
     .context("qemu-img (Debian's qemu-utils; scripts/setup.sh installs it)")?;
     std::fs::copy(image.kernel(kernel), at.join("vmlinuz"))?;
     std::fs::copy(image.initrd(kernel), at.join("initrd.img"))?;
-    let size_gb = std::fs::metadata(&disk)?.len().div_ceil(1 << 30);
-    std::fs::write(
-        at.join("metadata.json"),
-        format!(r#"{{"provider": "libvirt", "format": "qcow2", "virtual_size": {size_gb}}}"#),
-    )?;
     std::fs::write(
         at.join("Vagrantfile"),
         format!(
@@ -106,12 +101,19 @@ Vagrant.configure("2") do |config|
   config.vm.provider "libvirt" do |lv|
     lv.kernel = "{dir}/vmlinuz"
     lv.initrd = "{dir}/initrd.img"
-    lv.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+    lv.cmd_line = "{cmdline}"
   end
 end
 "#,
-            dir = at.display()
+            dir = at.display(),
+            cmdline = super::image::CMDLINE,
         ),
+    )?;
+    // Last: its presence says the box is whole.
+    let size_gb = std::fs::metadata(&disk)?.len().div_ceil(1 << 30);
+    std::fs::write(
+        at.join("metadata.json"),
+        format!(r#"{{"provider": "libvirt", "format": "qcow2", "virtual_size": {size_gb}}}"#),
     )?;
     Ok(version)
 }
