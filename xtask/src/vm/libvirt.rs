@@ -81,10 +81,11 @@ impl Daemon {
             } else {
                 Command::new(name)
             };
+            let file = std::fs::File::create(&out)?;
             let child = cmd
                 .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&out)?)
-                .stderr(std::fs::File::create(&out)?)
+                .stdout(file.try_clone()?)
+                .stderr(file)
                 .spawn()
                 .with_context(|| {
                     format!(
