@@ -72,7 +72,8 @@ pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
     let vagrant = if only.is_none_or(|p| p == Part::Vagrant) {
         // The release binary, as the demo runs: the debug one is ten times the size, and
         // every VM loads it under emulation.
-        let v = crate::release().and_then(|()| vagrant(VagrantAction::Run, &crate::release_bin()));
+        let v = crate::release()
+            .and_then(|()| vagrant_on(&image, &accel, VagrantAction::Run, &crate::release_bin()));
         tally.record(v.is_ok());
         v
     } else {
@@ -115,14 +116,24 @@ pub enum VagrantAction {
 
 /// Runs `action` with the release binary `bin`.
 pub fn vagrant(action: VagrantAction, bin: &std::path::Path) -> Result<()> {
+    let image = image::Image::ensure(&root())?;
+    vagrant_on(&image, &qemu::Accel::detect(), action, bin)
+}
+
+/// Runs `action` on `image`'s box, the VMs under `accel`.
+fn vagrant_on(
+    image: &image::Image,
+    accel: &qemu::Accel,
+    action: VagrantAction,
+    bin: &std::path::Path,
+) -> Result<()> {
     vagrant::on_interrupt()?;
     let root = root();
     let target = root.join("target");
-    let image = image::Image::ensure(&root)?;
     let version = step::step(
         "vagrant: the box, from the VM image",
         step::VAGRANT_BOX,
-        || vagrant::ensure_box(&image, &target),
+        || vagrant::ensure_box(image, &target),
     )?;
     vagrant::images(bin, &target)?;
     eprintln!(
@@ -131,17 +142,16 @@ pub fn vagrant(action: VagrantAction, bin: &std::path::Path) -> Result<()> {
     if action == VagrantAction::Box {
         return Ok(());
     }
-    let accel = qemu::Accel::detect();
     eprintln!("[xtask] vagrant: the VMs run under {}", accel.describe());
     let up = step::step(
         "vagrant: up h1, h2, nat, h4 (libvirt)",
         step::VAGRANT_UP,
         || {
             vagrant::Up::new(
-                vagrant::Vagrant::new(&root, &target, &accel),
+                vagrant::Vagrant::new(&root, &target, accel),
                 &target,
                 &vagrant::HOSTS,
-                &accel,
+                accel,
             )
         },
     )?;
