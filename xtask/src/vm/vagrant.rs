@@ -60,7 +60,7 @@ pub fn dir(target: &Path) -> PathBuf {
 
 /// Builds the box from `image` unless the one there was built from it: a directory in
 /// Vagrant's layout under `target/vagrant/home/boxes/` (so no `vagrant box add` copy), holding
-/// the disk as qcow2, the 6.1 kernel and initrd it boots directly, and a Vagrantfile that says
+/// the disk as compressed qcow2, the 6.1 kernel and initrd it boots directly, and a Vagrantfile that says
 /// so. Its version is the image's build time, so libvirt's cached volume of an older box is
 /// never taken for it.
 pub fn ensure_box(image: &Image, target: &Path) -> Result<String> {
@@ -84,9 +84,21 @@ pub fn ensure_box(image: &Image, target: &Path) -> Result<String> {
         .context("the image has no 6.1 kernel")?;
     let _ = std::fs::remove_dir_all(&boxes);
     std::fs::create_dir_all(&at)?;
+    // Compressed (zstd: 1.6 GiB to about 0.6, in about 7 s here), since libvirt's pool keeps a
+    // second copy; QEMU reads compressed clusters as they are and writes the VMs' own changes
+    // to their overlays.
     crate::run(
         Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .args([
+                "convert",
+                "-c",
+                "-o",
+                "compression_type=zstd",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+            ])
             .arg(&disk)
             .arg(at.join("box.img")),
     )
