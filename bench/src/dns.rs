@@ -17,7 +17,11 @@ use ambassador_user::services::dns::handler::query;
 use anyhow::{bail, Context as _, Result};
 use hickory_proto::rr::RecordType;
 
-use crate::stats::{median, pct, ratio, shuffled_orders, spread};
+use crate::{
+    stats::{pct, shuffled_orders},
+    table::{self, render, Col},
+    verdict::{self, Better, Goal},
+};
 
 /// Services, and so names, both servers hold.
 const NAMES: usize = 100;
@@ -203,53 +207,59 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         }
     }
 
-    let [amb, dm] = &results[..] else {
-        unreachable!()
-    };
-    let (q_ratio, q_spread) = ratio(&amb.qps, &dm.qps, 2);
-    let (p99_ratio, p99_spread) = ratio(&amb.p99, &dm.p99, 2);
+    let modes: Vec<_> = Mode::ALL
+        .iter()
+        .zip(&results)
+        .map(|(mode, r)| {
+            serde_json::json!({"mode": mode.name(), "qps": r.qps, "p50_us": r.p50, "p99_us": r.p99, "lost": r.lost})
+        })
+        .collect();
+    let json = serde_json::json!({
+        "reps": reps, "seconds": secs, "latency_queries": lat_n, "names": NAMES,
+        "order": "random per repetition", "modes": modes,
+    });
+    Ok((table(&json)?, json))
+}
+
+/// The goal: at least dnsmasq's rate on the same names.
+pub const GOALS: [Goal; 1] = [Goal::new(
+    "the DNS responder's queries per second",
+    ("ambassador", "dnsmasq"),
+    "qps",
+    Better::Higher,
+    1.0,
+)];
+
+/// The settings, the table and the goal, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = table::Samples::new(&json["modes"])?;
+    let names = json["names"].as_u64().context("names")?;
     let mut md = format!(
-        "## DNS: the responder against dnsmasq\n\n{NAMES} names (`s0..s{}.ambassador.internal`, A), the same in both: ambassador's from its \
+        "{names} names (`s0..s{}.ambassador.internal`, A), the same in both: ambassador's from its \
          services, dnsmasq's from a hosts file (`--addn-hosts`, `--local=/ambassador.internal/`). \
-         Loopback in one namespace; servers on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}. {reps} repetitions, both \
-         servers in each, in a random order; rate: dnsperf for {secs} s with 100 queries in flight; latency: {lat_n} \
-         queries one at a time. Medians, with min-max over repetitions.\n\n\
-         | server | queries/s | p50 (us) | p99 (us) | lost |\n|---|---:|---:|---:|---:|\n",
-        NAMES - 1
+         Loopback in one namespace; servers on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}. {} repetitions, both \
+         servers in each, in a random order; rate: dnsperf for {} s with 100 queries in flight; latency: {} \
+         queries one at a time. Medians, with min-max over repetitions.\n\n",
+        names - 1,
+        json["reps"],
+        json["seconds"],
+        json["latency_queries"],
     );
-    let mut json = serde_json::Map::new();
-    for (mode, r) in Mode::ALL.iter().zip(&results) {
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} ({}) | {:.1} ({}) | {:.1} ({}) | {} |",
-            mode.name(),
-            median(&mut r.qps.clone()),
-            spread(&r.qps, 0),
-            median(&mut r.p50.clone()),
-            spread(&r.p50, 1),
-            median(&mut r.p99.clone()),
-            spread(&r.p99, 1),
-            r.lost
-        );
-        json.insert(
-            mode.name().into(),
-            serde_json::json!({"qps": r.qps, "p50_us": r.p50, "p99_us": r.p99, "lost": r.lost}),
-        );
-    }
-    let verdict = if q_ratio >= 1.0 { "met" } else { "not met" };
-    let _ = write!(
-        md,
-        "\nambassador / dnsmasq, per repetition: rate **{q_ratio:.2}x** ({q_spread}), p99 {p99_ratio:.2}x ({p99_spread}). \
-         Goal (at least dnsmasq's rate): **{verdict}**{}.\n",
-        if reps < 3 {
-            " (a quick run: one repetition, not a measurement)"
-        } else {
-            ""
-        }
-    );
-    json.insert("rate_ratio".into(), serde_json::json!(q_ratio));
-    json.insert("p99_ratio".into(), serde_json::json!(p99_ratio));
-    Ok((md, serde_json::Value::Object(json)))
+    md += &render(
+        &s,
+        "server",
+        &[
+            ("queries/s", Col::Spread("qps", 0)),
+            ("vs dnsmasq", Col::Ratio("qps", "dnsmasq")),
+            ("p50 (us)", Col::Spread("p50_us", 1)),
+            ("p99 (us)", Col::Spread("p99_us", 1)),
+            ("p99 vs dnsmasq", Col::Ratio("p99_us", "dnsmasq")),
+            ("lost", Col::Count("lost")),
+        ],
+    )?;
+    md += "\nGoal:\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    Ok(md)
 }
 
 /// dnsmasq (as the tests run it) pinned to SERVER_CPU.

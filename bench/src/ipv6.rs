@@ -16,8 +16,10 @@ use ambassador_tests::{Cgroup, Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Result};
 
 use crate::{
-    datapath::{conn_rate, run_sock, throughput, tune, RrServer},
-    stats::{median, pct, ratio, shuffled_orders, spread},
+    datapath::{conn_rate, run_sock, throughput, tune, RrServer, SERVER_CPU},
+    stats::{cpu_seconds, pct, shuffled_orders},
+    table::{self, render, Col},
+    verdict::{self, Better, Goal},
 };
 
 const BACKEND6: &str = "fd00:200:1::2";
@@ -59,14 +61,17 @@ impl Mode {
 struct Samples {
     p50: Vec<f64>,
     p99: Vec<f64>,
+    cpu_rt: Vec<f64>,
     conn: Vec<f64>,
     gbps: Vec<f64>,
 }
 
 /// A 64-byte TCP ping-pong over one connection for `n` round trips: half round trip p50 and
-/// p99 in microseconds (sockperf's measure).
-fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 2]> {
+/// p99 in microseconds (sockperf's measure), and the machine's busy CPU µs per round trip
+/// (softirq included, steal not).
+fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 3]> {
     let addr: SocketAddr = format!("[{ip}]:{LAT_PORT}").parse()?;
+    let cpu0 = cpu_seconds();
     let mut us = client.run(move || -> std::io::Result<Vec<f64>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
@@ -81,8 +86,9 @@ fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 2]> {
         }
         Ok(out)
     })?;
+    let cpu = cpu_seconds() - cpu0;
     us.sort_by(f64::total_cmp);
-    Ok([pct(&us, 0.5), pct(&us, 0.99)])
+    Ok([pct(&us, 0.5), pct(&us, 0.99), cpu.busy * 1e6 / n as f64])
 }
 
 /// An echo server for the ping-pong: every 64 bytes read are written back, per connection.
@@ -112,8 +118,18 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let _iperf = Proc::spawn(
         &backend.name,
         "iperf3",
-        Path::new("/usr/bin/iperf3"),
-        &["-s", "-B", BACKEND6, "-p", &TPUT_PORT.to_string()].map(str::to_owned),
+        Path::new("/usr/bin/taskset"),
+        &[
+            "-c",
+            SERVER_CPU,
+            "/usr/bin/iperf3",
+            "-s",
+            "-B",
+            BACKEND6,
+            "-p",
+            &TPUT_PORT.to_string(),
+        ]
+        .map(str::to_owned),
     );
     std::thread::sleep(Duration::from_millis(500));
     // The benchmark's own cgroup, where `ambassador-sock6` attaches: its clients (its own
@@ -147,7 +163,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 Mode::Sock => Some(run_sock(&topo.fwd, &cgroup, &cfg)?),
                 _ => None,
             };
-            let [p50, p99] = latency(&topo.client, mode.ip(), lat_n)?;
+            let [p50, p99, cpu_rt] = latency(&topo.client, mode.ip(), lat_n)?;
             let c = conn_rate(&topo.client, &format!("[{}]", mode.ip()), CONN_PORT, secs)?;
             let t = throughput(&topo.client, mode.ip(), TPUT_PORT, secs, 1)?;
             if c.failed > 0 {
@@ -156,60 +172,114 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             let r = &mut results[i];
             r.p50.push(p50);
             r.p99.push(p99);
+            r.cpu_rt.push(cpu_rt);
             r.conn.push(c.per_sec);
             r.gbps.push(t.gbps);
         }
     }
 
-    let direct = &results[0];
+    let modes: Vec<_> = Mode::ALL
+        .iter()
+        .zip(&results)
+        .map(|(mode, r)| {
+            serde_json::json!({"mode": mode.name(), "p50_us": r.p50, "p99_us": r.p99, "cpu_us_per_round_trip": r.cpu_rt, "conn_per_sec": r.conn, "gbps": r.gbps})
+        })
+        .collect();
+    let json = serde_json::json!({
+        "reps": reps, "round_trips": lat_n, "seconds": secs,
+        "order": "random per repetition", "modes": modes,
+    });
+    Ok((table(&json)?, json))
+}
+
+/// A goal of IPv6 against no proxy, with `direct6 (again)` as the control.
+const fn goal(
+    what: &'static str,
+    mode: &'static str,
+    metric: &'static str,
+    better: Better,
+    target: f64,
+) -> Goal {
+    Goal::new(what, (mode, "direct6"), metric, better, target).control("direct6 (again)", "direct6")
+}
+
+/// IPv6's goals: as fast as no proxy within 5%, on the wall clock and in CPU per round trip.
+pub const GOALS: [Goal; 6] = [
+    goal(
+        "IPv6 ambassador-tc p50 latency",
+        "ambassador-tc6",
+        "p50_us",
+        Better::Lower,
+        1.05,
+    ),
+    goal(
+        "IPv6 ambassador-tc 1-stream throughput",
+        "ambassador-tc6",
+        "gbps",
+        Better::Higher,
+        0.95,
+    ),
+    goal(
+        "IPv6 ambassador-sock p50 latency",
+        "ambassador-sock6",
+        "p50_us",
+        Better::Lower,
+        1.05,
+    ),
+    goal(
+        "IPv6 ambassador-sock 1-stream throughput",
+        "ambassador-sock6",
+        "gbps",
+        Better::Higher,
+        0.95,
+    ),
+    goal(
+        "IPv6 ambassador-tc CPU per round trip",
+        "ambassador-tc6",
+        "cpu_us_per_round_trip",
+        Better::Lower,
+        1.05,
+    ),
+    goal(
+        "IPv6 ambassador-sock CPU per round trip",
+        "ambassador-sock6",
+        "cpu_us_per_round_trip",
+        Better::Lower,
+        1.05,
+    ),
+];
+
+/// The settings, the table and the goals, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = table::Samples::new(&json["modes"])?;
     let mut md = format!(
-        "## IPv6: ambassador-tc and ambassador-sock against no proxy\n\nClient -> forwarding host -> backend over IPv6 (veth, checksum offload on), {reps} repetitions, the modes in a random order in each; latency: a 64-byte TCP ping-pong, {lat_n} round trips (half round trip); connections: one 64-byte request per connection for {secs} s; throughput: iperf3 -6, one stream, {secs} s. Ratios are the median of per-repetition ratios to direct6, with their min-max.\n\n\
-         | mode | p50 us | p50 / direct | p99 us | conn/s | conn / direct | Gbit/s | Gbit/s / direct |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "Client -> forwarding host -> backend over IPv6 (veth, checksum offload on), {} repetitions, the modes in a random order in each; latency: a 64-byte TCP ping-pong, {} round trips (half round trip); connections: one 64-byte request per connection for {secs} s; throughput: iperf3 -6, one stream, {secs} s. Ratios are the median of per-repetition ratios to direct6, with their min-max.\n\n",
+        json["reps"],
+        json["round_trips"],
+        secs = json["seconds"],
     );
-    let mut json = serde_json::Map::new();
-    for (mode, r) in Mode::ALL.iter().zip(&results) {
-        let (p50r, p50s) = ratio(&r.p50, &direct.p50, 2);
-        let (cr, cs) = ratio(&r.conn, &direct.conn, 2);
-        let (gr, gs) = ratio(&r.gbps, &direct.gbps, 2);
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} ({}) | {p50r:.2} ({p50s}) | {:.1} | {:.0} | {cr:.2} ({cs}) | {:.2} | {gr:.2} ({gs}) |",
-            mode.name(),
-            median(&mut r.p50.clone()),
-            spread(&r.p50, 1),
-            median(&mut r.p99.clone()),
-            median(&mut r.conn.clone()),
-            median(&mut r.gbps.clone()),
-        );
-        json.insert(
-            mode.name().into(),
-            serde_json::json!({"p50_us": r.p50, "p99_us": r.p99, "conn_per_sec": r.conn, "gbps": r.gbps}),
-        );
-    }
-    let (again, again_spread) = ratio(&results[1].p50, &direct.p50, 2);
-    let _ = write!(
-        md,
-        "\nResolution: `direct6 (again)` / `direct6` p50 = {again:.2}x ({again_spread}). Goals (p50 <= 1.05x direct, one-stream throughput >= 0.95x):"
-    );
-    for i in [2, 3] {
-        let (p50, _) = ratio(&results[i].p50, &direct.p50, 2);
-        let (tput, _) = ratio(&results[i].gbps, &direct.gbps, 2);
-        let _ = write!(
-            md,
-            " {}: p50 **{}** ({p50:.2}x), throughput **{}** ({tput:.2}x);",
-            Mode::ALL[i].name(),
-            if p50 <= 1.05 { "met" } else { "not met" },
-            if tput >= 0.95 { "met" } else { "not met" },
-        );
-    }
-    let _ = writeln!(
-        md,
-        "{}",
-        if reps < 3 {
-            " a quick run: one repetition, not a measurement."
-        } else {
-            ""
-        },
-    );
-    Ok((md, serde_json::Value::Object(json)))
+    md += &render(
+        &s,
+        "mode",
+        &[
+            ("p50 us", Col::Spread("p50_us", 1)),
+            ("p50 / direct", Col::Ratio("p50_us", "direct6")),
+            ("p99 us", Col::Median("p99_us", 1)),
+            (
+                "CPU µs per round trip",
+                Col::Spread("cpu_us_per_round_trip", 2),
+            ),
+            (
+                "CPU / direct",
+                Col::Ratio("cpu_us_per_round_trip", "direct6"),
+            ),
+            ("conn/s", Col::Median("conn_per_sec", 0)),
+            ("conn / direct", Col::Ratio("conn_per_sec", "direct6")),
+            ("Gbit/s", Col::Median("gbps", 2)),
+            ("Gbit/s / direct", Col::Ratio("gbps", "direct6")),
+        ],
+    )?;
+    md += "\nGoals:\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    Ok(md)
 }

@@ -5,7 +5,7 @@
 //! that `xtask` needs nothing but a Rust toolchain: this one links `ambassador-user` and
 //! `etcd-client`, which need the packages setup installs.
 
-mod chart;
+mod charts;
 mod control_plane;
 mod datapath;
 mod dns;
@@ -14,9 +14,12 @@ mod ipv6;
 mod monitor;
 mod pps;
 mod record;
+mod report;
 mod scale;
 mod socks;
 mod stats;
+mod table;
+mod verdict;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,8 +41,15 @@ pub const CAPACITY_10K: [&str; 4] = ["--max-services", "16384", "--max-backends"
 )]
 struct Cli {
     /// The `ambassador` binary to measure (a release build).
-    #[arg(long, env = "AMBASSADOR_BIN")]
-    bin: PathBuf,
+    #[arg(long, env = "AMBASSADOR_BIN", required_unless_present = "report")]
+    bin: Option<PathBuf>,
+    /// Measure nothing: make BENCHMARKS.md's tables and verdicts and the README's summary
+    /// from the committed records in bench/results/.
+    #[arg(long, conflicts_with_all = ["quick", "only"])]
+    report: bool,
+    /// With --report: change nothing, fail if a document differs from what its data makes.
+    #[arg(long, requires = "report")]
+    check: bool,
     /// Fewer repetitions: a smoke run of every measurement.
     #[arg(long)]
     quick: bool,
@@ -50,7 +60,12 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    run(&cli.bin, cli.quick, cli.only)
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match cli.bin {
+        _ if cli.report => report::run(&repo, cli.check),
+        Some(bin) => run(&bin, cli.quick, cli.only),
+        None => unreachable!("clap requires --bin unless --report"),
+    }
 }
 
 /// Which benchmarks to run.
@@ -83,6 +98,10 @@ pub enum Only {
 /// to the run's record.
 pub fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
     record::group(dir, name, json)?;
+    for (file, svg) in charts::for_group(name, json)? {
+        std::fs::write(dir.join(&file), svg)?;
+        println!("chart: target/bench/{file}");
+    }
     println!("\n{md}");
     std::fs::write(dir.join(format!("{name}.md")), md)?;
     std::fs::write(
@@ -126,15 +145,6 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
         let r = crate::datapath::run(quick)?;
         write(&dir, "datapath", &r.md, &r.json)?;
-        let svg = crate::chart::datapath(
-            &r.chart,
-            &format!(
-                "cargo xtask bench ({mode}); {}; bars: median, whiskers: min-max",
-                machine()
-            ),
-        );
-        std::fs::write(dir.join("datapath.svg"), svg)?;
-        println!("chart: target/bench/datapath.svg\n");
     }
     if wanted(Only::Scale) {
         println!("scale: 1, 1,000 and 10,000 services, ambassador maps against iptables rules");
@@ -173,7 +183,7 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     }
     if wanted(Only::Fleet) {
         println!("fleet: simulated hosts (the daemon's and the register's cores) against a 3-member etcd");
-        let (md, json) = crate::fleet::run(&dir, quick)?;
+        let (md, json) = crate::fleet::run(quick)?;
         write(&dir, "fleet", &md, &json)?;
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -27,7 +27,11 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 
-use crate::stats::{median, ratio, shuffled_orders, spread};
+use crate::{
+    stats::shuffled_orders,
+    table::{self, render, Col},
+    verdict::{self, Better, Goal},
+};
 
 /// Runs per BPF_PROG_TEST_RUN call: fewer than the ring holds (256 KiB, 96 bytes an event), so
 /// `on` writes every event when the ring is drained between calls.
@@ -157,42 +161,59 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     maps.set_monitor(false)?;
     let lost = maps.events_lost()? - lost_before;
 
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## The monitor's cost per packet (`tc` DNAT program, kernel-timed, {reps} repetitions x {batches} x {BATCH} runs)\n"
-    );
-    let _ = writeln!(
-        md,
-        "| packet | mode | ns per run (median) | spread | vs off (median of per-rep ratios) | ratio spread |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    let mut rows = Vec::new();
+    let mut modes = Vec::new();
     for (p, (what, _)) in packets.iter().enumerate() {
         for (m, mode) in Mode::ALL.iter().enumerate() {
-            let v = &ns[p][m];
-            let (r, rs) = ratio(v, &ns[p][0], 3);
-            let med = median(&mut v.clone());
-            let _ = writeln!(
-                md,
-                "| {what} | {} | {med:.1} | {} | {r:.3}x | {rs} |",
-                mode.name(),
-                spread(v, 1)
-            );
-            rows.push(serde_json::json!({
-                "packet": what, "mode": mode.name(), "ns_per_run": v,
-                "median_ns": med, "ratio_to_off": r, "ratio_spread": rs,
+            modes.push(serde_json::json!({
+                "mode": format!("{what}: {}", mode.name()), "ns_per_run": ns[p][m],
             }));
         }
     }
-    let (control, control_spread) = ratio(&ns[1][1], &ns[1][0], 3);
-    let _ = writeln!(
-        md,
-        "\nResolution of this run: `off (again)` against `off` on the dropped packet is {control:.3}x (per repetition {control_spread}); a difference inside that spread is not resolved. Events counted lost (the `ring full` mode): {lost}; events read in `on` from the dropped packet: {read} of {owed}."
-    );
     let json = serde_json::json!({
-        "reps": reps, "batches": batches, "batch": BATCH, "rows": rows,
-        "events_lost": lost, "events_read": read, "events_owed": owed, "control_ratio": control,
+        "reps": reps, "batches": batches, "batch": BATCH, "order": "random per repetition",
+        "packets": packets.map(|(what, _)| what), "modes": modes,
+        "events_lost": lost, "events_read": read, "events_owed": owed,
     });
-    Ok((md, json))
+    Ok((table(&json)?, json))
+}
+
+/// The goal: a packet that makes no event costs the same with a monitor connected.
+pub const GOALS: [Goal; 1] = [Goal::new(
+    "a packet without an event, a monitor connected (ns per run)",
+    (
+        "established flow (no event): on, ring drained",
+        "established flow (no event): off (no monitor)",
+    ),
+    "ns_per_run",
+    Better::Lower,
+    1.02,
+)
+.control(
+    "established flow (no event): off (again)",
+    "established flow (no event): off (no monitor)",
+)
+.baseline("no monitor")];
+
+/// The settings, one table per packet and the goal, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = table::Samples::new(&json["modes"])?;
+    let mut md = format!(
+        "{} repetitions x {} calls x {} runs per mode, the modes in a random order each repetition; ratios are medians of per-repetition ratios to `off`, with min-max. Events read in `on, ring drained` from the dropped packet: {} of {}; counted lost (mostly in `on, ring full`): {}.\n",
+        json["reps"], json["batches"], json["batch"], json["events_read"], json["events_owed"], json["events_lost"],
+    );
+    for packet in json["packets"].as_array().context("packets")? {
+        let packet = packet.as_str().context("a packet's name")?;
+        let _ = writeln!(md, "\n{packet}:\n");
+        md += &render(
+            &s.subset(&format!("{packet}: ")),
+            "mode",
+            &[
+                ("ns per run", Col::Spread("ns_per_run", 1)),
+                ("vs off", Col::Ratio("ns_per_run", Mode::Off.name())),
+            ],
+        )?;
+    }
+    md += "\nGoal:\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    Ok(md)
 }

@@ -16,7 +16,6 @@
 //! CPU per frame is that thread's CPU time over the frames the sink received.
 
 use std::{
-    fmt::Write as _,
     process::Command,
     time::{Duration, Instant},
 };
@@ -26,7 +25,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     datapath::{prog_ns_per_run, BpfStats},
-    stats::{median, ratio, shuffled_orders, spread},
+    stats::shuffled_orders,
+    table::{self, render, Col},
+    verdict::{self, Better, Goal},
 };
 
 const VIP: &str = "10.96.0.10";
@@ -235,11 +236,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Frames received on `dev` in `ns`.
 fn rx_packets(ns: &NetNs, dev: &str) -> Result<u64> {
-    let out = ns.ip(&["-j", "-s", "link", "show", dev]);
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .context("rx packets")
+    Ok(crate::datapath::packet_counts(ns, dev)?[0])
 }
 
 /// NAPI in a thread for `dev` in `ns`, pinned to `cpu`; the thread. Done again for each mode:
@@ -350,53 +347,71 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         }
     }
 
-    let base = &results[0];
-    let mut md = format!(
-        "## Packet rate through a gateway\n\n60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {reps} repetitions of {secs} s, the modes in a random order in each (`routing, amb_xdp attached`: frames to the backend through the XDP program, which passes them to the stack). The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate); one core's capacity: the rate the gateway's core would forward fully busy (1 / CPU per frame). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n\
-         | mode | Mpps | Mpps / routing | gateway CPU µs per frame | CPU / routing | one core's capacity, Mpps | gateway thread busy | program ns per frame |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
-    );
-    let mut json = serde_json::Map::new();
-    for (mode, r) in Mode::ALL.iter().zip(&results) {
-        let (pr, ps) = ratio(&r.mpps, &base.mpps, 2);
-        let (cr, cs) = ratio(&r.cpu_per_m, &base.cpu_per_m, 2);
-        let _ = writeln!(
-            md,
-            "| {} | {:.3} ({}) | {pr:.2} ({ps}) | {:.2} | {cr:.2} ({cs}) | {:.3} | {:.0}% | {} |",
-            mode.name(),
-            median(&mut r.mpps.clone()),
-            spread(&r.mpps, 3),
-            median(&mut r.cpu_per_m.clone()),
-            1.0 / median(&mut r.cpu_per_m.clone()),
-            median(&mut r.busy.clone()) * 100.0,
-            if r.prog_ns.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{:.0}", median(&mut r.prog_ns.clone()))
-            },
-        );
-        json.insert(
-            mode.name().into(),
-            serde_json::json!({"mpps": r.mpps, "cpu_us_per_frame": r.cpu_per_m, "busy": r.busy, "program_ns_per_frame": r.prog_ns}),
-        );
-    }
-    let (again, again_spread) = ratio(&results[1].mpps, &base.mpps, 2);
-    let mut xdp_tc = results[4]
-        .mpps
+    let modes: Vec<_> = Mode::ALL
         .iter()
-        .zip(&results[3].mpps)
-        .map(|(x, t)| x / t)
-        .collect::<Vec<_>>();
-    let xdp_tc_spread = spread(&xdp_tc, 2);
-    let xdp_tc = median(&mut xdp_tc);
-    let (xdp_routing, _) = ratio(&results[4].mpps, &base.mpps, 2);
-    let _ = write!(
-        md,
-        "\nResolution: `routing (again)` / `routing` = {again:.2}x ({again_spread}). Goals: ambassador-xdp >= 2x ambassador-tc: **{}** ({xdp_tc:.2}x, {xdp_tc_spread}); ambassador-xdp >= routing: **{}** ({xdp_routing:.2}x){}.\n",
-        if xdp_tc >= 2.0 { "met" } else { "not met" },
-        if xdp_routing >= 1.0 { "met" } else { "not met" },
-        if reps < 3 { "; a quick run: one repetition, not a measurement" } else { "" },
+        .zip(&results)
+        .map(|(mode, r)| {
+            serde_json::json!({"mode": mode.name(), "mpps": r.mpps, "cpu_us_per_frame": r.cpu_per_m, "busy": r.busy, "program_ns_per_frame": r.prog_ns})
+        })
+        .collect();
+    let json = serde_json::json!({
+        "reps": reps, "seconds": secs, "order": "random per repetition", "modes": modes,
+    });
+    Ok((table(&json)?, json))
+}
+
+/// The XDP datapath's goals, with `routing (again)` as the control.
+pub const GOALS: [Goal; 2] = [
+    Goal::new(
+        "ambassador-xdp packet rate",
+        ("ambassador-xdp", "ambassador-tc"),
+        "mpps",
+        Better::Higher,
+        2.0,
+    )
+    .control("routing (again)", "routing"),
+    Goal::new(
+        "ambassador-xdp packet rate",
+        ("ambassador-xdp", "routing"),
+        "mpps",
+        Better::Higher,
+        1.0,
+    )
+    .control("routing (again)", "routing"),
+];
+
+/// The settings, the table and the goals, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = table::Samples::new(&json["modes"])?;
+    let mut md = format!(
+        "60-byte UDP frames (256 flows) from an AF_PACKET socket (sendmmsg, qdisc bypassed) in the client namespace, through the gateway namespace, to a sink namespace that drops them; {} repetitions of {} s, the modes in a random order in each (`routing, amb_xdp attached`: frames to the backend through the XDP program, which passes them to the stack). The gateway's receive work is one threaded-NAPI kernel thread pinned to CPU 0 (nothing else there); the sender and the sink are on CPU 1. Forwarded: frames the sink received per second. CPU: the gateway thread's CPU time per forwarded frame, and the share of the run it was busy (below 100%, the sender, not the gateway, set the rate); one core's capacity: the rate the gateway's core would forward fully busy (1 / CPU per frame). Program: our program's own run time per frame (kernel.bpf_stats_enabled). Ratios are medians of per-repetition ratios to `routing`, with min-max.\n\n",
+        json["reps"], json["seconds"],
     );
-    Ok((md, serde_json::Value::Object(json)))
+    md += &render(
+        &s,
+        "mode",
+        &[
+            ("Mpps", Col::Spread("mpps", 3)),
+            ("Mpps / routing", Col::Ratio("mpps", "routing")),
+            (
+                "gateway CPU µs per frame",
+                Col::Median("cpu_us_per_frame", 2),
+            ),
+            ("CPU / routing", Col::Ratio("cpu_us_per_frame", "routing")),
+            (
+                "one core's capacity, Mpps",
+                Col::Inverse("cpu_us_per_frame", 3),
+            ),
+            ("gateway thread busy", Col::Percent("busy")),
+            (
+                "program ns per frame",
+                Col::Median("program_ns_per_frame", 0),
+            ),
+        ],
+    )?;
+    md += "\nGoals:\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    Ok(md)
 }
 
 /// Sets up `mode` on the gateway.

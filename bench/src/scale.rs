@@ -9,9 +9,11 @@ use anyhow::Result;
 
 use crate::{
     datapath::{
-        conn_rate, dnat_rules, iptables_restore, latency, Bed, BACKEND, CONN_PORT, LAT_PORT,
+        conn_rate, dnat_rules, iptables_restore, latency, Bed, BACKEND, CONN_PORT, LAT_PORT, P50,
     },
     stats::{median, ratio, shuffled_orders, spread},
+    table::Samples,
+    verdict::{self, Better, Goal},
 };
 
 /// Frontend of filler service `i` (never dialled): 10.98.0.0/16, port 80.
@@ -97,7 +99,7 @@ fn measure(bed: &Bed, cell: &Cell, config: &TempFile, secs: u32) -> Result<(f64,
             );
             d.wait_ready();
             Ok((
-                latency(&topo.client, VIP_AMB, LAT_PORT, secs)?[0],
+                latency(&topo.client, VIP_AMB, LAT_PORT, secs, (&topo.fwd, "c0"))?.pct[P50],
                 conn_rate(&topo.client, VIP_AMB, CONN_PORT, secs)?.per_sec,
             ))
         }
@@ -106,7 +108,7 @@ fn measure(bed: &Bed, cell: &Cell, config: &TempFile, secs: u32) -> Result<(f64,
             iptables_restore(fwd, &iptables_config(cell.n))?;
             let measured = (|| -> Result<(f64, f64)> {
                 Ok((
-                    latency(&topo.client, VIP_IPT, LAT_PORT, secs)?[0],
+                    latency(&topo.client, VIP_IPT, LAT_PORT, secs, (&topo.fwd, "c0"))?.pct[P50],
                     conn_rate(&topo.client, VIP_IPT, CONN_PORT, secs)?.per_sec,
                 ))
             })();
@@ -154,38 +156,65 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             c.conn.push(conn);
         }
     }
-    Ok(report(&cells, reps, secs))
+    let json = record(&cells, reps, secs);
+    Ok((table(&json)?, json))
 }
 
-/// The table, and the samples.
-fn report(cells: &[Cell], reps: usize, secs: u32) -> (String, serde_json::Value) {
+/// A row's name in the record: the mode and its number of services.
+fn row(mode: &str, n: usize) -> String {
+    format!("{mode}, {n} service{}", if n == 1 { "" } else { "s" })
+}
+
+/// The goal: the connection rate does not fall with 10,000 services.
+pub const GOALS: [Goal; 1] = [Goal::new(
+    "ambassador-tc connections per second with 10,000 services",
+    ("ambassador-tc, 10000 services", "ambassador-tc, 1 service"),
+    "conn_per_sec",
+    Better::Higher,
+    0.95,
+)
+.baseline("with 1 service")];
+
+/// The samples as the record holds them.
+fn record(cells: &[Cell], reps: usize, secs: u32) -> serde_json::Value {
+    let modes: Vec<_> = cells
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "mode": row(c.mode.name(), c.n), "p50_us": c.p50, "conn_per_sec": c.conn,
+            })
+        })
+        .collect();
+    serde_json::json!({ "reps": reps, "seconds": secs, "order": "random per repetition", "modes": modes })
+}
+
+/// The table (each size against the same mode with 1 service) and the goal, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = Samples::new(&json["modes"])?;
     let mut md = String::from(
-        "| mode | services | p50 us (spread) | vs 1 service (spread) | conn/s (spread) | vs 1 service (spread) |\n|---|---|---|---|---|---|\n",
+        "| mode, services | p50 us (spread) | vs 1 service (spread) | conn/s (spread) | vs 1 service (spread) |\n|---|---:|---:|---:|---:|\n",
     );
-    let mut json = Vec::new();
-    for chunk in cells.chunks(SIZES.len()) {
-        let base = &chunk[0];
-        for c in chunk {
-            let (p50, conn) = (median(&mut c.p50.clone()), median(&mut c.conn.clone()));
-            let (p50_ratio, p50_spread) = ratio(&c.p50, &base.p50, 2);
-            let (conn_ratio, conn_spread) = ratio(&c.conn, &base.conn, 2);
-            let _ = writeln!(
-                md,
-                "| {} | {} | {p50:.1} ({}) | {p50_ratio:.2}x ({p50_spread}) | {conn:.0} ({}) | {conn_ratio:.2}x ({conn_spread}) |",
-                c.mode.name(),
-                c.n,
-                spread(&c.p50, 1),
-                spread(&c.conn, 0),
-            );
-            json.push(serde_json::json!({
-                "mode": c.mode.name(), "services": c.n, "p50_us": c.p50, "conn_per_sec": c.conn,
-            }));
+    for mode in Mode::ALL.map(Mode::name) {
+        let base = row(mode, 1);
+        for n in SIZES {
+            let name = row(mode, n);
+            let _ = write!(md, "| {name} |");
+            for (metric, digits) in [("p50_us", 1), ("conn_per_sec", 0)] {
+                let v = s.values(&name, metric)?;
+                let (r, sp) = ratio(&v, &s.values(&base, metric)?, 2);
+                let _ = write!(
+                    md,
+                    " {:.digits$} ({}) | {r:.2}x ({sp}) |",
+                    median(&mut v.clone()),
+                    spread(&v, digits)
+                );
+            }
+            md.push('\n');
         }
     }
-    (
-        md,
-        serde_json::json!({ "reps": reps, "seconds": secs, "order": "random per repetition", "cells": json }),
-    )
+    md += "\nGoal:\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    Ok(md)
 }
 
 #[cfg(test)]
@@ -227,14 +256,19 @@ mod tests {
                 ]
             })
             .collect();
-        let (md, json) = report(&cells, 3, 2);
+        let json = record(&cells, 3, 2);
+        let md = table(&json).unwrap();
         // Per repetition 1.1x, 1.5x and 1.0x: the median is 1.10x (a ratio of the medians
         // would say 30/20 = 1.50x).
         assert!(
-            md.contains("| ambassador-tc | 1000 | 30.0 (11.0-40.0) | 1.10x (1.00-1.50) |"),
+            md.contains("| ambassador-tc, 1000 services | 30.0 (11.0-40.0) | 1.10x (1.00-1.50) |"),
             "{md}"
         );
         assert!(md.contains("| 1.00x (0.90-1.00) |"), "{md}");
-        assert_eq!(json["cells"].as_array().unwrap().len(), 6);
+        assert!(
+            md.contains("10,000 services / with 1 service >= 0.95x: **met** (1.00x"),
+            "{md}"
+        );
+        assert_eq!(json["modes"].as_array().unwrap().len(), 6);
     }
 }

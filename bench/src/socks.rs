@@ -26,7 +26,11 @@ use anyhow::{bail, Context as _, Result};
 use fast_socks5::client::{Config, Socks5Stream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::stats::{cpu_busy_seconds, median, pct, ratio, shuffled_orders, spread};
+use crate::{
+    stats::{cpu_busy_seconds, pct, shuffled_orders},
+    table::{self, render, Col},
+    verdict::{self, Better, Goal},
+};
 
 const ECHO: &str = "10.77.0.1:9000";
 const SINK: &str = "10.77.0.1:9001";
@@ -365,59 +369,100 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         }
     });
     let results = result?;
-    Ok(report(&results, reps, secs, lat_n, mib))
+    let json = record(&results, reps, secs, lat_n, mib);
+    Ok((table(&json)?, json))
 }
 
-fn report(
+fn record(
     results: &[Samples],
     reps: usize,
     secs: f64,
     lat_n: usize,
     mib: usize,
-) -> (String, serde_json::Value) {
-    let direct = &results[0];
+) -> serde_json::Value {
+    let modes: Vec<_> = Mode::ALL
+        .iter()
+        .zip(results)
+        .map(|(mode, r)| {
+            serde_json::json!({"mode": mode.name(), "cps": r.cps, "p50_us": r.p50, "p99_us": r.p99, "gbps": r.gbps, "cpu_s_per_gb": r.cpu_per_gb})
+        })
+        .collect();
+    serde_json::json!({
+        "reps": reps, "seconds": secs, "requests": lat_n, "stream_mib": mib,
+        "order": "random per repetition", "modes": modes,
+    })
+}
+
+/// The door against one peer on every row: ahead means a ratio of at least 1 (at most 1 where
+/// lower is better).
+const fn ahead(of: &'static str) -> [Goal; 5] {
+    let m = ("ambassador socks", of);
+    [
+        Goal::new(
+            "the SOCKS door's connections per second",
+            m,
+            "cps",
+            Better::Higher,
+            1.0,
+        ),
+        Goal::new(
+            "the SOCKS door's request p50",
+            m,
+            "p50_us",
+            Better::Lower,
+            1.0,
+        ),
+        Goal::new(
+            "the SOCKS door's request p99",
+            m,
+            "p99_us",
+            Better::Lower,
+            1.0,
+        ),
+        Goal::new(
+            "the SOCKS door's stream throughput",
+            m,
+            "gbps",
+            Better::Higher,
+            1.0,
+        ),
+        Goal::new(
+            "the SOCKS door's CPU per GB",
+            m,
+            "cpu_s_per_gb",
+            Better::Lower,
+            1.0,
+        ),
+    ]
+}
+
+/// The goal: ahead of dante on every row (and, as a reference, of microsocks).
+pub const GOALS: [Goal; 5] = ahead("dante");
+
+/// The settings, the table and the goals, from the record.
+pub fn table(json: &serde_json::Value) -> Result<String> {
+    let s = table::Samples::new(&json["modes"])?;
     let mut md = format!(
-        "## SOCKS5: the door against dante and microsocks\n\n`cargo xtask bench --only socks`. One namespace, loopback; the servers (echo, sink) at 10.77.0.1; every proxy pinned to CPU {PROXY_CPU} (Debian's dante-server 1.4 and microsocks, and `ambassador socks` following a local etcd), the clients and servers to CPU {CLIENT_CPU}. {reps} repetitions, every mode in each, in a random order; each ratio is the median of per-repetition ratios to `direct`, with min-max. Connections: 4 clients for {secs} s, each a connect, the SOCKS handshake (the door by the service's name; dante and microsocks by address) and 1 byte each way. Request: 64 bytes each way on an open tunnel, {lat_n} times. Stream: {mib} MiB to the sink. CPU: CPU {PROXY_CPU}'s busy time during the stream, per GB.\n\n| mode | connections/s | vs direct | p50 (µs) | p99 (µs) | p50 vs direct | stream (Gbit/s) | vs direct | CPU per GB (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "One namespace, loopback; the servers (echo, sink) at 10.77.0.1; every proxy pinned to CPU {PROXY_CPU} (Debian's dante-server 1.4 and microsocks, and `ambassador socks` following a local etcd), the clients and servers to CPU {CLIENT_CPU}. {} repetitions, every mode in each, in a random order; each ratio is the median of per-repetition ratios to `direct`, with min-max. Connections: 4 clients for {} s, each a connect, the SOCKS handshake (the door by the service's name; dante and microsocks by address) and 1 byte each way. Request: 64 bytes each way on an open tunnel, {} times. Stream: {} MiB to the sink. CPU: CPU {PROXY_CPU}'s busy time during the stream, per GB.\n\n",
+        json["reps"], json["seconds"], json["requests"], json["stream_mib"],
     );
-    let mut json = serde_json::Map::new();
-    for (mode, r) in Mode::ALL.iter().zip(results) {
-        let (c_ratio, c_spread) = ratio(&r.cps, &direct.cps, 2);
-        let (l_ratio, l_spread) = ratio(&r.p50, &direct.p50, 2);
-        let (t_ratio, t_spread) = ratio(&r.gbps, &direct.gbps, 2);
-        md += &format!(
-            "| {} | {:.0} | {c_ratio:.2}x ({c_spread}) | {:.1} | {:.1} | {l_ratio:.2}x ({l_spread}) | {:.2} | {t_ratio:.2}x ({t_spread}) | {:.2} ({}) |\n",
-            mode.name(),
-            median(&mut r.cps.clone()),
-            median(&mut r.p50.clone()),
-            median(&mut r.p99.clone()),
-            median(&mut r.gbps.clone()),
-            median(&mut r.cpu_per_gb.clone()),
-            spread(&r.cpu_per_gb, 2),
-        );
-        json.insert(
-            mode.name().into(),
-            serde_json::json!({"cps": r.cps, "p50_us": r.p50, "p99_us": r.p99, "gbps": r.gbps, "cpu_s_per_gb": r.cpu_per_gb}),
-        );
-    }
-    let amb = &results[1];
-    let ahead = |other: &Samples| {
-        let (c, _) = ratio(&amb.cps, &other.cps, 2);
-        let (l, _) = ratio(&other.p50, &amb.p50, 2);
-        let (p, _) = ratio(&other.p99, &amb.p99, 2);
-        let (t, _) = ratio(&amb.gbps, &other.gbps, 2);
-        let (u, _) = ratio(&other.cpu_per_gb, &amb.cpu_per_gb, 2);
-        [c, l, p, t, u]
-    };
-    for (name, other) in [("dante", &results[2]), ("microsocks", &results[3])] {
-        let [c, l, p, t, u] = ahead(other);
-        let all = [c, l, p, t, u].iter().all(|x| *x >= 1.0);
-        md += &format!(
-            "\nambassador socks against {name}, per repetition (above 1: ambassador ahead): connections/s {c:.2}x, p50 {l:.2}x, p99 {p:.2}x, stream {t:.2}x, CPU per GB {u:.2}x: ahead on every row: **{}**{}.",
-            if all { "yes" } else { "no" },
-            if reps < 3 { " (a quick run: one repetition, not a measurement)" } else { "" }
-        );
-        json.insert(format!("vs_{name}"), serde_json::json!([c, l, p, t, u]));
-    }
-    md.push('\n');
-    (md, serde_json::Value::Object(json))
+    md += &render(
+        &s,
+        "mode",
+        &[
+            ("connections/s", Col::Median("cps", 0)),
+            ("vs direct", Col::Ratio("cps", "direct")),
+            ("p50 (µs)", Col::Median("p50_us", 1)),
+            ("p99 (µs)", Col::Median("p99_us", 1)),
+            ("p50 vs direct", Col::Ratio("p50_us", "direct")),
+            ("stream (Gbit/s)", Col::Median("gbps", 2)),
+            ("vs direct", Col::Ratio("gbps", "direct")),
+            ("CPU per GB (s)", Col::Spread("cpu_s_per_gb", 2)),
+        ],
+    )?;
+    md += "\nGoal: ahead of dante on every row (ratios of ambassador socks to dante, per repetition):\n\n";
+    md += &verdict::list(&s, &GOALS)?;
+    md += "\nThe same against microsocks, for reference:\n\n";
+    md += &verdict::list(&s, &ahead("microsocks"))?;
+    Ok(md)
 }

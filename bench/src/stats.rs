@@ -30,9 +30,29 @@ pub fn ratio(v: &[f64], base: &[f64], digits: usize) -> (f64, String) {
     (median(&mut r), sp)
 }
 
-/// Busy and total CPU time so far, in seconds, from the /proc/stat line that starts with
-/// `label` (`cpu`: the whole machine; `cpu0`: one CPU).
-fn stat_seconds(label: &str) -> (f64, f64) {
+/// CPU time so far, in seconds: busy (this machine's own work, softirq included), stolen (the
+/// hypervisor ran someone else while this machine wanted to run) and in all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    pub busy: f64,
+    pub steal: f64,
+    pub total: f64,
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self {
+            busy: self.busy - o.busy,
+            steal: self.steal - o.steal,
+            total: self.total - o.total,
+        }
+    }
+}
+
+/// CPU times from the /proc/stat line that starts with `label` (`cpu`: the whole machine;
+/// `cpu0`: one CPU).
+fn stat_seconds(label: &str) -> CpuTimes {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = text
         .lines()
@@ -43,21 +63,25 @@ fn stat_seconds(label: &str) -> (f64, f64) {
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let f = |i: usize| fields.get(i).copied().unwrap_or(0.0);
     let total: f64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ((total - idle) / hz, total / hz)
+    CpuTimes {
+        busy: (total - f(3) - f(4) - f(7)) / hz,
+        steal: f(7) / hz,
+        total: total / hz,
+    }
 }
 
-/// Busy and total CPU time of the whole machine so far, in seconds.
-pub fn cpu_seconds() -> (f64, f64) {
+/// CPU times of the whole machine so far.
+pub fn cpu_seconds() -> CpuTimes {
     stat_seconds("cpu")
 }
 
 /// Busy time of CPU `cpu` so far, in seconds (everything but idle and iowait).
 pub fn cpu_busy_seconds(cpu: usize) -> f64 {
-    stat_seconds(&format!("cpu{cpu}")).0
+    stat_seconds(&format!("cpu{cpu}")).busy
 }
 
 /// A process's CPU time so far (user and system), seconds; 0 if it cannot be read.
@@ -109,7 +133,7 @@ mod tests {
 
     #[test]
     fn cpu_seconds_grow() {
-        let (busy, total) = cpu_seconds();
-        assert!(total > 0.0 && busy <= total, "{busy} {total}");
+        let t = cpu_seconds();
+        assert!(t.total > 0.0 && t.busy + t.steal <= t.total, "{t:?}");
     }
 }

@@ -87,9 +87,11 @@ enum Task {
         #[arg(long)]
         testbed: bool,
     },
-    /// Set up, build, then measure (results in target/bench/). The arguments go to
-    /// `ambassador-bench`: `--quick` (a smoke run), `--only datapath|scale|control-plane|dns|ipv6`
-    /// (`cargo xtask bench --help` lists them).
+    /// Set up, build, then measure (results in target/bench/, the run's record in
+    /// target/bench/run.json). The arguments go to `ambassador-bench`: `--quick` (a smoke run),
+    /// `--only GROUP`, or `--report` (measure nothing: make BENCHMARKS.md's tables, verdicts and
+    /// charts and the README's summary from the records in bench/results/; `--check` only
+    /// compares). `cargo xtask bench -- --help` lists them.
     Bench {
         /// Arguments for ambassador-bench.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -146,7 +148,36 @@ fn cargo() -> Command {
     c
 }
 
+/// What a whole `cargo xtask run` and `cargo xtask test` added to the disk on a fresh clone
+/// here (builds, images, VMs, the box; 2026-12-05), with some room.
+const DISK_NEEDED_GIB: f64 = 12.0;
+
+/// Says how much disk is free where target/ lives, and warns when it is less than a whole run
+/// needs: a full disk otherwise shows up much later as an odd failure (a docker import, an apt
+/// install in the VM image's chroot).
+fn disk_check() {
+    let target = root().join("target");
+    let _ = std::fs::create_dir_all(&target);
+    let Ok(path) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: statvfs only writes the struct it is given; `path` is a valid C string.
+    let free = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut st) == 0)
+            .then(|| st.f_bavail as f64 * st.f_frsize as f64 / f64::from(1u32 << 30))
+    };
+    match free {
+        Some(gib) if gib < DISK_NEEDED_GIB => eprintln!(
+            "!!! disk: {gib:.1} GiB free for target/; a whole `cargo xtask run` and `cargo xtask test` need about {DISK_NEEDED_GIB:.0} GiB: expect \"no space left on device\" !!!"
+        ),
+        Some(gib) => println!("[xtask] disk: {gib:.1} GiB free for target/ (a whole run and test need about {DISK_NEEDED_GIB:.0} GiB)"),
+        None => {}
+    }
+}
+
 fn setup() -> Result<()> {
+    disk_check();
     step(
         "setup: apt packages, the pinned nightly with rust-src, bpf-linker, bpffs (scripts/setup.sh)",
         step::SETUP,

@@ -8,7 +8,6 @@
 //! events: an operator's endpoint change, a container start on a backend host, a tenth of the
 //! backend hosts dying at once (their leases expire).
 
-mod charts;
 mod collect;
 mod faults;
 mod real;
@@ -32,6 +31,7 @@ use anyhow::{Context as _, Result};
 use collect::{Collector, Outcome};
 use faults::Restart;
 use real::{RealHosts, REAL_HOSTS};
+pub use report::table;
 use sim::BackendHost;
 
 /// Services every trial creates.
@@ -93,7 +93,7 @@ struct Trial {
 }
 
 /// Runs the fleet at each size, direct and through grpc-proxy.
-pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
+pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     raise_open_files();
     let sizes = sizes(quick)?;
     let proxy_counts = proxy_counts()?;
@@ -111,11 +111,8 @@ pub fn run(dir: &Path, quick: bool) -> Result<(String, serde_json::Value)> {
         Some(root) => format!("in {}", root.display()),
         None => format!("on disk ({})", std::env::temp_dir().display()),
     };
-    charts::write(dir, &trials)?;
-    Ok((
-        report::markdown(&trials, events, &data),
-        report::json(&trials, &data),
-    ))
+    let json = report::json(&trials, &data, events);
+    Ok((report::table(&json)?, json))
 }
 
 /// One trial, on a cluster of its own (its memory is then the trial's alone): 3 members,

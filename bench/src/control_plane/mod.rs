@@ -2,7 +2,6 @@
 //! 10,000 services from etcd.
 
 use std::{
-    fmt::Write as _,
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -11,7 +10,9 @@ use ambassador_tests::{ambassador_ok, Cgroup, Daemon, Dockerd, Etcd, PinDir, Top
 use ambassador_user::datapath::maps::Maps;
 use anyhow::{bail, Context as _, Result};
 
-use crate::stats::pct;
+mod report;
+
+pub use report::table;
 
 struct Series {
     name: &'static str,
@@ -19,27 +20,8 @@ struct Series {
 }
 
 impl Series {
-    fn row(&self) -> String {
-        let mut s = self.samples_ms.clone();
-        s.sort_by(f64::total_cmp);
-        format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            self.name,
-            s.len(),
-            pct(&s, 0.0),
-            pct(&s, 0.5),
-            pct(&s, 0.99),
-            pct(&s, 1.0)
-        )
-    }
-
     fn json(&self) -> serde_json::Value {
-        let mut s = self.samples_ms.clone();
-        s.sort_by(f64::total_cmp);
-        serde_json::json!({
-            "name": self.name, "n": s.len(), "min_ms": pct(&s, 0.0), "p50_ms": pct(&s, 0.5),
-            "p99_ms": pct(&s, 0.99), "max_ms": pct(&s, 1.0), "samples_ms": s,
-        })
+        serde_json::json!({ "name": self.name, "samples_ms": self.samples_ms })
     }
 }
 
@@ -468,36 +450,17 @@ pub fn control_plane(dir: &Path, quick: bool) -> Result<()> {
     println!("  docker start -> map updated, {n_docker} times");
     let c = docker_to_map(&dockerd, &pin.path, n_docker)?;
 
-    let mut md = String::from(
-        "| measurement | n | min ms | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n",
-    );
     let all = [&a, &b, &b_sock, &c, &load[0], &load[1]];
-    for s in all {
-        let _ = writeln!(md, "{}", s.row());
-    }
-    let total: u64 = memory.iter().map(|(_, b)| b).sum();
-    let _ = writeln!(
-        md,
-        "\nMap memory with 10,000 services x 4 endpoints (bpftool bytes_memlock; the maps are preallocated, so this is also their size when empty): {:.1} MiB in all",
-        total as f64 / (1 << 20) as f64
-    );
-    for (name, b) in &memory {
-        let _ = writeln!(md, "- {name}: {:.1} MiB", *b as f64 / (1 << 20) as f64);
-    }
     let mem: Vec<_> = memory
         .iter()
         .map(|(n, b)| serde_json::json!({"map": n, "bytes": b}))
         .collect();
-    crate::write(
-        dir,
-        "control-plane",
-        &md,
-        &serde_json::json!({
-            "quick": quick,
-            "series": all.iter().map(|s| s.json()).collect::<Vec<_>>(),
-            "map_memory": mem,
-        }),
-    )
+    let json = serde_json::json!({
+        "quick": quick,
+        "series": all.iter().map(|s| s.json()).collect::<Vec<_>>(),
+        "map_memory": mem,
+    });
+    crate::write(dir, "control-plane", &table(&json)?, &json)
 }
 
 #[cfg(test)]
