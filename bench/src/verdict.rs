@@ -40,6 +40,9 @@ pub struct Goal {
     pub control: Option<(&'static str, &'static str)>,
     /// What the baseline is called in the documents, where its mode's name is not it.
     pub baseline: Option<&'static str>,
+    /// A share rather than a ratio: `metric` over the baseline's `.0`, that times `.1` (to
+    /// the same unit), shown as a percentage of what `.2` names.
+    pub share_of: Option<(&'static str, f64, &'static str)>,
 }
 
 impl Goal {
@@ -60,6 +63,16 @@ impl Goal {
             target,
             control: None,
             baseline: None,
+            share_of: None,
+        }
+    }
+
+    /// The same goal as a share of the baseline's `metric` (times `unit`, to the goal's
+    /// metric's unit), which the documents call `name`.
+    pub const fn share_of(self, metric: &'static str, unit: f64, name: &'static str) -> Self {
+        Self {
+            share_of: Some((metric, unit, name)),
+            ..self
         }
     }
 
@@ -143,7 +156,16 @@ pub fn rule(m: f64, r: f64, reps: usize, target: f64, better: Better) -> Verdict
 
 /// Judges `goal` on a group's samples.
 pub fn judge(samples: &Samples, goal: Goal) -> Result<Judged> {
-    let ratios = samples.ratios(goal.mode, goal.against, goal.metric)?;
+    let ratios = match goal.share_of {
+        None => samples.ratios(goal.mode, goal.against, goal.metric)?,
+        Some((of, unit, _)) => {
+            let (v, b) = (
+                samples.values(goal.mode, goal.metric)?,
+                samples.values(goal.against, of)?,
+            );
+            v.iter().zip(&b).map(|(v, b)| v / (b * unit)).collect()
+        }
+    };
     let resolution = match goal.control {
         Some((again, base)) => control_resolution(&samples.ratios(again, base, goal.metric)?),
         None => own_resolution(&ratios),
@@ -171,6 +193,22 @@ impl fmt::Display for Judged {
             Better::Lower => "<=",
             Better::Higher => ">=",
         };
+        if let Some((_, _, of)) = g.share_of {
+            let pc = |v: f64| v * 100.0;
+            return write!(
+                f,
+                "{} / {}'s {of} {op} {:.1}%: **{}** ({:.2}%, {:.2}-{:.2}%; resolution {:.2}%, {} repetitions)",
+                g.what,
+                g.baseline.unwrap_or(g.against),
+                pc(g.target),
+                self.verdict,
+                pc(self.ratio),
+                pc(self.min),
+                pc(self.max),
+                pc(self.resolution),
+                self.reps
+            );
+        }
         write!(
             f,
             "{} / {} {op} {:.2}x: **{}** ({:.2}x, {:.2}-{:.2}; resolution {:.1}%, {} repetitions)",
@@ -233,6 +271,7 @@ mod tests {
             target: 1.5,
             control: Some(("again", "direct")),
             baseline: None,
+            share_of: None,
         };
         let j = judge(&s, goal).unwrap();
         assert_eq!((j.ratio, j.min, j.max, j.reps), (1.5, 1.4, 1.6, 5));
@@ -257,5 +296,27 @@ mod tests {
         // The middle half of its own ratios: 1.50-1.55.
         assert!((own.resolution - 0.025).abs() < 1e-9, "{own:?}");
         assert_eq!(own.verdict, Verdict::Met);
+        // tc's own time per transaction (ns) as a share of direct's CPU per transaction (µs).
+        let modes = json!([
+            {"mode": "direct", "cpu_us": [40.0, 40.0, 40.0], "bpf_ns": [0.0, 0.0, 0.0]},
+            {"mode": "tc", "cpu_us": [41.0, 50.0, 39.0], "bpf_ns": [1000.0, 1000.0, 1200.0]},
+        ]);
+        let s = Samples::new(&modes).unwrap();
+        let share = Goal::new(
+            "tc's programs",
+            ("tc", "direct"),
+            "bpf_ns",
+            Better::Lower,
+            0.05,
+        )
+        .share_of("cpu_us", 1000.0, "CPU");
+        let j = judge(&s, share).unwrap();
+        assert!((j.ratio - 0.025).abs() < 1e-12, "{j:?}");
+        assert_eq!(j.verdict, Verdict::Met);
+        assert!(
+            j.to_string()
+                .contains("tc's programs / direct's CPU <= 5.0%: **met** (2.50%"),
+            "{j}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 mod report;
 mod tools;
 
-pub use report::{table, GOALS};
+pub use report::{table, GOALS, OWN_COST};
 pub use tools::*;
 
 use crate::stats::shuffled_orders;
