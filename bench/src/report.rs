@@ -133,6 +133,12 @@ fn summary(records: &[Record]) -> Result<String> {
             md += &format!("  - {}\n", verdict::judge(&s, g)?);
         }
     }
+    let r = latest(records, "fleet")?;
+    md += &format!(
+        "\nThe fleet's goals ([`{RESULTS}/{file}`]({RESULTS}/{file}); one trial each, not repetitions, so each verdict is the figure against the goal as measured):\n\n",
+        file = r.file
+    );
+    md += &crate::fleet::goals(&r.json["groups"]["fleet"])?;
     Ok(md)
 }
 

@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result};
 use collect::{Collector, Outcome};
 use faults::Restart;
 use real::{RealHosts, REAL_HOSTS};
-pub use report::table;
+pub use report::{goals, table};
 use sim::BackendHost;
 
 /// Services every trial creates.

@@ -184,7 +184,7 @@ pub fn table(json: &Value) -> Result<String> {
 /// The fleet issue's goals, each judged on the trials it names (1,000 hosts given the
 /// members, 5,000 through one grpc-proxy). Each trial is one run of many events, not
 /// repetitions: there is no control, so a verdict is the figure against the goal as measured.
-fn goals(json: &Value) -> Result<String> {
+pub fn goals(json: &Value) -> Result<String> {
     let trials = json["trials"].as_array().context("trials")?;
     let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
     let mut md = String::from("| trial | goal | measured | verdict |\n|---|---|---:|---|\n");
