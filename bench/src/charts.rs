@@ -9,11 +9,11 @@ use anyhow::{anyhow, Context as _, Result};
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::{stats::median, table::Samples};
-
-/// etcd's published watch cost: about 50 MB for 1,000 clients with one watch each (its watch
-/// memory benchmark), in MiB per client.
-pub const ETCD_MIB_PER_CLIENT: f64 = 50.0 / 1000.0 * 1e6 / (1 << 20) as f64;
+use crate::{
+    fleet::{change_p99, ETCD_MIB_PER_CLIENT},
+    stats::{median, median_min_max, min_max},
+    table::Samples,
+};
 
 /// A group's charts: (file name, SVG) for each.
 pub fn for_group(group: &str, json: &Value) -> Result<Vec<(String, String)>> {
@@ -113,11 +113,7 @@ fn datapath_ratios(json: &Value) -> Result<String> {
         for (area, (title, metric)) in root.split_evenly((3, 1)).iter().zip(panels) {
             let rows: Vec<[f64; 3]> = modes
                 .iter()
-                .map(|m| {
-                    let mut r = s.ratios(m, "direct", metric)?;
-                    let (lo, hi) = extent(r.iter().copied())?;
-                    Ok([median(&mut r), lo, hi])
-                })
+                .map(|m| Ok(median_min_max(&s.ratios(m, "direct", metric)?)))
                 .collect::<Result<_>>()?;
             bars(area, title, &modes, &rows)?;
         }
@@ -183,22 +179,23 @@ where
 /// one service (median of per-repetition ratios; the whisker is their min-max).
 fn scale(json: &Value) -> Result<String> {
     let s = Samples::new(&json["modes"])?;
-    let mut by_mode: BTreeMap<String, Vec<(f64, [f64; 3])>> = BTreeMap::new();
-    for name in s.modes() {
-        let (mode, n) = name
-            .split_once(", ")
-            .context("a scale row is `mode, N services`")?;
-        let n: f64 = n.split(' ').next().unwrap_or("").parse()?;
-        let base = format!("{mode}, 1 service");
-        let mut r = s.ratios(name, &base, "conn_per_sec")?;
-        let (lo, hi) = extent(r.iter().copied())?;
-        by_mode
-            .entry(mode.to_owned())
-            .or_default()
-            .push((n, [median(&mut r), lo, hi]));
-    }
-    let (x0, x1) = extent(by_mode.values().flatten().map(|p| p.0))?;
-    let (y0, y1) = extent(by_mode.values().flatten().flat_map(|p| [p.1[1], p.1[2]]))?;
+    let by_mode = crate::scale::rows()
+        .into_iter()
+        .map(|(mode, sizes)| {
+            let base = &sizes[0].1;
+            let points = sizes
+                .iter()
+                .map(|(n, name)| {
+                    let r = s.ratios(name, base, "conn_per_sec")?;
+                    Ok((*n as f64, median_min_max(&r)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((mode, points))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let points = || by_mode.iter().flat_map(|(_, p)| p.iter());
+    let (x0, x1) = extent(points().map(|p| p.0))?;
+    let (y0, y1) = extent(points().flat_map(|p| [p.1[1], p.1[2]]))?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 440)).into_drawing_area();
@@ -228,7 +225,7 @@ fn scale(json: &Value) -> Result<String> {
             let color = Palette99::pick(i).to_rgba();
             let line: Vec<(f64, f64)> = points.iter().map(|(n, r)| (*n, r[0])).collect();
             c.draw_series(LineSeries::new(line, color.stroke_width(2)))?
-                .label(mode)
+                .label(*mode)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             c.draw_series(
                 points
@@ -257,15 +254,7 @@ fn fleet(json: &Value) -> Result<Vec<(String, String)>> {
         }
         by_via.into_iter().collect()
     };
-    let latency = lines(&|t| {
-        let mut v: Vec<f64> = t["changes"]["every_host_ms"]
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_f64)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| crate::stats::pct(&v, 0.99))
-    });
+    let latency = lines(&change_p99);
     let memory = lines(&|t| Some(t["etcd_growth_mib"].as_f64()?.max(1.0)));
     let mut hosts: Vec<f64> = trials.iter().filter_map(|t| t["hosts"].as_f64()).collect();
     hosts.sort_by(f64::total_cmp);
@@ -378,9 +367,7 @@ where
 
 /// The smallest and largest of `v`; an error when it is empty.
 fn extent(v: impl Iterator<Item = f64>) -> Result<(f64, f64)> {
-    let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-        (a.min(x), b.max(x))
-    });
+    let (lo, hi) = min_max(v);
     if lo > hi {
         return Err(anyhow!("nothing to chart"));
     }

@@ -93,9 +93,8 @@ pub enum Only {
     Monitor,
 }
 
-/// Writes `name.md` and `name.json` under `dir` and prints the table.
-/// Writes group `name`'s table and results beside each other in `dir`, and adds the results
-/// to the run's record.
+/// Writes group `name`'s table, results and charts beside each other in `dir`, prints the
+/// table, and adds the results to the run's record.
 pub fn write(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
     record::group(dir, name, json)?;
     for (file, svg) in charts::for_group(name, json)? {
@@ -143,8 +142,8 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     let started = Instant::now();
     if wanted(Only::Datapath) {
         println!("datapath: client -> forwarding host -> backend, every mode, interleaved");
-        let r = crate::datapath::run(quick)?;
-        write(&dir, "datapath", &r.md, &r.json)?;
+        let (md, json) = crate::datapath::run(quick)?;
+        write(&dir, "datapath", &md, &json)?;
     }
     if wanted(Only::Scale) {
         println!("scale: 1, 1,000 and 10,000 services, ambassador maps against iptables rules");

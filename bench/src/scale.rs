@@ -11,8 +11,8 @@ use crate::{
     datapath::{
         conn_rate, dnat_rules, iptables_restore, latency, Bed, BACKEND, CONN_PORT, LAT_PORT, P50,
     },
-    stats::{median, ratio, shuffled_orders, spread},
-    table::Samples,
+    stats::shuffled_orders,
+    table::{ratio_cell, spread_cell, Samples},
     verdict::{self, Better, Goal},
 };
 
@@ -165,6 +165,15 @@ fn row(mode: &str, n: usize) -> String {
     format!("{mode}, {n} service{}", if n == 1 { "" } else { "s" })
 }
 
+/// Each mode's rows in the record, by size: (services, row name), the first with 1 service
+/// (what the others are compared with).
+pub fn rows() -> Vec<(&'static str, Vec<(usize, String)>)> {
+    Mode::ALL
+        .iter()
+        .map(|m| (m.name(), SIZES.map(|n| (n, row(m.name(), n))).to_vec()))
+        .collect()
+}
+
 /// The goal: the connection rate does not fall with 10,000 services.
 pub const GOALS: [Goal; 1] = [Goal::new(
     "ambassador-tc connections per second with 10,000 services",
@@ -194,19 +203,17 @@ pub fn table(json: &serde_json::Value) -> Result<String> {
     let mut md = String::from(
         "| mode, services | p50 us (spread) | vs 1 service (spread) | conn/s (spread) | vs 1 service (spread) |\n|---|---:|---:|---:|---:|\n",
     );
-    for mode in Mode::ALL.map(Mode::name) {
-        let base = row(mode, 1);
-        for n in SIZES {
-            let name = row(mode, n);
+    for (_, sizes) in rows() {
+        let base = &sizes[0].1;
+        for (_, name) in &sizes {
             let _ = write!(md, "| {name} |");
             for (metric, digits) in [("p50_us", 1), ("conn_per_sec", 0)] {
-                let v = s.values(&name, metric)?;
-                let (r, sp) = ratio(&v, &s.values(&base, metric)?, 2);
+                let v = s.values(name, metric)?;
                 let _ = write!(
                     md,
-                    " {:.digits$} ({}) | {r:.2}x ({sp}) |",
-                    median(&mut v.clone()),
-                    spread(&v, digits)
+                    " {} | {} |",
+                    spread_cell(&v, digits),
+                    ratio_cell(&v, &s.values(base, metric)?)
                 );
             }
             md.push('\n');

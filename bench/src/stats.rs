@@ -12,10 +12,23 @@ pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// The smallest and the largest of `v` (infinite, the wrong way round, when it is empty).
+pub fn min_max(v: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    v.into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// The median of `v`, its smallest and its largest.
+pub fn median_min_max(v: &[f64]) -> [f64; 3] {
+    let (min, max) = min_max(v.iter().copied());
+    [median(&mut v.to_vec()), min, max]
+}
+
 /// `min-max` with `digits` decimals.
 pub fn spread(v: &[f64], digits: usize) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (min, max) = min_max(v.iter().copied());
     format!("{min:.digits$}-{max:.digits$}")
 }
 
@@ -79,7 +92,7 @@ pub fn cpu_seconds() -> CpuTimes {
     stat_seconds("cpu")
 }
 
-/// Busy time of CPU `cpu` so far, in seconds (everything but idle and iowait).
+/// Busy time of CPU `cpu` so far, in seconds (everything but idle, iowait and steal).
 pub fn cpu_busy_seconds(cpu: usize) -> f64 {
     stat_seconds(&format!("cpu{cpu}")).busy
 }

@@ -125,6 +125,21 @@ pub fn render(samples: &Samples, first: &str, cols: &[(&str, Col)]) -> Result<St
     Ok(md)
 }
 
+/// "median (min-max)" of `v`, with `digits` decimals.
+pub fn spread_cell(v: &[f64], digits: usize) -> String {
+    format!(
+        "{:.digits$} ({})",
+        median(&mut v.to_vec()),
+        spread(v, digits)
+    )
+}
+
+/// "median x (min-max)" of the per-repetition ratios of `v` to `base`.
+pub fn ratio_cell(v: &[f64], base: &[f64]) -> String {
+    let (r, sp) = ratio(v, base, 2);
+    format!("{r:.2}x ({sp})")
+}
+
 /// `-` where a mode has no samples of a column's metric (a program's run time in a mode
 /// without the program).
 fn cell(samples: &Samples, mode: &str, col: Col) -> Result<String> {
@@ -139,14 +154,8 @@ fn cell(samples: &Samples, mode: &str, col: Col) -> Result<String> {
     }
     Ok(match col {
         Col::Median(m, d) => format!("{:.d$}", median(&mut samples.values(mode, m)?)),
-        Col::Spread(m, d) => {
-            let v = samples.values(mode, m)?;
-            format!("{:.d$} ({})", median(&mut v.clone()), spread(&v, d))
-        }
-        Col::Ratio(m, base) => {
-            let (r, sp) = ratio(&samples.values(mode, m)?, &samples.values(base, m)?, 2);
-            format!("{r:.2}x ({sp})")
-        }
+        Col::Spread(m, d) => spread_cell(&samples.values(mode, m)?, d),
+        Col::Ratio(m, base) => ratio_cell(&samples.values(mode, m)?, &samples.values(base, m)?),
         Col::Count(k) => samples.count(mode, k)?.to_string(),
         Col::Inverse(m, d) => format!("{:.d$}", 1.0 / median(&mut samples.values(mode, m)?)),
         Col::Percent(m) => format!("{:.1}%", median(&mut samples.values(mode, m)?) * 100.0),

@@ -6,7 +6,7 @@ use std::fmt;
 use anyhow::Result;
 
 use crate::{
-    stats::{median, pct},
+    stats::{median_min_max, pct},
     table::Samples,
 };
 
@@ -170,9 +170,7 @@ pub fn judge(samples: &Samples, goal: Goal) -> Result<Judged> {
         Some((again, base)) => control_resolution(&samples.ratios(again, base, goal.metric)?),
         None => own_resolution(&ratios),
     };
-    let ratio = median(&mut ratios.clone());
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let [ratio, min, max] = median_min_max(&ratios);
     Ok(Judged {
         goal,
         ratio,

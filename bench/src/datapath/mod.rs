@@ -269,9 +269,6 @@ impl Bed {
 /// Every figure of one mode, one entry per repetition.
 #[derive(Default)]
 struct Samples {
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    p999: Vec<f64>,
     /// Every repetition's latency at each of [`PERCENTILES`].
     percentiles: Vec<[f64; 8]>,
     /// What a round trip of the latency run cost: CPU µs, eBPF ns, packets on the forwarding
@@ -296,9 +293,6 @@ impl Samples {
     fn measure(&mut self, topo: &Topology, mode: Mode, plan: &Plan, heavy: bool) -> Result<()> {
         let (ip, [lp, cp, tp]) = mode.target();
         let l = latency(&topo.client, ip, lp, plan.lat_secs, (&topo.fwd, "c0"))?;
-        self.p50.push(l.pct[P50]);
-        self.p99.push(l.pct[P99]);
-        self.p999.push(l.pct[P999]);
         self.percentiles.push(l.pct);
         self.cpu_rt.push(l.cpu_us_per_round_trip);
         self.bpf_rt.push(l.bpf_ns_per_round_trip);
@@ -322,8 +316,9 @@ impl Samples {
 
     /// The record of `mode`'s samples.
     fn json(&self, mode: Mode) -> serde_json::Value {
+        let at = |i: usize| self.percentiles.iter().map(|p| p[i]).collect::<Vec<_>>();
         serde_json::json!({
-            "mode": mode.name(), "p50_us": self.p50, "p99_us": self.p99, "p999_us": self.p999,
+            "mode": mode.name(), "p50_us": at(P50), "p99_us": at(P99), "p999_us": at(P999),
             "latency_percentiles_us": self.percentiles,
             "cpu_us_per_round_trip": self.cpu_rt, "bpf_ns_per_round_trip": self.bpf_rt,
             "packets_per_round_trip": self.pkts_rt, "steal_share": self.steal,
@@ -332,12 +327,6 @@ impl Samples {
             "conn_per_sec": self.conn_per_sec, "conn_p50_us": self.conn_p50, "conn_failed": self.conn_failed,
         })
     }
-}
-
-/// What the datapath run produced: the markdown table and the record.
-pub struct Report {
-    pub md: String,
-    pub json: serde_json::Value,
 }
 
 /// How long and how often: latency is the noisiest figure on a small machine, so it gets
@@ -374,7 +363,7 @@ impl Plan {
 /// fixed seed: runs are comparable). A rotated fixed order kept each mode behind the same
 /// predecessor, and that alone made `direct` 9% slower than `direct (again)` in every
 /// repetition.
-pub fn run(quick: bool) -> Result<Report> {
+pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let plan = Plan::new(quick);
     let bed = Bed::new()?;
     let topo = &bed.topo;
@@ -428,8 +417,5 @@ pub fn run(quick: bool) -> Result<Report> {
         "order": "random per repetition", "percentiles": PERCENTILES, "modes": modes,
         "programs": progs,
     });
-    Ok(Report {
-        md: report::table(&json)?,
-        json,
-    })
+    Ok((report::table(&json)?, json))
 }

@@ -125,19 +125,21 @@ fn on_client_cpu(client: &NetNs, program: &str) -> Command {
     cmd
 }
 
+/// Every loaded eBPF program, as `bpftool prog show -j` lists them (none if it cannot).
+fn loaded_programs() -> Vec<serde_json::Value> {
+    Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default()
+}
+
 /// The run time so far of every loaded program of ours (`amb_*`), in ns: 0 unless
 /// kernel.bpf_stats_enabled is on.
 pub fn bpf_run_ns() -> u64 {
-    let Ok(out) = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-    else {
-        return 0;
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .into_iter()
-        .flatten()
+    loaded_programs()
+        .iter()
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("amb_")))
         .filter_map(|p| p["run_time_ns"].as_u64())
         .sum()
@@ -296,13 +298,8 @@ pub fn run_sock(ns: &NetNs, cgroup: &Cgroup, cfg: &TempFile) -> Result<(Daemon, 
 /// Average run time per packet of the newest loaded program called `name` (needs
 /// `kernel.bpf_stats_enabled`): (runs, ns per run).
 pub fn prog_ns_per_run(name: &str) -> Option<(u64, f64)> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let p = v
-        .as_array()?
+    let programs = loaded_programs();
+    let p = programs
         .iter()
         .filter(|p| p["name"] == name)
         .max_by_key(|p| p["id"].as_u64())?;

@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result};
 use collect::{Collector, Outcome};
 use faults::Restart;
 use real::{RealHosts, REAL_HOSTS};
-pub use report::{goals, table};
+pub use report::{change_p99, goals, table, ETCD_MIB_PER_CLIENT};
 use sim::BackendHost;
 
 /// Services every trial creates.

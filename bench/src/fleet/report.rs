@@ -7,7 +7,11 @@ use super::{
     collect::{every_host, per_host, Outcome},
     Trial, REAL_HOSTS, SERVICES,
 };
-use crate::{charts::ETCD_MIB_PER_CLIENT, stats::pct};
+use crate::stats::pct;
+
+/// etcd's published watch cost: about 50 MB for 1,000 clients with one watch each (its watch
+/// memory benchmark), in MiB per client.
+pub const ETCD_MIB_PER_CLIENT: f64 = 50.0 / 1000.0 * 1e6 / (1 << 20) as f64;
 
 /// p50, p99 and max of `v` (ms), or null when empty.
 fn dist(mut v: Vec<f64>) -> Value {
@@ -96,14 +100,26 @@ fn all(o: &Value, div: f64, digits: usize, never: &str) -> String {
     }
 }
 
+/// Per event that reached every host, ms until it had (an `events` record).
+fn every_host_ms(e: &Value) -> Vec<f64> {
+    e["every_host_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// A trial's p99 over its changes of the time until every host had one (of the changes that
+/// reached every host; none if none did).
+pub fn change_p99(t: &Value) -> Option<f64> {
+    let mut v = every_host_ms(&t["changes"]);
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| pct(&v, 0.99))
+}
+
 /// The events' distribution until every host had them, and how many some host missed.
 fn every(e: &Value) -> String {
-    let all: Vec<f64> = e["every_host_ms"]
-        .as_array()
-        .map(|a| a.iter().map(num).collect())
-        .unwrap_or_default();
     let missed = e["missed"].as_u64().unwrap_or(0);
-    let mut text = triple(&dist(all));
+    let mut text = triple(&dist(every_host_ms(e)));
     if missed > 0 {
         text += &format!(" ({missed} events not everywhere in 20 s)");
     }
@@ -197,13 +213,8 @@ pub fn goals(json: &Value) -> Result<String> {
             md += &format!("| {trial} | every goal | not run | - |\n");
             continue;
         };
-        let mut changes: Vec<f64> = t["changes"]["every_host_ms"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        changes.sort_by(f64::total_cmp);
         let missed = t["changes"]["missed"].as_u64().unwrap_or(0);
-        let p99 = (!changes.is_empty() && missed == 0).then(|| pct(&changes, 0.99));
+        let p99 = change_p99(t).filter(|_| missed == 0);
         let ttl = num(&t["ttl_s"]);
         let loss = t["loss"]["all_ms"].as_f64().map(|ms| ms / 1e3);
         let restart = t["restart_converged"]["all_ms"].as_f64().map(|ms| ms / 1e3);

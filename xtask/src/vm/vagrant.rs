@@ -60,9 +60,9 @@ pub fn dir(target: &Path) -> PathBuf {
 
 /// Builds the box from `image` unless the one there was built from it: a directory in
 /// Vagrant's layout under `target/vagrant/home/boxes/` (so no `vagrant box add` copy), holding
-/// the disk as compressed qcow2, the 6.1 kernel and initrd it boots directly, and a Vagrantfile that says
-/// so. Its version is the image's build time, so libvirt's cached volume of an older box is
-/// never taken for it.
+/// the disk as compressed qcow2, the 6.1 kernel and initrd it boots directly, and a
+/// Vagrantfile that says so. Its version is the image's build time, so libvirt's cached volume
+/// of an older box is never taken for it.
 pub fn ensure_box(image: &Image, target: &Path) -> Result<String> {
     let disk = image.disk();
     let built = std::fs::metadata(&disk)?
