@@ -16,7 +16,10 @@ use ambassador_tests::{Cgroup, Daemon, NetNs, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Result};
 
 use crate::{
-    datapath::{conn_rate, run_sock, throughput, tune, RrServer, SERVER_CPU},
+    datapath::{
+        bpf_run_ns, conn_rate, run_sock, source_addresses, throughput, tune, BpfStats, RrServer,
+        SERVER_CPU,
+    },
     stats::{cpu_seconds, pct, shuffled_orders},
     table::{self, render, Col},
     verdict::{self, Better, Goal},
@@ -62,16 +65,18 @@ struct Samples {
     p50: Vec<f64>,
     p99: Vec<f64>,
     cpu_rt: Vec<f64>,
+    bpf_rt: Vec<f64>,
     conn: Vec<f64>,
     gbps: Vec<f64>,
 }
 
 /// A 64-byte TCP ping-pong over one connection for `n` round trips: half round trip p50 and
-/// p99 in microseconds (sockperf's measure), and the machine's busy CPU µs per round trip
-/// (softirq included, steal not).
-fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 3]> {
+/// p99 in microseconds (sockperf's measure), the machine's busy CPU µs per round trip (softirq
+/// included, steal not) and our programs' own run time per round trip, ns (when
+/// kernel.bpf_stats_enabled is on).
+fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 4]> {
     let addr: SocketAddr = format!("[{ip}]:{LAT_PORT}").parse()?;
-    let cpu0 = cpu_seconds();
+    let (cpu0, bpf0) = (cpu_seconds(), bpf_run_ns());
     let mut us = client.run(move || -> std::io::Result<Vec<f64>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
@@ -86,9 +91,15 @@ fn latency(client: &NetNs, ip: &str, n: usize) -> Result<[f64; 3]> {
         }
         Ok(out)
     })?;
-    let cpu = cpu_seconds() - cpu0;
+    let (cpu, bpf) = (cpu_seconds() - cpu0, bpf_run_ns().saturating_sub(bpf0));
     us.sort_by(f64::total_cmp);
-    Ok([pct(&us, 0.5), pct(&us, 0.99), cpu.busy * 1e6 / n as f64])
+    let n = n as f64;
+    Ok([
+        pct(&us, 0.5),
+        pct(&us, 0.99),
+        cpu.busy * 1e6 / n,
+        bpf as f64 / n,
+    ])
 }
 
 /// An echo server for the ping-pong: every 64 bytes read are written back, per connection.
@@ -145,7 +156,11 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     }
     let cfg = TempFile::new(&cfg);
 
+    // Each mode's connections come from an address of its own.
+    let sources = source_addresses(&topo.client, Mode::ALL.len(), true);
     let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
+    // The programs' run time, for the whole run (see the datapath group).
+    let _stats = BpfStats::enable();
     for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x6970_7636)
         .into_iter()
         .enumerate()
@@ -163,8 +178,14 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 Mode::Sock => Some(run_sock(&topo.fwd, &cgroup, &cfg)?),
                 _ => None,
             };
-            let [p50, p99, cpu_rt] = latency(&topo.client, mode.ip(), lat_n)?;
-            let c = conn_rate(&topo.client, &format!("[{}]", mode.ip()), CONN_PORT, secs)?;
+            let [p50, p99, cpu_rt, bpf_rt] = latency(&topo.client, mode.ip(), lat_n)?;
+            let c = conn_rate(
+                &topo.client,
+                sources[i],
+                &format!("[{}]", mode.ip()),
+                CONN_PORT,
+                secs,
+            )?;
             let t = throughput(&topo.client, mode.ip(), TPUT_PORT, secs, 1)?;
             if c.failed > 0 {
                 bail!("{}: {} connections failed", mode.name(), c.failed);
@@ -173,6 +194,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             r.p50.push(p50);
             r.p99.push(p99);
             r.cpu_rt.push(cpu_rt);
+            r.bpf_rt.push(bpf_rt);
             r.conn.push(c.per_sec);
             r.gbps.push(t.gbps);
         }
@@ -182,7 +204,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         .iter()
         .zip(&results)
         .map(|(mode, r)| {
-            serde_json::json!({"mode": mode.name(), "p50_us": r.p50, "p99_us": r.p99, "cpu_us_per_round_trip": r.cpu_rt, "conn_per_sec": r.conn, "gbps": r.gbps})
+            serde_json::json!({"mode": mode.name(), "p50_us": r.p50, "p99_us": r.p99, "cpu_us_per_round_trip": r.cpu_rt, "bpf_ns_per_round_trip": r.bpf_rt, "conn_per_sec": r.conn, "gbps": r.gbps})
         })
         .collect();
     let json = serde_json::json!({
@@ -249,6 +271,27 @@ pub const GOALS: [Goal; 6] = [
     ),
 ];
 
+/// What the programs cost a round trip of IPv6, as a share of direct6's whole CPU time per
+/// round trip (see the datapath group's `OWN_COST`).
+pub const OWN_COST: [Goal; 2] = [
+    Goal::new(
+        "IPv6 ambassador-tc's programs per round trip",
+        ("ambassador-tc6", "direct6"),
+        "bpf_ns_per_round_trip",
+        Better::Lower,
+        0.05,
+    )
+    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
+    Goal::new(
+        "IPv6 ambassador-sock's programs per round trip",
+        ("ambassador-sock6", "direct6"),
+        "bpf_ns_per_round_trip",
+        Better::Lower,
+        0.05,
+    )
+    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
+];
+
 /// The settings, the table and the goals, from the record.
 pub fn table(json: &serde_json::Value) -> Result<String> {
     let s = table::Samples::new(&json["modes"])?;
@@ -273,6 +316,10 @@ pub fn table(json: &serde_json::Value) -> Result<String> {
                 "CPU / direct",
                 Col::Ratio("cpu_us_per_round_trip", "direct6"),
             ),
+            (
+                "eBPF ns per round trip",
+                Col::Median("bpf_ns_per_round_trip", 0),
+            ),
             ("conn/s", Col::Median("conn_per_sec", 0)),
             ("conn / direct", Col::Ratio("conn_per_sec", "direct6")),
             ("Gbit/s", Col::Median("gbps", 2)),
@@ -281,5 +328,7 @@ pub fn table(json: &serde_json::Value) -> Result<String> {
     )?;
     md += "\nGoals:\n\n";
     md += &verdict::list(&s, &GOALS)?;
+    md += "\nThe same goals on what the datapath itself costs: our programs' own run time per round trip (kernel-timed, kernel.bpf_stats_enabled) as a share of direct6's whole CPU time per round trip.\n\n";
+    md += &verdict::list(&s, &OWN_COST)?;
     Ok(md)
 }

@@ -186,9 +186,10 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
         write(&dir, "fleet", &md, &json)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    record::finish(&dir, seconds)?;
+    let kept = record::finish(&dir, seconds)?;
     println!(
-        "{mode} run measured in {seconds:.0} s (the build before it not counted); the record: target/bench/run.json"
+        "{mode} run measured in {seconds:.0} s (the build before it not counted); the record: target/bench/run.json, kept as {}",
+        kept.display()
     );
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! One machine-readable record of each run, `target/bench/run.json`: when and where it ran
 //! (date, commit, machine, kernel), how (quick or full, the groups asked for), and every
 //! group's samples and settings as the group wrote them. Written at the start and after each
-//! group, so a run cut short keeps what it measured (`finished` says whether it ended).
+//! group, so a run cut short keeps what it measured (`finished` says whether it ended); a
+//! finished run's record is also kept as `target/bench/runs/<date>-<mode>[-<group>].json`,
+//! which the next run does not overwrite.
 
 use std::{path::Path, process::Command, time::SystemTime};
 
@@ -70,12 +72,25 @@ pub fn group(dir: &Path, name: &str, results: &Value) -> Result<()> {
     save(dir, &record)
 }
 
-/// Marks the record in `dir` finished, after `seconds` of measuring.
-pub fn finish(dir: &Path, seconds: f64) -> Result<()> {
+/// Marks the record in `dir` finished, after `seconds` of measuring, and keeps a copy of its
+/// own under `dir/runs/`: the path of that copy.
+pub fn finish(dir: &Path, seconds: f64) -> Result<std::path::PathBuf> {
     let mut record = load(dir)?;
     record["finished"] = json!(true);
     record["seconds"] = json!(seconds.round());
-    save(dir, &record)
+    save(dir, &record)?;
+    let mut name = record["date"]
+        .as_str()
+        .unwrap_or("undated")
+        .replace(':', "");
+    name += &format!("-{}", record["mode"].as_str().unwrap_or("run"));
+    if let Some(only) = record["only"].as_str() {
+        name += &format!("-{only}");
+    }
+    let kept = dir.join("runs").join(format!("{name}.json"));
+    std::fs::create_dir_all(dir.join("runs"))?;
+    std::fs::write(&kept, serde_json::to_string_pretty(&record)?)?;
+    Ok(kept)
 }
 
 fn load(dir: &Path) -> Result<Value> {
@@ -105,11 +120,19 @@ mod tests {
         assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
         group(dir.path(), "scale", &json!({"reps": 1, "cells": [1.5]})).unwrap();
         group(dir.path(), "dns", &json!({"reps": 2})).unwrap();
-        finish(dir.path(), 12.4).unwrap();
+        let kept = finish(dir.path(), 12.4).unwrap();
         let r = load(dir.path()).unwrap();
         assert_eq!(r["groups"]["scale"]["cells"][0], 1.5);
         assert_eq!(r["groups"]["dns"]["reps"], 2);
         assert_eq!(r["finished"], true);
         assert_eq!(r["seconds"], 12.0);
+        // The kept copy is the same record, under a name the next run does not reuse.
+        let name = kept.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.ends_with("Z-quick-scale.json") && !name.contains(':'),
+            "{name}"
+        );
+        let copy: Value = serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+        assert_eq!(copy, r);
     }
 }

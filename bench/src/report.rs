@@ -111,7 +111,10 @@ fn goals() -> Vec<(&'static str, Vec<verdict::Goal>)> {
     vec![
         ("datapath", datapath),
         ("scale", crate::scale::GOALS.to_vec()),
-        ("ipv6", crate::ipv6::GOALS.to_vec()),
+        (
+            "ipv6",
+            [crate::ipv6::GOALS.as_slice(), &crate::ipv6::OWN_COST].concat(),
+        ),
         ("pps", crate::pps::GOALS.to_vec()),
         ("dns", crate::dns::GOALS.to_vec()),
         ("socks", crate::socks::GOALS.to_vec()),

@@ -2,14 +2,15 @@
 //! ambassador services against as many iptables DNAT rules (kube-proxy's linear
 //! KUBE-SERVICES chain, the measured service last: the worst case).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
 use ambassador_tests::{Daemon, PinDir, TempFile};
 use anyhow::Result;
 
 use crate::{
     datapath::{
-        conn_rate, dnat_rules, iptables_restore, latency, Bed, BACKEND, CONN_PORT, LAT_PORT, P50,
+        conn_rate, dnat_rules, iptables_restore, latency, source_addresses, Bed, BACKEND,
+        CONN_PORT, LAT_PORT, P50,
     },
     stats::shuffled_orders,
     table::{ratio_cell, spread_cell, Samples},
@@ -78,6 +79,8 @@ const SIZES: [usize; 3] = [1, 1_000, 10_000];
 /// Per (mode, size): p50 us and connections per second, one entry per repetition.
 struct Cell {
     mode: Mode,
+    /// The client's address for this cell's connections (see `source_addresses`).
+    source: IpAddr,
     n: usize,
     p50: Vec<f64>,
     conn: Vec<f64>,
@@ -100,7 +103,7 @@ fn measure(bed: &Bed, cell: &Cell, config: &TempFile, secs: u32) -> Result<(f64,
             d.wait_ready();
             Ok((
                 latency(&topo.client, VIP_AMB, LAT_PORT, secs, (&topo.fwd, "c0"))?.pct[P50],
-                conn_rate(&topo.client, VIP_AMB, CONN_PORT, secs)?.per_sec,
+                conn_rate(&topo.client, cell.source, VIP_AMB, CONN_PORT, secs)?.per_sec,
             ))
         }
         Mode::Iptables => {
@@ -109,7 +112,7 @@ fn measure(bed: &Bed, cell: &Cell, config: &TempFile, secs: u32) -> Result<(f64,
             let measured = (|| -> Result<(f64, f64)> {
                 Ok((
                     latency(&topo.client, VIP_IPT, LAT_PORT, secs, (&topo.fwd, "c0"))?.pct[P50],
-                    conn_rate(&topo.client, VIP_IPT, CONN_PORT, secs)?.per_sec,
+                    conn_rate(&topo.client, cell.source, VIP_IPT, CONN_PORT, secs)?.per_sec,
                 ))
             })();
             iptables_restore(fwd, "-F PREROUTING\n")?;
@@ -123,15 +126,17 @@ fn measure(bed: &Bed, cell: &Cell, config: &TempFile, secs: u32) -> Result<(f64,
 pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let (reps, secs) = if quick { (1, 1) } else { (5, 2) };
     let bed = Bed::new()?;
+    let sources = source_addresses(&bed.topo.client, Mode::ALL.len() * SIZES.len(), false);
     let mut cells: Vec<Cell> = Mode::ALL
         .iter()
-        .flat_map(|&mode| {
-            SIZES.map(|n| Cell {
-                mode,
-                n,
-                p50: Vec::new(),
-                conn: Vec::new(),
-            })
+        .flat_map(|&mode| SIZES.map(|n| (mode, n)))
+        .zip(sources)
+        .map(|((mode, n), source)| Cell {
+            mode,
+            source,
+            n,
+            p50: Vec::new(),
+            conn: Vec::new(),
         })
         .collect();
     let configs: Vec<TempFile> = SIZES
@@ -249,6 +254,7 @@ mod tests {
     fn a_size_is_compared_with_one_service_repetition_by_repetition() {
         let cell = |mode, n, p50: [f64; 3], conn: [f64; 3]| Cell {
             mode,
+            source: [10, 200, 0, 100].into(),
             n,
             p50: p50.to_vec(),
             conn: conn.to_vec(),

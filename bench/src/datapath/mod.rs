@@ -2,7 +2,9 @@
 //! against the same backend in the same run, repetitions interleaved (the machine is noisy:
 //! only ratios to `direct` from the same run carry over).
 
-use std::{fmt::Write as _, io::Write as _, path::Path, process::Command, time::Duration};
+use std::{
+    fmt::Write as _, io::Write as _, net::IpAddr, path::Path, process::Command, time::Duration,
+};
 
 use ambassador_tests::{Cgroup, Daemon, PinDir, Proc, TempFile, Topology};
 use anyhow::{bail, Context as _, Result};
@@ -274,8 +276,10 @@ struct Samples {
     /// What a round trip of the latency run cost: CPU µs, eBPF ns, packets on the forwarding
     /// host's client-facing link; and the share of CPU time stolen during the run.
     cpu_rt: Vec<f64>,
-    /// The machine's busy CPU µs per connection of the connection-rate run.
+    /// The machine's busy CPU µs, and our programs' ns, per connection of the connection-rate
+    /// run.
     cpu_conn: Vec<f64>,
+    bpf_conn: Vec<f64>,
     bpf_rt: Vec<f64>,
     pkts_rt: Vec<f64>,
     steal: Vec<f64>,
@@ -290,7 +294,14 @@ struct Samples {
 impl Samples {
     /// One repetition of `mode` (already in place): latency, and in a heavy repetition
     /// throughput and connection rate too.
-    fn measure(&mut self, topo: &Topology, mode: Mode, plan: &Plan, heavy: bool) -> Result<()> {
+    fn measure(
+        &mut self,
+        topo: &Topology,
+        m: (Mode, IpAddr),
+        plan: &Plan,
+        heavy: bool,
+    ) -> Result<()> {
+        let (mode, source) = m;
         let (ip, [lp, cp, tp]) = mode.target();
         let l = latency(&topo.client, ip, lp, plan.lat_secs, (&topo.fwd, "c0"))?;
         self.percentiles.push(l.pct);
@@ -305,10 +316,11 @@ impl Samples {
             self.cpu_per_gb.push(t1.cpu_s_per_gb);
             self.gbps4
                 .push(throughput(&topo.client, ip, tp, secs, 4)?.gbps);
-            let c = conn_rate(&topo.client, ip, cp, secs)?;
+            let c = conn_rate(&topo.client, source, ip, cp, secs)?;
             self.conn_per_sec.push(c.per_sec);
             self.conn_p50.push(c.p50_us);
             self.cpu_conn.push(c.cpu_us_per_conn);
+            self.bpf_conn.push(c.bpf_ns_per_conn);
             self.conn_failed += c.failed;
         }
         Ok(())
@@ -322,7 +334,7 @@ impl Samples {
             "latency_percentiles_us": self.percentiles,
             "cpu_us_per_round_trip": self.cpu_rt, "bpf_ns_per_round_trip": self.bpf_rt,
             "packets_per_round_trip": self.pkts_rt, "steal_share": self.steal,
-            "cpu_us_per_conn": self.cpu_conn,
+            "cpu_us_per_conn": self.cpu_conn, "bpf_ns_per_conn": self.bpf_conn,
             "gbps_1_stream": self.gbps1, "gbps_4_streams": self.gbps4, "cpu_s_per_gb": self.cpu_per_gb,
             "conn_per_sec": self.conn_per_sec, "conn_p50_us": self.conn_p50, "conn_failed": self.conn_failed,
         })
@@ -377,6 +389,8 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let cfg = TempFile::new(&cfg);
     let haproxy_cfg = TempFile::new(&haproxy_config());
 
+    // Each mode's connections come from an address of its own.
+    let sources = source_addresses(&topo.client, Mode::ALL.len(), false);
     let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
     let mut prog_ns: Vec<(String, u64, f64)> = Vec::new();
     // The programs' run time, for the whole run: it counts what each round trip costs in
@@ -390,7 +404,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             let mode = Mode::ALL[i];
             println!("  rep {}/{}: {}", rep + 1, plan.reps, mode.name());
             let active = start(mode, &bed, &cfg, &haproxy_cfg)?;
-            results[i].measure(topo, mode, &plan, heavy)?;
+            results[i].measure(topo, (mode, sources[i]), &plan, heavy)?;
             if heavy && mode == Mode::AmbassadorTc {
                 for prog in ["amb_tc_dnat", "amb_tc_rnat"] {
                     if let Some((runs, ns)) = prog_ns_per_run(prog) {

@@ -8,6 +8,7 @@
 //! events: an operator's endpoint change, a container start on a backend host, a tenth of the
 //! backend hosts dying at once (their leases expire).
 
+mod anchor;
 mod collect;
 mod faults;
 mod real;
@@ -100,6 +101,9 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let (events, ttl) = if quick { (5, 3) } else { (30, 10) };
     let ns = NetNs::new("fl");
     let data = data_dir();
+    let clients = anchor::clients(quick);
+    println!("fleet: etcd's own client, {clients} watches");
+    let anchor = anchor::etcdctl_watch_kib(&ns, clients)?;
     let mut trials = Vec::new();
     for &hosts in &sizes {
         for via in vias(hosts, &proxy_counts) {
@@ -111,7 +115,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         Some(root) => format!("in {}", root.display()),
         None => format!("on disk ({})", std::env::temp_dir().display()),
     };
-    let json = report::json(&trials, &data, events);
+    let json = report::json(&trials, &data, events, (clients, anchor));
     Ok((report::table(&json)?, json))
 }
 

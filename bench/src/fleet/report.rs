@@ -33,8 +33,14 @@ fn events(e: &[Outcome]) -> Value {
     json!({ "every_host_ms": all, "missed": missed })
 }
 
-/// The record: every trial's figures.
-pub(super) fn json(trials: &[Trial], data: &str, events_per_trial: usize) -> Value {
+/// The record: every trial's figures, and etcd's own client's watch cost measured beside them
+/// (how many clients, KiB a member grew by per client).
+pub(super) fn json(
+    trials: &[Trial],
+    data: &str,
+    events_per_trial: usize,
+    etcdctl: (usize, f64),
+) -> Value {
     let rows: Vec<_> = trials
         .iter()
         .map(|t| {
@@ -76,6 +82,7 @@ pub(super) fn json(trials: &[Trial], data: &str, events_per_trial: usize) -> Val
     json!({
         "etcd_data": data, "events": events_per_trial, "services": SERVICES,
         "real_hosts": REAL_HOSTS, "trials": rows,
+        "etcdctl_watch": { "clients": etcdctl.0, "kib_per_client": etcdctl.1 },
     })
 }
 
@@ -192,9 +199,37 @@ pub fn table(json: &Value) -> Result<String> {
             ETCD_MIB_PER_CLIENT * hosts,
         );
     }
+    md += &etcdctl_anchor(json);
     md += "\nThe fleet issue's goals (one trial each, not repetitions: no control, so each verdict is the figure against the goal as measured):\n\n";
     md += &goals(json)?;
     Ok(md)
+}
+
+/// What etcd's own client costs a member on this machine, beside the published figure and the
+/// hosts' (none for a record without it).
+fn etcdctl_anchor(json: &Value) -> String {
+    let e = &json["etcdctl_watch"];
+    let Some(kib) = e["kib_per_client"].as_f64() else {
+        return String::new();
+    };
+    let published = ETCD_MIB_PER_CLIENT * 1024.0;
+    let mut md = format!(
+        "\netcd's own client on the same etcd: {} `etcdctl watch --prefix` processes (Go's client, one connection and one watch each, no listing) grew a fresh member by **{kib:.0} KiB per client**, {:.1}x the published {published:.0} KiB. ",
+        e["clients"],
+        kib / published,
+    );
+    let trials = json["trials"].as_array().map_or(&[][..], Vec::as_slice);
+    if let Some(t) = trials
+        .iter()
+        .find(|t| t["hosts"].as_u64() == Some(1000) && t["via"] == "members")
+    {
+        let host = num(&t["etcd_growth_mib"]) * 1024.0 / 1000.0;
+        md += &format!(
+            "A simulated host given the members (its connection, its watch, and its listing, all 1,000 at once) added {host:.0} KiB, {:.1}x that.",
+            host / kib
+        );
+    }
+    md + "\n"
 }
 
 /// The fleet issue's goals, each judged on the trials it names (1,000 hosts given the
