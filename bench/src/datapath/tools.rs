@@ -240,8 +240,8 @@ pub struct ConnRate {
     pub bpf_ns_per_conn: f64,
 }
 
-/// `n` addresses of the client's own, one for each mode that dials from one (`10.200.0.100` on,
-/// or `fd00:200::100` on). A connection the client closes stays in TIME_WAIT for a minute and
+/// `n` addresses of the client's own, one for each mode that dials from one (`10.200.0.100`,
+/// `10.200.0.101`, ...; or `fd00:200::100`, ...). A connection the client closes stays in TIME_WAIT for a minute and
 /// makes every later connect() in the same address pair search further for a free port: modes
 /// that dial the same address from the same address would pay for each other's connections.
 pub fn source_addresses(client: &NetNs, n: usize, v6: bool) -> Vec<IpAddr> {
