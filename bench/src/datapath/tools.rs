@@ -189,7 +189,12 @@ impl RrServer {
     pub fn start(ns: &NetNs, addr: &str) -> Self {
         let addr: SocketAddr = addr.parse().expect("address");
         let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
-        listener.set_nonblocking(true).expect("nonblocking");
+        // accept() waits for a connection (at most 100 ms, SO_RCVTIMEO, to see `stop`): a
+        // server that polled and slept 200 µs between attempts made every connection wait
+        // for its next attempt, and the connection rate measured the server's sleep.
+        socket2::SockRef::from(&listener)
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("SO_RCVTIMEO");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -197,7 +202,6 @@ impl RrServer {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
                         let _ = conn.set_nodelay(true);
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
                         if conn.read_exact(&mut buf).is_ok() && conn.write_all(&buf).is_ok() {
@@ -208,7 +212,9 @@ impl RrServer {
                             let _ = conn.read(&mut buf);
                         }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // Anything else (out of files, say): not in a tight loop.
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
         });
