@@ -47,12 +47,43 @@ need_root() {
   fi
 }
 
+# The dpkg database the checks read: the machine's, or another for `--simulate-apt DIR`.
+DPKG_DIR=/var/lib/dpkg
+if [ "${1:-}" = "--simulate-apt" ] && [ -n "${2:-}" ]; then DPKG_DIR=$2; fi
+installed() { dpkg-query --admindir="$DPKG_DIR" -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
+# QEMU's tools and its emulator must come from one release: a machine may carry a newer
+# qemu-utils (this project's machines have bookworm-backports' 10.0, as qemu-img) that Breaks
+# Debian 12's qemu-system-common, and apt then refuses the whole install. Such a qemu-utils is
+# replaced by the version of the qemu-system-x86 apt installs (a downgrade, said so).
+qemu_pin=()
+qemu_utils_pin() {
+  installed qemu-system-x86 && return 0
+  local have want
+  have=$(dpkg-query --admindir="$DPKG_DIR" -W -f='${Version}' qemu-utils 2>/dev/null) || return 0
+  [ -n "$have" ] || return 0
+  want=$(apt-cache policy qemu-system-x86 | sed -n 's/^ *Candidate: //p')
+  if [ -n "$want" ] && [ "$want" != "(none)" ] && [ "$have" != "$want" ]; then
+    say "qemu-utils $have is not from qemu-system-x86 $want's release: installing qemu-utils $want in its place"
+    qemu_pin=("qemu-utils=$want" --allow-downgrades)
+  fi
+}
+# Every package, with the options an install would use, through apt's solver without
+# installing anything: the install's plan must resolve on this machine (`--simulate-apt`), or
+# against another dpkg database (`--simulate-apt DIR`: a test's copy of a bare machine's).
+if [ "${1:-}" = "--simulate-apt" ]; then
+  qemu_utils_pin
+  apt-get install -s -y -q --no-install-recommends -o Dir::State::status="$DPKG_DIR/status" \
+    "${APT_PACKAGES[@]}" "${qemu_pin[@]}" >/dev/null
+  say "apt: the ${#APT_PACKAGES[@]} packages resolve together"
+  exit 0
+fi
 apt_install() {
   apt-get update -q >/dev/null
+  qemu_utils_pin
   # Packages with a service (prometheus, dockerd, etcd) must not start it: the tests start
   # their own, inside namespaces, and nothing may listen for the whole world. A policy that
   # denies starts is put in place for the install unless the machine has its own.
@@ -61,7 +92,7 @@ apt_install() {
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own=1
   fi
   local rc=0
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" "${qemu_pin[@]}" >/dev/null || rc=$?
   [ "$own" -eq 0 ] || rm -f "$policy"
   return "$rc"
 }

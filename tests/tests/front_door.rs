@@ -2,7 +2,9 @@
 //! `xtask` itself must build on a machine that has nothing but a Rust toolchain. This builds a
 //! copy of the working tree's `xtask`, from scratch, in a mount namespace where `protoc`,
 //! `bpf-linker`, LLVM and the nightly toolchain are hidden. (Before the fix it failed at once:
-//! `etcd-client`'s build script needs `protoc`.)
+//! `etcd-client`'s build script needs `protoc`.) And what setup installs must resolve in
+//! apt's solver on a bare machine of the project's kind, whose qemu-utils is newer than
+//! Debian 12's emulator accepts.
 
 use std::{
     path::{Path, PathBuf},
@@ -286,4 +288,100 @@ fn the_ebpf_toolchain_is_pinned_to_a_dated_nightly() {
     );
     let build = std::fs::read_to_string(root.join("ambassador-user/build.rs")).unwrap();
     assert!(build.contains("Toolchain::Custom") && !build.contains("Toolchain::default()"));
+}
+
+/// The qemu-utils that this project's machines carry before setup (bookworm-backports' 10.0,
+/// as qemu-img), as dpkg records it: it Breaks Debian 12's qemu-system-common.
+const BACKPORTED_QEMU_UTILS: &str = "Package: qemu-utils
+Status: install ok installed
+Priority: optional
+Section: otherosfs
+Installed-Size: 10000
+Maintainer: Debian QEMU Team <pkg-qemu-devel@lists.alioth.debian.org>
+Architecture: amd64
+Source: qemu
+Version: 1:10.0.2+ds-2+deb13u1~bpo12+1
+Breaks: qemu-system-common (<< 1:8.0+dfsg-5~)
+Description: QEMU utilities
+";
+
+/// This machine's dpkg database as a bare machine of the project's kind has it: no QEMU
+/// emulator, and the backported qemu-utils in place of whatever is installed.
+fn bare_machine_dpkg(dir: &Path) {
+    let status = std::fs::read_to_string("/var/lib/dpkg/status").unwrap();
+    let mut stanzas: Vec<&str> = status
+        .split("\n\n")
+        .filter(|s| {
+            let name = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Package: "))
+                .unwrap_or("");
+            !s.trim().is_empty() && !name.starts_with("qemu-system") && name != "qemu-utils"
+        })
+        .collect();
+    stanzas.push(BACKPORTED_QEMU_UTILS);
+    std::fs::create_dir_all(dir.join("updates")).unwrap();
+    std::fs::create_dir_all(dir.join("info")).unwrap();
+    std::fs::write(dir.join("status"), stanzas.join("\n\n")).unwrap();
+}
+
+/// The README's first command installs every package in one `apt-get install`; on a machine
+/// of this project's kind that failed outright ("generated breaks"): its preinstalled
+/// qemu-utils is newer than Debian 12's emulator accepts. The install's whole plan goes
+/// through apt's solver (simulated, nothing installed) against this machine's packages and
+/// against a bare machine's, where a plain install is shown to fail first.
+#[test]
+fn setup_packages_resolve_on_this_machine_and_on_a_bare_one() {
+    let test = "setup_packages_resolve_on_this_machine_and_on_a_bare_one";
+    let has_lists = Command::new("apt-cache")
+        .args(["policy", "qemu-system-x86"])
+        .output()
+        .is_ok_and(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success() && text.contains("Candidate:") && !text.contains("(none)")
+        });
+    if !has_lists {
+        skip(
+            test,
+            "no apt package lists that offer qemu-system-x86 (not Debian, or `apt-get update` never ran)",
+        );
+        return;
+    }
+    let setup = repo_root().join("scripts/setup.sh");
+    let simulate = |dir: Option<&Path>| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&setup).arg("--simulate-apt");
+        if let Some(d) = dir {
+            cmd.arg(d);
+        }
+        let out = cmd.output().expect("bash");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = simulate(None);
+    assert!(ok, "this machine: {text}");
+
+    let dir = temp_dir("amb-bare-dpkg");
+    bare_machine_dpkg(dir.path());
+    let plain = Command::new("apt-get")
+        .args(["install", "-s", "-y", "-q", "--no-install-recommends"])
+        .arg(format!(
+            "-o=Dir::State::status={}",
+            dir.path().join("status").display()
+        ))
+        .args(["qemu-system-x86", "qemu-utils"])
+        .output()
+        .expect("apt-get");
+    assert!(
+        !plain.status.success(),
+        "the bare machine's qemu-utils no longer conflicts: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let (ok, text) = simulate(Some(dir.path()));
+    assert!(ok, "a bare machine: {text}");
+    assert!(text.contains("installing qemu-utils"), "{text}");
 }
