@@ -64,6 +64,9 @@ enum Task {
         /// Run only this part.
         #[arg(long, value_enum)]
         only: Option<vm::Part>,
+        /// Which kernels and tests of the matrix, and how many times.
+        #[command(flatten)]
+        select: vm::matrix::Selection,
     },
     /// The Vagrantfile's testbed on VMs with libvirt (KVM where the host has a usable one,
     /// QEMU's emulation otherwise): the box, built here from Debian's packages, and the seed
@@ -261,7 +264,7 @@ fn test(args: &[String], no_skip: bool) -> Result<()> {
         Ok(())
     } else {
         step("test: the kernel matrix in VMs", step::KERNELS, || {
-            vm::kernels(&mut tally, None)
+            vm::kernels(&mut tally, None, &vm::matrix::Selection::default())
         })
     };
     let skips = recorded_skips(
@@ -301,11 +304,11 @@ fn main() -> Result<()> {
                 test(&args, no_skip)
             })
         }
-        Task::Kernels { only } => {
+        Task::Kernels { only, select } => {
             build()?;
             let mut tally = Tally::default();
             step("kernels: the kernel matrix in VMs", step::KERNELS, || {
-                vm::kernels(&mut tally, only)
+                vm::kernels(&mut tally, only, &select)
             })
         }
         Task::Run { keep } => {

@@ -16,150 +16,86 @@ use anyhow::{bail, Context as _, Result};
 use super::{
     image::Image,
     qemu::{Accel, Finished, Share, Vm},
+    rows::{runs_on, Row, ROWS},
 };
-
-/// One test of the matrix.
-struct Row {
-    /// What it shows, for the report.
-    what: &'static str,
-    /// The datapath it exercises.
-    datapath: &'static str,
-    /// Its test binary (a file of `tests/tests/`).
-    binary: &'static str,
-    /// Its name.
-    test: &'static str,
-    /// The oldest kernel it can run on, when that is newer than the project's minimum (5.10).
-    /// The socket datapath needs 5.18 (`loader::check_sock_kernel`); on older kernels the
-    /// matrix runs the test that shows it is refused with that version instead.
-    needs: Option<(u32, u32)>,
-}
-
-const SOCK: Option<(u32, u32)> = Some((5, 18));
-
-const ROWS: &[Row] = &[
-    Row {
-        what: "fixture table (BPF_PROG_TEST_RUN), every TC and sock program",
-        datapath: "tc",
-        binary: "datapath",
-        test: "programs_handle_the_fixture_table",
-        needs: None,
-    },
-    Row {
-        what: "fixture table (BPF_PROG_TEST_RUN)",
-        datapath: "xdp",
-        binary: "datapath",
-        test: "the_xdp_program_handles_the_fixture_table",
-        needs: None,
-    },
-    Row {
-        what: "monitor: flow events only while one listens, a full ring's losses counted",
-        datapath: "tc",
-        binary: "datapath",
-        test:
-            "flow_events_are_written_only_while_a_monitor_listens_and_a_full_ring_counts_its_losses",
-        needs: None,
-    },
-    Row {
-        what: "IPv6 both ways, checksums (BPF_PROG_TEST_RUN)",
-        datapath: "tc",
-        binary: "datapath",
-        test: "ipv6_packets_are_translated_both_ways_with_valid_checksums",
-        needs: None,
-    },
-    Row {
-        what: "TCP and UDP through a frontend, reverse NAT",
-        datapath: "tc",
-        binary: "netns",
-        test: "tcp_and_udp_spread_over_backends_with_valid_checksums_and_exact_counters",
-        needs: None,
-    },
-    Row {
-        what: "clsact attachment",
-        datapath: "tc",
-        binary: "netns",
-        test: "clsact_attachment_forwards_like_tcx",
-        needs: None,
-    },
-    Row {
-        what: "IPv6 TCP and UDP through a frontend",
-        datapath: "tc",
-        binary: "netns",
-        test: "ipv6_tcp_and_udp_spread_over_backends_with_valid_checksums",
-        needs: None,
-    },
-    Row {
-        what: "failover: a backend's process died",
-        datapath: "tc",
-        binary: "failover",
-        test: "a_backend_whose_process_died_is_left_with_no_failed_connection",
-        needs: None,
-    },
-    Row {
-        what: "failover: ICMPv6 unreachable",
-        datapath: "tc",
-        binary: "failover",
-        test: "an_ipv6_backend_answering_icmpv6_unreachable_is_left_with_no_failed_connection",
-        needs: None,
-    },
-    Row {
-        what: "TCP and UDP forwarded before the stack",
-        datapath: "xdp",
-        binary: "xdp",
-        test: "xdp_gateway_translates_and_forwards_tcp_and_udp_before_the_stack",
-        needs: None,
-    },
-    Row {
-        what: "IPv6 forwarded before the stack",
-        datapath: "xdp",
-        binary: "xdp",
-        test: "xdp_gateway_forwards_ipv6_before_the_stack",
-        needs: None,
-    },
-    Row {
-        what: "refused with the version it needs, or starts",
-        datapath: "sock",
-        binary: "sock",
-        test: "sock_is_refused_by_version_where_the_kernel_lacks_its_hooks",
-        needs: None,
-    },
-    Row {
-        what: "real clients (curl, redis-cli), TCP and UDP, weights",
-        datapath: "sock",
-        binary: "sock",
-        test: "sock_real_clients_reach_frontends_see_the_vip_and_weights_spread",
-        needs: SOCK,
-    },
-    Row {
-        what: "IPv6 sockets, IPv4-mapped addresses",
-        datapath: "sock",
-        binary: "sock",
-        test: "sock_ipv6_sockets_and_ipv4_mapped_addresses_are_translated",
-        needs: SOCK,
-    },
-    Row {
-        what: "failover: a backend TC found dead",
-        datapath: "sock",
-        binary: "failover",
-        test: "the_sock_datapath_avoids_a_backend_tc_found_dead",
-        needs: SOCK,
-    },
-];
 
 /// Longest a kernel's whole run may take (boot, every test, power-off) under emulation.
 const TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// `5.10.0-32-amd64` -> (5, 10).
-fn version(kernel: &str) -> Option<(u32, u32)> {
-    let mut parts = kernel.split(['.', '-', '+']);
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+/// How much of a kernel's failed tests' output `check` prints to the log.
+const FAILURE_LINES: usize = 300;
+
+/// Which part of the matrix to run: every row on every kernel once by default (as `cargo
+/// xtask test` does); a developer chasing a flake narrows it to one kernel and one test and
+/// repeats it (`cargo xtask kernels --only matrix --kernel 6.1 --test NAME --repeat 20`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Selection {
+    /// Only the kernels whose version starts with this (`6.1` is 6.1.x, not 6.12).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Only this test (a name of the matrix's table).
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Run each selected test this many times in a row in its VM.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub repeat: u32,
 }
 
-fn runs_on(row: &Row, kernel: &str) -> bool {
-    match (row.needs, version(kernel)) {
-        (None, _) => true,
-        (Some(needs), Some(v)) => v >= needs,
-        (Some(_), None) => true,
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            test: None,
+            repeat: 1,
+        }
     }
+}
+
+impl Selection {
+    /// The selected kernels of `all`; an error names the choices when none is selected.
+    pub fn kernels<'a>(&self, all: &'a [String]) -> Result<Vec<&'a String>> {
+        let chosen: Vec<&String> = all
+            .iter()
+            .filter(|k| {
+                self.kernel
+                    .as_ref()
+                    .is_none_or(|want| same_version(k, want))
+            })
+            .collect();
+        if chosen.is_empty() {
+            bail!(
+                "no kernel {:?} in the image (it has {})",
+                self.kernel,
+                all.join(", ")
+            );
+        }
+        Ok(chosen)
+    }
+
+    /// The rows that run on `kernel`.
+    fn rows<'a>(&'a self, kernel: &'a str) -> impl Iterator<Item = &'static Row> + 'a {
+        ROWS.iter()
+            .filter(move |r| runs_on(r, kernel) && self.test.as_ref().is_none_or(|t| r.test == t))
+    }
+
+    /// Fails when `--test` names no row of the matrix.
+    pub fn check(&self) -> Result<()> {
+        match &self.test {
+            Some(t) if !ROWS.iter().any(|r| r.test == t) => bail!(
+                "{t} is not a test of the kernel matrix (its tests: {})",
+                ROWS.iter().map(|r| r.test).collect::<Vec<_>>().join(", ")
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether Debian's kernel `kernel` (`6.1.0-50-amd64`) is the version `want` (`6.1`, `6.1.0`):
+/// the whole dotted components, so `6.1` is not `6.12`.
+fn same_version(kernel: &str, want: &str) -> bool {
+    kernel
+        .strip_prefix(want)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-', '+']))
 }
 
 /// The job a VM runs: mount the build, then each test binary with its tests of the matrix.
@@ -168,6 +104,7 @@ fn script(
     exes: &BTreeMap<String, PathBuf>,
     kernel: &str,
     accel: &Accel,
+    sel: &Selection,
 ) -> Result<String> {
     let t = target.display();
     // Emulation runs these tests several times slower than a host: the waits are stretched.
@@ -182,8 +119,11 @@ fn script(
         Share::build(target).mount_command()
     );
     let mut by_binary: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for row in ROWS.iter().filter(|r| runs_on(r, kernel)) {
+    for row in sel.rows(kernel) {
         by_binary.entry(row.binary).or_default().push(row.test);
+    }
+    if sel.repeat > 1 {
+        writeln!(s, "for run in $(seq {}); do", sel.repeat)?;
     }
     for (binary, tests) in by_binary {
         let exe = exes
@@ -195,6 +135,9 @@ fn script(
             exe.display(),
             tests.join(" ")
         )?;
+    }
+    if sel.repeat > 1 {
+        s.push_str("done\n");
     }
     s.push_str("exit $rc\n");
     Ok(s)
@@ -209,34 +152,69 @@ pub struct KernelRun {
 }
 
 impl KernelRun {
-    /// What libtest said of `test`: `ok`, `FAILED`, or `None` when it did not report it.
-    fn verdict(&self, test: &str) -> Option<&str> {
+    /// What libtest said of `test` over its runs: `ok` when it passed every time (`ok (20 of
+    /// 20)` when repeated), `FAILED (k of n)` when it failed any, `None` when it never reported.
+    fn verdict(&self, test: &str) -> Option<String> {
         let out = &self.finished.as_ref().ok()?.output;
         let prefix = format!("test {test} ... ");
-        out.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
+        let said: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
             .map(str::trim)
+            .collect();
+        let ok = said.iter().filter(|v| **v == "ok").count();
+        Some(match (said.len(), ok) {
+            (0, _) => return None,
+            (1, 1) => "ok".to_owned(),
+            (n, ok) if ok == n => format!("ok ({n} of {n})"),
+            (1, _) => said[0].to_owned(),
+            (n, ok) => format!("FAILED ({} of {n})", n - ok),
+        })
+    }
+
+    /// libtest's account of the failures (each failed test's output, from its `failures:`
+    /// section), at most `max_lines` lines of it; empty when nothing failed.
+    fn failures(&self, max_lines: usize) -> String {
+        let Ok(f) = &self.finished else {
+            return String::new();
+        };
+        let mut out = Vec::new();
+        let mut inside = false;
+        for l in f.output.lines() {
+            if l == "failures:" {
+                inside = true;
+            } else if l.starts_with("test result: ") {
+                inside = false;
+            }
+            if inside && out.len() < max_lines {
+                out.push(l);
+            }
+        }
+        out.join("\n")
     }
 }
 
-/// Runs the matrix on every kernel of `image`, at most `parallel` VMs at once.
+/// Runs the selected part of the matrix on the selected kernels of `image`, at most
+/// `parallel` VMs at once.
 pub fn run(
     image: &Image,
     accel: &Accel,
     target: &Path,
     exes: &BTreeMap<String, PathBuf>,
     parallel: usize,
+    sel: &Selection,
 ) -> Result<Vec<KernelRun>> {
+    sel.check()?;
     let jobs = &target.join("vm/kernels");
     let mut runs = Vec::new();
-    for wave in image.kernels().chunks(parallel.max(1)) {
+    for wave in sel.kernels(image.kernels())?.chunks(parallel.max(1)) {
         let wave_runs = std::thread::scope(|scope| {
             let handles: Vec<_> = wave
                 .iter()
                 .map(|kernel| {
                     scope.spawn(move || KernelRun {
-                        kernel: kernel.clone(),
-                        finished: one(image, accel, target, exes, jobs, kernel),
+                        kernel: (*kernel).clone(),
+                        finished: one(image, accel, target, exes, jobs, kernel, sel),
                     })
                 })
                 .collect();
@@ -257,10 +235,14 @@ fn one(
     exes: &BTreeMap<String, PathBuf>,
     jobs: &Path,
     kernel: &str,
+    sel: &Selection,
 ) -> Result<Finished> {
     let job = jobs.join(kernel);
     std::fs::create_dir_all(&job)?;
-    std::fs::write(job.join("run.sh"), script(target, exes, kernel, accel)?)?;
+    std::fs::write(
+        job.join("run.sh"),
+        script(target, exes, kernel, accel, sel)?,
+    )?;
     eprintln!("[xtask] kernel {kernel}: booting");
     let finished =
         Vm::boot(image, kernel, accel, &job, &[Share::build(target)], &[])?.wait(TIMEOUT)?;
@@ -272,8 +254,8 @@ fn one(
     Ok(finished)
 }
 
-/// The matrix as a Markdown table: a row per test, a column per kernel.
-pub fn report(runs: &[KernelRun], accel: &Accel) -> String {
+/// The matrix as a Markdown table: a row per selected test, a column per kernel.
+pub fn report(runs: &[KernelRun], accel: &Accel, sel: &Selection) -> String {
     let mut s = format!("Kernel matrix, VMs under {}\n\n", accel.describe());
     let _ = write!(s, "| datapath | what | test |");
     for r in runs {
@@ -282,7 +264,10 @@ pub fn report(runs: &[KernelRun], accel: &Accel) -> String {
     s.push_str("\n|---|---|---|");
     s.push_str(&"---|".repeat(runs.len()));
     s.push('\n');
-    for row in ROWS {
+    for row in ROWS
+        .iter()
+        .filter(|r| sel.test.as_ref().is_none_or(|t| r.test == t))
+    {
         let _ = write!(s, "| {} | {} | `{}` |", row.datapath, row.what, row.test);
         for r in runs {
             let cell = match (runs_on(row, &r.kernel), r.verdict(row.test)) {
@@ -290,7 +275,7 @@ pub fn report(runs: &[KernelRun], accel: &Accel) -> String {
                     let (a, b) = row.needs.unwrap_or_default();
                     format!("not run (needs {a}.{b})")
                 }
-                (true, Some(v)) => v.to_owned(),
+                (true, Some(v)) => v,
                 (true, None) => "did not run".to_owned(),
             };
             let _ = write!(s, " {cell} |");
@@ -309,17 +294,22 @@ pub fn report(runs: &[KernelRun], accel: &Accel) -> String {
     s
 }
 
-/// Fails unless every test of the matrix ran and passed on every kernel it runs on.
-pub fn check(runs: &[KernelRun]) -> Result<()> {
+/// Fails unless every selected test ran and passed, every time, on every kernel it runs on;
+/// the failed tests' own output is printed first (CI's log is often all there is to read).
+pub fn check(runs: &[KernelRun], sel: &Selection) -> Result<()> {
     let mut bad = Vec::new();
     for r in runs {
         match &r.finished {
             Err(e) => bad.push(format!("{}: {e:#}", r.kernel)),
             Ok(f) => {
-                for row in ROWS.iter().filter(|row| runs_on(row, &r.kernel)) {
-                    if r.verdict(row.test) != Some("ok") {
+                for row in sel.rows(&r.kernel) {
+                    if !r.verdict(row.test).is_some_and(|v| v.starts_with("ok")) {
                         bad.push(format!("{}: {} did not pass", r.kernel, row.test));
                     }
+                }
+                let failures = r.failures(FAILURE_LINES);
+                if !failures.is_empty() {
+                    eprintln!("[xtask] kernel {}: what failed\n{failures}", r.kernel);
                 }
                 if f.rc != 0 && bad.is_empty() {
                     bad.push(format!("{}: the job exited {}", r.kernel, f.rc));
@@ -341,21 +331,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_read_from_debian_kernel_names() {
-        assert_eq!(version("5.10.0-32-amd64"), Some((5, 10)));
-        assert_eq!(version("6.12.95+deb12-amd64"), Some((6, 12)));
-        assert_eq!(version("6.1.0-50-amd64"), Some((6, 1)));
-        assert_eq!(version("amd64"), None);
-    }
-
-    #[test]
     fn the_job_runs_each_binary_once_with_its_rows_and_stretches_waits_under_emulation() {
         let exes: BTreeMap<String, PathBuf> = ["datapath", "netns", "failover", "xdp", "sock"]
             .map(|b| (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0"))))
             .into_iter()
             .collect();
         let tcg = Accel::Tcg("test".into());
-        let old = script(Path::new("/t"), &exes, "5.10.0-32-amd64", &tcg).unwrap();
+        let all = Selection::default();
+        let old = script(Path::new("/t"), &exes, "5.10.0-32-amd64", &tcg, &all).unwrap();
         assert!(old.contains("AMBASSADOR_TEST_SLOWDOWN=5"), "{old}");
         assert!(
             old.contains(
@@ -366,36 +349,97 @@ mod tests {
         assert_eq!(old.matches("/t/debug/deps/sock-0").count(), 1, "{old}");
         assert!(old.contains("sock_is_refused_by_version_where_the_kernel_lacks_its_hooks"));
         assert!(!old.contains("sock_real_clients"), "{old}");
-        let new = script(Path::new("/t"), &exes, "6.12.95+deb12-amd64", &Accel::Kvm).unwrap();
+        let new = script(
+            Path::new("/t"),
+            &exes,
+            "6.12.95+deb12-amd64",
+            &Accel::Kvm,
+            &all,
+        )
+        .unwrap();
         assert!(new.contains("AMBASSADOR_TEST_SLOWDOWN=1"), "{new}");
         assert!(ROWS.iter().all(|r| new.contains(r.test)), "{new}");
-        assert!(script(Path::new("/t"), &BTreeMap::new(), "6.1.0-50-amd64", &tcg).is_err());
-    }
-
-    /// A renamed test would only show as "did not run" after minutes of VMs: caught here.
-    #[test]
-    fn every_row_names_a_test_of_its_binary() {
-        for row in ROWS {
-            let file = crate::root().join(format!("tests/tests/{}.rs", row.binary));
-            let source = std::fs::read_to_string(&file).unwrap();
-            assert!(
-                source.contains(&format!("fn {}()", row.test)),
-                "{} has no test {}",
-                file.display(),
-                row.test
-            );
-        }
+        assert!(script(
+            Path::new("/t"),
+            &BTreeMap::new(),
+            "6.1.0-50-amd64",
+            &tcg,
+            &all
+        )
+        .is_err());
     }
 
     #[test]
-    fn the_socket_rows_run_only_where_the_kernel_has_its_hooks() {
-        let sock_rows = |k: &str| {
-            ROWS.iter()
-                .filter(|r| r.datapath == "sock" && runs_on(r, k))
-                .count()
+    fn a_selection_runs_one_test_on_one_kernel_as_many_times_as_asked() {
+        let exes: BTreeMap<String, PathBuf> = ["datapath", "netns", "failover", "xdp", "sock"]
+            .map(|b| (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0"))))
+            .into_iter()
+            .collect();
+        let test = "sock_real_clients_reach_frontends_see_the_vip_and_weights_spread";
+        let sel = Selection {
+            kernel: Some("6.1".into()),
+            test: Some(test.into()),
+            repeat: 20,
         };
-        assert_eq!(sock_rows("5.10.0-32-amd64"), 1, "only the refusal");
-        assert_eq!(sock_rows("6.1.0-50-amd64"), 4);
-        assert!(ROWS.iter().all(|r| runs_on(r, "6.12.95+deb12-amd64")));
+        let kernels =
+            ["5.10.0-32-amd64", "6.1.0-50-amd64", "6.12.95+deb12-amd64"].map(String::from);
+        assert_eq!(sel.kernels(&kernels).unwrap(), [&kernels[1]]);
+        let s = script(Path::new("/t"), &exes, &kernels[1], &Accel::Kvm, &sel).unwrap();
+        assert!(s.contains("for run in $(seq 20); do\n"), "{s}");
+        assert_eq!(s.matches("/t/debug/deps/").count(), 1, "{s}");
+        assert!(
+            s.contains(&format!("--test-threads=1 {test} || rc=1")),
+            "{s}"
+        );
+        assert!(sel.check().is_ok());
+        let wrong = Selection {
+            kernel: Some("4.19".into()),
+            test: Some("no_such_test".into()),
+            repeat: 1,
+        };
+        assert!(wrong.check().is_err());
+        assert!(wrong.kernels(&kernels).is_err());
+    }
+
+    #[test]
+    fn a_repeated_test_passes_only_when_every_run_did_and_its_failures_are_kept() {
+        let run = |output: &str| KernelRun {
+            kernel: "6.1.0-50-amd64".into(),
+            finished: Ok(Finished {
+                rc: 0,
+                output: output.into(),
+                took: Duration::from_secs(1),
+            }),
+        };
+        assert_eq!(run("test a ... ok\n").verdict("a").as_deref(), Some("ok"));
+        assert_eq!(run("test a ... ok\n").verdict("b"), None);
+        let three = "test a ... ok\ntest a ... ok\ntest a ... ok\n";
+        assert_eq!(run(three).verdict("a").as_deref(), Some("ok (3 of 3)"));
+        let failed = "test a ... ok\ntest a ... FAILED\n\nfailures:\n\n---- a stdout ----\n\
+                      weights 3:1 gave 260:140\n\nfailures:\n    a\n\ntest result: FAILED.\n\
+                      test a ... ok\n";
+        let r = run(failed);
+        assert_eq!(r.verdict("a").as_deref(), Some("FAILED (1 of 3)"));
+        assert!(r.failures(100).contains("weights 3:1 gave 260:140"));
+        assert!(!r.failures(100).contains("test result"));
+        assert_eq!(r.failures(3).lines().count(), 3);
+        assert_eq!(run(three).failures(100), "");
+        let sel = Selection::default();
+        assert!(check(&[r], &sel).is_err());
+        let one_row = Selection {
+            test: Some(ROWS[0].test.into()),
+            ..sel
+        };
+        assert!(check(&[run(three)], &one_row).is_err(), "never reported");
+        let passed = format!("test {0} ... ok\ntest {0} ... ok\n", ROWS[0].test);
+        assert!(check(&[run(&passed)], &one_row).is_ok());
+    }
+
+    #[test]
+    fn a_kernel_version_matches_whole_components() {
+        assert!(same_version("6.1.0-50-amd64", "6.1"));
+        assert!(same_version("6.1.0-50-amd64", "6.1.0-50-amd64"));
+        assert!(!same_version("6.12.95+deb12-amd64", "6.1"));
+        assert!(same_version("6.12.95+deb12-amd64", "6.12"));
     }
 }

@@ -7,6 +7,7 @@ pub mod image;
 pub mod libvirt;
 pub mod matrix;
 pub mod qemu;
+pub mod rows;
 pub mod seed;
 pub mod vagrant;
 
@@ -37,28 +38,33 @@ pub enum Part {
 /// Vagrant testbed's seed experiment; fails unless every test passed on every kernel and
 /// neither the move nor the experiment lost a request. What libtest reported in the VMs, the
 /// move and the experiment are added to `tally`.
-pub fn kernels(tally: &mut Tally, only: Option<Part>) -> Result<()> {
+pub fn kernels(tally: &mut Tally, only: Option<Part>, sel: &matrix::Selection) -> Result<()> {
     let image = image::Image::ensure(&root())?;
     let accel = qemu::Accel::detect();
     let exes = test_executables()?;
     let parallel = std::thread::available_parallelism().map_or(1, usize::from);
+    let chosen: Vec<&str> = sel
+        .kernels(image.kernels())?
+        .into_iter()
+        .map(String::as_str)
+        .collect();
     eprintln!(
         "[xtask] kernel matrix: {} on Debian 12, {parallel} VM(s) at a time, under {}",
-        image.kernels().join(", "),
+        chosen.join(", "),
         accel.describe()
     );
     let target = root().join("target");
     let matrix = if only.is_none_or(|p| p == Part::Matrix) {
-        let runs = matrix::run(&image, &accel, &target, &exes, parallel)?;
+        let runs = matrix::run(&image, &accel, &target, &exes, parallel, sel)?;
         for r in &runs {
             if let Ok(f) = &r.finished {
                 f.output.lines().for_each(|l| tally.line(l));
             }
         }
-        let table = matrix::report(&runs, &accel);
+        let table = matrix::report(&runs, &accel, sel);
         println!("{table}");
         std::fs::write(target.join("vm/kernels.md"), &table)?;
-        matrix::check(&runs)
+        matrix::check(&runs, sel)
     } else {
         Ok(())
     };
