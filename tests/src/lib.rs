@@ -316,10 +316,15 @@ fn slowdown() -> u32 {
         .max(1)
 }
 
+/// A wait's deadline on this machine: `d` times [`SLOWDOWN_ENV`].
+pub fn stretched(d: Duration) -> Duration {
+    d * slowdown()
+}
+
 /// Polls `f` until it is true or `timeout` passes (times [`SLOWDOWN_ENV`]); returns whether it
 /// became true.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout * slowdown();
+    let deadline = Instant::now() + stretched(timeout);
     while Instant::now() < deadline {
         if f() {
             return true;

@@ -17,10 +17,14 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
+    sync::LazyLock,
     time::Duration,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connect or a reply may take: 2 s, stretched where the tests run slower
+/// (`AMBASSADOR_TEST_SLOWDOWN`, set in emulated VMs).
+static TIMEOUT: LazyLock<Duration> =
+    LazyLock::new(|| ambassador_tests::stretched(Duration::from_secs(2)));
 
 /// A UDP socket of `addr`'s family: an IPv6 one (dual-stack) for an IPv6 or IPv4-mapped
 /// address.
@@ -35,13 +39,13 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 fn udp_connected(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let s = udp_socket(addr)?;
     s.connect(addr)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_read_timeout(Some(*TIMEOUT))?;
     Ok(s)
 }
 
 fn tcp(addr: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, String)> {
-    let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
+    let s = TcpStream::connect_timeout(&addr, *TIMEOUT)?;
+    s.set_read_timeout(Some(*TIMEOUT))?;
     let peer = s.peer_addr()?.to_string();
     Ok((BufReader::new(s), peer))
 }
@@ -67,7 +71,7 @@ fn main() {
     match mode.as_str() {
         "udp-sendto" => {
             let s = udp_socket(addr).expect("bind");
-            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s.set_read_timeout(Some(*TIMEOUT)).expect("timeout");
             s.send_to(b"probe", addr).expect("sendto");
             let mut buf = [0u8; 2048];
             let (len, from) = s.recv_from(&mut buf).expect("recvfrom");
