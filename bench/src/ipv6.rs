@@ -22,7 +22,7 @@ use crate::{
     },
     stats::{cpu_seconds, pct, shuffled_orders},
     table::{self, render, Col},
-    verdict::{self, Better, Goal},
+    verdict::{self, own_cost, Better, Goal, Per},
 };
 
 const BACKEND6: &str = "fd00:200:1::2";
@@ -274,22 +274,18 @@ pub const GOALS: [Goal; 6] = [
 /// What the programs cost a round trip of IPv6, as a share of direct6's whole CPU time per
 /// round trip (see the datapath group's `OWN_COST`).
 pub const OWN_COST: [Goal; 2] = [
-    Goal::new(
+    own_cost(
         "IPv6 ambassador-tc's programs per round trip",
         ("ambassador-tc6", "direct6"),
-        "bpf_ns_per_round_trip",
-        Better::Lower,
+        Per::RoundTrip,
         0.05,
-    )
-    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
-    Goal::new(
+    ),
+    own_cost(
         "IPv6 ambassador-sock's programs per round trip",
         ("ambassador-sock6", "direct6"),
-        "bpf_ns_per_round_trip",
-        Better::Lower,
+        Per::RoundTrip,
         0.05,
-    )
-    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
+    ),
 ];
 
 /// The settings, the table and the goals, from the record.

@@ -188,8 +188,8 @@ fn run(bin: &Path, quick: bool, only: Option<Only>) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let kept = record::finish(&dir, seconds)?;
     println!(
-        "{mode} run measured in {seconds:.0} s (the build before it not counted); the record: target/bench/run.json, kept as {}",
-        kept.display()
+        "{mode} run measured in {seconds:.0} s (the build before it not counted); the record: target/bench/run.json, kept as target/bench/runs/{}",
+        kept.file_name().unwrap_or_default().to_string_lossy()
     );
     Ok(())
 }

@@ -45,6 +45,35 @@ pub struct Goal {
     pub share_of: Option<(&'static str, f64, &'static str)>,
 }
 
+/// What an own-cost goal counts per: the programs' run time (ns) and the baseline's CPU time
+/// (µs) over the same unit.
+#[derive(Clone, Copy)]
+pub enum Per {
+    /// A request and its reply on one connection.
+    RoundTrip,
+    /// A whole connection: handshake, one request, close.
+    Connection,
+}
+
+/// A goal on what `mode`'s eBPF programs cost (kernel-timed run time) as a share of
+/// `against`'s whole CPU time, both counted per `per`: met at most `target` (0.02 is 2%).
+pub const fn own_cost(
+    what: &'static str,
+    modes: (&'static str, &'static str),
+    per: Per,
+    target: f64,
+) -> Goal {
+    let (metric, cpu, name) = match per {
+        Per::RoundTrip => (
+            "bpf_ns_per_round_trip",
+            "cpu_us_per_round_trip",
+            "CPU per round trip",
+        ),
+        Per::Connection => ("bpf_ns_per_conn", "cpu_us_per_conn", "CPU per connection"),
+    };
+    Goal::new(what, modes, metric, Better::Lower, target).share_of(cpu, 1000.0, name)
+}
+
 impl Goal {
     /// A goal with no control (its resolution comes from its own ratios).
     pub const fn new(

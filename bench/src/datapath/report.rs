@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     stats::{median, pct, ratio, spread},
     table::{render, Col, Samples},
-    verdict::{self, Better, Goal},
+    verdict::{self, own_cost, Better, Goal, Per},
 };
 
 /// A goal against `against` with `direct (again)` as the control.
@@ -140,31 +140,25 @@ const COST: [(&str, Col); 8] = [
 /// the measure that resolves the 2%, 3% and 10% goals on this machine, where the wall clock
 /// and the CPU ratio cannot.
 pub const OWN_COST: [Goal; 3] = [
-    Goal::new(
+    own_cost(
         "ambassador-sock's programs per round trip",
         ("ambassador-sock", "direct"),
-        "bpf_ns_per_round_trip",
-        Better::Lower,
+        Per::RoundTrip,
         0.02,
-    )
-    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
+    ),
     // The socket datapath's programs run at connect(), not per packet.
-    Goal::new(
+    own_cost(
         "ambassador-sock's programs per connection",
         ("ambassador-sock", "direct"),
-        "bpf_ns_per_conn",
-        Better::Lower,
+        Per::Connection,
         0.03,
-    )
-    .share_of("cpu_us_per_conn", 1000.0, "CPU per connection"),
-    Goal::new(
+    ),
+    own_cost(
         "ambassador-tc's programs per round trip",
         ("ambassador-tc", "direct"),
-        "bpf_ns_per_round_trip",
-        Better::Lower,
+        Per::RoundTrip,
         0.10,
-    )
-    .share_of("cpu_us_per_round_trip", 1000.0, "CPU per round trip"),
+    ),
 ];
 
 /// The table, what the control says about resolution, the programs' run time and the goals.

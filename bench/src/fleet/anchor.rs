@@ -3,7 +3,6 @@
 //! holding one connection with one watch, as each simulated host does (which also lists).
 
 use std::{
-    net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -11,7 +10,7 @@ use std::{
 use ambassador_tests::{metrics, Etcd, NetNs, Proc};
 use anyhow::{Context as _, Result};
 
-use super::rss_kib;
+use super::{faults::member_metrics, rss_kib};
 
 /// How many `etcdctl watch` processes measure the anchor (each takes about 20 MiB itself).
 pub(super) fn clients(quick: bool) -> usize {
@@ -28,14 +27,8 @@ pub(super) fn etcdctl_watch_kib(ns: &NetNs, n: usize) -> Result<f64> {
     let etcd = Etcd::cluster(ns, 1);
     let member = &etcd.members[0];
     let pid = member.proc.as_ref().context("the member's process")?.pid();
-    let addr: SocketAddr = member.url.trim_start_matches("http://").parse()?;
     let watchers = || -> Result<f64> {
-        let (status, page) = metrics::get(&ns.name, addr, "/metrics");
-        anyhow::ensure!(
-            status.ends_with("200 OK"),
-            "{}/metrics: {status}",
-            member.url
-        );
+        let page = member_metrics(&ns.name, &member.url)?;
         Ok(metrics::value(&page, "etcd_debugging_mvcc_watcher_total", &[]).unwrap_or(0.0))
     };
     let before = (watchers()?, rss_kib(pid));

@@ -161,12 +161,18 @@ pub(super) struct Restart {
 pub(super) fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
     let (mut ranges, mut bytes) = (0.0, 0.0);
     for m in members {
-        let addr: SocketAddr = m.trim_start_matches("http://").parse()?;
-        let (status, page) = metrics::get(ns, addr, "/metrics");
-        anyhow::ensure!(status.ends_with("200 OK"), "{m}/metrics: {status}");
+        let page = member_metrics(ns, m)?;
         ranges += metrics::value(&page, "etcd_mvcc_range_total", &[]).unwrap_or(0.0);
         bytes +=
             metrics::value(&page, "etcd_network_client_grpc_sent_bytes_total", &[]).unwrap_or(0.0);
     }
     Ok((ranges, bytes))
+}
+
+/// The Prometheus page of the etcd member at `url` (`http://ip:port`), fetched inside `ns`.
+pub(super) fn member_metrics(ns: &str, url: &str) -> Result<String> {
+    let addr: SocketAddr = url.trim_start_matches("http://").parse()?;
+    let (status, page) = metrics::get(ns, addr, "/metrics");
+    anyhow::ensure!(status.ends_with("200 OK"), "{url}/metrics: {status}");
+    Ok(page)
 }
