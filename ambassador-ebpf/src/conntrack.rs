@@ -46,9 +46,9 @@ pub fn key<A: Family>(ip: &IpPacket<A>, l4: &L4) -> CtKey<A> {
 
 /// The flow's backend (address, port; network byte order) if its entry may still be used:
 /// the backend exists, a bare SYN that reuses the tuple (a new connection) does not go to a
-/// terminating backend, and a SYN retransmitted to a backend that never answered goes
-/// elsewhere (the backend turns suspect). Marks the flow closing, and refreshes it, on the way.
-/// The flow's key is `s.key`.
+/// terminating backend nor keep the backend of an earlier, answered connection, and a SYN
+/// retransmitted to a backend that never answered goes elsewhere (the backend turns suspect).
+/// Marks the flow closing, and refreshes it, on the way. The flow's key is `s.key`.
 #[inline(always)]
 pub fn established<A: Family>(
     s: &mut Scratch<A>,
@@ -66,7 +66,17 @@ pub fn established<A: Family>(
     // SAFETY: a pointer from a map lookup stays valid for this program run; racing writers
     // only change plain integers.
     let e = unsafe { &mut *entry };
-    if syn_only && e.flags & CT_REPLIED == 0 {
+    if syn_only && e.flags & CT_REPLIED != 0 {
+        // A bare SYN on a flow its backend answered: the client reuses the tuple of a closed
+        // connection for a new one (its port is free when it closed with a RST, or the backend
+        // closed first). A new connection gets a pick of its own: kept, it would go to the old
+        // backend even when that one is suspect or dead, and its refusal, taken for the reset
+        // of an answered connection, would reach the client. The old reverse entry goes.
+        s.other = reply_key(ip, l4, e);
+        let _ = A::reverse_nat().remove(&s.other);
+        return None;
+    }
+    if syn_only {
         if e.flags & CT_RETRY != 0 {
             // The first SYN the re-pointed flow's new backend sees.
             e.flags &= !CT_RETRY;

@@ -77,6 +77,14 @@ pub const ROWS: &[Row] = &[
         needs: None,
     },
     Row {
+        what: "conntrack: a new connection on an answered one's tuple, its backend dead",
+        datapath: "tc",
+        binary: "conntrack",
+        test:
+            "a_new_connection_on_the_tuple_of_an_answered_one_is_failed_over_from_its_dead_backend",
+        needs: None,
+    },
+    Row {
         what: "failover: ICMPv6 unreachable",
         datapath: "tc",
         binary: "failover",
