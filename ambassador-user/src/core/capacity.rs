@@ -2,7 +2,7 @@
 //! already pinned, applied when the object is loaded; and the fit of a desired state into them.
 //! What does not fit is left out, logged and counted, never half-applied.
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path};
 
 use ambassador_common::{limits, map_names as names};
 use aya::maps::MapInfo;
@@ -141,25 +141,23 @@ impl Capacity {
     /// The part of `desired` that fits: services in name order while there is room, and for
     /// each its endpoints in order while the backend and slot maps have room. Returns it with
     /// one line per service or endpoint left out.
-    pub fn fit(&self, desired: &Desired) -> (Desired, Vec<String>) {
-        let (mut backends, mut slots) = (0u64, 0u64);
-        let mut out = Desired::new();
+    pub fn fit(&self, mut desired: Desired) -> (Desired, Vec<String>) {
+        let (mut backends, mut slots, mut services) = (0u64, 0u64, 0u64);
         let mut left_out = Vec::new();
-        for (name, spec) in desired {
-            if out.len() as u64 >= u64::from(self.services) {
+        // The addresses a service kept so far: duplicates merge into one backend.
+        let mut kept: Vec<SocketAddr> = Vec::new();
+        desired.retain(|name, spec| {
+            if services >= u64::from(self.services) {
                 left_out.push(format!(
                     "service {name} left out: the service map is full ({} services; raise --max-services)",
                     self.services
                 ));
-                continue;
+                return false;
             }
-            let mut spec = spec.clone();
-            let mut kept: Vec<_> = Vec::new();
-            for ep in spec.endpoints.drain(..) {
-                // Duplicates of an address merge into one backend (weights added).
-                let merged = kept
-                    .iter()
-                    .any(|k: &crate::core::model::Endpoint| k.addr == ep.addr);
+            services += 1;
+            kept.clear();
+            spec.endpoints.retain(|ep| {
+                let merged = kept.contains(&ep.addr);
                 let weight = u64::from(ep.weight.clamp(1, MAX_WEIGHT));
                 let more_backends = u64::from(!merged);
                 if backends + more_backends > u64::from(self.backends) {
@@ -167,23 +165,23 @@ impl Capacity {
                         "endpoint {} of {name} left out: the backend map is full ({} backends; raise --max-backends)",
                         ep.addr, self.backends
                     ));
-                    continue;
+                    return false;
                 }
                 if slots + weight > u64::from(self.slots) {
                     left_out.push(format!(
                         "endpoint {} of {name} left out: the slot map is full ({} slots, one per unit of weight; raise --max-slots)",
                         ep.addr, self.slots
                     ));
-                    continue;
+                    return false;
                 }
                 backends += more_backends;
                 slots += weight;
-                kept.push(ep);
-            }
-            spec.endpoints = kept;
-            out.insert(name.clone(), spec);
-        }
-        (out, left_out)
+                kept.push(ep.addr);
+                true
+            });
+            true
+        });
+        (desired, left_out)
     }
 }
 
@@ -244,7 +242,7 @@ mod tests {
     #[test]
     fn what_fits_is_kept_whole_and_the_rest_is_named() {
         let d = desired(&[("a", &[(1, 1), (2, 1)]), ("b", &[(3, 1)]), ("c", &[(4, 1)])]);
-        let (fit, out) = cap(2, 100, 100).fit(&d);
+        let (fit, out) = cap(2, 100, 100).fit(d.clone());
         assert_eq!(fit.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(fit, d.into_iter().take(2).collect());
         assert_eq!(out.len(), 1);
@@ -254,13 +252,13 @@ mod tests {
     #[test]
     fn endpoints_beyond_the_backend_or_slot_map_are_left_out() {
         let d = desired(&[("a", &[(1, 1), (2, 1)]), ("b", &[(3, 1), (4, 1)])]);
-        let (fit, out) = cap(10, 3, 100).fit(&d);
+        let (fit, out) = cap(10, 3, 100).fit(d.clone());
         assert_eq!(fit["b"].endpoints.len(), 1);
         assert_eq!(out.len(), 1);
         assert!(out[0].contains("10.1.0.1:4") && out[0].contains("--max-backends"));
 
         let weighted = desired(&[("a", &[(1, 3), (2, 3)])]);
-        let (fit, out) = cap(10, 10, 4).fit(&weighted);
+        let (fit, out) = cap(10, 10, 4).fit(weighted.clone());
         assert_eq!(fit["a"].endpoints.len(), 1);
         assert!(out[0].contains("--max-slots"), "{out:?}");
     }
@@ -268,7 +266,7 @@ mod tests {
     #[test]
     fn a_duplicate_address_takes_no_second_backend() {
         let d = desired(&[("a", &[(1, 1), (1, 1)])]);
-        let (fit, out) = cap(10, 1, 10).fit(&d);
+        let (fit, out) = cap(10, 1, 10).fit(d.clone());
         assert_eq!(fit["a"].endpoints.len(), 2);
         assert!(out.is_empty(), "{out:?}");
     }

@@ -89,13 +89,16 @@ impl Pipeline {
         desired: &Desired,
         own: &BTreeSet<IpAddr>,
     ) -> Result<Applied> {
-        let (desired, refused) = self.frontends.filter(desired, self.scope.as_deref(), own);
+        // One copy of the state, filtered in place by each step.
+        let (desired, refused) = self
+            .frontends
+            .filter(desired.clone(), self.scope.as_deref(), own);
         warn_new(&mut self.refused_frontends, refused);
-        let (desired, mut refused) = self.policy.filter(&desired);
+        let (desired, mut refused) = self.policy.filter(desired);
         self.refused_by_policy = refused.len() as u32;
         refused.extend(self.host_refused.iter().cloned());
         warn_new(&mut self.refused, refused);
-        let (desired, left_out) = self.capacity.fit(&desired);
+        let (desired, left_out) = self.capacity.fit(desired);
         warn_new(&mut self.left_out, left_out);
         let changes = tables::converge(tables, &mut self.installed, &desired)?;
         Ok(Applied { desired, changes })

@@ -117,11 +117,10 @@ impl BackendPolicy {
     }
 
     /// `desired` without the refused endpoints, and the refusals (sorted).
-    pub fn filter(&self, desired: &Desired) -> (Desired, Vec<Refusal>) {
+    pub fn filter(&self, mut desired: Desired) -> (Desired, Vec<Refusal>) {
         let frontends: BTreeSet<IpAddr> = desired.values().map(|s| s.frontend.ip()).collect();
         let mut refused = Vec::new();
-        let mut out = desired.clone();
-        for (name, spec) in &mut out {
+        for (name, spec) in &mut desired {
             let frontend = spec.frontend.ip();
             spec.endpoints
                 .retain(|e| match self.refuse(e.addr.ip(), frontend, &frontends) {
@@ -137,7 +136,7 @@ impl BackendPolicy {
                 });
         }
         refused.sort();
-        (out, refused)
+        (desired, refused)
     }
 }
 
@@ -185,7 +184,7 @@ mod tests {
     #[test]
     fn refused_ranges_and_frontends_are_left_out_and_the_rest_stays() {
         let p = BackendPolicy::default();
-        let (out, refused) = p.filter(&desired(&[
+        let (out, refused) = p.filter(desired(&[
             "10.1.0.2:80",
             "127.0.0.1:80",
             "169.254.1.1:80",
@@ -227,7 +226,7 @@ mod tests {
         let p = BackendPolicy {
             allow: vec![parse_net("fd00:1::/64").unwrap()],
         };
-        let (out, refused) = p.filter(&d);
+        let (out, refused) = p.filter(d.clone());
         assert_eq!(out["web6"].endpoints.len(), 1, "{refused:?}");
         let why: Vec<&str> = refused.iter().map(|r| r.why.as_str()).collect();
         assert!(why.iter().any(|w| w.contains("loopback (::1)")), "{why:?}");
@@ -247,7 +246,7 @@ mod tests {
         let p = BackendPolicy {
             allow: vec![parse_net("10.1.0.0/16").unwrap()],
         };
-        let (out, refused) = p.filter(&desired(&["10.1.0.2:80", "10.2.0.2:80"]));
+        let (out, refused) = p.filter(desired(&["10.1.0.2:80", "10.2.0.2:80"]));
         assert_eq!(out["web"].endpoints.len(), 1);
         assert_eq!(refused.len(), 1);
         assert!(refused[0]

@@ -249,13 +249,12 @@ impl FrontendPolicy {
     /// services).
     pub fn filter(
         &self,
-        desired: &Desired,
+        mut desired: Desired,
         scope: Option<&FrontendScope>,
         own: &BTreeSet<IpAddr>,
     ) -> (Desired, Vec<FrontendRefusal>) {
         let mut refused = Vec::new();
-        let mut out = Desired::new();
-        for (name, spec) in desired {
+        desired.retain(|name, spec| {
             let ip = spec.frontend.ip().to_canonical();
             let why = if own.contains(&ip) {
                 Some("it is one of this host's own addresses".to_owned())
@@ -278,17 +277,18 @@ impl FrontendPolicy {
                 None
             };
             match why {
-                Some(why) => refused.push(FrontendRefusal {
-                    service: name.clone(),
-                    frontend: spec.frontend.to_string(),
-                    why,
-                }),
-                None => {
-                    out.insert(name.clone(), spec.clone());
+                Some(why) => {
+                    refused.push(FrontendRefusal {
+                        service: name.clone(),
+                        frontend: spec.frontend.to_string(),
+                        why,
+                    });
+                    false
                 }
+                None => true,
             }
-        }
-        (out, refused)
+        });
+        (desired, refused)
     }
 }
 
@@ -388,7 +388,7 @@ mod tests {
         ]);
         let own = BTreeSet::from(["10.96.0.99".parse().unwrap()]);
         let p = FrontendPolicy::default();
-        let (out, refused) = p.filter(&d, Some(&scope), &own);
+        let (out, refused) = p.filter(d.clone(), Some(&scope), &own);
         assert_eq!(out.keys().collect::<Vec<_>>(), ["db", "moved", "six"]);
         let names: Vec<&str> = refused.iter().map(|r| r.service.as_str()).collect();
         assert_eq!(names, ["bank", "mine", "thief"]);
@@ -399,12 +399,12 @@ mod tests {
         let p = FrontendPolicy {
             allow: vec!["1.1.1.0/24".parse().unwrap()],
         };
-        let (out, refused) = p.filter(&d, Some(&scope), &own);
+        let (out, refused) = p.filter(d.clone(), Some(&scope), &own);
         assert!(out.contains_key("bank"));
         assert_eq!(refused.len(), 2);
 
         // A local file is trusted, except for this host's own addresses.
-        let (out, refused) = FrontendPolicy::default().filter(&d, None, &own);
+        let (out, refused) = FrontendPolicy::default().filter(d.clone(), None, &own);
         assert_eq!(out.len(), 5);
         assert_eq!(refused[0].service, "mine");
     }

@@ -104,7 +104,7 @@ impl Door {
 
     /// Takes a new desired state from the registry (the backend policy applied here).
     pub fn update(&self, desired: &Desired) {
-        let (allowed, refused) = self.cfg.policy.filter(desired);
+        let (allowed, refused) = self.cfg.policy.filter(desired.clone());
         for r in &refused {
             debug!("socks: {r}");
         }
