@@ -47,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
     let judged = store.judge();
     reconcile::validate(&judged.desired).expect("the watcher only publishes installable state");
     let (desired, _refused) =
-        FrontendPolicy::default().filter(&judged.desired, Some(&judged.scope), &BTreeSet::new());
-    let (allowed, _refused) = BackendPolicy::default().filter(&desired);
+        FrontendPolicy::default().filter(judged.desired, Some(&judged.scope), &BTreeSet::new());
+    let (allowed, _refused) = BackendPolicy::default().filter(desired);
     reconcile::validate(&allowed).expect("the policy keeps the state installable");
     let mut installed = Installed::default();
     for op in reconcile::plan(&installed, &allowed) {
