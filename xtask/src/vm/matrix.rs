@@ -330,13 +330,19 @@ pub fn check(runs: &[KernelRun], sel: &Selection) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A test binary under `/t` for every file the rows name.
+    fn exes() -> BTreeMap<String, PathBuf> {
+        ROWS.iter()
+            .map(|r| {
+                let b = r.binary;
+                (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0")))
+            })
+            .collect()
+    }
+
     #[test]
     fn the_job_runs_each_binary_once_with_its_rows_and_stretches_waits_under_emulation() {
-        let exes: BTreeMap<String, PathBuf> =
-            ["datapath", "netns", "failover", "xdp", "sock", "conntrack"]
-                .map(|b| (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0"))))
-                .into_iter()
-                .collect();
+        let exes = exes();
         let tcg = Accel::Tcg("test".into());
         let all = Selection::default();
         let old = script(Path::new("/t"), &exes, "5.10.0-32-amd64", &tcg, &all).unwrap();
@@ -372,11 +378,7 @@ mod tests {
 
     #[test]
     fn a_selection_runs_one_test_on_one_kernel_as_many_times_as_asked() {
-        let exes: BTreeMap<String, PathBuf> =
-            ["datapath", "netns", "failover", "xdp", "sock", "conntrack"]
-                .map(|b| (b.to_owned(), PathBuf::from(format!("/t/debug/deps/{b}-0"))))
-                .into_iter()
-                .collect();
+        let exes = exes();
         let test = "sock_real_clients_reach_frontends_see_the_vip_and_weights_spread";
         let sel = Selection {
             kernel: Some("6.1".into()),
