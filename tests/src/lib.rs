@@ -400,6 +400,24 @@ impl Daemon {
         }
     }
 
+    /// The gateway's daemon (`c0`, plus `extra` flags) with one service, `web` at `vip` over
+    /// `b1` and `b2`, ready; with its pin directory and configuration file, which outlive it.
+    pub fn run_web(
+        topo: &Topology,
+        vip: &str,
+        b1: &str,
+        b2: &str,
+        extra: &[&str],
+    ) -> (PinDir, TempFile, Daemon) {
+        let pin = PinDir::new();
+        let cfg = TempFile::new(&format!(
+            "[[service]]\nname = \"web\"\nfrontend = \"{vip}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
+        ));
+        let mut d = Self::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, extra);
+        d.wait_ready();
+        (pin, cfg, d)
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.proc.log()

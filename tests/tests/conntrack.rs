@@ -51,12 +51,7 @@ fn a_new_connection_on_the_tuple_of_an_answered_one_is_failed_over_from_its_dead
     );
     let s1 = TcpServer::start(&topo.backends[0], &b1, "b1");
     let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{VIP}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
-    ));
-    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, &[]);
-    d.wait_ready();
+    let (pin, _cfg, d) = Daemon::run_web(&topo, VIP, &b1, &b2, &[]);
     let vip: SocketAddr = VIP.parse().unwrap();
 
     // A port whose connection b1 answered (each pick is even odds: 64 ports are plenty).

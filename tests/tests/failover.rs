@@ -126,24 +126,6 @@ fn backend(pin: &std::path::Path, addr: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{addr} not in {web}"))
 }
 
-/// The gateway's daemon (`c0`, plus `extra` flags) with one service, `web` at `vip` over `b1`
-/// and `b2`, ready; with its pin directory and configuration file, which outlive it.
-fn run_web(
-    topo: &Topology,
-    vip: &str,
-    b1: &str,
-    b2: &str,
-    extra: &[&str],
-) -> (PinDir, TempFile, Daemon) {
-    let pin = PinDir::new();
-    let cfg = TempFile::new(&format!(
-        "[[service]]\nname = \"web\"\nfrontend = \"{vip}\"\nendpoints = [\"{b1}\", \"{b2}\"]\n",
-    ));
-    let mut d = Daemon::run_file(&topo.fwd, "c0", cfg.as_str(), &pin.path, extra);
-    d.wait_ready();
-    (pin, cfg, d)
-}
-
 /// The whole scenario: two backends, a stream of new connections, `fail` breaks backend 1,
 /// `heal` mends it; nothing may fail, only the first connections that meet the dead backend
 /// may wait for a SYN retransmission, and the mended backend is used again. `reason`: what the
@@ -162,7 +144,7 @@ fn failover(
     let (vip, b1, b2) = (ip.vip(), ip.backend(1), ip.backend(2));
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
     let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
-    let (pin, _cfg, mut d) = run_web(&topo, vip, &b1, &b2, &[]);
+    let (pin, _cfg, mut d) = Daemon::run_web(&topo, vip, &b1, &b2, &[]);
     let watch = monitor(&topo.fwd, &mut d, &pin.path, &["--kind", "failover"]);
 
     let stream = Stream::start(&topo.client, vip);
@@ -325,7 +307,7 @@ fn comes_back_as_the_other_dies() -> String {
     let (b1, b2) = (Ip::V4.backend(1), Ip::V4.backend(2));
     let mut s1 = Some(TcpServer::start(&topo.backends[0], &b1, "b1"));
     let mut s2 = Some(TcpServer::start(&topo.backends[1], &b2, "b2"));
-    let (pin, _cfg, d) = run_web(&topo, VIP, &b1, &b2, &[]);
+    let (pin, _cfg, d) = Daemon::run_web(&topo, VIP, &b1, &b2, &[]);
     let stream = Stream::start(&topo.client, VIP);
     assert!(wait_until(Duration::from_secs(10), || stream.count() >= 200));
     s1.take();
@@ -503,7 +485,7 @@ fn the_sock_datapath_avoids_a_backend_tc_found_dead() {
     let _s2 = TcpServer::start(&topo.backends[1], &b2, "b2");
     let cg = Cgroup::new();
     let extra = ["--datapath", "tc,sock", "--cgroup-path", cg.arg()];
-    let (pin, _cfg, d) = run_web(&topo, VIP, &b1, &b2, &extra);
+    let (pin, _cfg, d) = Daemon::run_web(&topo, VIP, &b1, &b2, &extra);
     drop(s1);
     // The client behind c0 (tc) meets the dead backend and the datapath marks it suspect.
     let stream = Stream::start(&topo.client, VIP);
