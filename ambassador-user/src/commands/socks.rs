@@ -72,6 +72,7 @@ pub fn config(a: &SocksArgs) -> Result<DoorConfig> {
         handshake_timeout: Duration::from_secs(a.handshake_timeout),
         connect_timeout: Duration::from_millis(a.connect_timeout),
         idle_timeout: Duration::from_secs(a.idle_timeout),
+        copy: a.copy,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The SOCKS5 door: clients outside the fleet (a laptop's browser, curl, ssh) reach services
 //! by name. The protocol is fast-socks5's (RFC 1928 CONNECT, RFC 1929 username/password);
 //! what a name means is [`directory`]'s, from the registry this process follows in etcd; the
-//! bytes go through tokio's bidirectional copy.
+//! bytes go through `splice(2)` (or tokio's bidirectional copy, `--copy read-write`).
 //!
 //! Never an open proxy: clients outside `--allow-client` are closed before a byte is read,
 //! names outside the domain and addresses that are not frontends are refused unless the
@@ -43,6 +43,7 @@ use crate::{
     error::{Error, Result},
 };
 pub use directory::{Destination, Directory, Refusal, Route};
+pub use idle::CopyMode;
 pub use stats::Stats;
 
 /// User names and their passwords (RFC 1929), from `--users-file`.
@@ -69,6 +70,8 @@ pub struct DoorConfig {
     pub connect_timeout: Duration,
     /// A connection with no byte either way for this long is closed.
     pub idle_timeout: Duration,
+    /// How bytes are copied.
+    pub copy: CopyMode,
 }
 
 /// Endpoints tried for one connection before the client hears of a failure: the first
@@ -291,7 +294,14 @@ async fn handle(door: &Door, stream: TcpStream) -> std::result::Result<(), Ended
     let bound = upstream.local_addr()?;
     let client = proto.reply_success(bound).await?;
     door.stats.connected.fetch_add(1, Relaxed);
-    idle::copy(client, upstream, door.cfg.idle_timeout, &door.stats).await
+    idle::copy(
+        door.cfg.copy,
+        client,
+        upstream,
+        door.cfg.idle_timeout,
+        &door.stats,
+    )
+    .await
 }
 
 /// Where `dest` may go, in the order to try.
