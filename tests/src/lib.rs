@@ -1719,21 +1719,42 @@ impl SocksDoor {
     /// Starts the door in `ns` listening at `listen` for `allow_client`, following etcd at
     /// `etcd`, with `extra` flags; returns once it has its names.
     pub fn start(ns: &NetNs, etcd: &str, listen: &str, allow_client: &str, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "socks",
-            "--listen",
-            listen,
-            "--allow-client",
-            allow_client,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--etcd",
-            etcd,
-        ]
-        .map(String::from)
-        .to_vec();
+        Self::start_limited(ns, etcd, listen, allow_client, extra, None)
+    }
+
+    /// Like [`SocksDoor::start`], under `prlimit --nofile=NOFILE` (`SOFT:HARD`) when given.
+    pub fn start_limited(
+        ns: &NetNs,
+        etcd: &str,
+        listen: &str,
+        allow_client: &str,
+        extra: &[&str],
+        nofile: Option<&str>,
+    ) -> Self {
+        let (program, mut args) = match nofile {
+            Some(n) => {
+                let door = ambassador_bin().display().to_string();
+                let limit = vec![format!("--nofile={n}"), "--".into(), door];
+                (PathBuf::from("/usr/bin/prlimit"), limit)
+            }
+            None => (ambassador_bin(), Vec::new()),
+        };
+        args.extend(
+            [
+                "socks",
+                "--listen",
+                listen,
+                "--allow-client",
+                allow_client,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--etcd",
+                etcd,
+            ]
+            .map(String::from),
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(&ns.name, "socks", &ambassador_bin(), &args);
+        let proc = Proc::spawn(&ns.name, "socks", &program, &args);
         let ready = wait_until(Duration::from_secs(10), || {
             proc.log().contains("socks: ready")
         });

@@ -91,7 +91,9 @@ fn pattern(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn copies_every_byte_and_closes_only_idle_tunnels(copy: &str) {
+/// The hosts, etcd with the services `echo` and `trickle`, and the door on the gateway with
+/// `extra` flags (under `prlimit --nofile=NOFILE` when given).
+fn bed(extra: &[&str], nofile: Option<&str>) -> (Topology, Etcd, SocksDoor) {
     let topo = Topology::new(1);
     let etcd = Etcd::single(&topo.fwd);
     let urls = etcd.urls();
@@ -105,24 +107,33 @@ fn copies_every_byte_and_closes_only_idle_tunnels(copy: &str) {
         ("echo", ECHO_PORT, "10.96.0.20"),
         ("trickle", TRICKLE_PORT, "10.96.0.21"),
     ] {
-        ctl(&[
-            "service",
-            "set",
-            name,
-            "--frontend",
-            &format!("{vip}:{port}"),
-        ]);
+        let frontend = format!("{vip}:{port}");
+        ctl(&["service", "set", name, "--frontend", &frontend]);
         let endpoint = Topology::backend_addr(1, port);
         ctl(&["endpoint", "add", name, &endpoint, "--id", name]);
     }
-    let idle = IDLE_SECS.to_string();
-    let door = SocksDoor::start(
+    let door = SocksDoor::start_limited(
         &topo.fwd,
         &urls,
         "0.0.0.0:1080",
         "10.200.0.0/24",
-        &["--copy", copy, "--idle-timeout", &idle],
+        extra,
+        nofile,
     );
+    (topo, etcd, door)
+}
+
+/// A line sent through a tunnel to the echo comes back.
+fn echoes(s: &mut TcpStream) {
+    s.write_all(b"ping\n").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping\n");
+}
+
+fn copies_every_byte_and_closes_only_idle_tunnels(copy: &str) {
+    let idle = IDLE_SECS.to_string();
+    let (topo, _etcd, door) = bed(&["--copy", copy, "--idle-timeout", &idle], None);
 
     // 48 MiB out and back, written in uneven pieces while the echo is read, then a
     // half-close that must come back as the end of the stream.
@@ -209,4 +220,61 @@ fn read_write_copies_every_byte_and_closes_only_idle_tunnels() {
         return;
     }
     copies_every_byte_and_closes_only_idle_tunnels("read-write");
+}
+
+/// The door's open files: a soft limit below what `--max-connections` needs is raised (to the
+/// hard limit here, with a warning that even that is short); with no descriptor left for a
+/// connection's pipes, it is copied through buffers instead of failing, and counted.
+#[test]
+fn the_door_raises_its_open_files_limit_and_copies_without_pipes_when_out_of_them() {
+    if !require_root(
+        "the_door_raises_its_open_files_limit_and_copies_without_pipes_when_out_of_them",
+    ) {
+        return;
+    }
+    // 1,000 spliced connections need 6,064 descriptors.
+    let (topo, _etcd, door) = bed(&["--max-connections", "1000"], Some("256:4096"));
+    let pid = door.proc.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits.lines().find(|l| l.starts_with("Max open files"));
+    let soft = soft.and_then(|l| l.split_whitespace().nth(3)).unwrap();
+    assert_eq!(
+        soft, "4096",
+        "the soft limit was not raised to the hard one"
+    );
+    let log = door.proc.log();
+    assert!(
+        log.contains("raised the limit of open files from 256 to 4096"),
+        "{log}"
+    );
+    assert!(log.contains("needs about 6064 open files"), "{log}");
+
+    // Room for one spliced connection (two sockets, four pipe ends) and four descriptors
+    // more: the next connection gets its two sockets, but not its pipes.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let prlimit = |n: usize| {
+        let limit = format!("--nofile={n}:4096");
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &limit])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    prlimit(open + 6 + 4);
+    topo.client.run(|| {
+        let mut spliced = tunnel("echo.ambassador.internal", ECHO_PORT);
+        echoes(&mut spliced);
+        let mut buffered = tunnel("echo.ambassador.internal", ECHO_PORT);
+        echoes(&mut buffered);
+        echoes(&mut spliced);
+    });
+    prlimit(4096);
+    let log = door.proc.log();
+    assert!(log.contains("no pipe for splice(2)"), "{log}");
+    assert_eq!(
+        door.metric("ambassador_socks_splice_fallbacks_total", &[]),
+        1.0
+    );
 }

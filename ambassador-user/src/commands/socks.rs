@@ -79,6 +79,7 @@ pub fn config(a: &SocksArgs) -> Result<DoorConfig> {
 /// Runs the door until SIGTERM or SIGINT.
 pub async fn run(args: SocksArgs) -> Result<()> {
     let cfg = config(&args)?;
+    socks::fds::raise_limit(cfg.max_connections, cfg.copy);
     let opts: EtcdOptions = args.etcd.into();
     let listener = socks::bind(args.listen).await?;
     let local = listener

@@ -20,6 +20,7 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_splice2::{SpliceBidiIo, SpliceIoCtx};
+use tracing::warn;
 
 use super::{stats::Stats, Ended};
 
@@ -31,6 +32,17 @@ pub enum CopyMode {
     Splice,
     /// `read(2)` and `write(2)` through a 64 KiB buffer each way (tokio's bidirectional copy).
     ReadWrite,
+}
+
+impl CopyMode {
+    /// Its name on the command line.
+    pub fn name(self) -> String {
+        use clap::ValueEnum as _;
+        self.to_possible_value()
+            .expect("no mode is hidden from the command line")
+            .get_name()
+            .to_owned()
+    }
 }
 
 /// Each direction's buffer: tokio's default (8 KiB) costs a system call per 8 KiB of a
@@ -114,16 +126,27 @@ pub(super) async fn copy(
 
 /// `splice(2)` both ways, through a pipe each way of up to 1 MiB (tokio-splice2 asks for the
 /// kernel's `pipe-max-size`; 64 KiB pipes saved less CPU per GB, 0.80x of read-write against
-/// 0.56x). A poll that moved bytes puts the idle deadline off.
+/// 0.56x). A poll that moved bytes puts the idle deadline off. Without the pipes (out of
+/// descriptors), the connection is copied through buffers instead, and counted.
 async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
     idle: Duration,
     stats: &Stats,
 ) -> Result<(), Ended> {
+    let pipes = SpliceIoCtx::prepare().and_then(|up| Ok((up, SpliceIoCtx::prepare()?)));
+    let (up, down) = match pipes {
+        Ok(pipes) => pipes,
+        Err(e) => {
+            if stats.splice_fallbacks.fetch_add(1, Relaxed) == 0 {
+                warn!("socks: no pipe for splice(2) ({e}): copying through buffers instead (ambassador_socks_splice_fallbacks_total counts each connection)");
+            }
+            return read_write(client, upstream, idle, stats).await;
+        }
+    };
     let mut both = pin!(SpliceBidiIo {
-        io_sl2sr: SpliceIoCtx::prepare()?.into_io(),
-        io_sr2sl: SpliceIoCtx::prepare()?.into_io(),
+        io_sl2sr: up.into_io(),
+        io_sr2sl: down.into_io(),
     });
     let mut deadline = pin!(tokio::time::sleep(idle));
     let mut moved = 0;

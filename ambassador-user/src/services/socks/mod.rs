@@ -10,6 +10,7 @@
 //! deadline, each endpoint's connect timeout, the idle timeout; each with a metric.
 
 pub mod directory;
+pub mod fds;
 mod idle;
 pub mod stats;
 

@@ -34,6 +34,8 @@ pub struct Stats {
     /// Bytes from clients to destinations, and back.
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Connections copied through buffers because no pipe could be made for splice(2).
+    pub splice_fallbacks: AtomicU64,
     /// Whether the etcd watch is established.
     pub etcd_connected: AtomicBool,
     /// Destinations refused, by reason.
@@ -67,6 +69,7 @@ impl Stats {
             ("ambassador_socks_endpoint_failures_total", Kind::Counter, "Endpoints that refused or did not answer in time; the next one was tried.", &self.endpoint_failures),
             ("ambassador_socks_client_bytes_total", Kind::Counter, "Bytes from clients to destinations.", &self.bytes_up),
             ("ambassador_socks_destination_bytes_total", Kind::Counter, "Bytes from destinations to clients.", &self.bytes_down),
+            ("ambassador_socks_splice_fallbacks_total", Kind::Counter, "Connections copied through buffers because no pipe could be made for splice(2) (out of open files).", &self.splice_fallbacks),
         ] {
             page.single(name, kind, help, get(value));
         }
