@@ -323,6 +323,7 @@ fn bad_flags_are_usage_errors() {
         vec!["socks", "--allow-client", "10.0.0.0/99"],
         vec!["socks", "--max-connections", "0"],
         vec!["socks", "--idle-timeout", "0"],
+        vec!["socks", "--copy", "sendfile"],
         vec!["socks", "--users-file"],
     ] {
         let out = ambassador(&args);
