@@ -26,11 +26,11 @@ use anyhow::{bail, Context as _, Result};
 use fast_socks5::client::{Config, Socks5Stream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{
-    stats::{cpu_busy_seconds, pct, shuffled_orders},
-    table::{self, render, Col},
-    verdict::{self, Better, Goal},
-};
+use crate::stats::{cpu_busy_seconds, pct, shuffled_orders};
+
+mod report;
+use report::record;
+pub use report::{table, GOALS};
 
 const ECHO: &str = "10.77.0.1:9000";
 const SINK: &str = "10.77.0.1:9001";
@@ -298,101 +298,8 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let stop = Arc::new(AtomicBool::new(false));
     servers(&ns, stop.clone());
     let etcd = Etcd::single(&ns);
-    let ctl = |args: &[&str]| {
-        let mut all = args.to_vec();
-        let urls = etcd.urls();
-        all.extend_from_slice(&["--etcd", &urls]);
-        ambassador_tests::ambassador_ok(&ns, &all)
-    };
-    ctl(&["service", "set", "echo", "--frontend", "10.96.0.1:9000"]);
-    ctl(&["endpoint", "add", "echo", ECHO, "--id", "e"]);
-    ctl(&["service", "set", "sink", "--frontend", "10.96.0.2:9001"]);
-    ctl(&["endpoint", "add", "sink", SINK, "--id", "s"]);
-    ctl(&["service", "set", "once", "--frontend", "10.96.0.3:9002"]);
-    ctl(&["endpoint", "add", "once", ONCE, "--id", "o"]);
-    // Every proxy pinned from its start (the door's runtime then starts one worker, as it
-    // would on a one-CPU host).
-    let urls = etcd.urls();
-    let door = |listen: &str, copy: &str| {
-        let args = [
-            "socks",
-            "--listen",
-            listen,
-            "--copy",
-            copy,
-            "--allow-client",
-            "127.0.0.0/8",
-            "--log",
-            "info",
-            "--etcd",
-            &urls,
-        ];
-        pinned(&ns, &format!("socks-{copy}"), &ambassador_bin(), &args)
-    };
-    let doors = [
-        door("127.0.0.1:1080", "splice"),
-        door("127.0.0.1:1083", "read-write"),
-    ];
-    for door in &doors {
-        if !wait_until(Duration::from_secs(10), || {
-            door.log().contains("socks: ready")
-        }) {
-            bail!("the door never got ready:\n{}", door.log());
-        }
-    }
-    let conf = TempFile::new(DANTE_CONF);
-    let _dante = pinned(
-        &ns,
-        "danted",
-        Path::new("/usr/sbin/danted"),
-        &["-f", conf.as_str()],
-    );
-    let _micro = pinned(
-        &ns,
-        "microsocks",
-        Path::new("/usr/bin/microsocks"),
-        &["-i", "127.0.0.1", "-p", "1082"],
-    );
-
-    let result = ns.run(move || -> Result<Vec<Samples>> {
-        pin(CLIENT_CPU);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        for mode in Mode::ALL {
-            let mut last = None;
-            let up = wait_until(Duration::from_secs(10), || {
-                let once =
-                    async { tokio::time::timeout(Duration::from_secs(2), latency(mode, 1)).await };
-                last = Some(rt.block_on(once));
-                matches!(last, Some(Ok(Ok(_))))
-            });
-            if !up {
-                bail!("{} never forwarded: {:?}", mode.name(), last);
-            }
-        }
-        rt.block_on(async {
-            let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
-            for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x736f_636b)
-                .into_iter()
-                .enumerate()
-            {
-                for i in order {
-                    let mode = Mode::ALL[i];
-                    println!("  rep {}/{reps}: {}", rep + 1, mode.name());
-                    let r = &mut results[i];
-                    r.cps.push(cps(mode, secs).await?);
-                    let [p50, p99] = latency(mode, lat_n).await?;
-                    r.p50.push(p50);
-                    r.p99.push(p99);
-                    let (gbps, cpu) = streams(mode, mib).await?;
-                    r.gbps.push(gbps);
-                    r.cpu_per_gb.push(cpu);
-                }
-            }
-            Ok(results)
-        })
-    });
+    let _proxies = Proxies::start(&ns, &etcd)?;
+    let result = ns.run(move || measure(reps, secs, lat_n, mib));
     stop.store(true, Relaxed);
     ns.run(|| {
         for addr in [ECHO, SINK, ONCE] {
@@ -404,117 +311,106 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     Ok((table(&json)?, json))
 }
 
-fn record(
-    results: &[Samples],
-    reps: usize,
-    secs: f64,
-    lat_n: usize,
-    mib: usize,
-) -> serde_json::Value {
-    let modes: Vec<_> = Mode::ALL
-        .iter()
-        .zip(results)
-        .map(|(mode, r)| {
-            serde_json::json!({"mode": mode.name(), "cps": r.cps, "p50_us": r.p50, "p99_us": r.p99, "gbps": r.gbps, "cpu_s_per_gb": r.cpu_per_gb})
+/// The proxies, each pinned from its start (the door's runtime then starts one worker, as it
+/// would on a one-CPU host): the door (splice) and the door with `--copy read-write`, both
+/// following etcd's names of the servers; dante; microsocks.
+struct Proxies {
+    _procs: Vec<Proc>,
+    _dante_conf: TempFile,
+}
+
+impl Proxies {
+    fn start(ns: &NetNs, etcd: &Etcd) -> Result<Self> {
+        let urls = etcd.urls();
+        let ctl = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--etcd", &urls]);
+            ambassador_tests::ambassador_ok(ns, &all)
+        };
+        ctl(&["service", "set", "echo", "--frontend", "10.96.0.1:9000"]);
+        ctl(&["endpoint", "add", "echo", ECHO, "--id", "e"]);
+        ctl(&["service", "set", "sink", "--frontend", "10.96.0.2:9001"]);
+        ctl(&["endpoint", "add", "sink", SINK, "--id", "s"]);
+        ctl(&["service", "set", "once", "--frontend", "10.96.0.3:9002"]);
+        ctl(&["endpoint", "add", "once", ONCE, "--id", "o"]);
+        let door = |listen: &str, copy: &str| {
+            let args = [
+                "socks",
+                "--listen",
+                listen,
+                "--copy",
+                copy,
+                "--allow-client",
+                "127.0.0.0/8",
+                "--log",
+                "info",
+                "--etcd",
+                &urls,
+            ];
+            pinned(ns, &format!("socks-{copy}"), &ambassador_bin(), &args)
+        };
+        let mut procs = vec![
+            door("127.0.0.1:1080", "splice"),
+            door("127.0.0.1:1083", "read-write"),
+        ];
+        for door in &procs {
+            if !wait_until(Duration::from_secs(10), || {
+                door.log().contains("socks: ready")
+            }) {
+                bail!("the door never got ready:\n{}", door.log());
+            }
+        }
+        let conf = TempFile::new(DANTE_CONF);
+        let danted = Path::new("/usr/sbin/danted");
+        procs.push(pinned(ns, "danted", danted, &["-f", conf.as_str()]));
+        let microsocks = Path::new("/usr/bin/microsocks");
+        let args = ["-i", "127.0.0.1", "-p", "1082"];
+        procs.push(pinned(ns, "microsocks", microsocks, &args));
+        Ok(Self {
+            _procs: procs,
+            _dante_conf: conf,
         })
-        .collect();
-    serde_json::json!({
-        "reps": reps, "seconds": secs, "requests": lat_n, "stream_mib": mib,
-        "order": "random per repetition", "modes": modes,
+    }
+}
+
+/// Every mode's rows, `reps` times in a random order, from the client's CPU (in the
+/// namespace): once each mode forwards at all.
+fn measure(reps: usize, secs: f64, lat_n: usize, mib: usize) -> Result<Vec<Samples>> {
+    pin(CLIENT_CPU);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for mode in Mode::ALL {
+        let mut last = None;
+        let up = wait_until(Duration::from_secs(10), || {
+            let once =
+                async { tokio::time::timeout(Duration::from_secs(2), latency(mode, 1)).await };
+            last = Some(rt.block_on(once));
+            matches!(last, Some(Ok(Ok(_))))
+        });
+        if !up {
+            bail!("{} never forwarded: {:?}", mode.name(), last);
+        }
+    }
+    rt.block_on(async {
+        let mut results: Vec<Samples> = Mode::ALL.iter().map(|_| Samples::default()).collect();
+        for (rep, order) in shuffled_orders(reps, Mode::ALL.len(), 0x736f_636b)
+            .into_iter()
+            .enumerate()
+        {
+            for i in order {
+                let mode = Mode::ALL[i];
+                println!("  rep {}/{reps}: {}", rep + 1, mode.name());
+                let r = &mut results[i];
+                r.cps.push(cps(mode, secs).await?);
+                let [p50, p99] = latency(mode, lat_n).await?;
+                r.p50.push(p50);
+                r.p99.push(p99);
+                let (gbps, cpu) = streams(mode, mib).await?;
+                r.gbps.push(gbps);
+                r.cpu_per_gb.push(cpu);
+            }
+        }
+        Ok(results)
     })
-}
-
-/// The door against one peer on every row: ahead means a ratio of at least 1 (at most 1 where
-/// lower is better).
-const fn ahead(of: &'static str) -> [Goal; 5] {
-    let m = ("ambassador socks", of);
-    [
-        Goal::new(
-            "the SOCKS door's connections per second",
-            m,
-            "cps",
-            Better::Higher,
-            1.0,
-        ),
-        Goal::new(
-            "the SOCKS door's request p50",
-            m,
-            "p50_us",
-            Better::Lower,
-            1.0,
-        ),
-        Goal::new(
-            "the SOCKS door's request p99",
-            m,
-            "p99_us",
-            Better::Lower,
-            1.0,
-        ),
-        Goal::new(
-            "the SOCKS door's stream throughput",
-            m,
-            "gbps",
-            Better::Higher,
-            1.0,
-        ),
-        Goal::new(
-            "the SOCKS door's CPU per GB",
-            m,
-            "cpu_s_per_gb",
-            Better::Lower,
-            1.0,
-        ),
-    ]
-}
-
-/// What `splice(2)` must show to stay the default: more throughput for less CPU than the
-/// door's own read-write copy.
-const SPLICE: [Goal; 2] = [
-    Goal::new(
-        "splice's stream throughput",
-        ("ambassador socks", READ_WRITE),
-        "gbps",
-        Better::Higher,
-        1.0,
-    ),
-    Goal::new(
-        "splice's CPU per GB",
-        ("ambassador socks", READ_WRITE),
-        "cpu_s_per_gb",
-        Better::Lower,
-        1.0,
-    ),
-];
-
-/// The goal: ahead of dante on every row (and, as a reference, of microsocks).
-pub const GOALS: [Goal; 5] = ahead("dante");
-
-/// The settings, the table and the goals, from the record.
-pub fn table(json: &serde_json::Value) -> Result<String> {
-    let s = table::Samples::new(&json["modes"])?;
-    let mut md = format!(
-        "One namespace, loopback; the servers (echo, sink) at 10.77.0.1; every proxy pinned to CPU {PROXY_CPU} (Debian's dante-server 1.4 and microsocks, and `ambassador socks` following a local etcd), the clients and servers to CPU {CLIENT_CPU}. {} repetitions, every mode in each, in a random order; each ratio is the median of per-repetition ratios to `direct`, with min-max. Connections: 4 clients for {} s, each a connect, the SOCKS handshake (the door by the service's name; dante and microsocks by address) and 1 byte each way. Request: 64 bytes each way on an open tunnel, {} times. Stream: {} MiB to the sink, the median of {STREAMS} streams. CPU: CPU {PROXY_CPU}'s busy time during the stream, per GB.\n\n",
-        json["reps"], json["seconds"], json["requests"], json["stream_mib"],
-    );
-    md += &render(
-        &s,
-        "mode",
-        &[
-            ("connections/s", Col::Median("cps", 0)),
-            ("vs direct", Col::Ratio("cps", "direct")),
-            ("p50 (µs)", Col::Median("p50_us", 1)),
-            ("p99 (µs)", Col::Median("p99_us", 1)),
-            ("p50 vs direct", Col::Ratio("p50_us", "direct")),
-            ("stream (Gbit/s)", Col::Median("gbps", 2)),
-            ("vs direct", Col::Ratio("gbps", "direct")),
-            ("CPU per GB (s)", Col::Spread("cpu_s_per_gb", 2)),
-        ],
-    )?;
-    md += "\nGoal: ahead of dante on every row (ratios of ambassador socks to dante, per repetition):\n\n";
-    md += &verdict::list(&s, &GOALS)?;
-    md += "\nThe same against microsocks, for reference:\n\n";
-    md += &verdict::list(&s, &ahead("microsocks"))?;
-    md += "\n`splice(2)` (the default) against the same door copying through 64 KiB buffers (`--copy read-write`):\n\n";
-    md += &verdict::list(&s, &SPLICE)?;
-    Ok(md)
 }
