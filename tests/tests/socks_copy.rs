@@ -134,6 +134,8 @@ fn echoes(s: &mut TcpStream) {
 fn copies_every_byte_and_closes_only_idle_tunnels(copy: &str) {
     let idle = IDLE_SECS.to_string();
     let (topo, _etcd, door) = bed(&["--copy", copy, "--idle-timeout", &idle], None);
+    let log = door.proc.log();
+    assert!(log.contains(&format!("copy=\"{copy}\"")), "{log}");
 
     // 48 MiB out and back, written in uneven pieces while the echo is read, then a
     // half-close that must come back as the end of the stream.

@@ -366,6 +366,8 @@ pub fn announce(addr: SocketAddr, cfg: &DoorConfig) {
         %addr,
         clients = clients.join(","),
         auth = if cfg.users.is_some() { "username/password" } else { "none" },
+        copy = cfg.copy.name(),
+        max_connections = cfg.max_connections,
         "socks: SOCKS5 served at {addr}"
     );
 }
