@@ -13,7 +13,7 @@ use super::CopyMode;
 const SPARE: u64 = 64;
 
 /// A connection's descriptors.
-pub fn per_connection(mode: CopyMode) -> u64 {
+fn per_connection(mode: CopyMode) -> u64 {
     match mode {
         CopyMode::Splice => 6,
         CopyMode::ReadWrite => 2,
@@ -32,8 +32,9 @@ pub fn raise_limit(max_connections: usize, mode: CopyMode) {
         }
     };
     let mut limit = soft;
-    if soft < need {
-        let want = need.min(hard);
+    // Up to what is needed, never past the hard limit; a soft limit already there stays.
+    let want = need.min(hard);
+    if want > soft {
         match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
             Ok(()) => {
                 info!("socks: raised the limit of open files from {soft} to {want}");
