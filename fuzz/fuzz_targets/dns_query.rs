@@ -4,6 +4,8 @@
 //! framed by the responder's own reader.
 #![no_main]
 
+use std::sync::Arc;
+
 use ambassador_user::{
     core::model::{Desired, Endpoint, Proto, ServiceSpec},
     services::dns::{
@@ -30,11 +32,11 @@ fn zone() -> Zone {
     ] {
         d.insert(
             name.into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: frontend.parse().unwrap(),
                 proto,
                 endpoints,
-            },
+            }),
         );
     }
     Zone::new(

@@ -4,7 +4,7 @@
 //! door requires a username and password.
 #![no_main]
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use ambassador_user::{
     core::model::{Desired, Endpoint, Proto, ServiceSpec},
@@ -20,14 +20,14 @@ fn directory() -> Directory {
     let mut d = Desired::new();
     d.insert(
         "web".into(),
-        ServiceSpec {
+        Arc::new(ServiceSpec {
             frontend: "10.96.0.10:80".parse().unwrap(),
             proto: Proto::Tcp,
             endpoints: vec![Endpoint {
                 addr: "192.0.2.1:8080".parse().unwrap(),
                 weight: 1,
             }],
-        },
+        }),
     );
     let allow = vec!["198.51.100.0/24".parse().unwrap()];
     Directory::new(parse_domain("ambassador.internal").unwrap(), &d, allow)

@@ -365,7 +365,14 @@ async fn session(
         member = %member.join(","),
         "etcd: listed {root}"
     );
-    publish(tx, &store, revision, malformed, &mut conflicts, received);
+    publish(
+        tx,
+        &mut store,
+        revision,
+        malformed,
+        &mut conflicts,
+        received,
+    );
 
     let mut stream = watch_from(&mut client, &root, revision + 1).await?;
     loop {
@@ -402,7 +409,14 @@ async fn session(
             continue; // created or progress notifications only
         }
         debug!(revision, events, batched, "etcd: changes");
-        publish(tx, &store, revision, malformed, &mut conflicts, received);
+        publish(
+            tx,
+            &mut store,
+            revision,
+            malformed,
+            &mut conflicts,
+            received,
+        );
     }
 }
 
@@ -501,7 +515,7 @@ fn note(
 /// Publishes the store's desired state; warns about frontend conflicts when they change.
 fn publish(
     tx: &watch::Sender<Snapshot>,
-    store: &Store,
+    store: &mut Store,
     revision: i64,
     malformed: u64,
     last_conflicts: &mut Vec<String>,

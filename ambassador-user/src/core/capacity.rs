@@ -8,7 +8,7 @@ use ambassador_common::{limits, map_names as names};
 use aya::maps::MapInfo;
 
 use crate::{
-    core::model::{Desired, MAX_WEIGHT},
+    core::model::{retain_endpoints, Desired, MAX_WEIGHT},
     error::{Error, Result},
 };
 
@@ -156,7 +156,7 @@ impl Capacity {
             }
             services += 1;
             kept.clear();
-            spec.endpoints.retain(|ep| {
+            retain_endpoints(spec, |ep| {
                 let merged = kept.contains(&ep.addr);
                 let weight = u64::from(ep.weight.clamp(1, MAX_WEIGHT));
                 let more_backends = u64::from(!merged);
@@ -204,7 +204,7 @@ pub fn flag_of(name: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::{net::SocketAddr, sync::Arc};
 
     use super::*;
     use crate::core::model::{Endpoint, Proto, ServiceSpec};
@@ -214,7 +214,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (name, eps))| {
-                let spec = ServiceSpec {
+                let spec = Arc::new(ServiceSpec {
                     frontend: SocketAddr::from(([10, 96, 0, i as u8 + 1], 80)),
                     proto: Proto::Tcp,
                     endpoints: eps
@@ -224,7 +224,7 @@ mod tests {
                             weight,
                         })
                         .collect(),
-                };
+                });
                 (name.to_string(), spec)
             })
             .collect()

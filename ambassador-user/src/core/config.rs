@@ -1,7 +1,7 @@
 //! The static configuration file (`ambassador run --config FILE`), validated once at the edge:
 //! what comes out is a [`Desired`] state that the planner can install as it is.
 
-use std::{ops::Range, path::Path};
+use std::{ops::Range, path::Path, sync::Arc};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -106,11 +106,11 @@ pub fn parse(path: &str, text: &str) -> Result<Desired, ConfigError> {
         }
         desired.insert(
             name.clone(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend,
                 proto,
                 endpoints,
-            },
+            }),
         );
     }
     reconcile::validate(&desired).map_err(|e| err(None, e.to_string()))?;

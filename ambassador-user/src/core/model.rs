@@ -2,7 +2,7 @@
 //! every source of them uses (the TOML file, the etcd contract, the operator commands, the
 //! register). Pure: no I/O.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -69,8 +69,28 @@ pub struct ServiceSpec {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// Desired state: service name -> spec.
-pub type Desired = BTreeMap<String, ServiceSpec>;
+/// Desired state: service name -> spec. Each spec is shared, not copied: a step that changes
+/// one copies it first (`Arc::make_mut`), so a service nothing changed is the same allocation
+/// from etcd's store to the tables, and the pipeline plans only the services whose spec is a
+/// different one than at its last apply.
+pub type Desired = BTreeMap<String, Arc<ServiceSpec>>;
+
+/// Keeps the endpoints of `spec` that `keep` keeps, asking it once per endpoint, in order (so
+/// `keep` may count). The spec is copied only when one goes: a spec left whole stays shared.
+pub fn retain_endpoints(spec: &mut Arc<ServiceSpec>, mut keep: impl FnMut(&Endpoint) -> bool) {
+    let Some(first) = spec.endpoints.iter().position(|e| !keep(e)) else {
+        return;
+    };
+    let mut index = 0;
+    Arc::make_mut(spec).endpoints.retain(|e| {
+        index += 1;
+        match (index - 1).cmp(&first) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => false,
+            std::cmp::Ordering::Greater => keep(e),
+        }
+    });
+}
 
 /// Longest endpoint id.
 pub const MAX_ID_LEN: usize = 253;
@@ -203,6 +223,36 @@ impl Ranges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec left whole stays shared; one that loses an endpoint is copied; the predicate
+    /// sees every endpoint once, in order, so it may count.
+    #[test]
+    fn endpoints_are_retained_in_order_and_a_shared_spec_copied_only_when_one_goes() {
+        let endpoints = (1..=4)
+            .map(|port| Endpoint {
+                addr: SocketAddr::from(([10, 0, 0, 1], port)),
+                weight: 1,
+            })
+            .collect();
+        let shared = Arc::new(ServiceSpec {
+            frontend: "10.96.0.1:80".parse().unwrap(),
+            proto: Proto::Tcp,
+            endpoints,
+        });
+        let mut spec = shared.clone();
+        retain_endpoints(&mut spec, |_| true);
+        assert!(Arc::ptr_eq(&spec, &shared));
+
+        let mut seen = Vec::new();
+        retain_endpoints(&mut spec, |e| {
+            seen.push(e.addr.port());
+            seen.len() % 2 == 1
+        });
+        assert_eq!(seen, [1, 2, 3, 4]);
+        let ports: Vec<u16> = spec.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [1, 3]);
+        assert_eq!(shared.endpoints.len(), 4, "the shared spec is untouched");
+    }
 
     #[test]
     fn addresses_of_both_families_parse_and_bad_ones_say_why() {

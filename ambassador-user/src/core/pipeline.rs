@@ -40,13 +40,17 @@ pub struct Pipeline {
     refused_frontends: BTreeSet<FrontendRefusal>,
     /// Services and endpoints left out for want of capacity at the last apply.
     left_out: BTreeSet<String>,
+    /// The state the tables were converged to by the last apply; None when unknown (before
+    /// the first apply, and after one that failed part-way), so that the next apply plans
+    /// every service.
+    converged: Option<Arc<Desired>>,
 }
 
 /// What one apply did.
 #[derive(Debug)]
 pub struct Applied {
     /// The state now in the tables (what the DNS responder answers from).
-    pub desired: Desired,
+    pub desired: Arc<Desired>,
     /// Operations written to the tables.
     pub changes: usize,
 }
@@ -70,6 +74,7 @@ impl Pipeline {
             refused_by_policy: 0,
             refused_frontends: BTreeSet::new(),
             left_out: BTreeSet::new(),
+            converged: None,
         }
     }
 
@@ -83,6 +88,10 @@ impl Pipeline {
     /// Judges `desired` and converges `tables` to what is left. `own` are this host's
     /// addresses (never a frontend). Each refusal is warned about once, when it appears. On
     /// an error the tables keep what they held, and `installed` says what that is.
+    ///
+    /// The judging runs over every service (it reads, and copies only a spec it changes);
+    /// the plan covers only the services whose judged spec differs from the last apply's, so
+    /// one change on a large state costs its own service's entries.
     pub fn apply(
         &mut self,
         tables: &mut impl Tables,
@@ -100,7 +109,16 @@ impl Pipeline {
         warn_new(&mut self.refused, refused);
         let (desired, left_out) = self.capacity.fit(desired);
         warn_new(&mut self.left_out, left_out);
-        let changes = tables::converge(tables, &mut self.installed, &desired)?;
+        let converged = self.converged.take();
+        let changes = match &converged {
+            Some(before) => {
+                let changed = changed_services(before, &desired);
+                tables::converge_changed(tables, &mut self.installed, &desired, &changed)?
+            }
+            None => tables::converge(tables, &mut self.installed, &desired)?,
+        };
+        let desired = Arc::new(desired);
+        self.converged = Some(desired.clone());
         Ok(Applied { desired, changes })
     }
 
@@ -123,6 +141,22 @@ impl Pipeline {
     pub fn over_capacity(&self) -> u32 {
         self.left_out.len() as u32
     }
+}
+
+/// The services whose spec differs between `before` and `after`, or that only one holds (a
+/// spec shared by both is equal at the cost of comparing two pointers).
+fn changed_services(before: &Desired, after: &Desired) -> BTreeSet<String> {
+    let mut changed: BTreeSet<String> = before
+        .keys()
+        .filter(|name| !after.contains_key(*name))
+        .cloned()
+        .collect();
+    for (name, spec) in after {
+        if before.get(name) != Some(spec) {
+            changed.insert(name.clone());
+        }
+    }
+    changed
 }
 
 /// Replaces `known` with `now`, warning about what was not known before.
@@ -202,5 +236,48 @@ endpoints = ["10.0.0.3:6379"]
         let applied = local.apply(&mut Memory::default(), &desired, &own).unwrap();
         assert_eq!(applied.desired.keys().collect::<Vec<_>>(), ["evil", "web"]);
         assert_eq!(local.refused_frontends(), 1);
+    }
+
+    /// A spec no step changed goes through the pipeline shared, and only the services that
+    /// changed are planned; after an apply that failed part-way, the next plans everything.
+    #[test]
+    fn an_apply_plans_only_what_changed_and_everything_after_a_failure() {
+        let mut core = Pipeline::new(
+            Installed::default(),
+            BackendPolicy::default(),
+            FrontendPolicy::default(),
+            Capacity::default(),
+        );
+        let mut desired = config::parse("test.toml", STATE).unwrap();
+        desired.remove("evil");
+        let mut tables = Memory::default();
+        core.apply(&mut tables, &desired, &BTreeSet::new()).unwrap();
+
+        let zdb = Arc::make_mut(desired.get_mut("zdb").unwrap());
+        zdb.endpoints[0].addr = "10.0.0.4:6379".parse().unwrap();
+        let applied = core.apply(&mut tables, &desired, &BTreeSet::new()).unwrap();
+        assert!(
+            Arc::ptr_eq(&applied.desired["zdb"], &desired["zdb"]),
+            "no step copied zdb"
+        );
+        // zdb's new backend, its slot, the old one terminating; web (one endpoint refused,
+        // so its spec is a copy) is equal to before and not planned.
+        assert_eq!(applied.changes, 3);
+        assert_eq!(tables.contents, core.installed);
+        assert_eq!(&tables.contents.as_desired(), &*applied.desired);
+
+        // The tables refuse the second op of the next apply: it fails part-way...
+        let zdb = Arc::make_mut(desired.get_mut("zdb").unwrap());
+        zdb.endpoints[0].addr = "10.0.0.5:6379".parse().unwrap();
+        tables.full_after = Some(tables.applied + 1);
+        assert!(core.apply(&mut tables, &desired, &BTreeSet::new()).is_err());
+        // ... and what the tables hold is planned again from what they hold, as a whole.
+        tables.full_after = None;
+        core.installed.names.insert(99, "leftover".into());
+        tables.contents.names.insert(99, "leftover".into());
+        let applied = core.apply(&mut tables, &desired, &BTreeSet::new()).unwrap();
+        assert_eq!(tables.contents, core.installed);
+        assert_eq!(&tables.contents.as_desired(), &*applied.desired);
+        assert!(!tables.contents.names.contains_key(&99), "a full plan ran");
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::core::model::Desired;
+use crate::core::model::{retain_endpoints, Desired};
 
 /// IPv6 ranges that are never backends, with why (IPv4-mapped addresses are judged as the
 /// IPv4 address they carry).
@@ -122,8 +122,8 @@ impl BackendPolicy {
         let mut refused = Vec::new();
         for (name, spec) in &mut desired {
             let frontend = spec.frontend.ip();
-            spec.endpoints
-                .retain(|e| match self.refuse(e.addr.ip(), frontend, &frontends) {
+            retain_endpoints(spec, |e| {
+                match self.refuse(e.addr.ip(), frontend, &frontends) {
                     None => true,
                     Some(why) => {
                         refused.push(Refusal {
@@ -133,7 +133,8 @@ impl BackendPolicy {
                         });
                         false
                     }
-                });
+                }
+            });
         }
         refused.sort();
         (desired, refused)
@@ -142,6 +143,8 @@ impl BackendPolicy {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::core::model::{parse_net, Endpoint, Proto, ServiceSpec};
 
@@ -149,7 +152,7 @@ mod tests {
         let mut d = Desired::new();
         d.insert(
             "web".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "10.96.0.10:80".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: endpoints
@@ -159,7 +162,7 @@ mod tests {
                         weight: 1,
                     })
                     .collect(),
-            },
+            }),
         );
         d
     }
@@ -204,7 +207,7 @@ mod tests {
         let mut d = Desired::new();
         d.insert(
             "web6".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "[fd00:96::10]:80".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: [
@@ -221,7 +224,7 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
-            },
+            }),
         );
         let p = BackendPolicy {
             allow: vec![parse_net("fd00:1::/64").unwrap()],

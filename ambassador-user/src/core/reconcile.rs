@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use crate::core::model::{Desired, Endpoint, Proto, ServiceSpec, MAX_WEIGHT};
@@ -125,6 +126,36 @@ fn normalized(endpoints: &[Endpoint]) -> Vec<(SocketAddr, u32)> {
 /// Computes the operations that turn `installed` into `desired`. Call [`validate`] first.
 /// Anything in the maps that belongs to no named service (left by a crash) is removed too.
 pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
+    plan_services(installed, desired, None)
+}
+
+/// The same operations as [`plan`], found by looking only at the `changed` services (names
+/// in `desired`, or installed and gone from it), when `installed` holds exactly what
+/// [`plan`] made of a desired state that differs from `desired` only in those services.
+/// Nothing else is looked at: one changed service costs its own entries, not the tables'.
+pub fn plan_changed(
+    installed: &Installed,
+    desired: &Desired,
+    changed: &BTreeSet<String>,
+) -> Vec<Op> {
+    plan_services(installed, desired, Some(changed))
+}
+
+/// The services a plan covers, as installed: every id, or those of the changed names.
+struct Scope(Option<BTreeSet<u32>>);
+
+impl Scope {
+    fn covers(&self, id: u32) -> bool {
+        self.0.as_ref().is_none_or(|ids| ids.contains(&id))
+    }
+}
+
+/// [`plan`] over every service (`changed` None) or over the changed ones.
+fn plan_services(
+    installed: &Installed,
+    desired: &Desired,
+    changed: Option<&BTreeSet<String>>,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     let ids_by_name: BTreeMap<&str, u32> = installed
         .names
@@ -136,9 +167,15 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
         .filter_map(|n| ids_by_name.get(n.as_str()).copied())
         .collect();
 
-    take_apart(installed, desired, &kept_ids, &mut ops);
+    let scope = Scope(changed.map(|names| {
+        names
+            .iter()
+            .filter_map(|n| ids_by_name.get(n.as_str()).copied())
+            .collect()
+    }));
+    take_apart(installed, desired, &kept_ids, &scope, &mut ops);
     // Grouped once: plan is linear in the number of services and backends.
-    let owned = installed.backends_by_service();
+    let owned = installed.backends_in(&scope);
     let mut next_backend_id = installed.next_backend_id.max(1);
     // New services take the lowest free ids; ids only get used as the loop goes, so the search
     // resumes where the last one stopped. Id 0 is reserved (address markers, "no service").
@@ -147,6 +184,9 @@ pub fn plan(installed: &Installed, desired: &Desired) -> Vec<Op> {
     // long; `Capacity::fit` bounds len by the capacity, and kept ids were new ids once).
     let mut free_from = 1;
     for (name, spec) in desired {
+        if changed.is_some_and(|names| !names.contains(name)) {
+            continue;
+        }
         let (id, fresh) = match ids_by_name.get(name.as_str()) {
             Some(&id) => (id, false),
             None => {
@@ -183,9 +223,13 @@ fn take_apart(
     installed: &Installed,
     desired: &Desired,
     kept_ids: &BTreeSet<u32>,
+    scope: &Scope,
     ops: &mut Vec<Op>,
 ) {
     for (&(frontend, proto), &(id, _)) in &installed.frontends {
+        if !scope.covers(id) {
+            continue;
+        }
         let keep = kept_ids.contains(&id)
             && desired
                 .get(&installed.names[&id])
@@ -194,18 +238,26 @@ fn take_apart(
             ops.push(Op::DeleteService { frontend, proto });
         }
     }
-    for &(service_id, slot) in installed.slots.keys() {
+    let slots: Box<dyn Iterator<Item = &(u32, u32)>> = match &scope.0 {
+        None => Box::new(installed.slots.keys()),
+        Some(ids) => Box::new(
+            ids.iter()
+                .flat_map(|&id| installed.slots.range((id, 0)..=(id, u32::MAX)))
+                .map(|(key, _)| key),
+        ),
+    };
+    for &(service_id, slot) in slots {
         if !kept_ids.contains(&service_id) {
             ops.push(Op::DeleteSlot { service_id, slot });
         }
     }
     for (&id, b) in &installed.backends {
-        if !kept_ids.contains(&b.service_id) {
+        if scope.covers(b.service_id) && !kept_ids.contains(&b.service_id) {
             ops.push(Op::DeleteBackend { id });
         }
     }
     for &id in installed.names.keys() {
-        if !kept_ids.contains(&id) {
+        if scope.covers(id) && !kept_ids.contains(&id) {
             ops.push(Op::DeleteName { id });
         }
     }
@@ -345,9 +397,16 @@ impl Installed {
     /// Each service's backends (id, backend), in one pass: looking them up per service would
     /// scan every backend once per service (10,000 services: 10,000 scans).
     pub fn backends_by_service(&self) -> BTreeMap<u32, Vec<(u32, InstalledBackend)>> {
+        self.backends_in(&Scope(None))
+    }
+
+    /// [`Installed::backends_by_service`] for the services in `scope`.
+    fn backends_in(&self, scope: &Scope) -> BTreeMap<u32, Vec<(u32, InstalledBackend)>> {
         let mut owned: BTreeMap<u32, Vec<(u32, InstalledBackend)>> = BTreeMap::new();
         for (&bid, b) in &self.backends {
-            owned.entry(b.service_id).or_default().push((bid, *b));
+            if scope.covers(b.service_id) {
+                owned.entry(b.service_id).or_default().push((bid, *b));
+            }
         }
         owned
     }
@@ -447,14 +506,12 @@ impl Installed {
                     }),
                 }
             }
-            out.insert(
-                name.clone(),
-                ServiceSpec {
-                    frontend,
-                    proto,
-                    endpoints,
-                },
-            );
+            let spec = ServiceSpec {
+                frontend,
+                proto,
+                endpoints,
+            };
+            out.insert(name.clone(), Arc::new(spec));
         }
         out
     }
@@ -473,12 +530,12 @@ mod tests {
         }
     }
 
-    fn svc(frontend: &str, proto: Proto, eps: &[&str]) -> ServiceSpec {
-        ServiceSpec {
+    fn svc(frontend: &str, proto: Proto, eps: &[&str]) -> Arc<ServiceSpec> {
+        Arc::new(ServiceSpec {
             frontend: frontend.parse().unwrap(),
             proto,
             endpoints: eps.iter().map(|e| ep(e)).collect(),
-        }
+        })
     }
 
     /// Applies `plan` op by op, checking the invariant after each; returns the ops.
@@ -502,13 +559,11 @@ mod tests {
                     .into_iter()
                     .map(|(addr, weight)| Endpoint { addr, weight })
                     .collect();
-                (
-                    n.clone(),
-                    ServiceSpec {
-                        endpoints,
-                        ..s.clone()
-                    },
-                )
+                let spec = ServiceSpec {
+                    endpoints,
+                    ..(**s).clone()
+                };
+                (n.clone(), Arc::new(spec))
             })
             .collect()
     }
@@ -643,10 +698,12 @@ mod tests {
             weight: w,
         });
         let spec = (frontend, proto, prop::collection::vec(endpoint, 0..5)).prop_map(
-            |(f, proto, endpoints)| ServiceSpec {
-                frontend: f.parse().unwrap(),
-                proto,
-                endpoints,
+            |(f, proto, endpoints)| {
+                Arc::new(ServiceSpec {
+                    frontend: f.parse().unwrap(),
+                    proto,
+                    endpoints,
+                })
             },
         );
         prop::collection::btree_map(names.prop_map(String::from), spec, 0..4)
@@ -670,6 +727,43 @@ mod tests {
                 for b in inst.backends.values() {
                     prop_assert!(inst.names.contains_key(&b.service_id));
                 }
+            }
+        }
+
+        /// Planning only the services that changed gives exactly the full plan's operations,
+        /// in its order: after each state, the next one keeps some of its services (the same
+        /// specs) and changes, adds or removes the others.
+        #[test]
+        fn a_plan_of_the_changed_services_is_the_whole_plan(
+            states in prop::collection::vec(
+                (arb_desired(), prop::collection::vec(any::<bool>(), 4)),
+                1..8,
+            )
+        ) {
+            let mut inst = Installed::default();
+            let mut before = Desired::new();
+            for (next, keep) in &states {
+                let mut desired = next.clone();
+                for (name, keep) in ["a", "b", "c", "d"].iter().zip(keep) {
+                    if let (true, Some(spec)) = (*keep, before.get(*name)) {
+                        desired.insert(name.to_string(), spec.clone());
+                    }
+                }
+                if validate(&desired).is_err() {
+                    continue;
+                }
+                let changed: BTreeSet<String> = before
+                    .keys()
+                    .chain(desired.keys())
+                    .filter(|n| before.get(*n) != desired.get(*n))
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(
+                    plan_changed(&inst, &desired, &changed),
+                    plan(&inst, &desired)
+                );
+                converge(&mut inst, &desired);
+                before = desired;
             }
         }
     }

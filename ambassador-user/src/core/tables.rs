@@ -31,7 +31,28 @@ pub fn converge(
     desired: &Desired,
 ) -> Result<usize> {
     reconcile::validate(desired)?;
-    let ops = reconcile::plan(installed, desired);
+    write(tables, installed, reconcile::plan(installed, desired))
+}
+
+/// [`converge`], planning only the `changed` services: `installed` must hold what
+/// [`converge`] made of a desired state that differs from `desired` only in those (see
+/// [`reconcile::plan_changed`]).
+pub fn converge_changed(
+    tables: &mut impl Tables,
+    installed: &mut Installed,
+    desired: &Desired,
+    changed: &BTreeSet<String>,
+) -> Result<usize> {
+    reconcile::validate(desired)?;
+    write(
+        tables,
+        installed,
+        reconcile::plan_changed(installed, desired, changed),
+    )
+}
+
+/// Writes `ops` in order, keeping `installed` equal to the tables.
+fn write(tables: &mut impl Tables, installed: &mut Installed, ops: Vec<Op>) -> Result<usize> {
     for op in &ops {
         tables.apply(op)?;
         installed.apply(op);

@@ -310,6 +310,8 @@ pub fn own_addresses() -> std::io::Result<BTreeSet<IpAddr>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::core::model::{Proto, ServiceSpec};
 
@@ -319,11 +321,11 @@ mod tests {
             .map(|(name, frontend)| {
                 (
                     (*name).to_owned(),
-                    ServiceSpec {
+                    Arc::new(ServiceSpec {
                         frontend: frontend.parse().unwrap(),
                         proto: Proto::Tcp,
                         endpoints: vec![],
-                    },
+                    }),
                 )
             })
             .collect()

@@ -72,7 +72,7 @@ pub fn client_host(
                 let report = Applied {
                     host,
                     at,
-                    desired: Arc::new(applied.desired),
+                    desired: applied.desired,
                     apply_us: (at - started).as_secs_f64() * 1e6,
                 };
                 if reports.send(report).is_err() {

@@ -2,8 +2,9 @@
 //! the trust model leaves out (host records) and what the daemon needs to judge frontends.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -18,7 +19,13 @@ use crate::core::{
 /// An endpoint's place: (service, publishing host or None for the operator's, id).
 type EndpointKey = (String, Option<String>, String);
 
-/// The contract's contents as last seen: what was parsed, by key.
+/// A service's judgement: its spec (shared with every desired state handed out since) and
+/// the endpoints its publishers' host records refused.
+type ServiceJudgement = (Arc<ServiceSpec>, Vec<Refusal>);
+
+/// The contract's contents as last seen: what was parsed, by key. Each service's judgement is
+/// kept until a key it depends on changes, so judging after one change rebuilds one service,
+/// and every other service's spec is the very one judged before.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
     services: BTreeMap<String, (SocketAddr, Proto)>,
@@ -30,6 +37,12 @@ pub struct Store {
     mode: Mode,
     /// Keys whose current value is malformed, with the reason.
     pub malformed: BTreeMap<String, String>,
+    /// The last judgement of each service, until one of its keys changes.
+    judged: BTreeMap<String, ServiceJudgement>,
+    /// Services whose keys changed since the last judgement.
+    stale: BTreeSet<String>,
+    /// Whether a host record or the trust mode changed since (every service is stale).
+    all_stale: bool,
 }
 
 /// What a `put` did to the store.
@@ -122,20 +135,26 @@ impl Store {
     fn remove_key(&mut self, prefix: &str, key: &[u8]) {
         let key_str = String::from_utf8_lossy(key);
         self.malformed.remove(key_str.as_ref());
+        // Every change of a key goes through here first (a put removes the old value), so
+        // this is where a judgement goes stale.
         match Key::split(prefix, &key_str) {
             Some(Key::Service { name }) => {
                 self.services.remove(name);
+                self.stale.insert(name.to_owned());
             }
             Some(Key::Endpoint { service, id }) => {
                 self.endpoints
                     .remove(&(service.to_owned(), None, id.to_owned()));
+                self.stale.insert(service.to_owned());
             }
             Some(Key::HostEndpoint { host, service, id }) => {
                 self.endpoints
                     .remove(&(service.to_owned(), Some(host.to_owned()), id.to_owned()));
+                self.stale.insert(service.to_owned());
             }
             Some(Key::HostPolicy { host }) => {
                 self.hosts.remove(host);
+                self.all_stale = true;
             }
             Some(Key::Vip { addr }) => {
                 if let Ok(ip) = addr.parse() {
@@ -145,7 +164,10 @@ impl Store {
             Some(Key::Setting { name }) => match name {
                 "vip-range" => self.ranges.0 = None,
                 "vip-range6" => self.ranges.1 = None,
-                "trust" => self.mode = Mode::Open,
+                "trust" => {
+                    self.mode = Mode::Open;
+                    self.all_stale = true;
+                }
                 _ => {}
             },
             Some(Key::Unknown) | None => {}
@@ -181,7 +203,26 @@ impl Store {
     }
 
     /// The desired state with everything the contract and the host records leave out.
-    pub fn judge(&self) -> Judged {
+    /// Services whose keys did not change since the last call keep their judgement (and
+    /// their spec is the same `Arc`).
+    pub fn judge(&mut self) -> Judged {
+        if std::mem::take(&mut self.all_stale) {
+            self.judged.clear();
+        }
+        for name in std::mem::take(&mut self.stale) {
+            self.judged.remove(&name);
+        }
+        let unjudged: Vec<String> = self
+            .services
+            .keys()
+            .filter(|name| !self.judged.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in unjudged {
+            let judgement = self.judge_service(&name);
+            self.judged.insert(name, judgement);
+        }
+
         let mut judged = Judged {
             scope: self.scope(),
             mode: self.mode,
@@ -196,40 +237,47 @@ impl Store {
                 continue;
             }
             claimed.insert((frontend, proto), name);
-            let mut endpoints = Vec::new();
-            for ((_, host, id), e) in self
-                .endpoints
-                .range((name.clone(), None, String::new())..)
-                .take_while(|((s, _, _), _)| s == name)
-            {
-                match host
-                    .as_deref()
-                    .and_then(|h| self.refuse(h, name, e.addr.ip()))
-                {
-                    Some(why) => judged.refused.push(Refusal {
-                        service: name.clone(),
-                        endpoint: format!("{} ({id})", e.addr),
-                        why,
-                    }),
-                    None => endpoints.push(e.clone()),
-                }
-            }
-            judged.desired.insert(
-                name.clone(),
-                ServiceSpec {
-                    frontend,
-                    proto,
-                    endpoints,
-                },
-            );
+            let (spec, refused) = &self.judged[name];
+            judged.refused.extend(refused.iter().cloned());
+            judged.desired.insert(name.clone(), spec.clone());
         }
         judged.refused.sort();
         judged
     }
 
+    /// One service as its keys and the host records make it (the service must exist).
+    fn judge_service(&self, name: &str) -> ServiceJudgement {
+        let (frontend, proto) = self.services[name];
+        let mut endpoints = Vec::new();
+        let mut refused = Vec::new();
+        for ((_, host, id), e) in self
+            .endpoints
+            .range((name.to_owned(), None, String::new())..)
+            .take_while(|((s, _, _), _)| s == name)
+        {
+            match host
+                .as_deref()
+                .and_then(|h| self.refuse(h, name, e.addr.ip()))
+            {
+                Some(why) => refused.push(Refusal {
+                    service: name.to_owned(),
+                    endpoint: format!("{} ({id})", e.addr),
+                    why,
+                }),
+                None => endpoints.push(e.clone()),
+            }
+        }
+        let spec = ServiceSpec {
+            frontend,
+            proto,
+            endpoints,
+        };
+        (Arc::new(spec), refused)
+    }
+
     /// The desired state, and the services left out because another service (first by name)
     /// already claims their frontend (the host records applied; see [`Store::judge`]).
-    pub fn desired(&self) -> (Desired, Vec<String>) {
+    pub fn desired(&mut self) -> (Desired, Vec<String>) {
         let judged = self.judge();
         (judged.desired, judged.conflicts)
     }
@@ -356,6 +404,56 @@ mod tests {
         s.delete(P, b"/ambassador/v1/settings/trust");
         assert_eq!(s.judge().mode, Mode::Open);
         assert_eq!(s.judge().desired["db"].endpoints.len(), 4);
+    }
+
+    /// A judgement is rebuilt only for the services whose keys changed: the others' specs
+    /// are the very ones judged before (what lets each host plan one change, not all).
+    #[test]
+    fn judging_again_rebuilds_only_what_changed() {
+        let mut s = Store::default();
+        for (name, vip) in [("a", "10.96.0.1:80"), ("b", "10.96.0.2:80")] {
+            let key = format!("/ambassador/v1/services/{name}");
+            s.put(
+                P,
+                key.as_bytes(),
+                format!(r#"{{"frontend":"{vip}"}}"#).as_bytes(),
+            );
+            let key = format!("/ambassador/v1/hosts/h1/endpoints/{name}/1");
+            s.put(P, key.as_bytes(), b"10.0.0.1:80");
+        }
+        let first = s.judge().desired;
+        s.put(P, b"/ambassador/v1/endpoints/b/2", b"10.0.0.2:80");
+        s.put(P, b"/ambassador/v1/vips/10.96.0.9", b"a");
+        let second = s.judge().desired;
+        assert!(Arc::ptr_eq(&first["a"], &second["a"]), "a is untouched");
+        assert!(!Arc::ptr_eq(&first["b"], &second["b"]));
+        assert_eq!(second["b"].endpoints.len(), 2);
+
+        // A deleted service is gone; a service put again with the same value is rebuilt.
+        s.delete(P, b"/ambassador/v1/services/b");
+        s.put(
+            P,
+            b"/ambassador/v1/services/a",
+            br#"{"frontend":"10.96.0.1:80"}"#,
+        );
+        let third = s.judge().desired;
+        assert_eq!(third.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(!Arc::ptr_eq(&second["a"], &third["a"]));
+        assert_eq!(second["a"], third["a"]);
+
+        // The trust mode and host records judge every service's hosts' endpoints again.
+        s.put(P, b"/ambassador/v1/settings/trust", b"hosts");
+        let fourth = s.judge();
+        assert!(fourth.desired["a"].endpoints.is_empty());
+        assert_eq!(fourth.refused.len(), 1);
+        s.put(
+            P,
+            b"/ambassador/v1/host-policy/h1",
+            br#"{"addresses":["10.0.0.0/24"],"services":["a"]}"#,
+        );
+        assert_eq!(s.judge().desired["a"].endpoints.len(), 1);
+        s.delete(P, b"/ambassador/v1/host-policy/h1");
+        assert!(s.judge().desired["a"].endpoints.is_empty());
     }
 
     #[test]

@@ -207,7 +207,10 @@ pub fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::{
+        net::{IpAddr, Ipv4Addr, SocketAddr},
+        sync::Arc,
+    };
 
     use super::*;
     use crate::{
@@ -221,7 +224,7 @@ mod tests {
         let mut d = Desired::new();
         d.insert(
             "db".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "10.96.0.10:6379".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: vec![
@@ -234,15 +237,15 @@ mod tests {
                         weight: 1,
                     },
                 ],
-            },
+            }),
         );
         d.insert(
             "dns-cache".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "10.96.0.11:53".parse().unwrap(),
                 proto: Proto::Udp,
                 endpoints: vec![],
-            },
+            }),
         );
         let many = (0..60)
             .map(|i| Endpoint {
@@ -252,11 +255,11 @@ mod tests {
             .collect();
         d.insert(
             "web".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "10.96.0.12:80".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: many,
-            },
+            }),
         );
         Zone::new(
             parse_domain("Ambassador.Internal").unwrap(),
@@ -534,14 +537,14 @@ mod tests {
         let mut d = Desired::new();
         d.insert(
             "web6".into(),
-            ServiceSpec {
+            Arc::new(ServiceSpec {
                 frontend: "[fd00:96::10]:80".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: vec![Endpoint {
                     addr: "[fd00:1::2]:8080".parse().unwrap(),
                     weight: 2,
                 }],
-            },
+            }),
         );
         let z = Zone::new(parse_domain("ambassador.internal").unwrap(), &d, vec![], 1);
         let get = |name: &str, t: RecordType| match handle(
@@ -597,7 +600,7 @@ mod tests {
         let mut desired = Desired::new();
         desired.insert(
             service.clone(),
-            crate::core::model::ServiceSpec {
+            Arc::new(crate::core::model::ServiceSpec {
                 frontend: "[fd00:10:96::1]:80".parse().unwrap(),
                 proto: Proto::Tcp,
                 endpoints: vec![crate::core::model::Endpoint {
@@ -606,7 +609,7 @@ mod tests {
                         .unwrap(),
                     weight: 1,
                 }],
-            },
+            }),
         );
         let zone = Zone::new(domain.clone(), &desired, vec![], 1);
         let _ = endpoint_host(

@@ -254,21 +254,25 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::{core::model::ServiceSpec, services::dns::zone::parse_domain};
 
     fn directory(allow: &[&str]) -> Directory {
         let mut d = Desired::new();
-        let svc = |frontend: &str, proto, eps: &[(&str, u32)]| ServiceSpec {
-            frontend: frontend.parse().unwrap(),
-            proto,
-            endpoints: eps
-                .iter()
-                .map(|(a, w)| Endpoint {
-                    addr: a.parse().unwrap(),
-                    weight: *w,
-                })
-                .collect(),
+        let svc = |frontend: &str, proto, eps: &[(&str, u32)]| {
+            Arc::new(ServiceSpec {
+                frontend: frontend.parse().unwrap(),
+                proto,
+                endpoints: eps
+                    .iter()
+                    .map(|(a, w)| Endpoint {
+                        addr: a.parse().unwrap(),
+                        weight: *w,
+                    })
+                    .collect(),
+            })
         };
         d.insert(
             "web".into(),
