@@ -376,48 +376,66 @@ async fn session(
 
     let mut stream = watch_from(&mut client, &root, revision + 1).await?;
     loop {
-        // The first response is waited for; then every response that has already arrived is
-        // taken too, before the desired state is built once: under heavy churn of many
-        // services that build, not etcd, is the cost, and the daemon only ever needs the
-        // newest state. Bounded, so that a writer faster than this loop still sees its
-        // changes applied.
-        let mut next = Some(stream.message().await);
-        let received = Instant::now();
-        let (mut events, mut batched) = (0, 0);
-        while let Some(ready) = next.take() {
-            let resp = delivered(ready)?;
-            batched += 1;
-            match absorb(
-                opts,
-                &resp,
-                &mut store,
-                &mut revision,
-                warned,
-                &mut malformed,
-            ) {
-                Some(more) => events += more,
-                None => return Ok(()),
-            }
-            if batched < MAX_BATCH {
-                // Err: nothing more has arrived.
-                next = tokio::time::timeout(Duration::ZERO, stream.message())
-                    .await
-                    .ok();
-            }
-        }
-        if events == 0 {
-            continue; // created or progress notifications only
-        }
-        debug!(revision, events, batched, "etcd: changes");
-        publish(
-            tx,
+        let Some((events, received)) = next_batch(
+            &mut stream,
+            opts,
             &mut store,
-            revision,
-            malformed,
-            &mut conflicts,
-            received,
-        );
+            &mut revision,
+            warned,
+            &mut malformed,
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        if events > 0 {
+            publish(
+                tx,
+                &mut store,
+                revision,
+                malformed,
+                &mut conflicts,
+                received,
+            );
+        }
     }
+}
+
+/// Waits for the next watch response; then takes every response that has already arrived
+/// too, before the desired state is built once: under heavy churn of many services that
+/// build, not etcd, is the cost, and the daemon only ever needs the newest state. Bounded, so
+/// that a writer faster than this loop still sees its changes applied. Returns the events
+/// taken into `store` (0: created or progress notifications only) and when the first
+/// response arrived; None when etcd cancelled the watch (compaction).
+async fn next_batch(
+    stream: &mut WatchStream,
+    opts: &EtcdOptions,
+    store: &mut Store,
+    revision: &mut i64,
+    warned: &mut HashSet<(Vec<u8>, i64)>,
+    malformed: &mut u64,
+) -> Result<Option<(usize, Instant)>> {
+    let mut next = Some(stream.message().await);
+    let received = Instant::now();
+    let (mut events, mut batched) = (0, 0);
+    while let Some(ready) = next.take() {
+        let resp = delivered(ready)?;
+        batched += 1;
+        match absorb(opts, &resp, store, revision, warned, malformed) {
+            Some(more) => events += more,
+            None => return Ok(None),
+        }
+        if batched < MAX_BATCH {
+            // Err: nothing more has arrived.
+            next = tokio::time::timeout(Duration::ZERO, stream.message())
+                .await
+                .ok();
+        }
+    }
+    if events > 0 {
+        debug!(revision = *revision, events, batched, "etcd: changes");
+    }
+    Ok(Some((events, received)))
 }
 
 /// A watch of everything under `root` from `revision` on, with progress notifications.

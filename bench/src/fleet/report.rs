@@ -24,7 +24,8 @@ fn dist(mut v: Vec<f64>) -> Value {
 
 /// How a wait ended: ms until every host got there (null if some never did) and how many never.
 fn outcome(o: &Outcome) -> Value {
-    json!({ "all_ms": o.all_ms(), "missing": o.missing })
+    let first = o.delays_ms.iter().copied().reduce(f64::min);
+    json!({ "all_ms": o.all_ms(), "first_ms": first, "missing": o.missing })
 }
 
 /// Per event, ms until every host had it (every event's), and how many events some host missed.
@@ -139,11 +140,16 @@ pub fn table(json: &Value) -> Result<String> {
     let (data, events) = (json["etcd_data"].as_str().unwrap_or("?"), &json["events"]);
     let (real, services) = (&json["real_hosts"], &json["services"]);
     let mut md = format!(
-        "Simulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is; it follows one at a time); `grpc-proxy`: every client host through one `etcd grpc-proxy`; `3 grpc-proxies`: host h through proxy h mod 3, as the hosts of three zones would each use their zone's (backend hosts always to a member). Beside them, {real} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {services} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone everywhere, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
+        "Simulated hosts in one process, made of the product's cores: each client host is the daemon's core (its own etcd connection and watch, the policies and the reconcile plan into in-memory tables), each backend host the register's core (its own lease, keep-alives at the register's interval, synthetic containers). etcd: 3 members of Debian's etcd-server on loopback, their data {data}. `members`: each client host given the three members (as a daemon is; it follows one at a time); `grpc-proxy`: every client host through one `etcd grpc-proxy`; `3 grpc-proxies`: host h through proxy h mod 3, as the hosts of three zones would each use their zone's (backend hosts always to a member). Beside them, {real} real `ambassador run` daemons (BPF maps, the `tc` datapath) follow the same etcd the same way; at the end of each trial their maps hold exactly what every simulated host's tables hold (checked: the run fails otherwise). {services} services, two containers per backend host; {events} operator endpoint changes and {events} container starts per trial, one at a time; then a tenth of the backend hosts die at once. Times are from the etcd put (the container start) until a host's tables hold it: per event until **every** host has it (p50 / p99 / max over the events), and per host (p50 / p99 / max over every host and event).\n\n| hosts | via | backend hosts | cold start, every host listed, ms | change → every host, ms | change, per host, ms | container start → every host, ms | a tenth of backend hosts lost → gone from the first host / from every host, s (TTL) | memory per client host, KiB | etcd RSS (3 members), MiB |\n|---:|---|---:|---:|---|---|---|---|---:|---:|\n"
     );
     for t in trials {
+        // The first host's time is etcd's (the lease expired and was revoked), the rest the
+        // fan-out (records before 2026-12-06T09 have only the last).
+        let first = t["loss"]["first_ms"]
+            .as_f64()
+            .map_or(String::new(), |ms| format!("{:.1} / ", ms / 1e3));
         let loss = match t["loss"]["all_ms"].as_f64() {
-            Some(ms) => format!("{:.1} ({})", ms / 1e3, t["ttl_s"]),
+            Some(ms) => format!("{first}{:.1} ({})", ms / 1e3, t["ttl_s"]),
             None => format!("{} hosts still had them", t["loss"]["missing"]),
         };
         md += &format!(
