@@ -1,5 +1,5 @@
-//! The SOCKS5 door's byte copy, each way it can copy (`--copy splice`, the default, and
-//! `--copy read-write`): 48 MiB each way arrive byte for byte through the door, a half-close
+//! The SOCKS5 door's byte copy, each way it can copy (`--copy read-write`, the default, and
+//! `--copy splice`): 48 MiB each way arrive byte for byte through the door, a half-close
 //! is carried across, the byte counters add up, a silent tunnel is closed after the idle
 //! timeout, and a download whose client never writes is not.
 
@@ -131,9 +131,13 @@ fn echoes(s: &mut TcpStream) {
     assert_eq!(&back, b"ping\n");
 }
 
-fn copies_every_byte_and_closes_only_idle_tunnels(copy: &str) {
+/// `copy` names the way to copy, or None for the default (which must be read-write).
+fn copies_every_byte_and_closes_only_idle_tunnels(copy: Option<&str>) {
     let idle = IDLE_SECS.to_string();
-    let (topo, _etcd, door) = bed(&["--copy", copy, "--idle-timeout", &idle], None);
+    let mut args = vec!["--idle-timeout", &idle];
+    args.extend(copy.iter().flat_map(|c| ["--copy", c]));
+    let (topo, _etcd, door) = bed(&args, None);
+    let copy = copy.unwrap_or("read-write");
     let log = door.proc.log();
     assert!(log.contains(&format!("copy=\"{copy}\"")), "{log}");
 
@@ -213,7 +217,7 @@ fn splice_copies_every_byte_and_closes_only_idle_tunnels() {
     if !require_root("splice_copies_every_byte_and_closes_only_idle_tunnels") {
         return;
     }
-    copies_every_byte_and_closes_only_idle_tunnels("splice");
+    copies_every_byte_and_closes_only_idle_tunnels(Some("splice"));
 }
 
 #[test]
@@ -221,7 +225,8 @@ fn read_write_copies_every_byte_and_closes_only_idle_tunnels() {
     if !require_root("read_write_copies_every_byte_and_closes_only_idle_tunnels") {
         return;
     }
-    copies_every_byte_and_closes_only_idle_tunnels("read-write");
+    // Read-write is the default: no `--copy`.
+    copies_every_byte_and_closes_only_idle_tunnels(None);
 }
 
 /// The door's open files: a soft limit below what `--max-connections` needs is raised (to the
@@ -235,7 +240,8 @@ fn the_door_raises_its_open_files_limit_and_copies_without_pipes_when_out_of_the
         return;
     }
     // 1,000 spliced connections need 6,064 descriptors.
-    let (topo, _etcd, door) = bed(&["--max-connections", "1000"], Some("256:4096"));
+    let args = ["--copy", "splice", "--max-connections", "1000"];
+    let (topo, _etcd, door) = bed(&args, Some("256:4096"));
     let pid = door.proc.pid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let soft = limits.lines().find(|l| l.starts_with("Max open files"));

@@ -38,15 +38,15 @@ const SINK: &str = "10.77.0.1:9001";
 /// run of many connections does not use up the clients' ports.
 const ONCE: &str = "10.77.0.1:9002";
 const PROXY_CPU: usize = 0;
-const READ_WRITE: &str = "ambassador socks, read-write";
+const SPLICE: &str = "ambassador socks, splice";
 const CLIENT_CPU: usize = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Direct,
     Ambassador,
-    /// The door with `--copy read-write`: what splice(2) is measured against.
-    AmbassadorReadWrite,
+    /// The door with `--copy splice`, measured against its default (read-write).
+    AmbassadorSplice,
     Dante,
     Microsocks,
 }
@@ -55,7 +55,7 @@ impl Mode {
     const ALL: [Mode; 5] = [
         Mode::Direct,
         Mode::Ambassador,
-        Mode::AmbassadorReadWrite,
+        Mode::AmbassadorSplice,
         Mode::Dante,
         Mode::Microsocks,
     ];
@@ -64,7 +64,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Ambassador => "ambassador socks",
-            Mode::AmbassadorReadWrite => READ_WRITE,
+            Mode::AmbassadorSplice => SPLICE,
             Mode::Dante => "dante",
             Mode::Microsocks => "microsocks",
         }
@@ -76,14 +76,14 @@ impl Mode {
             Mode::Ambassador => Some("127.0.0.1:1080"),
             Mode::Dante => Some("127.0.0.1:1081"),
             Mode::Microsocks => Some("127.0.0.1:1082"),
-            Mode::AmbassadorReadWrite => Some("127.0.0.1:1083"),
+            Mode::AmbassadorSplice => Some("127.0.0.1:1083"),
         }
     }
 
     /// What the client asks the proxy for: the door knows the services' names.
     fn target(self, server: &str) -> (String, u16) {
         let addr: SocketAddr = server.parse().expect("an address");
-        if !matches!(self, Mode::Ambassador | Mode::AmbassadorReadWrite) {
+        if !matches!(self, Mode::Ambassador | Mode::AmbassadorSplice) {
             return (addr.ip().to_string(), addr.port());
         }
         let name = match addr.port() {
@@ -118,6 +118,7 @@ struct Samples {
     p99: Vec<f64>,
     gbps: Vec<f64>,
     cpu_per_gb: Vec<f64>,
+    client_busy: Vec<f64>,
 }
 
 /// Pins the calling thread (and the threads it starts) to `cpu`.
@@ -216,8 +217,8 @@ async fn cps(mode: Mode, secs: f64) -> Result<f64> {
     Ok(done.load(Relaxed) as f64 / secs)
 }
 
-/// 64 bytes each way on one tunnel, `n` times: p50 and p99 in µs.
-async fn latency(mode: Mode, n: usize) -> Result<[f64; 2]> {
+/// 64 bytes each way on one tunnel, `n` times: each round trip in µs.
+async fn latency(mode: Mode, n: usize) -> Result<Vec<f64>> {
     let mut s = open(mode, ECHO).await?;
     let (msg, mut back) = ([7u8; 64], [0u8; 64]);
     let mut us = Vec::with_capacity(n);
@@ -227,28 +228,34 @@ async fn latency(mode: Mode, n: usize) -> Result<[f64; 2]> {
         s.read_exact(&mut back).await?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    us.sort_by(f64::total_cmp);
-    Ok([pct(&us, 0.5), pct(&us, 0.99)])
+    Ok(us)
 }
+
+/// The small requests of a repetition come in this many rounds, the modes taking turns in
+/// each (a drift of the machine then meets every mode alike).
+const LATENCY_ROUNDS: usize = 4;
 
 /// One stream is at the mercy of one scheduling hiccup on a shared machine: each repetition's
-/// figure is the median of [`STREAMS`] streams (by throughput, with that stream's CPU).
+/// figure is the median of [`STREAMS`] streams (by throughput, with that stream's CPU), and
+/// the modes take turns stream by stream (a drift of the machine then meets every mode alike).
 const STREAMS: usize = 3;
 
-async fn streams(mode: Mode, mib: usize) -> Result<(f64, f64)> {
-    let mut all = Vec::with_capacity(STREAMS);
-    for _ in 0..STREAMS {
-        all.push(stream(mode, mib).await?);
-    }
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(all[STREAMS / 2])
+/// One stream's figures.
+#[derive(Clone, Copy)]
+struct Streamed {
+    gbps: f64,
+    /// The proxy's CPU: busy seconds per GB.
+    cpu_per_gb: f64,
+    /// The client's and servers' CPU: its busy share of the stream's time.
+    client_busy: f64,
 }
 
-/// `mib` MiB to the sink on one stream: Gbit/s, and CPU 0's busy seconds per GB meanwhile.
-async fn stream(mode: Mode, mib: usize) -> Result<(f64, f64)> {
+/// `mib` MiB to the sink on one stream.
+async fn stream(mode: Mode, mib: usize) -> Result<Streamed> {
     let mut s = open(mode, SINK).await?;
     let chunk = vec![1u8; 64 * 1024];
     let cpu0 = cpu_busy_seconds(PROXY_CPU);
+    let cpu1 = cpu_busy_seconds(CLIENT_CPU);
     let t = Instant::now();
     s.write_all(&((mib as u64) << 20).to_be_bytes()).await?;
     for _ in 0..mib * 16 {
@@ -257,9 +264,12 @@ async fn stream(mode: Mode, mib: usize) -> Result<(f64, f64)> {
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await?;
     let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_busy_seconds(PROXY_CPU) - cpu0;
     let gb = (mib * (1 << 20)) as f64 / 1e9;
-    Ok((gb * 8.0 / secs, cpu / gb))
+    Ok(Streamed {
+        gbps: gb * 8.0 / secs,
+        cpu_per_gb: (cpu_busy_seconds(PROXY_CPU) - cpu0) / gb,
+        client_busy: (cpu_busy_seconds(CLIENT_CPU) - cpu1) / secs,
+    })
 }
 
 /// danted's configuration: loopback clients, CONNECT anywhere, no authentication.
@@ -312,7 +322,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
 }
 
 /// The proxies, each pinned from its start (the door's runtime then starts one worker, as it
-/// would on a one-CPU host): the door (splice) and the door with `--copy read-write`, both
+/// would on a one-CPU host): the door (its default copy) and the door with `--copy splice`, both
 /// following etcd's names of the servers; dante; microsocks.
 struct Proxies {
     _procs: Vec<Proc>,
@@ -350,8 +360,8 @@ impl Proxies {
             pinned(ns, &format!("socks-{copy}"), &ambassador_bin(), &args)
         };
         let mut procs = vec![
-            door("127.0.0.1:1080", "splice"),
-            door("127.0.0.1:1083", "read-write"),
+            door("127.0.0.1:1080", "read-write"),
+            door("127.0.0.1:1083", "splice"),
         ];
         for door in &procs {
             if !wait_until(Duration::from_secs(10), || {
@@ -398,17 +408,37 @@ fn measure(reps: usize, secs: f64, lat_n: usize, mib: usize) -> Result<Vec<Sampl
             .into_iter()
             .enumerate()
         {
-            for i in order {
+            for &i in &order {
                 let mode = Mode::ALL[i];
                 println!("  rep {}/{reps}: {}", rep + 1, mode.name());
-                let r = &mut results[i];
-                r.cps.push(cps(mode, secs).await?);
-                let [p50, p99] = latency(mode, lat_n).await?;
-                r.p50.push(p50);
-                r.p99.push(p99);
-                let (gbps, cpu) = streams(mode, mib).await?;
-                r.gbps.push(gbps);
-                r.cpu_per_gb.push(cpu);
+                results[i].cps.push(cps(mode, secs).await?);
+            }
+            println!("  rep {}/{reps}: small requests", rep + 1);
+            let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); Mode::ALL.len()];
+            for _ in 0..LATENCY_ROUNDS {
+                for &i in &order {
+                    let n = lat_n.div_ceil(LATENCY_ROUNDS);
+                    rtts[i].extend(latency(Mode::ALL[i], n).await?);
+                }
+            }
+            for (r, mut us) in results.iter_mut().zip(rtts) {
+                us.sort_by(f64::total_cmp);
+                r.p50.push(pct(&us, 0.5));
+                r.p99.push(pct(&us, 0.99));
+            }
+            println!("  rep {}/{reps}: streams", rep + 1);
+            let mut streamed: Vec<Vec<Streamed>> = vec![Vec::new(); Mode::ALL.len()];
+            for _ in 0..STREAMS {
+                for &i in &order {
+                    streamed[i].push(stream(Mode::ALL[i], mib).await?);
+                }
+            }
+            for (r, mut all) in results.iter_mut().zip(streamed) {
+                all.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+                let median = all[STREAMS / 2];
+                r.gbps.push(median.gbps);
+                r.cpu_per_gb.push(median.cpu_per_gb);
+                r.client_busy.push(median.client_busy);
             }
         }
         Ok(results)

@@ -51,9 +51,10 @@ pub struct SocksArgs {
     /// Seconds without a byte either way before a connection is closed (1-86400).
     #[arg(long, env = "AMBASSADOR_SOCKS_IDLE_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,
-    /// How bytes are copied: `splice` moves them from socket to socket through a pipe in the
-    /// kernel; `read-write` through a 64 KiB buffer each way in this process.
-    #[arg(long, env = "AMBASSADOR_SOCKS_COPY", value_enum, default_value_t = CopyMode::Splice)]
+    /// How bytes are copied: `read-write` through a 64 KiB buffer each way in this process;
+    /// `splice` from socket to socket through a pipe in the kernel (less of this host's CPU
+    /// per GB, less throughput on one stream where the receiver shares the machine).
+    #[arg(long, env = "AMBASSADOR_SOCKS_COPY", value_enum, default_value_t = CopyMode::ReadWrite)]
     pub copy: CopyMode,
     /// Serve Prometheus metrics at http://ADDR/metrics (`9595`: 127.0.0.1:9595). Not served
     /// unless given.

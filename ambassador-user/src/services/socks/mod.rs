@@ -1,7 +1,7 @@
 //! The SOCKS5 door: clients outside the fleet (a laptop's browser, curl, ssh) reach services
 //! by name. The protocol is fast-socks5's (RFC 1928 CONNECT, RFC 1929 username/password);
 //! what a name means is [`directory`]'s, from the registry this process follows in etcd; the
-//! bytes go through `splice(2)` (or tokio's bidirectional copy, `--copy read-write`).
+//! bytes go through tokio's bidirectional copy (or `splice(2)`, `--copy splice`).
 //!
 //! Never an open proxy: clients outside `--allow-client` are closed before a byte is read,
 //! names outside the domain and addresses that are not frontends are refused unless the
