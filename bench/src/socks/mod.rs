@@ -1,14 +1,17 @@
 //! The SOCKS5 door against Debian's dante-server and microsocks, and no proxy at all, on one
 //! path: loopback in a namespace of its own, the servers (an echo and a sink) at 10.77.0.1,
 //! every proxy pinned to CPU 0, the clients and servers to CPU 1. Each repetition measures
-//! every mode in a random order; ratios to `direct` are per repetition.
+//! every mode in a random order, the modes taking turns within each row's rounds; ratios to
+//! `direct` are per repetition.
 //!
 //! - connections per second: 4 clients in a loop of connect, SOCKS handshake (the door: by
 //!   the service's name; the others: by address, as they know no names), 1 byte each way;
-//! - a small request on an open tunnel: 64 bytes each way, one at a time (p50, p99);
-//! - one stream's throughput: 1 GiB (16 MiB in a quick run) to the sink, the median of three;
+//! - a small request on an open tunnel: 64 bytes each way, one at a time, in four rounds
+//!   (p50, p99 over them all);
+//! - one stream's throughput: 1 GiB (16 MiB in a quick run) to the sink, the median of three
+//!   rounds;
 //! - CPU per GB: CPU 0's busy time (the proxy's, all its processes and their kernel work)
-//!   during the stream, per GB moved.
+//!   during the stream, per GB moved; beside it, CPU 1's busy share of the stream's time.
 
 use std::{
     io::{Read as _, Write as _},
