@@ -41,7 +41,7 @@ const SINK: &str = "10.77.0.1:9001";
 /// run of many connections does not use up the clients' ports.
 const ONCE: &str = "10.77.0.1:9002";
 const PROXY_CPU: usize = 0;
-const SPLICE: &str = "ambassador socks, splice";
+const SPLICE_MODE: &str = "ambassador socks, splice";
 const CLIENT_CPU: usize = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,7 +67,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Ambassador => "ambassador socks",
-            Mode::AmbassadorSplice => SPLICE,
+            Mode::AmbassadorSplice => SPLICE_MODE,
             Mode::Dante => "dante",
             Mode::Microsocks => "microsocks",
         }
@@ -234,13 +234,12 @@ async fn latency(mode: Mode, n: usize) -> Result<Vec<f64>> {
     Ok(us)
 }
 
-/// The small requests of a repetition come in this many rounds, the modes taking turns in
-/// each (a drift of the machine then meets every mode alike).
+/// The small requests of a repetition come in this many rounds ([`in_turns`]).
 const LATENCY_ROUNDS: usize = 4;
 
 /// One stream is at the mercy of one scheduling hiccup on a shared machine: each repetition's
-/// figure is the median of [`STREAMS`] streams (by throughput, with that stream's CPU), and
-/// the modes take turns stream by stream (a drift of the machine then meets every mode alike).
+/// figure is the median of [`STREAMS`] streams (by throughput, with that stream's CPU), one a
+/// round ([`in_turns`]).
 const STREAMS: usize = 3;
 
 /// One stream's figures.
@@ -386,6 +385,23 @@ impl Proxies {
     }
 }
 
+/// `rounds` rounds of `one` for every mode, the modes taking turns in `order` within each
+/// round, so that a drift of the machine meets every mode alike: each mode's results, by
+/// round.
+async fn in_turns<T>(
+    order: &[usize],
+    rounds: usize,
+    mut one: impl AsyncFnMut(Mode) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut all: Vec<Vec<T>> = Mode::ALL.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for &i in order {
+            all[i].push(one(Mode::ALL[i]).await?);
+        }
+    }
+    Ok(all)
+}
+
 /// Every mode's rows, `reps` times in a random order, from the client's CPU (in the
 /// namespace): once each mode forwards at all.
 fn measure(reps: usize, secs: f64, lat_n: usize, mib: usize) -> Result<Vec<Samples>> {
@@ -417,26 +433,17 @@ fn measure(reps: usize, secs: f64, lat_n: usize, mib: usize) -> Result<Vec<Sampl
                 results[i].cps.push(cps(mode, secs).await?);
             }
             println!("  rep {}/{reps}: small requests", rep + 1);
-            let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); Mode::ALL.len()];
-            for _ in 0..LATENCY_ROUNDS {
-                for &i in &order {
-                    let n = lat_n.div_ceil(LATENCY_ROUNDS);
-                    rtts[i].extend(latency(Mode::ALL[i], n).await?);
-                }
-            }
-            for (r, mut us) in results.iter_mut().zip(rtts) {
+            let n = lat_n.div_ceil(LATENCY_ROUNDS);
+            let rtts = in_turns(&order, LATENCY_ROUNDS, async |mode| latency(mode, n).await);
+            for (r, rounds) in results.iter_mut().zip(rtts.await?) {
+                let mut us = rounds.concat();
                 us.sort_by(f64::total_cmp);
                 r.p50.push(pct(&us, 0.5));
                 r.p99.push(pct(&us, 0.99));
             }
             println!("  rep {}/{reps}: streams", rep + 1);
-            let mut streamed: Vec<Vec<Streamed>> = vec![Vec::new(); Mode::ALL.len()];
-            for _ in 0..STREAMS {
-                for &i in &order {
-                    streamed[i].push(stream(Mode::ALL[i], mib).await?);
-                }
-            }
-            for (r, mut all) in results.iter_mut().zip(streamed) {
+            let streamed = in_turns(&order, STREAMS, async |mode| stream(mode, mib).await);
+            for (r, mut all) in results.iter_mut().zip(streamed.await?) {
                 all.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
                 let median = all[STREAMS / 2];
                 r.gbps.push(median.gbps);

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Mode, Samples, CLIENT_CPU, LATENCY_ROUNDS, PROXY_CPU, SPLICE as SPLICE_MODE, STREAMS};
+use super::{Mode, Samples, CLIENT_CPU, LATENCY_ROUNDS, PROXY_CPU, SPLICE_MODE, STREAMS};
 use crate::{
     table::{self, render, Col},
     verdict::{self, Better, Goal},
@@ -24,7 +24,7 @@ pub(super) fn record(
         .collect();
     serde_json::json!({
         "reps": reps, "seconds": secs, "requests": lat_n, "stream_mib": mib,
-        "order": "random per repetition; streams take turns", "modes": modes,
+        "order": "random per repetition; small requests and streams take turns", "modes": modes,
     })
 }
 
