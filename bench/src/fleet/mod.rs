@@ -14,6 +14,7 @@ mod faults;
 mod real;
 mod report;
 mod sim;
+mod storm;
 mod usage;
 
 use std::{
@@ -104,6 +105,8 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let clients = anchor::clients(quick);
     println!("fleet: etcd's own client, {clients} watches");
     let anchor = anchor::etcdctl_watch_kib(&ns, clients)?;
+    let (storm_hosts, storm_keys, storm_reps) = storm::size(quick);
+    let storm = storm::run(&ns, storm_hosts, storm_keys, storm_reps)?;
     let mut trials = Vec::new();
     for &hosts in &sizes {
         for via in vias(hosts, &proxy_counts) {
@@ -115,7 +118,7 @@ pub fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         Some(root) => format!("in {}", root.display()),
         None => format!("on disk ({})", std::env::temp_dir().display()),
     };
-    let json = report::json(&trials, &data, events, (clients, anchor));
+    let json = report::json(&trials, &data, events, (clients, anchor), storm);
     Ok((report::table(&json)?, json))
 }
 
@@ -458,10 +461,15 @@ impl Run {
 
 /// A process's resident memory in KiB (0 if it cannot be read).
 fn rss_kib(pid: i32) -> f64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A field of a process's /proc/PID/status, in KiB (0 if it cannot be read).
+fn status_kib(pid: i32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0)
 }

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{
     collect::{every_host, per_host, Outcome},
-    Trial, REAL_HOSTS, SERVICES,
+    storm, Trial, REAL_HOSTS, SERVICES,
 };
 use crate::stats::pct;
 
@@ -41,6 +41,7 @@ pub(super) fn json(
     data: &str,
     events_per_trial: usize,
     etcdctl: (usize, f64),
+    storm: Value,
 ) -> Value {
     let rows: Vec<_> = trials
         .iter()
@@ -84,6 +85,7 @@ pub(super) fn json(
         "etcd_data": data, "events": events_per_trial, "services": SERVICES,
         "real_hosts": REAL_HOSTS, "trials": rows,
         "etcdctl_watch": { "clients": etcdctl.0, "kib_per_client": etcdctl.1 },
+        "relist_storm": storm,
     })
 }
 
@@ -212,6 +214,7 @@ pub fn table(json: &Value) -> Result<String> {
         );
     }
     md += &etcdctl_anchor(json);
+    md += &storm::table(&json["relist_storm"]);
     md += "\nThe fleet issue's goals (one trial each, not repetitions: no control, so each verdict is the figure against the goal as measured):\n\n";
     md += &goals(json)?;
     Ok(md)

@@ -6,7 +6,7 @@ mod service;
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use etcd_client::{Client, GetOptions, KeyValue};
+use etcd_client::{Client, KeyValue};
 use serde::Serialize;
 
 pub use endpoint::endpoint;
@@ -15,7 +15,7 @@ pub use service::service;
 use crate::{
     commands::cli::VipCmd,
     control::{
-        etcd::{timed, EtcdOptions},
+        etcd::{self, EtcdOptions},
         vips,
     },
     core::{
@@ -65,14 +65,10 @@ pub struct EndpointRow {
 /// Reads every service and endpoint under the prefix (malformed ones included, with why).
 pub async fn list(client: &mut Client, prefix: &str) -> Result<Vec<ServiceRow>> {
     let root = contract::watch_prefix(prefix);
-    let resp = timed(
-        "listing",
-        client.get(root, Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
+    let listing = etcd::list(client, &root).await?;
     let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
     let mut endpoints: Vec<EndpointRow> = Vec::new();
-    for kv in resp.kvs() {
+    for kv in &listing.kvs {
         match row(prefix, kv) {
             Some(Row::Service(s)) => {
                 services.insert(s.name.clone(), s);

@@ -3,6 +3,7 @@
 //! and list again. What was last listed stays in force while etcd is away.
 
 mod connect;
+mod list;
 
 use std::{
     collections::HashSet,
@@ -10,11 +11,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, WatchOptions, WatchStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 pub use connect::{fresh, stale_token, timed, EtcdOptions};
+pub use list::{list, Listing, PAGE};
 
 use crate::{
     control::reconnect::{Members, Reconnect},
@@ -142,17 +144,13 @@ async fn session(
 ) -> Result<()> {
     let mut client = opts.connect_to(member).await?;
     let root = contract::watch_prefix(&opts.prefix);
-    let listing = timed(
-        format!("listing {root}"),
-        client.get(root.clone(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
+    let listing = list(&client, &root).await?;
     let received = Instant::now();
-    let mut revision = listing.header().map_or(0, |h| h.revision());
+    let mut revision = listing.revision;
     let mut store = Store::default();
     let mut malformed = tx.borrow().malformed;
     let mut conflicts = Vec::new();
-    for kv in listing.kvs() {
+    for kv in &listing.kvs {
         note(
             &opts.prefix,
             &mut store,
@@ -165,7 +163,8 @@ async fn session(
     }
     info!(
         revision,
-        keys = listing.kvs().len(),
+        keys = listing.kvs.len(),
+        pages = listing.pages,
         member = %member.join(","),
         "etcd: listed {root}"
     );
