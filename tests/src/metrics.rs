@@ -22,30 +22,38 @@ pub fn served_at(log: &str) -> SocketAddr {
 
 /// `GET path` from inside network namespace `ns`: (status line, body).
 pub fn get(ns: &str, addr: SocketAddr, path: &str) -> (String, String) {
+    try_get(ns, addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// [`get`], or why it failed: the server did not answer within 5 s to connect and 10 s to
+/// read, or answered something other than HTTP.
+pub fn try_get(ns: &str, addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
     let ns_path = format!("/run/netns/{ns}");
     let path = path.to_owned();
     std::thread::spawn(move || {
-        let f = File::open(&ns_path).unwrap_or_else(|e| panic!("{ns_path}: {e}"));
+        let f = File::open(&ns_path)?;
         // SAFETY: a valid namespace descriptor; only this thread changes namespace.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {ns_path}");
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connecting to the metrics at {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         // The server closes after the answer whatever it is (hyper, or Go's net/http for
         // etcd), so the body is everything up to the end.
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        )?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-        (
+        s.read_to_string(&mut out)?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
+        })?;
+        Ok((
             head.lines().next().unwrap_or_default().to_owned(),
             body.to_owned(),
-        )
+        ))
     })
     .join()
     .expect("scrape thread")

@@ -7,7 +7,7 @@ use std::{
 };
 
 use ambassador_tests::metrics;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use etcd_client::GetOptions;
 
 use super::{collect::Outcome, Run};
@@ -172,7 +172,8 @@ pub(super) fn etcd_costs(ns: &str, members: &[String]) -> Result<(f64, f64)> {
 /// The Prometheus page of the etcd member at `url` (`http://ip:port`), fetched inside `ns`.
 pub(super) fn member_metrics(ns: &str, url: &str) -> Result<String> {
     let addr: SocketAddr = url.trim_start_matches("http://").parse()?;
-    let (status, page) = metrics::get(ns, addr, "/metrics");
+    let (status, page) =
+        metrics::try_get(ns, addr, "/metrics").with_context(|| format!("{url}/metrics"))?;
     anyhow::ensure!(status.ends_with("200 OK"), "{url}/metrics: {status}");
     Ok(page)
 }

@@ -1,20 +1,19 @@
 //! Reading everything under a prefix, a page at a time, at one revision.
 //!
 //! One range request for a whole prefix fails outright once the answer passes the client's
-//! message limit (4 MiB in tonic: about 23,000 endpoints as registers write them), and etcd builds every answer whole
-//! in memory: a fleet re-listing at once after an outage makes it build one per host. Pages
-//! bound both; every page after the first is read at the first one's revision, so the pages
-//! together are one consistent listing (etcd refuses a page whose revision was compacted
-//! meanwhile, and the caller lists again).
+//! message limit (4 MiB in tonic: about 23,000 endpoints as registers write them), and etcd
+//! builds every answer whole in memory: a fleet re-listing at once after an outage makes it
+//! build one per host. Pages bound both; every page after the first is read at the first
+//! one's revision, so the pages together are one consistent listing (etcd refuses a page
+//! whose revision was compacted meanwhile, and the caller lists again).
 
 use etcd_client::{Client, GetOptions, KeyValue};
 
 use super::timed;
 use crate::error::Result;
 
-/// Keys asked for per request: about 250 KiB of answer with the contract's values. A thousand
-/// hosts listing 12,000 keys at once took as long as with one request each (24.5 s against
-/// 23.5 s) and left etcd at a peak of 1.3 GiB instead of 4.5 GiB; pages of 128 keys took 55 s.
+/// Keys asked for per request: about 190 KiB of answer with the registers' values. The fleet
+/// bench's re-list storm (BENCHMARKS.md, "Fleet") measures it against one request per host.
 pub const PAGE: i64 = 1000;
 
 /// The largest answer taken (a page of values as large as etcd's own request limit,
