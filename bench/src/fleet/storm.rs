@@ -24,7 +24,7 @@ use ambassador_user::{
     task::AbortOnDrop,
 };
 use anyhow::{Context as _, Result};
-use etcd_client::{Client, GetOptions, GetResponse, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, GetOptions, GetResponse, Txn, TxnOp};
 use serde_json::{json, Value};
 
 use super::{faults::etcd_costs, rss_kib, status_kib};
@@ -222,7 +222,7 @@ async fn host(way: Way, url: String, listed: Arc<AtomicUsize>) -> Result<()> {
             // failure, a new connection after the follower's backoff.
             let root = contract::watch_prefix(PREFIX);
             let mut backoff = Reconnect::default();
-            let (client, all) = loop {
+            let (mut client, all) = loop {
                 match one_range(&opts, &root).await {
                     Ok(done) => break done,
                     Err(_) => tokio::time::sleep(backoff.next_delay()).await,
@@ -236,11 +236,7 @@ async fn host(way: Way, url: String, listed: Arc<AtomicUsize>) -> Result<()> {
             drop(store.judge());
             listed.fetch_add(1, Ordering::SeqCst);
             let from = all.header().map_or(0, |h| h.revision()) + 1;
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(from)
-                .with_progress_notify();
-            let mut stream = client.watch_client().watch(root, Some(options)).await?;
+            let mut stream = etcd::watch_from(&mut client, &root, from).await?;
             while stream.message().await?.is_some() {}
         }
     }

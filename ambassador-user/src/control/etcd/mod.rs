@@ -242,7 +242,7 @@ async fn next_batch(
 }
 
 /// A watch of everything under `root` from `revision` on, with progress notifications.
-async fn watch_from(client: &mut Client, root: &str, revision: i64) -> Result<WatchStream> {
+pub async fn watch_from(client: &mut Client, root: &str, revision: i64) -> Result<WatchStream> {
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision)
